@@ -1,0 +1,587 @@
+//! Allocation and release over a [`Store`], with a watch-fed occupancy index per pool.
+//!
+//! The index proposes a candidate; the store's compare-and-swap decides; a lost race teaches the
+//! index the winner and the next candidate is tried. No leader: any number of allocators (in one
+//! process or many) share a store and never hand out one value twice.
+//!
+//! Lost replies: when the store cannot be reached, a write is retried (same key, same record)
+//! until it gets a definite answer or `retry_timeout` passes; a record carrying the writer's own
+//! nonce proves an earlier attempt succeeded, so nothing is allocated twice or left behind.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::occupancy::{Counts, Decision, Expect, Occupancy, Record, Rev};
+use crate::pool::{Owner, Pool, Refusal, Value};
+use crate::spec::PoolSpec;
+use crate::store::{Cas, Change, Snapshot, Store, WatchItem, Write};
+use crate::{Error, Result};
+
+/// Timeouts of an allocator; every one is a flag of the commands that use it.
+#[derive(Debug, Clone)]
+pub struct AllocatorOptions {
+    /// How long a write keeps being retried while the store is unreachable.
+    pub retry_timeout: Duration,
+    /// Longest pause between retries (they start at 50 ms and double).
+    pub max_backoff: Duration,
+}
+
+impl Default for AllocatorOptions {
+    fn default() -> Self {
+        AllocatorOptions {
+            retry_timeout: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The outcome of an allocation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    /// The value is now allocated to the owner (or already was).
+    Allocated(Value),
+    /// No value was allocated, for an expected reason.
+    Refused(Refusal),
+}
+
+impl Allocation {
+    pub fn value(&self) -> Option<Value> {
+        match self {
+            Allocation::Allocated(v) => Some(*v),
+            Allocation::Refused(_) => None,
+        }
+    }
+}
+
+/// How to release a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Hold it for its owner for the pool's hold time (frees it at once when the hold is 0).
+    Hold,
+    /// Free it at once.
+    Now,
+}
+
+/// The outcome of a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// Held for its owner until the hold ends.
+    Held,
+    /// Free for anyone.
+    Freed,
+    /// It was not allocated (releasing is idempotent).
+    NotAllocated,
+    /// It belongs to another object and was left alone.
+    OwnedBy(Owner),
+}
+
+/// One pool's state: its spec's revision and its index.
+#[derive(Debug, Clone)]
+struct PoolState {
+    rev: Rev,
+    spec: PoolSpec,
+    occ: Occupancy,
+}
+
+/// Every pool's index, and how far the watch has got.
+#[derive(Debug, Default)]
+struct State {
+    pools: BTreeMap<String, PoolState>,
+    seen: Rev,
+}
+
+impl State {
+    fn from_snapshot(snap: &Snapshot, now: u64) -> State {
+        let mut state = State {
+            pools: BTreeMap::new(),
+            seen: snap.rev,
+        };
+        for (spec, rev) in &snap.pools {
+            state.apply(
+                Change::Pool {
+                    name: spec.name.clone(),
+                    spec: Some(spec.clone()),
+                    rev: *rev,
+                },
+                now,
+            );
+        }
+        for v in &snap.values {
+            state.apply(
+                Change::Value {
+                    pool: v.pool.clone(),
+                    value: v.value.clone(),
+                    record: Some(v.record.clone()),
+                    rev: v.rev,
+                },
+                now,
+            );
+        }
+        state
+    }
+
+    fn apply(&mut self, change: Change, now: u64) {
+        match change {
+            Change::Pool {
+                name,
+                spec: Some(spec),
+                rev,
+            } => {
+                if self.pools.get(&name).is_some_and(|p| p.rev >= rev) {
+                    return;
+                }
+                let pool = match spec.validate() {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        tracing::warn!(pool = %name, error = %e, "ignoring an invalid stored pool spec");
+                        return;
+                    }
+                };
+                let occ = match self.pools.remove(&name) {
+                    Some(old) => old.occ.with_pool(pool, now),
+                    None => Occupancy::new(pool),
+                };
+                self.pools.insert(name, PoolState { rev, spec, occ });
+            }
+            Change::Pool {
+                name,
+                spec: None,
+                rev,
+            } => {
+                if self.pools.get(&name).is_some_and(|p| p.rev < rev) {
+                    self.pools.remove(&name);
+                }
+            }
+            Change::Value {
+                pool,
+                value,
+                record,
+                rev,
+            } => {
+                let Some(ps) = self.pools.get_mut(&pool) else {
+                    return;
+                };
+                let pool = ps.occ.pool();
+                match pool.parse_value(&value).and_then(|v| pool.raw(v)) {
+                    Some(raw) => ps.occ.observe(raw, rev, record, now),
+                    None => {
+                        tracing::warn!(pool = %pool.name, value = %value, "ignoring a stored value of the wrong kind")
+                    }
+                }
+            }
+        }
+    }
+
+    fn pool_mut(&mut self, name: &str) -> Result<&mut PoolState> {
+        let known = self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
+        self.pools.get_mut(name).ok_or_else(|| Error::UnknownPool {
+            name: name.to_string(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known
+            },
+        })
+    }
+}
+
+/// A read-only view of the pools an allocator (or a snapshot) knows: for metrics and `show`.
+#[derive(Debug, Clone)]
+pub struct PoolsView(Arc<Mutex<State>>);
+
+/// One pool as seen by a [`PoolsView`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    #[serde(skip)]
+    pub pool: Pool,
+    pub spec: PoolSpec,
+    pub counts: Counts,
+}
+
+impl PoolsView {
+    /// A view of a snapshot, with no watch behind it.
+    pub fn from_snapshot(snap: &Snapshot) -> PoolsView {
+        PoolsView(Arc::new(Mutex::new(State::from_snapshot(snap, now_ms()))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every pool with its counts now.
+    pub fn pools(&self) -> Vec<PoolStatus> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state
+            .pools
+            .values_mut()
+            .map(|ps| {
+                ps.occ.expire(now);
+                PoolStatus {
+                    pool: ps.occ.pool().clone(),
+                    spec: ps.spec.clone(),
+                    counts: ps.occ.counts(now),
+                }
+            })
+            .collect()
+    }
+
+    /// Every record of one pool, by value.
+    pub fn records(&self, pool: &str) -> Result<Vec<(Value, Record)>> {
+        let mut state = self.lock();
+        let ps = state.pool_mut(pool)?;
+        let mut out: Vec<_> = ps
+            .occ
+            .records()
+            .map(|(v, r, _)| (ps.occ.pool().value(v), r.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// Allocates and releases values of the pools in a store.
+pub struct Allocator<S: Store> {
+    store: Arc<S>,
+    state: PoolsView,
+    options: AllocatorOptions,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl<S: Store> Drop for Allocator<S> {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<S: Store> Allocator<S> {
+    /// Reads every pool and allocation, then keeps the index current with a watch.
+    pub async fn start(store: S, options: AllocatorOptions) -> Result<Allocator<S>> {
+        let store = Arc::new(store);
+        let snap = store.snapshot().await?;
+        let state = PoolsView::from_snapshot(&snap);
+        let watch = tokio::spawn(watch_loop(
+            store.clone(),
+            state.clone(),
+            snap.rev + 1,
+            options.max_backoff,
+        ));
+        Ok(Allocator {
+            store,
+            state,
+            options,
+            watch,
+        })
+    }
+
+    /// The store this allocator writes to.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// A view of the pools, for metrics and reports.
+    pub fn view(&self) -> PoolsView {
+        self.state.clone()
+    }
+
+    /// Allocates `want` (a requested value) or, with `None`, any value, to `owner`.
+    pub async fn allocate(
+        &self,
+        pool: &str,
+        owner: &Owner,
+        want: Option<Value>,
+    ) -> Result<Allocation> {
+        let deadline = Instant::now() + self.options.retry_timeout;
+        let mut confirmed_full = false;
+        loop {
+            let now = now_ms();
+            let pick = {
+                let mut state = self.state.lock();
+                let ps = state.pool_mut(pool)?;
+                ps.occ.expire(now);
+                let p = ps.occ.pool();
+                match want {
+                    Some(value) => {
+                        let Some(raw) = p.raw(value) else {
+                            let valid = p.ranges_text();
+                            return Ok(Allocation::Refused(Refusal::OutOfRange {
+                                value,
+                                kind: p.kind,
+                                valid,
+                            }));
+                        };
+                        match ps.occ.decide(owner, raw, now) {
+                            Decision::AlreadyYours => return Ok(Allocation::Allocated(value)),
+                            Decision::Refuse(r) => return Ok(Allocation::Refused(r)),
+                            Decision::Take(expect) => Ok((raw, value, expect, ps.rev)),
+                        }
+                    }
+                    None => match ps.occ.candidate(owner, &mut rand::rng()) {
+                        None if confirmed_full => return Ok(Allocation::Refused(Refusal::Full)),
+                        None => None,
+                        Some((raw, expect)) => Some((raw, p.value(raw), expect, ps.rev)),
+                    }
+                    .map_or(Err(ps.rev), Ok),
+                }
+            };
+            // Before answering "full", make sure the pool spec is current: it may have just grown.
+            let (raw, value, expect, pool_rev) = match pick {
+                Ok(pick) => pick,
+                Err(known_rev) => {
+                    let fresh = self.retry(deadline, || self.store.pool(pool)).await?;
+                    if fresh.as_ref().map(|(_, r)| *r) != Some(known_rev) {
+                        self.refresh_pool(pool, deadline).await?;
+                    }
+                    confirmed_full = true;
+                    continue;
+                }
+            };
+            let record = Record::allocated(owner.clone());
+            let write = Write::Put {
+                record: record.clone(),
+                ttl: None,
+            };
+            match self
+                .cas(
+                    pool,
+                    Some(pool_rev),
+                    &value.to_string(),
+                    expect,
+                    write,
+                    deadline,
+                )
+                .await?
+            {
+                Cas::Done(rev) => {
+                    self.observe(pool, raw, rev, Some(record));
+                    return Ok(Allocation::Allocated(value));
+                }
+                Cas::Conflict(current) => self.learn(pool, raw, expect, current),
+                Cas::PoolChanged => self.refresh_pool(pool, deadline).await?,
+            }
+        }
+    }
+
+    /// Releases `value` of `pool` if it belongs to `object` (`namespace/name`).
+    pub async fn release(
+        &self,
+        pool: &str,
+        value: Value,
+        object: &str,
+        how: Release,
+    ) -> Result<Released> {
+        let deadline = Instant::now() + self.options.retry_timeout;
+        let (raw, hold) = {
+            let mut state = self.state.lock();
+            let p = state.pool_mut(pool)?.occ.pool();
+            match p.raw(value) {
+                Some(raw) => (raw, p.hold),
+                None => return Ok(Released::NotAllocated),
+            }
+        };
+        let text = value.to_string();
+        loop {
+            let current = self.retry(deadline, || self.store.get(pool, &text)).await?;
+            let Some((record, rev)) = current else {
+                return Ok(Released::NotAllocated);
+            };
+            if record.owner.object != object {
+                return Ok(Released::OwnedBy(record.owner));
+            }
+            let now = now_ms();
+            if how == Release::Hold && record.is_held_at(now) {
+                return Ok(Released::Held);
+            }
+            let (write, outcome, next) = if how == Release::Now || hold.is_zero() {
+                (Write::Delete, Released::Freed, None)
+            } else {
+                let held = Record::held(record.owner, now + hold.as_millis() as u64);
+                (
+                    Write::Put {
+                        record: held.clone(),
+                        ttl: Some(hold),
+                    },
+                    Released::Held,
+                    Some(held),
+                )
+            };
+            match self
+                .cas(pool, None, &text, Expect::Rev(rev), write, deadline)
+                .await?
+            {
+                Cas::Done(r) => {
+                    self.observe(pool, raw, r, next);
+                    return Ok(outcome);
+                }
+                Cas::Conflict(_) | Cas::PoolChanged => continue,
+            }
+        }
+    }
+
+    fn observe(&self, pool: &str, raw: u128, rev: Rev, record: Option<Record>) {
+        let mut state = self.state.lock();
+        if let Ok(ps) = state.pool_mut(pool) {
+            ps.occ.observe(raw, rev, record, now_ms());
+        }
+    }
+
+    /// Teaches the index what a failed compare-and-swap found.
+    fn learn(&self, pool: &str, raw: u128, expected: Expect, current: Option<(Record, Rev)>) {
+        match (current, expected) {
+            (Some((record, rev)), _) => self.observe(pool, raw, rev, Some(record)),
+            // Deleted after the revision we expected (a hold's lease ran out): the delete came later.
+            (None, Expect::Rev(r)) => self.observe(pool, raw, r + 1, None),
+            (None, Expect::Absent) => {}
+        }
+    }
+
+    /// Reloads one pool spec after a write found it changed.
+    async fn refresh_pool(&self, pool: &str, deadline: Instant) -> Result<()> {
+        let fresh = self.retry(deadline, || self.store.pool(pool)).await?;
+        let now = now_ms();
+        let mut state = self.state.lock();
+        match fresh {
+            Some((spec, rev)) => state.apply(
+                Change::Pool {
+                    name: pool.to_string(),
+                    spec: Some(spec),
+                    rev,
+                },
+                now,
+            ),
+            None => {
+                state.pools.remove(pool);
+            }
+        }
+        Ok(())
+    }
+
+    /// A compare-and-swap, retried while the store is unreachable. After a failed attempt whose
+    /// outcome is unknown, finding our own record (or, for a delete, no record) means it happened.
+    async fn cas(
+        &self,
+        pool: &str,
+        pool_rev: Option<Rev>,
+        value: &str,
+        expect: Expect,
+        write: Write,
+        deadline: Instant,
+    ) -> Result<Cas> {
+        let mut ambiguous = false;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self
+                .store
+                .cas(pool, pool_rev, value, expect, write.clone())
+                .await
+            {
+                Ok(Cas::Conflict(Some((found, rev))))
+                    if ambiguous
+                        && matches!(&write, Write::Put { record, .. } if record.nonce == found.nonce) =>
+                {
+                    return Ok(Cas::Done(rev));
+                }
+                Ok(Cas::Conflict(None)) if ambiguous && matches!(write, Write::Delete) => {
+                    let Expect::Rev(r) = expect else {
+                        return Ok(Cas::Conflict(None));
+                    };
+                    return Ok(Cas::Done(r + 1));
+                }
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tracing::warn!(pool, value, error = %e, "store unavailable; retrying the write");
+                    ambiguous = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Retries a read while the store is unreachable.
+    async fn retry<T, F, Fut>(&self, deadline: Instant, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Keeps `state` current: watches from `from`, reconnects with backoff, relists on compaction.
+async fn watch_loop<S: Store>(
+    store: Arc<S>,
+    state: PoolsView,
+    mut from: Rev,
+    max_backoff: Duration,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.watch(from).await {
+            Ok(mut stream) => {
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(WatchItem::Changes(changes, rev)) => {
+                            backoff = Duration::from_millis(50);
+                            let now = now_ms();
+                            let mut st = state.lock();
+                            for c in changes {
+                                st.apply(c, now);
+                            }
+                            for ps in st.pools.values_mut() {
+                                ps.occ.watched_up_to(rev);
+                            }
+                            st.seen = st.seen.max(rev);
+                            from = st.seen + 1;
+                        }
+                        Ok(WatchItem::Compacted) => match store.snapshot().await {
+                            Ok(snap) => {
+                                tracing::info!(store = %store.describe(), rev = snap.rev, "watch compacted; relisted");
+                                *state.lock() = State::from_snapshot(&snap, now_ms());
+                                from = snap.rev + 1;
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "relist after compaction failed");
+                                break;
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(store = %store.describe(), error = %e, "watch interrupted; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(store = %store.describe(), error = %e, "cannot watch; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}

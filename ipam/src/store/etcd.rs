@@ -1,0 +1,543 @@
+//! The etcd store: one key per allocated or held value, written only by transactions that compare
+//! the key's revision (`create_revision == 0` to create it), holds bound to an etcd lease, pool
+//! specs beside them, and a watch with `prev_kv` that reports compaction so readers relist.
+//!
+//! Key layout under the prefix (default `/svcplane/ipam/`):
+//! - `pools/<pool>` → the pool spec (JSON)
+//! - `values/<pool>/<value>` → the allocation record (JSON), e.g. `values/ipv4/10.96.0.10`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use futures::StreamExt;
+
+use super::{Cas, Change, PoolWrite, Snapshot, Store, StoredValue, WatchItem, WatchStream, Write};
+use crate::occupancy::{Expect, Record, Rev};
+use crate::spec::PoolSpec;
+use crate::{Error, Result};
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://host:port`, `https://host:port`, or `host:port`).
+    pub endpoints: Vec<String>,
+    /// Key prefix of all pools; ends with `/`.
+    pub prefix: String,
+    /// CA bundle to verify etcd's serving certificate (`--etcd-cafile`).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (`--etcd-certfile`, `--etcd-keyfile`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Dial and per-request timeout.
+    pub timeout: Duration,
+}
+
+impl EtcdConfig {
+    /// Endpoints on loopback etc. with the default prefix and a 5 s timeout.
+    pub fn new(endpoints: Vec<String>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            prefix: super::DEFAULT_PREFIX.to_string(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> EtcdConfig {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn tls(&self) -> Result<Option<TlsOptions>> {
+        if self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() {
+            return Ok(None);
+        }
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| Error::InvalidSpec {
+                field: flag.to_string(),
+                message: format!("cannot read {}: {e}", p.display()),
+            })
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-cafile", ca)?));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("--etcd-certfile", c)?,
+                    read("--etcd-keyfile", k)?,
+                ));
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Error::InvalidSpec {
+                    field: "--etcd-keyfile".into(),
+                    message: "--etcd-certfile needs --etcd-keyfile (the client certificate's private key)".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(Error::InvalidSpec {
+                    field: "--etcd-certfile".into(),
+                    message: "--etcd-keyfile needs --etcd-certfile (the client certificate)".into(),
+                });
+            }
+        }
+        Ok(Some(tls))
+    }
+
+    /// Endpoints with a scheme: `https://` when TLS is configured, else `http://`.
+    fn urls(&self, tls: bool) -> Result<Vec<String>> {
+        if self.endpoints.is_empty() {
+            return Err(Error::InvalidSpec {
+                field: "--etcd-endpoints".into(),
+                message: "no etcd endpoint given; e.g. --etcd-endpoints http://127.0.0.1:2379"
+                    .into(),
+            });
+        }
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let e = e.trim();
+                if e.starts_with("http://") && tls {
+                    Err(Error::InvalidSpec {
+                        field: "--etcd-endpoints".into(),
+                        message: format!("{e} is plain http but TLS flags are set; use https://"),
+                    })
+                } else if e.starts_with("http://") || e.starts_with("https://") {
+                    Ok(e.to_string())
+                } else if e.contains("://") || e.is_empty() {
+                    Err(Error::InvalidSpec {
+                        field: "--etcd-endpoints".into(),
+                        message: format!("{e:?} is not an etcd client URL; write http://host:port or https://host:port"),
+                    })
+                } else {
+                    Ok(format!("{}://{e}", if tls { "https" } else { "http" }))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A store in etcd.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// Page size of snapshot reads.
+const PAGE: i64 = 5_000;
+
+impl EtcdStore {
+    /// Connects and checks that etcd answers.
+    pub async fn connect(config: &EtcdConfig) -> Result<EtcdStore> {
+        if !config.prefix.starts_with('/') || !config.prefix.ends_with('/') {
+            return Err(Error::InvalidSpec {
+                field: "--etcd-prefix".into(),
+                message: format!(
+                    "{:?} must start and end with '/', e.g. /svcplane/ipam/",
+                    config.prefix
+                ),
+            });
+        }
+        let tls = config.tls()?;
+        let urls = config.urls(tls.is_some())?;
+        let endpoints = urls.join(",");
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.timeout)
+            .with_timeout(config.timeout)
+            .with_keep_alive(Duration::from_secs(10), config.timeout);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
+        let unavailable = |e: etcd_client::Error| Error::Unavailable {
+            endpoints: endpoints.clone(),
+            message: e.to_string(),
+        };
+        let mut client = Client::connect(&urls, Some(options))
+            .await
+            .map_err(unavailable)?;
+        client.status().await.map_err(unavailable)?;
+        Ok(EtcdStore {
+            client,
+            prefix: config.prefix.clone(),
+            endpoints,
+        })
+    }
+
+    fn pool_key(&self, pool: &str) -> String {
+        format!("{}pools/{pool}", self.prefix)
+    }
+
+    fn value_key(&self, pool: &str, value: &str) -> String {
+        format!("{}values/{pool}/{value}", self.prefix)
+    }
+
+    fn err(&self, e: etcd_client::Error) -> Error {
+        use etcd_client::Error as E;
+        let transient = match &e {
+            E::TransportError(_) | E::IoError(_) => true,
+            E::GRpcStatus(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            ),
+            E::WatchError(_) => true,
+            _ => false,
+        };
+        if transient {
+            Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                message: e.to_string(),
+            }
+        } else {
+            Error::Store(e.to_string())
+        }
+    }
+
+    /// Decodes a key under the prefix into a change (`kv` present: put; absent: delete at `rev`).
+    fn decode(&self, key: &[u8], value: Option<&[u8]>, rev: Rev) -> Result<Option<Change>> {
+        let key = String::from_utf8_lossy(key);
+        let Some(rest) = key.strip_prefix(&self.prefix) else {
+            return Ok(None);
+        };
+        let corrupt = |message: String| Error::Corrupt {
+            key: key.to_string(),
+            message,
+        };
+        if let Some(name) = rest.strip_prefix("pools/") {
+            let spec = value
+                .map(|v| serde_json::from_slice::<PoolSpec>(v).map_err(|e| corrupt(e.to_string())))
+                .transpose()?;
+            return Ok(Some(Change::Pool {
+                name: name.to_string(),
+                spec,
+                rev,
+            }));
+        }
+        if let Some((pool, v)) = rest.strip_prefix("values/").and_then(|r| r.split_once('/')) {
+            let record = value
+                .map(|v| serde_json::from_slice::<Record>(v).map_err(|e| corrupt(e.to_string())))
+                .transpose()?;
+            return Ok(Some(Change::Value {
+                pool: pool.to_string(),
+                value: v.to_string(),
+                record,
+                rev,
+            }));
+        }
+        Ok(None)
+    }
+
+    fn decode_kv(&self, kv: &KeyValue) -> Result<Option<Change>> {
+        self.decode(kv.key(), Some(kv.value()), kv.mod_revision())
+    }
+}
+
+/// The end of the key range of every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Store for EtcdStore {
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let mut kv = self.client.kv_client();
+        let end = prefix_end(&self.prefix);
+        let mut from = self.prefix.as_bytes().to_vec();
+        let mut snap = Snapshot::default();
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if snap.rev > 0 {
+                opts = opts.with_revision(snap.rev);
+            }
+            let resp = kv
+                .get(from.clone(), Some(opts))
+                .await
+                .map_err(|e| self.err(e))?;
+            if snap.rev == 0 {
+                snap.rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for item in resp.kvs() {
+                match self.decode_kv(item) {
+                    Ok(Some(Change::Pool {
+                        spec: Some(spec),
+                        rev,
+                        ..
+                    })) => snap.pools.push((spec, rev)),
+                    Ok(Some(Change::Value {
+                        pool,
+                        value,
+                        record: Some(record),
+                        rev,
+                    })) => snap.values.push(StoredValue {
+                        pool,
+                        value,
+                        record,
+                        rev,
+                    }),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "skipping undecodable key"),
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(snap),
+            }
+        }
+    }
+
+    async fn pool(&self, name: &str) -> Result<Option<(PoolSpec, Rev)>> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.pool_key(name), None)
+            .await
+            .map_err(|e| self.err(e))?;
+        match resp
+            .kvs()
+            .first()
+            .map(|kv| self.decode_kv(kv))
+            .transpose()?
+            .flatten()
+        {
+            Some(Change::Pool {
+                spec: Some(spec),
+                rev,
+                ..
+            }) => Ok(Some((spec, rev))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn get(&self, pool: &str, value: &str) -> Result<Option<(Record, Rev)>> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.value_key(pool, value), None)
+            .await
+            .map_err(|e| self.err(e))?;
+        match resp
+            .kvs()
+            .first()
+            .map(|kv| self.decode_kv(kv))
+            .transpose()?
+            .flatten()
+        {
+            Some(Change::Value {
+                record: Some(record),
+                rev,
+                ..
+            }) => Ok(Some((record, rev))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn cas(
+        &self,
+        pool: &str,
+        pool_rev: Option<Rev>,
+        value: &str,
+        expect: Expect,
+        write: Write,
+    ) -> Result<Cas> {
+        let key = self.value_key(pool, value);
+        let pool_key = self.pool_key(pool);
+        let mut when = vec![match expect {
+            Expect::Absent => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Expect::Rev(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
+        }];
+        if let Some(r) = pool_rev {
+            when.push(Compare::mod_revision(pool_key.clone(), CompareOp::Equal, r));
+        }
+        let op = match write {
+            Write::Put { record, ttl } => {
+                let json = serde_json::to_vec(&record).map_err(|e| Error::Store(e.to_string()))?;
+                let opts = match ttl {
+                    Some(ttl) => {
+                        // etcd leases count whole seconds; round up so a hold is never shorter.
+                        let secs = ttl.as_secs() as i64 + i64::from(ttl.subsec_nanos() > 0);
+                        let lease = self
+                            .client
+                            .lease_client()
+                            .grant(secs.max(1), None)
+                            .await
+                            .map_err(|e| self.err(e))?;
+                        Some(PutOptions::new().with_lease(lease.id()))
+                    }
+                    None => None,
+                };
+                TxnOp::put(key.clone(), json, opts)
+            }
+            Write::Delete => TxnOp::delete(key.clone(), None),
+        };
+        let txn = Txn::new().when(when).and_then(vec![op]).or_else(vec![
+            TxnOp::get(key.clone(), None),
+            TxnOp::get(pool_key, None),
+        ]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(e))?;
+        if resp.succeeded() {
+            return Ok(Cas::Done(resp.header().map(|h| h.revision()).unwrap_or(0)));
+        }
+        let gets: Vec<_> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        if let Some(want) = pool_rev {
+            let have = gets
+                .get(1)
+                .and_then(|g| g.kvs().first())
+                .map(|kv| kv.mod_revision());
+            if have != Some(want) {
+                return Ok(Cas::PoolChanged);
+            }
+        }
+        let current = gets.first().and_then(|g| g.kvs().first());
+        match current.map(|kv| self.decode_kv(kv)).transpose()?.flatten() {
+            Some(Change::Value {
+                record: Some(record),
+                rev,
+                ..
+            }) => Ok(Cas::Conflict(Some((record, rev)))),
+            _ => Ok(Cas::Conflict(None)),
+        }
+    }
+
+    async fn put_pools(&self, writes: &[PoolWrite], values_since: Rev) -> Result<bool> {
+        let mut when = Vec::new();
+        let mut ops = Vec::new();
+        for w in writes {
+            let key = self.pool_key(&w.spec.name);
+            when.push(match w.expect {
+                Expect::Absent => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Expect::Rev(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
+            });
+            // No value of the pool may have been written since the caller checked them.
+            let values = format!("{}values/{}/", self.prefix, w.spec.name);
+            when.push(
+                Compare::mod_revision(values.clone(), CompareOp::Less, values_since + 1)
+                    .with_range(prefix_end(&values)),
+            );
+            let json = serde_json::to_vec(&w.spec).map_err(|e| Error::Store(e.to_string()))?;
+            ops.push(TxnOp::put(key, json, None));
+        }
+        let resp = self
+            .client
+            .kv_client()
+            .txn(Txn::new().when(when).and_then(ops))
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(resp.succeeded())
+    }
+
+    async fn watch(&self, from: Rev) -> Result<WatchStream> {
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(&self.prefix))
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(from);
+        let stream = self
+            .client
+            .watch_client()
+            .watch(self.prefix.clone(), Some(opts))
+            .await
+            .map_err(|e| self.err(e))?;
+        let this = self.clone();
+        let items = futures::stream::unfold(Some(stream), move |state| {
+            let this = this.clone();
+            async move {
+                let mut stream = state?;
+                loop {
+                    let resp = match stream.message().await {
+                        Ok(Some(resp)) => resp,
+                        Ok(None) => return None,
+                        Err(e) => return Some((Err(this.err(e)), None)),
+                    };
+                    if resp.compact_revision() > 0 {
+                        return Some((Ok(WatchItem::Compacted), None));
+                    }
+                    if resp.canceled() {
+                        let reason = resp.cancel_reason().to_string();
+                        return Some((
+                            Err(Error::Unavailable {
+                                endpoints: this.endpoints.clone(),
+                                message: format!("watch cancelled: {reason}"),
+                            }),
+                            None,
+                        ));
+                    }
+                    if resp.created() && resp.events().is_empty() {
+                        continue;
+                    }
+                    // A watcher catching up may carry a header revision ahead of its events, so
+                    // progress is the last event's revision; an empty response is a progress
+                    // notification, sent only once the watcher is in sync.
+                    let last_event = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| e.kv())
+                        .map(|kv| kv.mod_revision())
+                        .max();
+                    let rev = last_event
+                        .unwrap_or_else(|| resp.header().map(|h| h.revision()).unwrap_or(0));
+                    let mut changes = Vec::new();
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let decoded = match ev.event_type() {
+                            EventType::Put => this.decode_kv(kv),
+                            EventType::Delete => this.decode(kv.key(), None, kv.mod_revision()),
+                        };
+                        match decoded {
+                            Ok(Some(c)) => changes.push(c),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "skipping undecodable key"),
+                        }
+                    }
+                    return Some((Ok(WatchItem::Changes(changes, rev)), Some(stream)));
+                }
+            }
+        });
+        Ok(items.boxed())
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd {} (prefix {})", self.endpoints, self.prefix)
+    }
+}
