@@ -241,9 +241,22 @@ impl PoolsView {
             .records()
             .map(|(v, r, _)| (ps.occ.pool().value(v), r.clone()))
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|a| a.0);
         Ok(out)
     }
+}
+
+/// What the index proposes for one allocation attempt.
+enum Pick {
+    /// Write this value, expecting its key in this state, under this pool spec revision.
+    Write {
+        raw: u128,
+        value: Value,
+        expect: Expect,
+        pool_rev: Rev,
+    },
+    /// No candidate under the pool spec at this revision.
+    LooksFull { pool_rev: Rev },
 }
 
 /// Allocates and releases values of the pools in a store.
@@ -318,32 +331,47 @@ impl<S: Store> Allocator<S> {
                     Some(value) => {
                         let Some(raw) = p.raw(value) else {
                             let valid = p.ranges_text();
-                            return Ok(Allocation::Refused(Refusal::OutOfRange {
+                            let refusal = Refusal::OutOfRange {
                                 value,
                                 kind: p.kind,
                                 valid,
-                            }));
+                            };
+                            return Ok(Allocation::Refused(refusal));
                         };
                         match ps.occ.decide(owner, raw, now) {
                             Decision::AlreadyYours => return Ok(Allocation::Allocated(value)),
                             Decision::Refuse(r) => return Ok(Allocation::Refused(r)),
-                            Decision::Take(expect) => Ok((raw, value, expect, ps.rev)),
+                            Decision::Take(expect) => Pick::Write {
+                                raw,
+                                value,
+                                expect,
+                                pool_rev: ps.rev,
+                            },
                         }
                     }
                     None => match ps.occ.candidate(owner, &mut rand::rng()) {
+                        Some((raw, expect)) => Pick::Write {
+                            raw,
+                            value: p.value(raw),
+                            expect,
+                            pool_rev: ps.rev,
+                        },
                         None if confirmed_full => return Ok(Allocation::Refused(Refusal::Full)),
-                        None => None,
-                        Some((raw, expect)) => Some((raw, p.value(raw), expect, ps.rev)),
-                    }
-                    .map_or(Err(ps.rev), Ok),
+                        None => Pick::LooksFull { pool_rev: ps.rev },
+                    },
                 }
             };
-            // Before answering "full", make sure the pool spec is current: it may have just grown.
             let (raw, value, expect, pool_rev) = match pick {
-                Ok(pick) => pick,
-                Err(known_rev) => {
+                Pick::Write {
+                    raw,
+                    value,
+                    expect,
+                    pool_rev,
+                } => (raw, value, expect, pool_rev),
+                // Before answering "full", make sure the pool spec is current: it may have grown.
+                Pick::LooksFull { pool_rev } => {
                     let fresh = self.retry(deadline, || self.store.pool(pool)).await?;
-                    if fresh.as_ref().map(|(_, r)| *r) != Some(known_rev) {
+                    if fresh.as_ref().map(|(_, r)| *r) != Some(pool_rev) {
                         self.refresh_pool(pool, deadline).await?;
                     }
                     confirmed_full = true;

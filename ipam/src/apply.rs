@@ -72,15 +72,15 @@ pub async fn apply<S: Store>(store: &S, specs: &[PoolSpec]) -> Result<Vec<(Strin
                 let raw = pool.parse_value(&v.value).and_then(|x| pool.raw(x));
                 match raw {
                     Some(raw) if pool.contains(raw) => {
-                        if let Some(object) = pool.reserved.get(&raw) {
-                            if *object != v.record.owner.object {
-                                return Err(Error::ReservationTaken {
-                                    pool: spec.name.clone(),
-                                    value: v.value.clone(),
-                                    object: object.clone(),
-                                    owner: v.record.owner.to_string(),
-                                });
-                            }
+                        if let Some(object) = pool.reserved.get(&raw)
+                            && *object != v.record.owner.object
+                        {
+                            return Err(Error::ReservationTaken {
+                                pool: spec.name.clone(),
+                                value: v.value.clone(),
+                                object: object.clone(),
+                                owner: v.record.owner.to_string(),
+                            });
                         }
                     }
                     _ => outside.push(format!("{} ({})", v.value, v.record.owner)),

@@ -31,17 +31,17 @@ impl IntervalSet {
         let mut start = v;
         let mut end = v;
         // Merge with the run ending just before `v`.
-        if v > 0 {
-            if let Some((s, _)) = self.run_containing(v - 1) {
-                self.runs.remove(&s);
-                start = s;
-            }
+        if v > 0
+            && let Some((s, _)) = self.run_containing(v - 1)
+        {
+            self.runs.remove(&s);
+            start = s;
         }
         // Merge with the run starting just after `v`.
-        if v < u128::MAX {
-            if let Some(e) = self.runs.remove(&(v + 1)) {
-                end = e;
-            }
+        if v < u128::MAX
+            && let Some(e) = self.runs.remove(&(v + 1))
+        {
+            end = e;
         }
         self.runs.insert(start, end);
         true
@@ -89,10 +89,10 @@ impl IntervalSet {
     /// Number of values of the set inside `[lo, hi]`.
     pub(crate) fn count_in(&self, lo: u128, hi: u128) -> u128 {
         let mut n = 0;
-        if let Some((_, &e)) = self.runs.range(..lo).next_back() {
-            if e >= lo {
-                n += e.min(hi) - lo + 1;
-            }
+        if let Some((_, &e)) = self.runs.range(..lo).next_back()
+            && e >= lo
+        {
+            n += e.min(hi) - lo + 1;
         }
         for (&s, &e) in self.runs.range(lo..=hi) {
             n += e.min(hi) - s + 1;

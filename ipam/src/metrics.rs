@@ -19,10 +19,13 @@ struct PoolCollector(PoolsView);
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A gauge: name, help, and how to read it from a pool's counts.
+type Gauge = (&'static str, &'static str, fn(&crate::Counts) -> u128);
+
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let pools = self.0.pools();
-        let gauges: [(&str, &str, fn(&crate::Counts) -> u128); 5] = [
+        let gauges: [Gauge; 5] = [
             (
                 "svcplane_ipam_pool_size",
                 "Usable values of the pool.",

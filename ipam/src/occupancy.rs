@@ -153,10 +153,10 @@ impl Occupancy {
     /// Records what the store holds for `v` at revision `rev` (`None`: deleted), unless the index
     /// already knows a newer state.
     pub fn observe(&mut self, v: u128, rev: Rev, record: Option<Record>, now_ms: u64) {
-        if let Some(old) = self.entries.get(&v) {
-            if old.rev >= rev {
-                return;
-            }
+        if let Some(old) = self.entries.get(&v)
+            && old.rev >= rev
+        {
+            return;
         }
         self.forget(v);
         if record.is_none() {
@@ -270,13 +270,13 @@ impl Occupancy {
                 valid: self.pool.ranges_text(),
             });
         }
-        if let Some(object) = self.pool.reserved.get(&v) {
-            if *object != owner.object {
-                return Decision::Refuse(Refusal::Reserved {
-                    value,
-                    for_object: object.clone(),
-                });
-            }
+        if let Some(object) = self.pool.reserved.get(&v)
+            && *object != owner.object
+        {
+            return Decision::Refuse(Refusal::Reserved {
+                value,
+                for_object: object.clone(),
+            });
         }
         match self.entries.get(&v) {
             Some(Entry {
@@ -303,10 +303,10 @@ impl Occupancy {
     /// Call [`Occupancy::expire`] first.
     pub fn candidate(&self, owner: &Owner, rng: &mut impl Rng) -> Option<(u128, Expect)> {
         for &(_, v) in &self.holds {
-            if let Some((r, rev)) = self.record(v) {
-                if r.owner == *owner {
-                    return Some((v, Expect::Rev(rev)));
-                }
+            if let Some((r, rev)) = self.record(v)
+                && r.owner == *owner
+            {
+                return Some((v, Expect::Rev(rev)));
             }
         }
         // A reserved value can only be held by its own object, so anything but an allocation

@@ -318,7 +318,7 @@ impl PoolDoc {
 /// Parses a pools file (YAML) into validated specs.
 pub fn parse_pools_file(text: &str) -> Result<Vec<PoolSpec>> {
     let file: PoolsFile = serde_yaml::from_str(text).map_err(|e| Error::InvalidSpec {
-        field: "(document)".into(),
+        field: "document".into(),
         message: e.to_string(),
     })?;
     let mut specs = Vec::new();
@@ -335,7 +335,7 @@ pub fn parse_pools_file(text: &str) -> Result<Vec<PoolSpec>> {
     }
     if specs.is_empty() {
         return Err(Error::InvalidSpec {
-            field: "(document)".into(),
+            field: "document".into(),
             message: "no pools: define clusterIP.ipv4, clusterIP.ipv6 and/or nodePort".into(),
         });
     }
@@ -538,11 +538,11 @@ mod tests {
             ),
             (
                 "clusterIP:\n  ipv5: {}\n",
-                "(document)",
+                "document",
                 "unknown field `ipv5`",
             ),
-            ("nodePorts: {}\n", "(document)", "unknown field `nodePorts`"),
-            ("{}\n", "(document)", "no pools"),
+            ("nodePorts: {}\n", "document", "unknown field `nodePorts`"),
+            ("{}\n", "document", "no pools"),
         ];
         for (file, field, msg) in rows {
             let (f, m) = field_of(parse_pools_file(file));

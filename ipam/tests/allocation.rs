@@ -493,3 +493,36 @@ async fn a_pool_change_reaches_running_allocators() {
     let v = allocated(a.allocate("ipv4", &svc("default/x"), None).await.unwrap());
     assert!(v == ip("10.96.1.1") || v == ip("10.96.1.2"), "{v}");
 }
+
+#[test]
+fn a_watch_that_falls_behind_relists_and_catches_up() {
+    // On a current-thread runtime the observer's watch task cannot run while the writer loops
+    // without yielding (the memory store never suspends), so the 2000 changes overflow the
+    // watch's 1024-change buffer: the observer only catches up by relisting.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = MemoryStore::new();
+            create(&store, &[ip_pool(&["10.96.0.0/20"], HOUR)]).await;
+            let observer = Allocator::start(store.clone(), AllocatorOptions::default())
+                .await
+                .unwrap();
+            let writer = Allocator::start(store, AllocatorOptions::default())
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+            fill(&writer, "ipv4", 2000).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while observer.view().records("ipv4").unwrap() != writer.view().records("ipv4").unwrap()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the observer never caught up"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(observer.view().pools()[0].counts.used, 2000);
+        });
+}

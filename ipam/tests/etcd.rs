@@ -227,3 +227,132 @@ async fn an_unreachable_etcd_is_reported_with_the_endpoint_and_the_fix() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_in_etcd_return_a_value_to_its_owner_and_free_it_for_anyone_after_the_lease() {
+    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()])
+        .with_prefix(testkit::unique_prefix("hold"));
+    let store = connect(&config).await.unwrap();
+    create(
+        &store,
+        &[ip_pool(&["10.96.0.0/28"], Duration::from_secs(1))],
+    )
+    .await;
+    let a = Allocator::start(store, AllocatorOptions::default())
+        .await
+        .unwrap();
+    let v = allocated(a.allocate("ipv4", &svc("default/web"), None).await.unwrap());
+    assert_eq!(
+        a.release("ipv4", v, "default/web", Release::Hold)
+            .await
+            .unwrap(),
+        ipam::Released::Held
+    );
+    // Another allocator (its own client and index) cannot take it...
+    let b = Allocator::start(connect(&config).await.unwrap(), AllocatorOptions::default())
+        .await
+        .unwrap();
+    let refused = b
+        .allocate("ipv4", &svc("default/intruder"), Some(v))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            Allocation::Refused(Refusal::Taken { held: true, .. })
+        ),
+        "{refused:?}"
+    );
+    // ...the same Service recreated gets it back...
+    assert_eq!(
+        b.allocate("ipv4", &svc("default/web"), None).await.unwrap(),
+        Allocation::Allocated(v)
+    );
+    b.release("ipv4", v, "default/web", Release::Hold)
+        .await
+        .unwrap();
+    // ...and once the hold is over (etcd's lease may outlive it by a second), anyone can.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match b
+            .allocate("ipv4", &svc("default/newcomer"), Some(v))
+            .await
+            .unwrap()
+        {
+            Allocation::Allocated(got) => break assert_eq!(got, v),
+            Allocation::Refused(r) => assert!(
+                Instant::now() < deadline,
+                "still refused after the hold: {r:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_watch_from_a_compacted_revision_reports_the_compaction() {
+    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()])
+        .with_prefix(testkit::unique_prefix("compact"));
+    let store = connect(&config).await.unwrap();
+    create(&store, &[ip_pool(&["10.96.0.0/24"], HOUR)]).await;
+    let a = Allocator::start(connect(&config).await.unwrap(), AllocatorOptions::default())
+        .await
+        .unwrap();
+    let old = store.snapshot().await.unwrap().rev;
+    for i in 0..5 {
+        a.allocate("ipv4", &svc(&format!("default/s{i}")), None)
+            .await
+            .unwrap();
+    }
+    let now = store.snapshot().await.unwrap().rev;
+    let mut client = etcd_client::Client::connect([testkit::Etcd::shared().endpoint()], None)
+        .await
+        .unwrap();
+    client.compact(now, None).await.unwrap();
+    use futures::StreamExt;
+    let mut watch = store.watch(old + 1).await.unwrap();
+    let first = watch.next().await.expect("the watch answers").unwrap();
+    assert!(
+        matches!(first, ipam::store::WatchItem::Compacted),
+        "{first:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_flags_reach_an_etcd_that_requires_client_certificates() {
+    let etcd = testkit::Etcd::start_tls();
+    let tls = etcd.tls().unwrap().clone();
+    let mut config = EtcdConfig::new(vec![etcd.endpoint()]);
+    config.timeout = Duration::from_secs(2);
+    // Without a client certificate etcd turns the client away.
+    let mut no_cert = config.clone();
+    no_cert.ca_file = Some(tls.ca.clone());
+    assert!(
+        connect(&no_cert).await.is_err(),
+        "etcd requires a client certificate"
+    );
+    config.ca_file = Some(tls.ca);
+    config.cert_file = Some(tls.client_cert);
+    config.key_file = Some(tls.client_key);
+    let store = connect(&config)
+        .await
+        .expect("connect with the CA, client certificate and key");
+    create(&store, &[ip_pool(&["10.96.0.0/24"], HOUR)]).await;
+    let a = Allocator::start(store, AllocatorOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.allocate("ipv4", &svc("kube-system/kube-dns"), Some(ip("10.96.0.10")))
+            .await
+            .unwrap(),
+        Allocation::Allocated(ip("10.96.0.10"))
+    );
+    // A plain http:// endpoint with TLS flags is a mistake worth naming.
+    let mut wrong = config.clone();
+    wrong.endpoints = vec![etcd.endpoint().replace("https://", "http://")];
+    let err = connect(&wrong).await.unwrap_err().to_string();
+    assert!(
+        err.contains("is plain http but TLS flags are set; use https://"),
+        "{err}"
+    );
+}

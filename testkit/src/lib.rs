@@ -15,8 +15,21 @@ use std::time::{Duration, Instant};
 pub struct Etcd {
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP port serving `/health` (TLS servers only).
+    metrics_port: Option<u16>,
     data_dir: tempfile::TempDir,
+    tls: Option<TlsFiles>,
     child: Option<Child>,
+}
+
+/// Certificates of a TLS etcd: a CA, the server's (for 127.0.0.1) and a client's.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -43,11 +56,35 @@ impl Etcd {
         let mut etcd = Etcd {
             client_port: free_port(),
             peer_port: free_port(),
+            metrics_port: None,
             data_dir: scratch_dir(),
+            tls: None,
             child: None,
         };
         etcd.spawn();
         etcd
+    }
+
+    /// Starts an etcd that serves clients over TLS only and requires a client certificate
+    /// signed by its CA (certificates made with the `openssl` command).
+    pub fn start_tls() -> Etcd {
+        let data_dir = scratch_dir();
+        let tls = make_certs(data_dir.path());
+        let mut etcd = Etcd {
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: Some(free_port()),
+            data_dir,
+            tls: Some(tls),
+            child: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    /// The certificates of a TLS etcd.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// One etcd shared by every test of this test binary; tests keep apart by key prefix
@@ -59,7 +96,8 @@ impl Etcd {
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn spawn(&mut self) {
@@ -70,7 +108,8 @@ impl Etcd {
 trap 'kill -9 $e 2>/dev/null; exit 0' TERM INT
 while kill -0 "$WATCHED_PID" 2>/dev/null && kill -0 $e 2>/dev/null; do sleep 0.2; done
 kill -9 $e 2>/dev/null; wait $e"#;
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(script)
             .arg("sh")
@@ -89,7 +128,22 @@ kill -9 $e 2>/dev/null; wait $e"#;
                 &peer,
             ])
             .args(["--initial-cluster", &format!("test={peer}")])
-            .args(["--logger", "zap", "--log-level", "error"])
+            .args(["--logger", "zap", "--log-level", "error"]);
+        if let (Some(tls), Some(metrics)) = (&self.tls, self.metrics_port) {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth")
+                .args([
+                    "--listen-metrics-urls",
+                    &format!("http://127.0.0.1:{metrics}"),
+                ]);
+        }
+        let child = command
             .env("WATCHED_PID", std::process::id().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -103,7 +157,7 @@ kill -9 $e 2>/dev/null; wait $e"#;
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if health(self.client_port) {
+            if health(self.metrics_port.unwrap_or(self.client_port)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -134,6 +188,101 @@ kill -9 $e 2>/dev/null; wait $e"#;
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir`.
+fn make_certs(dir: &std::path::Path) -> TlsFiles {
+    let f = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca-key.pem",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=svcplane-test-ca",
+            ],
+        ]
+        .concat(),
+    );
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(f(&format!("{name}.ext")), ext).unwrap();
+        let (key, csr, cert, extfile) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            &[
+                &["req"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN=svcplane-test-{name}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ]);
+    }
+    TlsFiles {
+        ca: f("ca.pem"),
+        server_cert: f("server.pem"),
+        server_key: f("server-key.pem"),
+        client_cert: f("client.pem"),
+        client_key: f("client-key.pem"),
     }
 }
 

@@ -59,10 +59,10 @@ impl MemoryStore {
     fn commit(&self, inner: &mut Inner, changes: Vec<Change>) {
         for c in &changes {
             inner.history.push_back(c.clone());
-            if inner.history.len() > HISTORY {
-                if let Some(old) = inner.history.pop_front() {
-                    inner.compacted = change_rev(&old);
-                }
+            if inner.history.len() > HISTORY
+                && let Some(old) = inner.history.pop_front()
+            {
+                inner.compacted = change_rev(&old);
             }
         }
         let _ = self.events.send((changes, inner.rev));
@@ -121,10 +121,10 @@ impl Store for MemoryStore {
         write: Write,
     ) -> Result<Cas> {
         let mut inner = self.lock();
-        if let Some(want) = pool_rev {
-            if inner.pools.get(pool).map(|(_, r)| *r) != Some(want) {
-                return Ok(Cas::PoolChanged);
-            }
+        if let Some(want) = pool_rev
+            && inner.pools.get(pool).map(|(_, r)| *r) != Some(want)
+        {
+            return Ok(Cas::PoolChanged);
         }
         let key = (pool.to_string(), value.to_string());
         let current = inner.values.get(&key).cloned();

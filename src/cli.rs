@@ -1,0 +1,27 @@
+//! The command line: every subcommand and flag of `svcplane`, and the dispatch to the modules
+//! that carry them out.
+
+use clap::{Parser, Subcommand};
+
+use crate::ipam_cmd::IpamCommand;
+
+/// The Service machinery of Kubernetes: ClusterIP/NodePort allocation from etcd-backed pools.
+#[derive(Debug, Parser)]
+#[command(name = "svcplane", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage and inspect the ClusterIP and NodePort pools in etcd.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ipam(cmd) => crate::ipam_cmd::run(cmd).await,
+    }
+}

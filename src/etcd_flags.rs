@@ -1,0 +1,57 @@
+//! The etcd client flags shared by every command that talks to etcd.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ipam::store::etcd::{EtcdConfig, EtcdStore};
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct EtcdFlags {
+    /// etcd client URLs (repeat the flag or separate with commas), e.g. http://127.0.0.1:2379.
+    #[arg(
+        long = "etcd-endpoints",
+        value_name = "URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub(crate) endpoints: Vec<String>,
+    /// CA bundle that signed etcd's serving certificate (enables TLS).
+    #[arg(long = "etcd-cafile", value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-keyfile).
+    #[arg(long = "etcd-certfile", value_name = "FILE")]
+    pub(crate) cert_file: Option<PathBuf>,
+    /// Private key of the client certificate.
+    #[arg(long = "etcd-keyfile", value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Key prefix of the pools; must start and end with '/'.
+    #[arg(long = "etcd-prefix", value_name = "PREFIX", default_value = ipam::store::DEFAULT_PREFIX)]
+    pub(crate) prefix: String,
+    /// Dial and per-request timeout.
+    #[arg(long = "etcd-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+}
+
+impl EtcdFlags {
+    pub(crate) fn config(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    pub(crate) async fn connect(&self) -> ipam::Result<EtcdStore> {
+        EtcdStore::connect(&self.config()).await
+    }
+}
+
+/// Parses a duration flag (`5m`, `30s`, `250ms`, `0`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    ipam::spec::parse_duration(text)
+}
