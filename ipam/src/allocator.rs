@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use serde::Serialize;
 
 use crate::occupancy::{Counts, Decision, Expect, Occupancy, Record, Rev};
 use crate::pool::{Owner, Pool, Refusal, Value};
@@ -195,10 +194,8 @@ impl State {
 pub struct PoolsView(Arc<Mutex<State>>);
 
 /// One pool as seen by a [`PoolsView`].
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct PoolStatus {
-    #[serde(skip)]
     pub pool: Pool,
     pub spec: PoolSpec,
     pub counts: Counts,

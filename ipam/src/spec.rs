@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::pool::{Family, Pool, PoolKind, Span, Value};
+use crate::pool::{Family, Pool, PoolKind, Span};
 use crate::{Error, Result};
 
 /// The IPv4 ClusterIP pool.
@@ -427,18 +427,6 @@ mod duration_text {
         let text = String::deserialize(d)?;
         super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
-}
-
-/// Parses a value of `pool` written as text, with an error naming the field.
-pub fn parse_value_for(pool: &Pool, field: &str, text: &str) -> Result<Value> {
-    pool.parse_value(text).ok_or_else(|| Error::InvalidSpec {
-        field: field.into(),
-        message: format!(
-            "{text:?} is not a valid {} for pool {}",
-            pool.noun(),
-            pool.name
-        ),
-    })
 }
 
 #[cfg(test)]

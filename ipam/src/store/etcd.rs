@@ -248,6 +248,22 @@ impl EtcdStore {
         Ok(None)
     }
 
+    /// Reads and decodes one key.
+    async fn get_one(&self, key: String) -> Result<Option<Change>> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| self.decode_kv(kv))
+            .transpose()?
+            .flatten())
+    }
+
     fn decode_kv(&self, kv: &KeyValue) -> Result<Option<Change>> {
         self.decode(kv.key(), Some(kv.value()), kv.mod_revision())
     }
@@ -316,19 +332,7 @@ impl Store for EtcdStore {
     }
 
     async fn pool(&self, name: &str) -> Result<Option<(PoolSpec, Rev)>> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(self.pool_key(name), None)
-            .await
-            .map_err(|e| self.err(e))?;
-        match resp
-            .kvs()
-            .first()
-            .map(|kv| self.decode_kv(kv))
-            .transpose()?
-            .flatten()
-        {
+        match self.get_one(self.pool_key(name)).await? {
             Some(Change::Pool {
                 spec: Some(spec),
                 rev,
@@ -339,19 +343,7 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, pool: &str, value: &str) -> Result<Option<(Record, Rev)>> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(self.value_key(pool, value), None)
-            .await
-            .map_err(|e| self.err(e))?;
-        match resp
-            .kvs()
-            .first()
-            .map(|kv| self.decode_kv(kv))
-            .transpose()?
-            .flatten()
-        {
+        match self.get_one(self.value_key(pool, value)).await? {
             Some(Change::Value {
                 record: Some(record),
                 rev,
