@@ -5,9 +5,10 @@ use clap::{Parser, Subcommand};
 
 use crate::ipam_cmd::IpamCommand;
 
-/// The Service machinery of Kubernetes: ClusterIP/NodePort allocation from etcd-backed pools.
+/// The Service machinery of Kubernetes, in one binary. Today: the ClusterIP and NodePort pools
+/// in etcd that any number of allocators share (`svcplane ipam`).
 #[derive(Debug, Parser)]
-#[command(name = "svcplane", version, about, propagate_version = true)]
+#[command(name = "svcplane", version, propagate_version = true)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
