@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Allocation throughput of `svcplane ipam bench` against a real etcd on loopback: 1 worker and 4
 # workers take turns for ROUNDS rounds; prints the median allocations/s, and the CPU used by the
-# svcplane process and by etcd (percent of one core, over the allocation run's wall time).
+# svcplane process and by etcd (percent of one core, over the whole bench command's wall time).
 #
 #   bench/ipam.sh [ROUNDS] [COUNT]        (defaults: 3 rounds, 10000 values per run)
 #

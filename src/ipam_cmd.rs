@@ -50,8 +50,9 @@ pub(crate) struct ApplyArgs {
     /// NodePort range, e.g. 30000-32767.
     #[arg(long = "service-node-port-range", value_name = "FIRST-LAST")]
     node_port_range: Option<String>,
-    /// Hold of released values for pools made from the range flags (0 disables).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    /// Hold of released values for pools made from the range flags (0 disables); a pools file
+    /// sets `hold` per pool instead.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, conflicts_with = "file")]
     hold: Duration,
     #[command(flatten)]
     etcd: EtcdFlags,

@@ -6,10 +6,12 @@
 //!
 //! Lost replies: when the store cannot be reached, a write is retried (same key, same record)
 //! until it gets a definite answer or `retry_timeout` passes; a record carrying the writer's own
-//! nonce proves an earlier attempt succeeded, so nothing is allocated twice or left behind.
+//! nonce proves an earlier attempt succeeded, so within that time nothing is allocated twice or
+//! left behind.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,21 +179,30 @@ impl State {
     }
 
     fn pool_mut(&mut self, name: &str) -> Result<&mut PoolState> {
-        let known = self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
-        self.pools.get_mut(name).ok_or_else(|| Error::UnknownPool {
-            name: name.to_string(),
-            known: if known.is_empty() {
-                "none".into()
+        if !self.pools.contains_key(name) {
+            let known = self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
+            let known = if known.is_empty() {
+                "none".to_string()
             } else {
                 known
-            },
-        })
+            };
+            return Err(Error::UnknownPool {
+                name: name.to_string(),
+                known,
+            });
+        }
+        Ok(self.pools.get_mut(name).expect("present: checked above"))
     }
 }
 
 /// A read-only view of the pools an allocator (or a snapshot) knows: for metrics and `show`.
 #[derive(Debug, Clone)]
-pub struct PoolsView(Arc<Mutex<State>>);
+pub struct PoolsView {
+    state: Arc<Mutex<State>>,
+    /// How often the index was rebuilt from a full read (a watch fell behind, or "full" was
+    /// double-checked).
+    relists: Arc<AtomicU64>,
+}
 
 /// One pool as seen by a [`PoolsView`].
 #[derive(Debug, Clone)]
@@ -204,11 +215,25 @@ pub struct PoolStatus {
 impl PoolsView {
     /// A view of a snapshot, with no watch behind it.
     pub fn from_snapshot(snap: &Snapshot) -> PoolsView {
-        PoolsView(Arc::new(Mutex::new(State::from_snapshot(snap, now_ms()))))
+        PoolsView {
+            state: Arc::new(Mutex::new(State::from_snapshot(snap, now_ms()))),
+            relists: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces everything with a fresh snapshot.
+    fn replace(&self, snap: &Snapshot) {
+        *self.lock() = State::from_snapshot(snap, now_ms());
+        self.relists.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times the index was rebuilt from a full read of the store.
+    pub fn relists(&self) -> u64 {
+        self.relists.load(Ordering::Relaxed)
     }
 
     /// Every pool with its counts now.
@@ -241,19 +266,6 @@ impl PoolsView {
         out.sort_by_key(|a| a.0);
         Ok(out)
     }
-}
-
-/// What the index proposes for one allocation attempt.
-enum Pick {
-    /// Write this value, expecting its key in this state, under this pool spec revision.
-    Write {
-        raw: u128,
-        value: Value,
-        expect: Expect,
-        pool_rev: Rev,
-    },
-    /// No candidate under the pool spec at this revision.
-    LooksFull { pool_rev: Rev },
 }
 
 /// Allocates and releases values of the pools in a store.
@@ -309,6 +321,10 @@ impl<S: Store> Allocator<S> {
     }
 
     /// Allocates `want` (a requested value) or, with `None`, any value, to `owner`.
+    ///
+    /// A requested value is judged on a fresh read of its key, never on the index alone, so a
+    /// lagging watch cannot make the allocator say "yours" or "taken" wrongly. Before answering
+    /// "full", the allocator relists the store once: the values it lacks may have been freed.
     pub async fn allocate(
         &self,
         pool: &str,
@@ -316,63 +332,33 @@ impl<S: Store> Allocator<S> {
         want: Option<Value>,
     ) -> Result<Allocation> {
         let deadline = Instant::now() + self.options.retry_timeout;
-        let mut confirmed_full = false;
+        let mut relisted = false;
         loop {
-            let now = now_ms();
-            let pick = {
-                let mut state = self.state.lock();
-                let ps = state.pool_mut(pool)?;
-                ps.occ.expire(now);
-                let p = ps.occ.pool();
-                match want {
-                    Some(value) => {
-                        let Some(raw) = p.raw(value) else {
-                            let valid = p.ranges_text();
-                            let refusal = Refusal::OutOfRange {
-                                value,
-                                kind: p.kind,
-                                valid,
-                            };
-                            return Ok(Allocation::Refused(refusal));
-                        };
-                        match ps.occ.decide(owner, raw, now) {
-                            Decision::AlreadyYours => return Ok(Allocation::Allocated(value)),
-                            Decision::Refuse(r) => return Ok(Allocation::Refused(r)),
-                            Decision::Take(expect) => Pick::Write {
-                                raw,
-                                value,
-                                expect,
-                                pool_rev: ps.rev,
-                            },
+            let (raw, value, expect, pool_rev) = match want {
+                Some(value) => match self.decide_request(pool, owner, value, deadline).await? {
+                    Ok(pick) => pick,
+                    Err(answer) => return Ok(answer),
+                },
+                None => {
+                    let pick = {
+                        let now = now_ms();
+                        let mut state = self.state.lock();
+                        let ps = state.pool_mut(pool)?;
+                        ps.occ.expire(now);
+                        let rev = ps.rev;
+                        ps.occ
+                            .candidate(owner, &mut rand::rng())
+                            .map(|(raw, expect)| (raw, ps.occ.pool().value(raw), expect, rev))
+                    };
+                    match pick {
+                        Some(pick) => pick,
+                        None if relisted => return Ok(Allocation::Refused(Refusal::Full)),
+                        None => {
+                            self.relist(deadline).await?;
+                            relisted = true;
+                            continue;
                         }
                     }
-                    None => match ps.occ.candidate(owner, &mut rand::rng()) {
-                        Some((raw, expect)) => Pick::Write {
-                            raw,
-                            value: p.value(raw),
-                            expect,
-                            pool_rev: ps.rev,
-                        },
-                        None if confirmed_full => return Ok(Allocation::Refused(Refusal::Full)),
-                        None => Pick::LooksFull { pool_rev: ps.rev },
-                    },
-                }
-            };
-            let (raw, value, expect, pool_rev) = match pick {
-                Pick::Write {
-                    raw,
-                    value,
-                    expect,
-                    pool_rev,
-                } => (raw, value, expect, pool_rev),
-                // Before answering "full", make sure the pool spec is current: it may have grown.
-                Pick::LooksFull { pool_rev } => {
-                    let fresh = self.retry(deadline, || self.store.pool(pool)).await?;
-                    if fresh.as_ref().map(|(_, r)| *r) != Some(pool_rev) {
-                        self.refresh_pool(pool, deadline).await?;
-                    }
-                    confirmed_full = true;
-                    continue;
                 }
             };
             let record = Record::allocated(owner.clone());
@@ -380,28 +366,73 @@ impl<S: Store> Allocator<S> {
                 record: record.clone(),
                 ttl: None,
             };
+            let text = value.to_string();
             match self
-                .cas(
-                    pool,
-                    Some(pool_rev),
-                    &value.to_string(),
-                    expect,
-                    write,
-                    deadline,
-                )
+                .cas(pool, Some(pool_rev), &text, expect, write, deadline)
                 .await?
             {
-                Cas::Done(rev) => {
+                (Cas::Done(rev), _) => {
                     self.observe(pool, raw, rev, Some(record));
                     return Ok(Allocation::Allocated(value));
                 }
-                Cas::Conflict(current) => self.learn(pool, raw, expect, current),
-                Cas::PoolChanged => self.refresh_pool(pool, deadline).await?,
+                (
+                    Cas::Failed {
+                        current,
+                        pool_changed,
+                    },
+                    _,
+                ) => {
+                    self.learn(pool, raw, expect, current);
+                    if pool_changed {
+                        self.refresh_pool(pool, pool_rev, deadline).await?;
+                    }
+                }
             }
         }
     }
 
+    /// Judges a request for one value: `Ok` with what to write, or `Err` with the answer.
+    async fn decide_request(
+        &self,
+        pool: &str,
+        owner: &Owner,
+        value: Value,
+        deadline: Instant,
+    ) -> Result<Result<(u128, Value, Expect, Rev), Allocation>> {
+        let raw = {
+            let mut state = self.state.lock();
+            let p = state.pool_mut(pool)?.occ.pool();
+            let Some(raw) = p.raw(value) else {
+                let refusal = Refusal::OutOfRange {
+                    value,
+                    kind: p.kind,
+                    valid: p.ranges_text(),
+                };
+                return Ok(Err(Allocation::Refused(refusal)));
+            };
+            raw
+        };
+        let text = value.to_string();
+        let (current, read_rev) = self.retry(deadline, || self.store.get(pool, &text)).await?;
+        let now = now_ms();
+        let mut state = self.state.lock();
+        let ps = state.pool_mut(pool)?;
+        match current {
+            Some((record, rev)) => ps.occ.observe(raw, rev, Some(record), now),
+            // Absent as of the read: anything the index still holds for it is older.
+            None => ps.occ.observe(raw, read_rev, None, now),
+        }
+        ps.occ.expire(now);
+        Ok(match ps.occ.decide(owner, raw, now) {
+            Decision::AlreadyYours => Err(Allocation::Allocated(value)),
+            Decision::Refuse(r) => Err(Allocation::Refused(r)),
+            Decision::Take(expect) => Ok((raw, value, expect, ps.rev)),
+        })
+    }
+
     /// Releases `value` of `pool` if it belongs to `object` (`namespace/name`).
+    ///
+    /// `Hold` keeps it for the object for the pool's hold; `Now` frees it (and ends a hold).
     pub async fn release(
         &self,
         pool: &str,
@@ -420,7 +451,7 @@ impl<S: Store> Allocator<S> {
         };
         let text = value.to_string();
         loop {
-            let current = self.retry(deadline, || self.store.get(pool, &text)).await?;
+            let (current, _) = self.retry(deadline, || self.store.get(pool, &text)).await?;
             let Some((record, rev)) = current else {
                 return Ok(Released::NotAllocated);
             };
@@ -428,31 +459,41 @@ impl<S: Store> Allocator<S> {
                 return Ok(Released::OwnedBy(record.owner));
             }
             let now = now_ms();
-            if how == Release::Hold && record.is_held_at(now) {
-                return Ok(Released::Held);
-            }
-            let (write, outcome, next) = if how == Release::Now || hold.is_zero() {
-                (Write::Delete, Released::Freed, None)
-            } else {
-                let held = Record::held(record.owner, now + hold.as_millis() as u64);
-                (
-                    Write::Put {
-                        record: held.clone(),
-                        ttl: Some(hold),
-                    },
-                    Released::Held,
-                    Some(held),
-                )
+            let free_now = how == Release::Now || hold.is_zero();
+            let (write, outcome, next) = match (record.is_allocated(), free_now) {
+                // Already released: still held, or the hold is over.
+                (false, false) => {
+                    return Ok(if record.is_held_at(now) {
+                        Released::Held
+                    } else {
+                        Released::NotAllocated
+                    });
+                }
+                (_, true) => (Write::Delete, Released::Freed, None),
+                (true, false) => {
+                    let held = Record::held(record.owner, now + hold.as_millis() as u64);
+                    (
+                        Write::Put {
+                            record: held.clone(),
+                            ttl: Some(hold),
+                        },
+                        Released::Held,
+                        Some(held),
+                    )
+                }
             };
             match self
                 .cas(pool, None, &text, Expect::Rev(rev), write, deadline)
                 .await?
             {
-                Cas::Done(r) => {
+                (Cas::Done(r), _) => {
                     self.observe(pool, raw, r, next);
                     return Ok(outcome);
                 }
-                Cas::Conflict(_) | Cas::PoolChanged => continue,
+                // The key moved on after an attempt whose reply was lost: either that attempt
+                // released it, or the value had already left the object's hands.
+                (Cas::Failed { .. }, true) => return Ok(outcome),
+                (Cas::Failed { .. }, false) => continue,
             }
         }
     }
@@ -474,20 +515,25 @@ impl<S: Store> Allocator<S> {
         }
     }
 
-    /// Reloads one pool spec after a write found it changed.
-    async fn refresh_pool(&self, pool: &str, deadline: Instant) -> Result<()> {
+    /// Reloads one pool spec after a write found it changed from `tried`.
+    async fn refresh_pool(&self, pool: &str, tried: Rev, deadline: Instant) -> Result<()> {
         let fresh = self.retry(deadline, || self.store.pool(pool)).await?;
-        let now = now_ms();
         let mut state = self.state.lock();
         match fresh {
-            Some((spec, rev)) => state.apply(
-                Change::Pool {
+            Some((spec, rev)) => {
+                // A stored spec that does not validate would otherwise make every write fail.
+                spec.validate().map_err(|e| Error::InvalidSpec {
+                    field: format!("pool {pool} as stored (revision {rev})"),
+                    message: format!("{e}; correct it with `svcplane ipam apply`"),
+                })?;
+                let change = Change::Pool {
                     name: pool.to_string(),
                     spec: Some(spec),
                     rev,
-                },
-                now,
-            ),
+                };
+                state.apply(change, now_ms());
+                debug_assert!(state.pools.get(pool).is_none_or(|p| p.rev != tried));
+            }
             None => {
                 state.pools.remove(pool);
             }
@@ -495,8 +541,16 @@ impl<S: Store> Allocator<S> {
         Ok(())
     }
 
-    /// A compare-and-swap, retried while the store is unreachable. After a failed attempt whose
-    /// outcome is unknown, finding our own record (or, for a delete, no record) means it happened.
+    /// Replaces the whole index with a fresh read of the store.
+    async fn relist(&self, deadline: Instant) -> Result<()> {
+        let snap = self.retry(deadline, || self.store.snapshot()).await?;
+        self.state.replace(&snap);
+        Ok(())
+    }
+
+    /// A compare-and-swap, retried while the store is unreachable; the flag says whether an
+    /// attempt's outcome was lost. After such an attempt, finding our own record (by its nonce),
+    /// or for a delete finding no record, means that attempt happened.
     async fn cas(
         &self,
         pool: &str,
@@ -505,28 +559,39 @@ impl<S: Store> Allocator<S> {
         expect: Expect,
         write: Write,
         deadline: Instant,
-    ) -> Result<Cas> {
+    ) -> Result<(Cas, bool)> {
         let mut ambiguous = false;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Duration::from_millis(50).min(self.options.max_backoff);
         loop {
             match self
                 .store
                 .cas(pool, pool_rev, value, expect, write.clone())
                 .await
             {
-                Ok(Cas::Conflict(Some((found, rev))))
-                    if ambiguous
-                        && matches!(&write, Write::Put { record, .. } if record.nonce == found.nonce) =>
+                Ok(Cas::Failed {
+                    current: Some((found, rev)),
+                    ..
+                }) if ambiguous
+                    && matches!(&write, Write::Put { record, .. } if record.nonce == found.nonce) =>
                 {
-                    return Ok(Cas::Done(rev));
+                    return Ok((Cas::Done(rev), true));
                 }
-                Ok(Cas::Conflict(None)) if ambiguous && matches!(write, Write::Delete) => {
+                Ok(Cas::Failed {
+                    current: None,
+                    pool_changed: false,
+                }) if ambiguous && matches!(write, Write::Delete) => {
                     let Expect::Rev(r) = expect else {
-                        return Ok(Cas::Conflict(None));
+                        return Ok((
+                            Cas::Failed {
+                                current: None,
+                                pool_changed: false,
+                            },
+                            true,
+                        ));
                     };
-                    return Ok(Cas::Done(r + 1));
+                    return Ok((Cas::Done(r + 1), true));
                 }
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => return Ok((outcome, ambiguous)),
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tracing::warn!(pool, value, error = %e, "store unavailable; retrying the write");
                     ambiguous = true;
@@ -544,7 +609,7 @@ impl<S: Store> Allocator<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Duration::from_millis(50).min(self.options.max_backoff);
         loop {
             match op().await {
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
@@ -564,7 +629,7 @@ async fn watch_loop<S: Store>(
     mut from: Rev,
     max_backoff: Duration,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Duration::from_millis(50).min(max_backoff);
     loop {
         match store.watch(from).await {
             Ok(mut stream) => {
@@ -586,7 +651,7 @@ async fn watch_loop<S: Store>(
                         Ok(WatchItem::Compacted) => match store.snapshot().await {
                             Ok(snap) => {
                                 tracing::info!(store = %store.describe(), rev = snap.rev, "watch compacted; relisted");
-                                *state.lock() = State::from_snapshot(&snap, now_ms());
+                                state.replace(&snap);
                                 from = snap.rev + 1;
                                 break;
                             }

@@ -46,13 +46,6 @@ pub enum Error {
     /// Another writer changed the pools while they were being applied.
     #[error("the pools changed while they were being applied; run the command again")]
     Conflict,
-
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
 }
 
 impl Error {

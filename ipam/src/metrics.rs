@@ -1,9 +1,11 @@
 //! Pool gauges computed at scrape time: `svcplane_ipam_pool_{size,used,held,reserved,free}`
-//! with the single label `pool` (bounded: `ipv4`, `ipv6`, `nodeport`).
+//! with the single label `pool` (bounded: `ipv4`, `ipv6`, `nodeport`), and the count of full
+//! re-reads of the store, `svcplane_ipam_index_relists_total`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -46,6 +48,14 @@ impl Collector for PoolCollector {
                 c.free
             }),
         ];
+        let relists = ConstCounter::new(self.0.relists());
+        let metric = encoder.encode_descriptor(
+            "svcplane_ipam_index_relists",
+            "Times the occupancy index was rebuilt from a full read of the store.",
+            None,
+            MetricType::Counter,
+        )?;
+        relists.encode(metric)?;
         for (name, help, get) in gauges {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for p in &pools {
@@ -109,6 +119,7 @@ mod tests {
             "svcplane_ipam_pool_held{pool=\"ipv4\"} 1.0",
             "svcplane_ipam_pool_reserved{pool=\"ipv4\"} 1.0",
             "svcplane_ipam_pool_free{pool=\"ipv4\"} 251.0",
+            "svcplane_ipam_index_relists_total 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

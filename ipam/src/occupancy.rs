@@ -49,6 +49,15 @@ impl Record {
         }
     }
 
+    /// Stands for a stored record that cannot be decoded: the value counts as allocated.
+    pub fn unreadable() -> Record {
+        Record {
+            owner: Owner::new("(unreadable)", "corrupt record"),
+            held_until_ms: None,
+            nonce: String::new(),
+        }
+    }
+
     /// True while the record holds the value for its owner after a release.
     pub fn is_held_at(&self, now_ms: u64) -> bool {
         self.held_until_ms.is_some_and(|u| u > now_ms)
@@ -302,12 +311,20 @@ impl Occupancy {
     /// scan and wrap, then the same in the lower bands. `None`: the pool is full.
     /// Call [`Occupancy::expire`] first.
     pub fn candidate(&self, owner: &Owner, rng: &mut impl Rng) -> Option<(u128, Expect)> {
+        // The owner's own held value: the same purpose first, else any of its object's.
+        let mut same_object = None;
         for &(_, v) in &self.holds {
             if let Some((r, rev)) = self.record(v)
-                && r.owner == *owner
+                && r.owner.object == owner.object
             {
-                return Some((v, Expect::Rev(rev)));
+                if r.owner == *owner {
+                    return Some((v, Expect::Rev(rev)));
+                }
+                same_object.get_or_insert((v, Expect::Rev(rev)));
             }
+        }
+        if same_object.is_some() {
+            return same_object;
         }
         // A reserved value can only be held by its own object, so anything but an allocation
         // leaves it available.

@@ -65,7 +65,8 @@ impl From<u16> for Value {
 /// Who an allocation belongs to: the object (`namespace/name`) and what the value is for
 /// (`clusterIP`, `nodePort:80/TCP`, `healthCheckNodePort`, ...).
 ///
-/// Reservations and holds are matched on the object alone; the purpose explains the value.
+/// Reservations, holds and releases are matched on the object; the purpose explains the value
+/// (and is preferred when an object's held values are handed back).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Owner {
     pub object: String,
@@ -102,14 +103,9 @@ pub struct Span {
 }
 
 impl Span {
-    /// Number of usable values.
-    pub fn len(&self) -> u128 {
+    /// Number of usable values (a span is never empty).
+    pub fn size(&self) -> u128 {
         self.last - self.first + 1
-    }
-
-    /// A span always holds at least one value; construction refuses empty ones.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     pub fn contains(&self, v: u128) -> bool {
@@ -140,17 +136,19 @@ impl Span {
             IpNet::V6(n) => (u128::from(n.network()), 128u32),
         };
         let host_bits = bits - u32::from(net.prefix_len());
-        // Total addresses including network (and broadcast); saturates only for ::/0.
-        let total = 1u128.checked_shl(host_bits).unwrap_or(u128::MAX);
-        let last = if bits == 32 {
-            network + total.checked_sub(2)?
+        let host_mask = if host_bits == 128 {
+            u128::MAX
         } else {
-            network + (total - 1)
+            (1u128 << host_bits) - 1
         };
+        // IPv4 loses its broadcast address; IPv6 keeps its last address.
+        let last = network + host_mask - u128::from(bits == 32 && host_mask > 0);
         let first = network + 1;
         if last < first {
             return None;
         }
+        // The band counts every address of the CIDR (saturating only for ::/0).
+        let total = host_mask.saturating_add(1);
         Some(Span {
             first,
             last,
@@ -210,7 +208,7 @@ impl Pool {
     pub fn size(&self) -> u128 {
         self.spans
             .iter()
-            .fold(0u128, |n, s| n.saturating_add(s.len()))
+            .fold(0u128, |n, s| n.saturating_add(s.size()))
     }
 
     pub fn contains(&self, v: u128) -> bool {
@@ -348,7 +346,7 @@ mod tests {
             (ip(s.first), ip(s.last)),
             ("10.96.0.1".into(), "10.96.0.254".into())
         );
-        assert_eq!(s.len(), 254);
+        assert_eq!(s.size(), 254);
     }
 
     #[test]
@@ -356,7 +354,7 @@ mod tests {
         let s = span("fd00::/120");
         assert_eq!(Ipv6Addr::from(s.first).to_string(), "fd00::1");
         assert_eq!(Ipv6Addr::from(s.last).to_string(), "fd00::ff");
-        assert_eq!(s.len(), 255);
+        assert_eq!(s.size(), 255);
     }
 
     #[test]
@@ -364,14 +362,18 @@ mod tests {
         for c in ["10.0.0.0/32", "10.0.0.0/31", "fd00::1/128"] {
             assert!(Span::of_cidr(&c.parse().unwrap()).is_none(), "{c}");
         }
-        assert_eq!(span("10.0.0.0/30").len(), 2);
+        assert_eq!(span("10.0.0.0/30").size(), 2);
     }
 
     #[test]
     fn huge_ipv6_prefixes_are_sized_without_materialising_them() {
-        assert_eq!(span("fd00::/64").len(), (1u128 << 64) - 1);
-        assert_eq!(span("fd00::/8").len(), (1u128 << 120) - 1);
-        assert_eq!(span("::/0").len(), u128::MAX - 1);
+        assert_eq!(span("fd00::/64").size(), (1u128 << 64) - 1);
+        assert_eq!(span("fd00::/8").size(), (1u128 << 120) - 1);
+        assert_eq!(
+            span("::/0").size(),
+            u128::MAX,
+            "every address but the network address"
+        );
     }
 
     #[test]

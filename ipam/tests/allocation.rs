@@ -394,7 +394,7 @@ async fn reserved_values_go_only_to_their_object() {
     assert_eq!((counts.used, counts.reserved, counts.free), (14, 0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_allocators_on_one_store_never_hand_out_a_value_twice() {
     let store = MemoryStore::new();
     create(&store, &[ip_pool(&["10.96.0.0/24"], HOUR)]).await;
@@ -524,5 +524,140 @@ fn a_watch_that_falls_behind_relists_and_catches_up() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert_eq!(observer.view().pools()[0].counts.used, 2000);
+            assert!(
+                observer.view().relists() >= 1,
+                "the observer caught up by relisting"
+            );
         });
+}
+
+#[tokio::test]
+async fn dynamic_allocation_starts_at_a_random_point_of_the_band() {
+    let a = allocator(&[ip_pool(&["10.96.0.0/16"], HOUR)]).await;
+    let values: Vec<u32> = fill(&a, "ipv4", 20)
+        .await
+        .into_iter()
+        .map(ipv4_u32)
+        .collect();
+    let band_start = addr("10.96.1.1");
+    // A scan from the bottom of the band would give .1.1, .1.2, ...; random starts spread out.
+    let sequential: Vec<u32> = (band_start..band_start + 20).collect();
+    assert_ne!(values, sequential);
+    let spread = values.iter().max().unwrap() - values.iter().min().unwrap();
+    assert!(
+        spread > 1000,
+        "20 random starts in 65 278 addresses spread wide: {values:?}"
+    );
+}
+
+/// A store whose replies get lost: every third write is carried out and then reported as
+/// "unavailable", and every fifth is refused as unavailable before it is carried out — what a
+/// client sees when etcd or the network fails mid-request.
+#[derive(Clone)]
+struct LossyStore {
+    inner: MemoryStore,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn lost() -> Error {
+    Error::Unavailable {
+        endpoints: "lossy".into(),
+        message: "reply lost".into(),
+    }
+}
+
+impl ipam::store::Store for LossyStore {
+    async fn snapshot(&self) -> ipam::Result<ipam::store::Snapshot> {
+        self.inner.snapshot().await
+    }
+    async fn pool(&self, name: &str) -> ipam::Result<Option<(ipam::PoolSpec, ipam::Rev)>> {
+        self.inner.pool(name).await
+    }
+    async fn get(&self, pool: &str, value: &str) -> ipam::Result<ipam::store::Read> {
+        self.inner.get(pool, value).await
+    }
+    async fn cas(
+        &self,
+        pool: &str,
+        pool_rev: Option<ipam::Rev>,
+        value: &str,
+        expect: ipam::occupancy::Expect,
+        write: ipam::store::Write,
+    ) -> ipam::Result<ipam::store::Cas> {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 5 == 4 {
+            return Err(lost());
+        }
+        let outcome = self.inner.cas(pool, pool_rev, value, expect, write).await?;
+        if n % 3 == 2 { Err(lost()) } else { Ok(outcome) }
+    }
+    async fn put_pools(
+        &self,
+        writes: &[ipam::store::PoolWrite],
+        since: ipam::Rev,
+    ) -> ipam::Result<bool> {
+        self.inner.put_pools(writes, since).await
+    }
+    async fn watch(&self, from: ipam::Rev) -> ipam::Result<ipam::store::WatchStream> {
+        self.inner.watch(from).await
+    }
+    fn describe(&self) -> String {
+        "lossy memory".into()
+    }
+}
+
+#[tokio::test]
+async fn writes_whose_replies_are_lost_neither_duplicate_nor_leak_a_value() {
+    let memory = MemoryStore::new();
+    create(&memory, &[ip_pool(&["10.96.0.0/24"], HOUR)]).await;
+    let lossy = LossyStore {
+        inner: memory.clone(),
+        calls: Default::default(),
+    };
+    let options = AllocatorOptions {
+        retry_timeout: Duration::from_secs(5),
+        max_backoff: Duration::from_millis(1),
+    };
+    let a = Allocator::start(lossy, options).await.unwrap();
+    let mut mine = std::collections::BTreeMap::new();
+    for i in 0..120 {
+        let owner = svc(&format!("default/s{i}"));
+        let want = (i % 4 == 0 && i < 64).then(|| ip(&format!("10.96.0.{}", 1 + i / 4)));
+        let v = allocated(a.allocate("ipv4", &owner, want).await.unwrap());
+        assert!(
+            mine.insert(v, owner.object.clone()).is_none(),
+            "{v} handed out twice"
+        );
+    }
+    // Release a third of them, some with hold and some at once.
+    for (i, (v, object)) in mine
+        .clone()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 0)
+    {
+        let how = if i % 2 == 0 {
+            Release::Now
+        } else {
+            Release::Hold
+        };
+        let got = a.release("ipv4", v, &object, how).await.unwrap();
+        assert!(
+            matches!(got, Released::Freed | Released::Held),
+            "{v}: {got:?}"
+        );
+        if how == Release::Now {
+            mine.remove(&v);
+        }
+    }
+    // The store holds exactly the allocations the callers were told about (held ones included).
+    let snap = ipam::store::Store::snapshot(&memory).await.unwrap();
+    let stored: std::collections::BTreeMap<Value, String> = snap
+        .values
+        .iter()
+        .map(|v| (ip(&v.value), v.record.owner.object.clone()))
+        .collect();
+    assert_eq!(stored, mine);
 }

@@ -271,7 +271,17 @@ async fn holds_in_etcd_return_a_value_to_its_owner_and_free_it_for_anyone_after_
     b.release("ipv4", v, "default/web", Release::Hold)
         .await
         .unwrap();
-    // ...and once the hold is over (etcd's lease may outlive it by a second), anyone can.
+    // ...the held key is bound to a lease, so etcd itself removes it when the hold ends...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe = connect(&config).await.unwrap();
+    while probe.get("ipv4", &v.to_string()).await.unwrap().0.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the lease never removed the held key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and anyone can take it then.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match b

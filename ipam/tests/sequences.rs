@@ -85,7 +85,7 @@ async fn run_case<S: Store>(store: S, case: &Case) -> Result<(), TestCaseError> 
                 let want = want.map(|(in_pool, seed)| {
                     let span = &pool.spans[(seed % pool.spans.len() as u128) as usize];
                     let raw = if in_pool {
-                        span.first + seed % span.len()
+                        span.first + seed % span.size()
                     } else if seed % 2 == 0 {
                         span.first - 1
                     } else {
@@ -93,7 +93,21 @@ async fn run_case<S: Store>(store: S, case: &Case) -> Result<(), TestCaseError> 
                     };
                     pool.value(raw)
                 });
+                let own_held: Vec<Value> = model
+                    .iter()
+                    .filter(|(_, (o, held))| *held && *o == object)
+                    .map(|(v, _)| *v)
+                    .collect();
                 let got = a.allocate(name, &owner, want).await.unwrap();
+                if want.is_none() && !own_held.is_empty() {
+                    prop_assert!(
+                        got.value().is_some_and(|v| own_held.contains(&v)),
+                        "{} has held values {:?} but got {:?}",
+                        object,
+                        own_held,
+                        got
+                    );
+                }
                 match (&got, want) {
                     (Allocation::Allocated(v), _) => {
                         let raw = pool.raw(*v).unwrap();

@@ -15,7 +15,9 @@ use etcd_client::{
 };
 use futures::StreamExt;
 
-use super::{Cas, Change, PoolWrite, Snapshot, Store, StoredValue, WatchItem, WatchStream, Write};
+use super::{
+    Cas, Change, PoolWrite, Read, Snapshot, Store, StoredValue, WatchItem, WatchStream, Write,
+};
 use crate::occupancy::{Expect, Record, Rev};
 use crate::spec::PoolSpec;
 use crate::{Error, Result};
@@ -235,9 +237,14 @@ impl EtcdStore {
             }));
         }
         if let Some((pool, v)) = rest.strip_prefix("values/").and_then(|r| r.split_once('/')) {
-            let record = value
-                .map(|v| serde_json::from_slice::<Record>(v).map_err(|e| corrupt(e.to_string())))
-                .transpose()?;
+            // An unreadable record still marks its value as taken, so it is never handed out;
+            // `show` and repair name it.
+            let record = value.map(|bytes| {
+                serde_json::from_slice::<Record>(bytes).unwrap_or_else(|e| {
+                    tracing::warn!(key = %key, error = %e, "unreadable allocation record; treating the value as taken");
+                    Record::unreadable()
+                })
+            });
             return Ok(Some(Change::Value {
                 pool: pool.to_string(),
                 value: v.to_string(),
@@ -342,14 +349,28 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn get(&self, pool: &str, value: &str) -> Result<Option<(Record, Rev)>> {
-        match self.get_one(self.value_key(pool, value)).await? {
+    async fn get(&self, pool: &str, value: &str) -> Result<Read> {
+        let key = self.value_key(pool, value);
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        let read_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        match resp
+            .kvs()
+            .first()
+            .map(|kv| self.decode_kv(kv))
+            .transpose()?
+            .flatten()
+        {
             Some(Change::Value {
                 record: Some(record),
                 rev,
                 ..
-            }) => Ok(Some((record, rev))),
-            _ => Ok(None),
+            }) => Ok((Some((record, rev)), read_rev)),
+            _ => Ok((None, read_rev)),
         }
     }
 
@@ -412,24 +433,30 @@ impl Store for EtcdStore {
                 _ => None,
             })
             .collect();
-        if let Some(want) = pool_rev {
-            let have = gets
-                .get(1)
+        let pool_changed = pool_rev.is_some_and(|want| {
+            gets.get(1)
                 .and_then(|g| g.kvs().first())
-                .map(|kv| kv.mod_revision());
-            if have != Some(want) {
-                return Ok(Cas::PoolChanged);
-            }
-        }
-        let current = gets.first().and_then(|g| g.kvs().first());
-        match current.map(|kv| self.decode_kv(kv)).transpose()?.flatten() {
+                .map(|kv| kv.mod_revision())
+                != Some(want)
+        });
+        let current = match gets
+            .first()
+            .and_then(|g| g.kvs().first())
+            .map(|kv| self.decode_kv(kv))
+            .transpose()?
+            .flatten()
+        {
             Some(Change::Value {
                 record: Some(record),
                 rev,
                 ..
-            }) => Ok(Cas::Conflict(Some((record, rev)))),
-            _ => Ok(Cas::Conflict(None)),
-        }
+            }) => Some((record, rev)),
+            _ => None,
+        };
+        Ok(Cas::Failed {
+            current,
+            pool_changed,
+        })
     }
 
     async fn put_pools(&self, writes: &[PoolWrite], values_since: Rev) -> Result<bool> {
@@ -514,7 +541,19 @@ impl Store for EtcdStore {
                         let Some(kv) = ev.kv() else { continue };
                         let decoded = match ev.event_type() {
                             EventType::Put => this.decode_kv(kv),
-                            EventType::Delete => this.decode(kv.key(), None, kv.mod_revision()),
+                            EventType::Delete => {
+                                // prev_kv says whose value went (a release, or a hold's lease ending).
+                                if let Some(Ok(Some(Change::Value {
+                                    record: Some(prev),
+                                    value,
+                                    pool,
+                                    ..
+                                }))) = ev.prev_kv().map(|p| this.decode_kv(p))
+                                {
+                                    tracing::debug!(pool, value, owner = %prev.owner, "value freed");
+                                }
+                                this.decode(kv.key(), None, kv.mod_revision())
+                            }
                         };
                         match decoded {
                             Ok(Some(c)) => changes.push(c),

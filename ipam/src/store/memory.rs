@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use tokio::sync::broadcast;
 
-use super::{Cas, Change, PoolWrite, Snapshot, Store, StoredValue, WatchItem, WatchStream, Write};
+use super::{
+    Cas, Change, PoolWrite, Read, Snapshot, Store, StoredValue, WatchItem, WatchStream, Write,
+};
 use crate::Result;
 use crate::occupancy::{Expect, Record, Rev};
 use crate::spec::PoolSpec;
@@ -104,12 +106,13 @@ impl Store for MemoryStore {
         Ok(self.lock().pools.get(name).cloned())
     }
 
-    async fn get(&self, pool: &str, value: &str) -> Result<Option<(Record, Rev)>> {
-        Ok(self
-            .lock()
+    async fn get(&self, pool: &str, value: &str) -> Result<Read> {
+        let inner = self.lock();
+        let current = inner
             .values
             .get(&(pool.to_string(), value.to_string()))
-            .cloned())
+            .cloned();
+        Ok((current, inner.rev))
     }
 
     async fn cas(
@@ -121,15 +124,15 @@ impl Store for MemoryStore {
         write: Write,
     ) -> Result<Cas> {
         let mut inner = self.lock();
-        if let Some(want) = pool_rev
-            && inner.pools.get(pool).map(|(_, r)| *r) != Some(want)
-        {
-            return Ok(Cas::PoolChanged);
-        }
+        let pool_changed =
+            pool_rev.is_some_and(|want| inner.pools.get(pool).map(|(_, r)| *r) != Some(want));
         let key = (pool.to_string(), value.to_string());
         let current = inner.values.get(&key).cloned();
-        if !matches(expect, current.as_ref().map(|(_, r)| *r)) {
-            return Ok(Cas::Conflict(current));
+        if pool_changed || !matches(expect, current.as_ref().map(|(_, r)| *r)) {
+            return Ok(Cas::Failed {
+                current,
+                pool_changed,
+            });
         }
         inner.rev += 1;
         let rev = inner.rev;

@@ -36,11 +36,17 @@ pub enum Write {
 pub enum Cas {
     /// Written at this revision.
     Done(Rev),
-    /// The key was not as expected; here is what it holds (`None`: absent).
-    Conflict(Option<(Record, Rev)>),
-    /// The pool spec is no longer at the revision the writer based its choice on.
-    PoolChanged,
+    /// Not written. `current` is what the key holds (`None`: absent); `pool_changed` says the
+    /// pool spec is no longer at the revision the writer based its choice on.
+    Failed {
+        current: Option<(Record, Rev)>,
+        pool_changed: bool,
+    },
 }
+
+/// One key as read, and the store revision of the read (so an absent key is known absent as of
+/// that revision).
+pub type Read = (Option<(Record, Rev)>, Rev);
 
 /// One stored value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,12 +109,8 @@ pub trait Store: Send + Sync + 'static {
     /// One pool spec.
     fn pool(&self, name: &str) -> impl Future<Output = Result<Option<(PoolSpec, Rev)>>> + Send;
 
-    /// One value's record.
-    fn get(
-        &self,
-        pool: &str,
-        value: &str,
-    ) -> impl Future<Output = Result<Option<(Record, Rev)>>> + Send;
+    /// One value's record, and the revision of the read.
+    fn get(&self, pool: &str, value: &str) -> impl Future<Output = Result<Read>> + Send;
 
     /// Writes one value's key if it is as `expect`ed and, with `pool_rev`, the pool spec is still
     /// at that revision.
