@@ -1,0 +1,136 @@
+//! The Kubernetes API feed: one kube-runtime watcher per kind, each list applied as one
+//! [`Event::Reset`] step (so a relist never shows a half-filled cache) and each watch event as
+//! its own step.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::{Api, Client, Config};
+
+use crate::store::{Cache, Event, Kind, Object};
+use crate::types::Key;
+use crate::{Error, Result, api, convert};
+
+/// A client from `--kubeconfig`, else `KUBECONFIG` / `~/.kube/config`, else the in-cluster
+/// service account.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                Error::Client(format!("cannot read --kubeconfig {}: {e}", path.display()))
+            })?;
+            Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Client(format!("--kubeconfig {}: {e}", path.display())))?
+        }
+        None => Config::infer().await.map_err(|e| {
+            Error::Client(format!(
+                "no kubeconfig found ({e}); pass --kubeconfig or set KUBECONFIG"
+            ))
+        })?,
+    };
+    Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
+}
+
+/// The kinds a DNS server watches: Namespaces and Services always, EndpointSlices unless
+/// `noendpoints`, Pods only for `pods verified`.
+pub fn kinds(endpoints: bool, pods: bool) -> Vec<Kind> {
+    let mut kinds = vec![Kind::Namespaces, Kind::Services];
+    if endpoints {
+        kinds.push(Kind::EndpointSlices);
+    }
+    if pods {
+        kinds.push(Kind::Pods);
+    }
+    kinds
+}
+
+/// Starts a watcher for each of `kinds`, feeding `cache`.
+pub fn spawn(
+    cache: Arc<Cache>,
+    client: Client,
+    kinds: &[Kind],
+) -> Vec<tokio::task::JoinHandle<()>> {
+    kinds
+        .iter()
+        .map(|kind| {
+            let (cache, client) = (cache.clone(), client.clone());
+            match kind {
+                Kind::Namespaces => tokio::spawn(watch(
+                    cache,
+                    Api::<api::Namespace>::all(client),
+                    *kind,
+                    |ns| convert::namespace(ns).map(Object::Namespace),
+                )),
+                Kind::Services => {
+                    tokio::spawn(watch(cache, Api::<api::Service>::all(client), *kind, |s| {
+                        convert::service(s).map(Object::Service)
+                    }))
+                }
+                Kind::EndpointSlices => tokio::spawn(watch(
+                    cache,
+                    Api::<api::EndpointSlice>::all(client),
+                    *kind,
+                    |s| convert::endpoint_slice(s).map(Object::EndpointSlice),
+                )),
+                Kind::Pods => {
+                    tokio::spawn(watch(cache, Api::<api::Pod>::all(client), *kind, |p| {
+                        convert::pod(p).map(Object::Pod)
+                    }))
+                }
+            }
+        })
+        .collect()
+}
+
+fn key_of<K: kube::Resource>(obj: &K) -> Key {
+    let meta = obj.meta();
+    // Namespaces are keyed by name alone.
+    Key::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Runs one watcher until the process ends.
+async fn watch<K, F>(cache: Arc<Cache>, api: Api<K>, kind: Kind, convert: F)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    F: Fn(&K) -> Result<Object>,
+{
+    let span = tracing::info_span!("watch", kind = ?kind);
+    let _guard = span.enter();
+    let convert_or_log = |obj: &K| match convert(obj) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping an object the cache cannot use");
+            None
+        }
+    };
+    let mut listing: Vec<Object> = Vec::new();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(WatchEvent::Init) => listing.clear(),
+            Ok(WatchEvent::InitApply(obj)) => listing.extend(convert_or_log(&obj)),
+            Ok(WatchEvent::InitDone) => {
+                cache.apply([
+                    Event::Reset(kind, std::mem::take(&mut listing)),
+                    Event::Synced(kind),
+                ]);
+            }
+            Ok(WatchEvent::Apply(obj)) => {
+                if let Some(o) = convert_or_log(&obj) {
+                    cache.apply([Event::Apply(o)]);
+                }
+            }
+            Ok(WatchEvent::Delete(obj)) => cache.apply([Event::Delete(kind, key_of(&obj))]),
+            Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+        }
+    }
+}

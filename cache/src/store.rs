@@ -1,0 +1,437 @@
+//! The cache itself: plain data changed by [`Event`]s and published as immutable [`Snapshot`]s.
+//!
+//! Each call to [`Cache::apply`] is one atomic step: readers see all of its events or none
+//! (a manifests reload, a watch's initial list, and a single watch event are each one step).
+//! Maps are persistent (`imbl`), so a snapshot costs O(changes), not O(cluster).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use imbl::{OrdMap, OrdSet};
+use tokio::sync::watch;
+
+use crate::types::{EndpointSlice, Key, Pod, Service};
+
+/// The kinds of object the cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespaces,
+    Services,
+    EndpointSlices,
+    Pods,
+}
+
+/// One object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Namespace(String),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Pod(Pod),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespaces,
+            Object::Service(_) => Kind::Services,
+            Object::EndpointSlice(_) => Kind::EndpointSlices,
+            Object::Pod(_) => Kind::Pods,
+        }
+    }
+}
+
+/// A change to the cache.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Add or replace an object.
+    Apply(Object),
+    /// Remove an object (a Namespace's key has an empty namespace).
+    Delete(Kind, Key),
+    /// Replace every object of a kind (a relist, or a manifests reload).
+    Reset(Kind, Vec<Object>),
+    /// The kind has been listed completely once.
+    Synced(Kind),
+}
+
+/// An immutable view of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Increases with every published change.
+    pub generation: u64,
+    /// Every kind the cache needs has been listed completely.
+    pub synced: bool,
+    /// Unix seconds of the last change visible to DNS (the SOA serial).
+    pub last_change: u64,
+    pub namespaces: OrdSet<String>,
+    pub services: OrdMap<Key, Arc<Service>>,
+    pub slices: OrdMap<Key, Arc<EndpointSlice>>,
+    /// Slice names by the Service they belong to.
+    pub slices_by_service: OrdMap<Key, OrdSet<String>>,
+    pub pods: OrdMap<Key, Arc<Pod>>,
+    /// Live pods by namespace and primary IP (a count, as two pods may briefly share an IP).
+    pub pod_ips: OrdMap<(String, IpAddr), u32>,
+    /// What changed since the previous generation.
+    pub changed: Arc<Changed>,
+}
+
+/// What a published step changed, so readers can rebuild only that.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Everything may have changed (a reset, or a namespace came or went).
+    pub all: bool,
+    /// Services whose own object or slices changed.
+    pub services: BTreeSet<Key>,
+    /// Pods changed.
+    pub pods: bool,
+}
+
+impl Snapshot {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(&Key::new(namespace, name))
+    }
+
+    /// The slices of a Service.
+    pub fn slices_of<'a>(
+        &'a self,
+        service: &Key,
+    ) -> impl Iterator<Item = &'a Arc<EndpointSlice>> + 'a {
+        let namespace = service.namespace.clone();
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flat_map(|names| names.iter())
+            .filter_map(move |n| self.slices.get(&Key::new(namespace.clone(), n.clone())))
+    }
+
+    pub fn namespace_exists(&self, name: &str) -> bool {
+        self.namespaces.contains(name)
+    }
+
+    /// A live pod in `namespace` has `ip` as its primary IP.
+    pub fn pod_has_ip(&self, namespace: &str, ip: IpAddr) -> bool {
+        self.pod_ips.contains_key(&(namespace.to_string(), ip))
+    }
+
+    fn insert_slice(&mut self, slice: EndpointSlice, changed: &mut Changed) {
+        self.remove_slice(&slice.key, changed);
+        if let Some(svc) = &slice.service {
+            let owner = Key::new(&slice.key.namespace, svc);
+            changed.services.insert(owner.clone());
+            self.slices_by_service
+                .entry(owner)
+                .or_default()
+                .insert(slice.key.name.clone());
+        }
+        self.slices.insert(slice.key.clone(), Arc::new(slice));
+    }
+
+    fn remove_slice(&mut self, key: &Key, changed: &mut Changed) {
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
+        if let Some(svc) = &old.service {
+            let owner = Key::new(&key.namespace, svc);
+            changed.services.insert(owner.clone());
+            if let Some(names) = self.slices_by_service.get_mut(&owner) {
+                names.remove(&key.name);
+                if names.is_empty() {
+                    self.slices_by_service.remove(&owner);
+                }
+            }
+        }
+    }
+
+    fn insert_pod(&mut self, pod: Pod) {
+        self.remove_pod(&pod.key);
+        if let (true, Some(ip)) = (pod.live, pod.ip) {
+            *self
+                .pod_ips
+                .entry((pod.key.namespace.clone(), ip))
+                .or_default() += 1;
+        }
+        self.pods.insert(pod.key.clone(), Arc::new(pod));
+    }
+
+    fn remove_pod(&mut self, key: &Key) {
+        let Some(old) = self.pods.remove(key) else {
+            return;
+        };
+        if let (true, Some(ip)) = (old.live, old.ip) {
+            let k = (key.namespace.clone(), ip);
+            match self.pod_ips.get(&k).copied() {
+                Some(n) if n > 1 => {
+                    self.pod_ips.insert(k, n - 1);
+                }
+                _ => {
+                    self.pod_ips.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Applies one event to this (working) snapshot; returns whether anything changed.
+    fn apply(&mut self, event: Event, changed: &mut Changed) -> bool {
+        match event {
+            Event::Apply(Object::Namespace(name)) => {
+                let fresh = self.namespaces.insert(name).is_none();
+                changed.all |= fresh;
+                fresh
+            }
+            Event::Apply(Object::Service(svc)) => {
+                if self.services.get(&svc.key).is_some_and(|old| **old == svc) {
+                    return false;
+                }
+                changed.services.insert(svc.key.clone());
+                self.services.insert(svc.key.clone(), Arc::new(svc));
+                true
+            }
+            Event::Apply(Object::EndpointSlice(slice)) => {
+                if self
+                    .slices
+                    .get(&slice.key)
+                    .is_some_and(|old| **old == slice)
+                {
+                    return false;
+                }
+                self.insert_slice(slice, changed);
+                true
+            }
+            Event::Apply(Object::Pod(pod)) => {
+                if self.pods.get(&pod.key).is_some_and(|old| **old == pod) {
+                    return false;
+                }
+                changed.pods = true;
+                self.insert_pod(pod);
+                true
+            }
+            Event::Delete(Kind::Namespaces, key) => {
+                let gone = self.namespaces.remove(&key.name).is_some();
+                changed.all |= gone;
+                gone
+            }
+            Event::Delete(Kind::Services, key) => {
+                let gone = self.services.remove(&key).is_some();
+                if gone {
+                    changed.services.insert(key);
+                }
+                gone
+            }
+            Event::Delete(Kind::EndpointSlices, key) => {
+                let had = self.slices.contains_key(&key);
+                self.remove_slice(&key, changed);
+                had
+            }
+            Event::Delete(Kind::Pods, key) => {
+                let had = self.pods.contains_key(&key);
+                self.remove_pod(&key);
+                changed.pods |= had;
+                had
+            }
+            Event::Reset(kind, objects) => {
+                changed.all = true;
+                match kind {
+                    Kind::Namespaces => self.namespaces = OrdSet::new(),
+                    Kind::Services => self.services = OrdMap::new(),
+                    Kind::EndpointSlices => {
+                        self.slices = OrdMap::new();
+                        self.slices_by_service = OrdMap::new();
+                    }
+                    Kind::Pods => {
+                        self.pods = OrdMap::new();
+                        self.pod_ips = OrdMap::new();
+                        changed.pods = true;
+                    }
+                }
+                for o in objects.into_iter().filter(|o| o.kind() == kind) {
+                    self.apply(Event::Apply(o), changed);
+                }
+                true
+            }
+            Event::Synced(_) => false,
+        }
+    }
+}
+
+/// The cache: a working snapshot, and the channel that publishes it.
+#[derive(Debug)]
+pub struct Cache {
+    state: Mutex<State>,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+#[derive(Debug)]
+struct State {
+    working: Snapshot,
+    /// Kinds that must report [`Event::Synced`] before the snapshot is synced.
+    pending: BTreeSet<Kind>,
+}
+
+impl Cache {
+    /// A cache that is synced once every kind in `required` has been listed.
+    pub fn new(required: &[Kind]) -> Cache {
+        let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
+        let pending: BTreeSet<Kind> = required.iter().copied().collect();
+        let working = Snapshot {
+            synced: pending.is_empty(),
+            ..Snapshot::default()
+        };
+        Cache {
+            state: Mutex::new(State { working, pending }),
+            tx,
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver notified at every published snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// Applies `events` as one atomic step and publishes the result if anything changed.
+    pub fn apply(&self, events: impl IntoIterator<Item = Event>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = Changed::default();
+        let mut any = false;
+        let mut next = state.working.clone();
+        for event in events {
+            if let Event::Synced(kind) = &event {
+                any |= state.pending.remove(kind);
+            }
+            any |= next.apply(event, &mut changed);
+        }
+        if !any {
+            return;
+        }
+        next.synced = state.pending.is_empty();
+        next.generation += 1;
+        if changed.all || !changed.services.is_empty() || changed.pods {
+            next.last_change = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+        }
+        next.changed = Arc::new(changed);
+        state.working = next.clone();
+        self.tx.send_replace(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Endpoint, ServiceKind};
+
+    fn svc(ns: &str, name: &str, ip: &str) -> Object {
+        Object::Service(Service {
+            key: Key::new(ns, name),
+            kind: ServiceKind::ClusterIp(vec![ip.parse().unwrap()]),
+            ports: vec![],
+        })
+    }
+
+    fn slice(ns: &str, name: &str, svc: &str, ips: &[&str]) -> Object {
+        Object::EndpointSlice(EndpointSlice {
+            key: Key::new(ns, name),
+            service: Some(svc.into()),
+            ports: vec![],
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    addresses: vec![ip.parse().unwrap()],
+                    ready: true,
+                    hostname: None,
+                    pod_name: None,
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn the_cache_is_synced_only_when_every_required_kind_has_been_listed() {
+        let cache = Cache::new(&[Kind::Services, Kind::EndpointSlices]);
+        assert!(!cache.current().synced);
+        cache.apply([
+            Event::Reset(Kind::Services, vec![svc("d", "web", "10.0.0.1")]),
+            Event::Synced(Kind::Services),
+        ]);
+        assert!(!cache.current().synced);
+        assert!(
+            cache.current().service("d", "web").is_some(),
+            "partial data is visible before sync"
+        );
+        cache.apply([Event::Synced(Kind::EndpointSlices)]);
+        assert!(cache.current().synced);
+    }
+
+    #[test]
+    fn slices_are_indexed_by_their_service_and_changes_name_the_service() {
+        let cache = Cache::new(&[]);
+        cache.apply([
+            Event::Apply(slice("d", "web-1", "web", &["10.1.0.1"])),
+            Event::Apply(slice("d", "web-2", "web", &["10.1.0.2"])),
+        ]);
+        let snap = cache.current();
+        assert_eq!(snap.slices_of(&Key::new("d", "web")).count(), 2);
+        assert_eq!(
+            snap.changed.services,
+            BTreeSet::from([Key::new("d", "web")])
+        );
+        cache.apply([Event::Delete(Kind::EndpointSlices, Key::new("d", "web-1"))]);
+        let snap = cache.current();
+        assert_eq!(snap.slices_of(&Key::new("d", "web")).count(), 1);
+        assert!(!snap.changed.all);
+    }
+
+    #[test]
+    fn a_reader_holding_a_snapshot_never_sees_a_later_step() {
+        let cache = Cache::new(&[]);
+        cache.apply([Event::Apply(svc("d", "a", "10.0.0.1"))]);
+        let before = cache.current();
+        cache.apply([Event::Reset(
+            Kind::Services,
+            vec![svc("d", "b", "10.0.0.2")],
+        )]);
+        assert!(before.service("d", "a").is_some() && before.service("d", "b").is_none());
+        let after = cache.current();
+        assert!(after.service("d", "a").is_none() && after.service("d", "b").is_some());
+        assert!(after.changed.all);
+        assert_eq!(after.generation, before.generation + 1);
+    }
+
+    #[test]
+    fn a_repeated_identical_object_publishes_nothing() {
+        let cache = Cache::new(&[]);
+        cache.apply([Event::Apply(svc("d", "a", "10.0.0.1"))]);
+        let generation = cache.current().generation;
+        cache.apply([Event::Apply(svc("d", "a", "10.0.0.1"))]);
+        assert_eq!(cache.current().generation, generation);
+    }
+
+    #[test]
+    fn live_pods_are_indexed_by_namespace_and_ip() {
+        let cache = Cache::new(&[]);
+        let pod = |name: &str, live: bool| {
+            Object::Pod(Pod {
+                key: Key::new("d", name),
+                ip: Some("10.1.0.5".parse().unwrap()),
+                live,
+            })
+        };
+        cache.apply([Event::Apply(pod("a", true)), Event::Apply(pod("b", false))]);
+        let ip = "10.1.0.5".parse().unwrap();
+        assert!(cache.current().pod_has_ip("d", ip));
+        assert!(!cache.current().pod_has_ip("other", ip));
+        cache.apply([Event::Delete(Kind::Pods, Key::new("d", "a"))]);
+        assert!(
+            !cache.current().pod_has_ip("d", ip),
+            "the remaining pod is finished"
+        );
+    }
+}

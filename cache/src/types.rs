@@ -1,0 +1,126 @@
+//! The cache's own lean types: only the fields a reader (DNS today, the controller later) needs,
+//! converted from API objects at the boundary ([`crate::convert`]).
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// `namespace/name` of a namespaced object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Key {
+        Key {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses `TCP`, `UDP` or `SCTP` (any case); Kubernetes defaults an absent protocol to TCP.
+    pub fn parse(text: Option<&str>) -> Option<Protocol> {
+        match text.map(str::to_ascii_uppercase).as_deref() {
+            None | Some("TCP") => Some(Protocol::Tcp),
+            Some("UDP") => Some(Protocol::Udp),
+            Some("SCTP") => Some(Protocol::Sctp),
+            Some(_) => None,
+        }
+    }
+
+    /// Lower-case name, as in `_tcp` SRV labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// What a Service is for DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// ClusterIP, NodePort or LoadBalancer with its cluster IPs (`spec.clusterIPs`, else
+    /// `spec.clusterIP`), in order; empty while none is allocated.
+    ClusterIp(Vec<IpAddr>),
+    /// `clusterIP: None`: answers come from the endpoints.
+    Headless,
+    /// `type: ExternalName`: a CNAME to this name (as written, without a trailing dot).
+    ExternalName(String),
+}
+
+/// A Service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServicePort {
+    /// Empty for the single unnamed port.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// A Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub key: Key,
+    pub kind: ServiceKind,
+    pub ports: Vec<ServicePort>,
+}
+
+/// An endpoint of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready`, with absent counted as ready (as CoreDNS does).
+    pub ready: bool,
+    /// `hostname`, set from the pod's `spec.hostname` when its subdomain is the Service's name.
+    pub hostname: Option<String>,
+    /// The pod's name, from a `targetRef` of kind Pod.
+    pub pod_name: Option<String>,
+}
+
+/// A port of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// An EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub key: Key,
+    /// The Service it belongs to (label `kubernetes.io/service-name`); slices without it are
+    /// ignored by DNS.
+    pub service: Option<String>,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A Pod, for `pods verified`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub key: Key,
+    /// `status.podIP` (the primary IP only, as CoreDNS indexes it).
+    pub ip: Option<IpAddr>,
+    /// False for pods that are finished (Succeeded, Failed, Unknown) or being deleted.
+    pub live: bool,
+}
