@@ -1,6 +1,7 @@
 //! The `svcplane` binary: parses the command line, sets up logging and runs the command.
 
 mod cli;
+mod dns_cmd;
 mod etcd_flags;
 mod ipam_cmd;
 

@@ -2,5 +2,16 @@
 //! answered from the cluster cache.
 //!
 //! - [`name`]: the name grammar (pure).
+//! - [`config`]: zones and the plugin's options.
+//! - [`index`]: per-Service records and PTR targets, rebuilt per changed Service.
+//! - [`answer`]: one question answered from an index (pure).
 
+pub mod answer;
+pub mod config;
+mod error;
+pub mod index;
+pub mod message;
 pub mod name;
+pub mod server;
+
+pub use error::{Error, Result};

@@ -1,0 +1,597 @@
+//! The answer to one question, from an index: the record synthesis of spec §2–§7 and the
+//! NXDOMAIN / NODATA / SERVFAIL rules of §8. Pure: no sockets, no clock.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::config::{Config, PodsMode, is_reverse};
+use crate::index::{Entry, EntryKind, Ep, Index};
+use crate::name::{Parsed, parse, pod_address, reverse_address};
+
+/// The schema version `dns-version` answers.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+/// TTL of the `dns-version` record.
+const VERSION_TTL: u32 = 28800;
+/// Longest ExternalName chain followed inside the zone.
+const MAX_CHAIN: usize = 10;
+
+/// The sections of a reply and its rcode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub additionals: Vec<Record>,
+}
+
+impl Answer {
+    fn rcode(rcode: ResponseCode) -> Answer {
+        Answer {
+            rcode,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            additionals: Vec::new(),
+        }
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+enum Found {
+    /// The name does not exist.
+    NoName,
+    /// The name exists without records of the type.
+    NoData,
+    /// Answer records and additional records.
+    Records(Vec<Record>, Vec<Record>),
+}
+
+/// Answers `qname`/`qtype`, or `None` when the name is in no served zone.
+pub fn answer(index: &Index, config: &Config, qname: &Name, qtype: RecordType) -> Option<Answer> {
+    let lower = qname.to_lowercase();
+    let zone = config
+        .zones
+        .iter()
+        .filter(|z| z.zone_of(&lower))
+        .max_by_key(|z| z.num_labels())?;
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        return Some(Answer::rcode(ResponseCode::Refused));
+    }
+    let ctx = Ctx {
+        index,
+        config,
+        zone_spelled: qname.trim_to(zone.num_labels() as usize),
+        zone,
+    };
+    let found = ctx.find(qname, &lower, qtype, 0);
+    let soa = || vec![ctx.soa()];
+    Some(match found {
+        Found::Records(answers, additionals) => Answer {
+            rcode: ResponseCode::NoError,
+            answers,
+            authority: vec![],
+            additionals,
+        },
+        Found::NoData => Answer {
+            rcode: ResponseCode::NoError,
+            answers: vec![],
+            authority: soa(),
+            additionals: vec![],
+        },
+        // Never a negative answer before the cache has synced.
+        Found::NoName if !index.snapshot.synced => Answer {
+            rcode: ResponseCode::ServFail,
+            answers: vec![],
+            authority: soa(),
+            additionals: vec![],
+        },
+        Found::NoName => Answer {
+            rcode: ResponseCode::NXDomain,
+            answers: vec![],
+            authority: soa(),
+            additionals: vec![],
+        },
+    })
+}
+
+struct Ctx<'a> {
+    index: &'a Index,
+    config: &'a Config,
+    /// The matching zone, as configured (lower case).
+    zone: &'a Name,
+    /// The zone as spelled in the query: synthesised names end with it.
+    zone_spelled: Name,
+}
+
+fn rec(owner: &Name, ttl: u32, data: RData) -> Record {
+    Record::from_rdata(owner.clone(), ttl, data)
+}
+
+fn address(owner: &Name, ttl: u32, ip: IpAddr) -> Record {
+    match ip {
+        IpAddr::V4(v4) => rec(owner, ttl, RData::A(A(v4))),
+        IpAddr::V6(v6) => rec(owner, ttl, RData::AAAA(AAAA(v6))),
+    }
+}
+
+fn family_matches(qtype: RecordType, ip: &IpAddr) -> bool {
+    matches!(
+        (qtype, ip),
+        (RecordType::A, IpAddr::V4(_)) | (RecordType::AAAA, IpAddr::V6(_))
+    )
+}
+
+/// `labels` followed by `zone`.
+fn child(labels: &[&str], zone: &Name) -> Option<Name> {
+    Name::from_labels(labels.iter().map(|l| l.as_bytes()))
+        .ok()?
+        .append_domain(zone)
+        .ok()
+}
+
+/// Address records of the queried family, or NODATA.
+fn addresses(
+    owner: &Name,
+    ttl: u32,
+    qtype: RecordType,
+    ips: impl IntoIterator<Item = IpAddr>,
+) -> Found {
+    let mut seen = HashSet::new();
+    let records: Vec<Record> = ips
+        .into_iter()
+        .filter(|ip| family_matches(qtype, ip) && seen.insert(*ip))
+        .map(|ip| address(owner, ttl, ip))
+        .collect();
+    if records.is_empty() {
+        Found::NoData
+    } else {
+        Found::Records(records, vec![])
+    }
+}
+
+/// SRV weight for `n` candidates: `floor(100 / n)`, at least 1.
+fn weight(n: usize) -> u16 {
+    (10_000 / (100 * n.max(1))).max(1) as u16
+}
+
+fn port_matches(name: &str, protocol: &str, want_port: &str, want_proto: &str) -> bool {
+    (want_port.is_empty() || name.eq_ignore_ascii_case(want_port))
+        && (want_proto.is_empty() || protocol == want_proto)
+}
+
+impl Ctx<'_> {
+    fn ttl(&self) -> u32 {
+        self.config.ttl
+    }
+
+    fn soa(&self) -> Record {
+        let z = &self.zone_spelled;
+        let mname = child(&["ns", "dns"], z).unwrap_or_else(|| z.clone());
+        let rname = child(&["hostmaster"], z).unwrap_or_else(|| z.clone());
+        let serial = self.index.snapshot.last_change as u32;
+        let soa = SOA::new(mname, rname, serial, 7200, 1800, 86400, self.ttl());
+        rec(z, self.ttl().min(300), RData::SOA(soa))
+    }
+
+    fn namespace_exposed(&self, namespace: &str) -> bool {
+        self.index.snapshot.namespace_exists(namespace) && self.config.exposes(namespace)
+    }
+
+    fn entry(&self, namespace: &str, service: &str) -> Option<&Entry> {
+        if !self.namespace_exposed(namespace) {
+            return None;
+        }
+        self.index
+            .service(namespace, service)
+            .map(|e| e.as_ref())
+            .filter(|e| e.exists)
+    }
+
+    fn find(&self, qname: &Name, lower: &Name, qtype: RecordType, depth: usize) -> Found {
+        let n = (lower.num_labels() - self.zone.num_labels()) as usize;
+        let labels: Vec<String> = lower
+            .iter()
+            .take(n)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        // SOA is answered at the apex only; any other name gets NODATA, even one that does not
+        // exist (a CoreDNS quirk clients see).
+        if qtype == RecordType::SOA && !labels.is_empty() {
+            return Found::NoData;
+        }
+        if qtype == RecordType::PTR && is_reverse(self.zone) {
+            let all: Vec<String> = lower
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect();
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            if let Some(ip) = reverse_address(&all) {
+                return self.ptr(qname, ip);
+            }
+        }
+        match parse(&labels) {
+            Parsed::Apex => match qtype {
+                RecordType::SOA => Found::Records(vec![self.soa()], vec![]),
+                // Quirk: the apex test for NS compares the lower-cased name with the zone as
+                // spelled, so a mixed-case apex NS query finds no data.
+                RecordType::NS if self.zone_spelled.eq_case(self.zone) => self.ns(),
+                _ => Found::NoData,
+            },
+            Parsed::Base => Found::NoData,
+            Parsed::DnsVersion => match qtype {
+                RecordType::TXT => Found::Records(
+                    vec![rec(
+                        qname,
+                        VERSION_TTL,
+                        RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()])),
+                    )],
+                    vec![],
+                ),
+                _ => Found::NoName,
+            },
+            Parsed::NsDns => match qtype {
+                RecordType::A | RecordType::AAAA => addresses(
+                    qname,
+                    self.ttl(),
+                    qtype,
+                    self.config.ns_addresses.iter().copied(),
+                ),
+                RecordType::TXT => Found::NoName,
+                _ => Found::NoData,
+            },
+            Parsed::Namespace { namespace, pods } => {
+                if pods && self.config.pods == PodsMode::Disabled
+                    || !self.namespace_exposed(&namespace)
+                {
+                    Found::NoName
+                } else {
+                    Found::NoData
+                }
+            }
+            Parsed::Service { namespace, service } => match self.entry(&namespace, &service) {
+                None => Found::NoName,
+                Some(e) => self.service(qname, qtype, &namespace, &service, e, depth),
+            },
+            Parsed::Endpoint {
+                namespace,
+                service,
+                endpoint,
+            } => {
+                let Some(e) = self.entry(&namespace, &service) else {
+                    return Found::NoName;
+                };
+                let Some(indexes) = e.by_name.get(&endpoint) else {
+                    return Found::NoName;
+                };
+                match qtype {
+                    RecordType::A | RecordType::AAAA => addresses(
+                        qname,
+                        self.ttl(),
+                        qtype,
+                        indexes.iter().map(|i| e.endpoints[*i].addr),
+                    ),
+                    _ => Found::NoData,
+                }
+            }
+            Parsed::Port {
+                namespace,
+                service,
+                port,
+                protocol,
+            } => {
+                let Some(e) = self.entry(&namespace, &service) else {
+                    return Found::NoName;
+                };
+                self.port(qname, qtype, &namespace, &service, e, &port, &protocol)
+            }
+            Parsed::Pod {
+                namespace,
+                ip_label,
+            } => self.pod(qname, qtype, &namespace, &ip_label),
+            Parsed::Invalid => Found::NoName,
+        }
+    }
+
+    fn service(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        namespace: &str,
+        service: &str,
+        e: &Entry,
+        depth: usize,
+    ) -> Found {
+        match (&e.kind, qtype) {
+            (EntryKind::Cluster(ips), RecordType::A | RecordType::AAAA) => {
+                addresses(qname, self.ttl(), qtype, ips.iter().copied())
+            }
+            (EntryKind::Headless, RecordType::A | RecordType::AAAA) => addresses(
+                qname,
+                self.ttl(),
+                qtype,
+                e.endpoints.iter().map(|ep| ep.addr),
+            ),
+            (EntryKind::Cluster(_) | EntryKind::Headless, RecordType::SRV) => {
+                match self.srv(qname, namespace, service, e, "", "") {
+                    Some((records, extra)) => Found::Records(records, extra),
+                    None => Found::NoData,
+                }
+            }
+            (EntryKind::External(target), RecordType::CNAME) => match self.cname(qname, target) {
+                Some(r) => Found::Records(vec![r], vec![]),
+                None => Found::NoData,
+            },
+            (EntryKind::External(target), RecordType::A | RecordType::AAAA | RecordType::TXT) => {
+                self.chase(qname, target, qtype, depth)
+            }
+            _ => Found::NoData,
+        }
+    }
+
+    fn cname(&self, qname: &Name, target: &str) -> Option<Record> {
+        let mut name = Name::from_ascii(target).ok()?;
+        name.set_fqdn(true);
+        Some(rec(qname, self.ttl(), RData::CNAME(CNAME(name))))
+    }
+
+    /// The CNAME of an ExternalName Service, followed by the target's records when the target is
+    /// in a served zone; a target in the zone that yields nothing drops the CNAME too.
+    fn chase(&self, qname: &Name, target: &str, qtype: RecordType, depth: usize) -> Found {
+        let Some(cname) = self.cname(qname, target) else {
+            return Found::NoData;
+        };
+        let RData::CNAME(CNAME(target_name)) = cname.data.clone() else {
+            return Found::NoData;
+        };
+        let target_lower = target_name.to_lowercase();
+        let Some(zone) = self
+            .config
+            .zones
+            .iter()
+            .filter(|z| z.zone_of(&target_lower))
+            .max_by_key(|z| z.num_labels())
+        else {
+            // Out of the zone: just the CNAME until forwarding resolves the target.
+            return Found::Records(vec![cname], vec![]);
+        };
+        if depth >= MAX_CHAIN || target_lower == qname.to_lowercase() {
+            return Found::NoData;
+        }
+        let inner = Ctx {
+            index: self.index,
+            config: self.config,
+            zone,
+            zone_spelled: target_name.trim_to(zone.num_labels() as usize),
+        };
+        match inner.find(&target_name, &target_lower, qtype, depth + 1) {
+            Found::Records(mut records, extra) if !records.is_empty() => {
+                records.insert(0, cname);
+                Found::Records(records, extra)
+            }
+            _ => Found::NoData,
+        }
+    }
+
+    /// SRV records of the ports matching `want_port`/`want_proto` ("" matches any), with the
+    /// targets' addresses as additional records; `None` when no port matches.
+    fn srv(
+        &self,
+        owner: &Name,
+        namespace: &str,
+        service: &str,
+        e: &Entry,
+        want_port: &str,
+        want_proto: &str,
+    ) -> Option<(Vec<Record>, Vec<Record>)> {
+        let ttl = self.ttl();
+        let svc_name = child(&[service, namespace, "svc"], &self.zone_spelled)?;
+        // (target, port, addresses of the target)
+        let mut candidates: Vec<(Name, u16, Vec<IpAddr>)> = Vec::new();
+        match &e.kind {
+            EntryKind::Cluster(ips) => {
+                for p in e
+                    .ports
+                    .iter()
+                    .filter(|p| port_matches(&p.name, p.protocol.as_str(), want_port, want_proto))
+                {
+                    for _ in ips.iter() {
+                        candidates.push((svc_name.clone(), p.port, ips.clone()));
+                    }
+                    if ips.is_empty() {
+                        candidates.push((svc_name.clone(), p.port, vec![]));
+                    }
+                }
+            }
+            EntryKind::Headless => {
+                for ep in &e.endpoints {
+                    for p in ep.ports.iter().filter(|p| {
+                        port_matches(&p.name, p.protocol.as_str(), want_port, want_proto)
+                    }) {
+                        let Some(target) =
+                            child(&[&ep.name, service, namespace, "svc"], &self.zone_spelled)
+                        else {
+                            continue;
+                        };
+                        let addrs = e
+                            .by_name
+                            .get(&ep.name)
+                            .map(|ix| ix.iter().map(|i| e.endpoints[*i].addr).collect())
+                            .unwrap_or_default();
+                        candidates.push((target, p.port, addrs));
+                    }
+                }
+            }
+            EntryKind::External(_) => return None,
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let w = weight(candidates.len());
+        let mut seen = HashSet::new();
+        let mut glue_seen = HashSet::new();
+        let (mut records, mut extra) = (Vec::new(), Vec::new());
+        for (target, port, addrs) in candidates {
+            if !seen.insert((target.clone(), port)) {
+                continue;
+            }
+            records.push(rec(
+                owner,
+                ttl,
+                RData::SRV(SRV::new(0, w, port, target.clone())),
+            ));
+            for ip in addrs {
+                if glue_seen.insert((target.clone(), ip)) {
+                    extra.push(address(&target, ttl, ip));
+                }
+            }
+        }
+        Some((records, extra))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn port(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        namespace: &str,
+        service: &str,
+        e: &Entry,
+        port: &str,
+        protocol: &str,
+    ) -> Found {
+        if matches!(e.kind, EntryKind::External(_)) {
+            return Found::NoName;
+        }
+        let Some((srv, extra)) = self.srv(qname, namespace, service, e, port, protocol) else {
+            return Found::NoName;
+        };
+        match qtype {
+            RecordType::SRV => Found::Records(srv, extra),
+            RecordType::A | RecordType::AAAA => match &e.kind {
+                EntryKind::Cluster(ips) => addresses(qname, self.ttl(), qtype, ips.iter().copied()),
+                _ => {
+                    let matching = e.endpoints.iter().filter(|ep: &&Ep| {
+                        ep.ports
+                            .iter()
+                            .any(|p| port_matches(&p.name, p.protocol.as_str(), port, protocol))
+                    });
+                    addresses(qname, self.ttl(), qtype, matching.map(|ep| ep.addr))
+                }
+            },
+            _ => Found::NoData,
+        }
+    }
+
+    fn pod(&self, qname: &Name, qtype: RecordType, namespace: &str, ip_label: &str) -> Found {
+        if self.config.pods == PodsMode::Disabled || !self.namespace_exposed(namespace) {
+            return Found::NoName;
+        }
+        let Some(ip) = pod_address(ip_label) else {
+            return Found::NoName;
+        };
+        if self.config.pods == PodsMode::Verified && !self.index.snapshot.pod_has_ip(namespace, ip)
+        {
+            return Found::NoName;
+        }
+        addresses(qname, self.ttl(), qtype, [ip])
+    }
+
+    /// PTR: a Service's cluster IP first (the first Service only), else every ready endpoint
+    /// with this address, named under the primary zone.
+    fn ptr(&self, qname: &Name, ip: IpAddr) -> Found {
+        let Some(primary) = self.config.primary_zone() else {
+            return Found::NoName;
+        };
+        let Some(targets) = self.index.ptr(ip) else {
+            return Found::NoName;
+        };
+        let exposed: Vec<_> = targets
+            .iter()
+            .filter(|t| self.namespace_exposed(&t.service.namespace))
+            .collect();
+        let names: Vec<Name> = match exposed.iter().find(|t| t.endpoint.is_none()) {
+            Some(t) => child(&[&t.service.name, &t.service.namespace, "svc"], primary)
+                .into_iter()
+                .collect(),
+            None => {
+                let mut seen = HashSet::new();
+                exposed
+                    .iter()
+                    .filter_map(|t| {
+                        child(
+                            &[
+                                t.endpoint.as_deref()?,
+                                &t.service.name,
+                                &t.service.namespace,
+                                "svc",
+                            ],
+                            primary,
+                        )
+                    })
+                    .filter(|n| seen.insert(n.clone()))
+                    .collect()
+            }
+        };
+        if names.is_empty() {
+            return Found::NoName;
+        }
+        Found::Records(
+            names
+                .into_iter()
+                .map(|n| rec(qname, self.ttl(), RData::PTR(PTR(n))))
+                .collect(),
+            vec![],
+        )
+    }
+
+    /// NS at the apex: the Services whose ready endpoints are this server's addresses, else
+    /// `ns.dns.<zone>` with the server's addresses as glue.
+    fn ns(&self) -> Found {
+        let ttl = self.ttl();
+        let z = &self.zone_spelled;
+        let mut targets: Vec<(Name, Vec<IpAddr>)> = Vec::new();
+        for addr in &self.config.ns_addresses {
+            for t in self.index.ptr(*addr).into_iter().flatten() {
+                let (Some(endpoint), Some(e)) = (
+                    &t.endpoint,
+                    self.index.service(&t.service.namespace, &t.service.name),
+                ) else {
+                    continue;
+                };
+                let target = match &e.kind {
+                    EntryKind::Cluster(ips) => {
+                        child(&[&t.service.name, &t.service.namespace, "svc"], z)
+                            .map(|n| (n, ips.clone()))
+                    }
+                    EntryKind::Headless => {
+                        child(&[endpoint, &t.service.name, &t.service.namespace, "svc"], z)
+                            .map(|n| (n, vec![*addr]))
+                    }
+                    EntryKind::External(_) => None,
+                };
+                targets.extend(target);
+            }
+        }
+        if targets.is_empty() {
+            let Some(ns) = child(&["ns", "dns"], z) else {
+                return Found::NoData;
+            };
+            targets.push((ns, self.config.ns_addresses.clone()));
+        }
+        let mut seen = HashSet::new();
+        let mut records = Vec::new();
+        let mut glue = Vec::new();
+        for (target, ips) in targets {
+            if seen.insert(target.clone()) {
+                records.push(rec(z, ttl, RData::NS(NS(target.clone()))));
+            }
+            glue.extend(ips.into_iter().map(|ip| address(&target, ttl, ip)));
+        }
+        Found::Records(records, glue)
+    }
+}

@@ -1,0 +1,214 @@
+//! The record index: for every Service, what its names answer (cluster IPs, ready endpoints by
+//! endpoint name, ports), and for every address, the PTR targets it has — rebuilt from each cache
+//! snapshot for the Services that changed only, and published whole, so a query is a lookup and
+//! never sees half of a change.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cache::{EndpointPort, Key, Service, ServiceKind, ServicePort, Snapshot};
+
+use crate::config::Config;
+use crate::name::dashed;
+
+/// What one Service answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// The Service's ports (SRV of ClusterIP Services).
+    pub ports: Vec<ServicePort>,
+    /// Ready endpoint addresses, one per address, de-duplicated.
+    pub endpoints: Vec<Ep>,
+    /// Endpoint indexes by endpoint name.
+    pub by_name: HashMap<String, Vec<usize>>,
+    /// False when the Service's names must not exist: a headless Service without ready
+    /// endpoints, an empty ClusterIP Service under `ignore_empty_service`, an ExternalName that
+    /// is an IP address.
+    pub exists: bool,
+}
+
+/// How a Service answers address queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Cluster(Vec<IpAddr>),
+    Headless,
+    /// The external name, lower-case, without a trailing dot.
+    External(String),
+}
+
+/// One ready endpoint address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ep {
+    /// Its endpoint name: hostname, else (with `endpoint_pod_names`) the pod name, else the
+    /// dashed address.
+    pub name: String,
+    pub addr: IpAddr,
+    /// The ports of its slice.
+    pub ports: Arc<Vec<EndpointPort>>,
+}
+
+/// Where a PTR query for an address points.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PtrTarget {
+    pub service: Key,
+    /// `None`: the address is the Service's cluster IP.
+    pub endpoint: Option<String>,
+}
+
+/// The index of one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    pub snapshot: Arc<Snapshot>,
+    services: imbl::HashMap<Key, Arc<Entry>>,
+    reverse: imbl::HashMap<IpAddr, imbl::Vector<PtrTarget>>,
+}
+
+fn endpoint_name(
+    config: &Config,
+    hostname: Option<&str>,
+    pod: Option<&str>,
+    addr: IpAddr,
+) -> String {
+    match (hostname, pod) {
+        (Some(h), _) => h.to_ascii_lowercase(),
+        (None, Some(p)) if config.endpoint_pod_names && p.len() < 64 => p.to_ascii_lowercase(),
+        _ => dashed(addr),
+    }
+}
+
+/// Builds the entry of one Service.
+pub fn entry(snapshot: &Snapshot, svc: &Service, config: &Config) -> Entry {
+    let kind = match &svc.kind {
+        ServiceKind::ClusterIp(ips) => {
+            let mut ips = ips.clone();
+            ips.dedup();
+            EntryKind::Cluster(ips)
+        }
+        ServiceKind::Headless => EntryKind::Headless,
+        ServiceKind::ExternalName(name) => EntryKind::External(name.to_ascii_lowercase()),
+    };
+    let mut endpoints: Vec<Ep> = Vec::new();
+    if !config.noendpoints && !matches!(kind, EntryKind::External(_)) {
+        let mut seen = std::collections::HashSet::new();
+        for slice in snapshot.slices_of(&svc.key) {
+            let ports = Arc::new(slice.ports.clone());
+            for e in slice.endpoints.iter().filter(|e| e.ready) {
+                for addr in &e.addresses {
+                    let ep = Ep {
+                        name: endpoint_name(
+                            config,
+                            e.hostname.as_deref(),
+                            e.pod_name.as_deref(),
+                            *addr,
+                        ),
+                        addr: *addr,
+                        ports: ports.clone(),
+                    };
+                    if seen.insert(ep.clone()) {
+                        endpoints.push(ep);
+                    }
+                }
+            }
+        }
+    }
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, ep) in endpoints.iter().enumerate() {
+        by_name.entry(ep.name.clone()).or_default().push(i);
+    }
+    let exists = match &kind {
+        EntryKind::Cluster(_) => {
+            !(config.ignore_empty_service && !config.noendpoints && endpoints.is_empty())
+        }
+        EntryKind::Headless => !endpoints.is_empty(),
+        EntryKind::External(name) => name.parse::<IpAddr>().is_err(),
+    };
+    Entry {
+        kind,
+        ports: svc.ports.clone(),
+        endpoints,
+        by_name,
+        exists,
+    }
+}
+
+impl Index {
+    /// Indexes every Service of `snapshot`.
+    pub fn build(snapshot: Arc<Snapshot>, config: &Config) -> Index {
+        let mut index = Index {
+            snapshot: snapshot.clone(),
+            ..Index::default()
+        };
+        for svc in snapshot.services.values() {
+            index.insert(entry(&snapshot, svc, config), svc.key.clone());
+        }
+        index
+    }
+
+    /// The index of `snapshot`, reusing this one when `snapshot` directly follows it.
+    pub fn next(&self, snapshot: Arc<Snapshot>, config: &Config) -> Index {
+        let consecutive = snapshot.generation == self.snapshot.generation + 1;
+        if !consecutive || snapshot.changed.all {
+            return Index::build(snapshot, config);
+        }
+        let mut index = self.clone();
+        index.snapshot = snapshot.clone();
+        for key in &snapshot.changed.services {
+            index.remove(key);
+            if let Some(svc) = snapshot.services.get(key) {
+                index.insert(entry(&snapshot, svc, config), key.clone());
+            }
+        }
+        index
+    }
+
+    fn insert(&mut self, entry: Entry, key: Key) {
+        if let EntryKind::Cluster(ips) = &entry.kind {
+            for ip in ips {
+                self.reverse.entry(*ip).or_default().push_back(PtrTarget {
+                    service: key.clone(),
+                    endpoint: None,
+                });
+            }
+        }
+        for ep in &entry.endpoints {
+            let target = PtrTarget {
+                service: key.clone(),
+                endpoint: Some(ep.name.clone()),
+            };
+            let list = self.reverse.entry(ep.addr).or_default();
+            if !list.contains(&target) {
+                list.push_back(target);
+            }
+        }
+        self.services.insert(key, Arc::new(entry));
+    }
+
+    fn remove(&mut self, key: &Key) {
+        let Some(old) = self.services.remove(key) else {
+            return;
+        };
+        let ips = match &old.kind {
+            EntryKind::Cluster(ips) => ips.clone(),
+            _ => Vec::new(),
+        };
+        for ip in ips.into_iter().chain(old.endpoints.iter().map(|e| e.addr)) {
+            if let Some(list) = self.reverse.get_mut(&ip) {
+                list.retain(|t| t.service != *key);
+                if list.is_empty() {
+                    self.reverse.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// The entry of a Service.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Entry>> {
+        self.services.get(&Key::new(namespace, name))
+    }
+
+    /// The PTR targets of an address.
+    pub fn ptr(&self, ip: IpAddr) -> Option<&imbl::Vector<PtrTarget>> {
+        self.reverse.get(&ip)
+    }
+}

@@ -1,0 +1,132 @@
+//! From request bytes to reply bytes: header and question checks, EDNS, the answer, and the size
+//! limits with the truncation rules of spec §11 (records dropped from the end — additional
+//! first, then authority, then answers — and TC set whenever anything was dropped).
+
+use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, Record};
+
+use crate::answer::answer;
+use crate::config::Config;
+use crate::index::Index;
+
+/// How a request arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Largest reply over TCP.
+const TCP_LIMIT: usize = 65535;
+/// The EDNS buffer size this server advertises.
+const OUR_PAYLOAD: u16 = 1232;
+
+/// The reply to `request`, or `None` to drop it (not a query, or too short to answer).
+pub fn respond(
+    index: &Index,
+    config: &Config,
+    request: &[u8],
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    let req = match Message::from_vec(request) {
+        Ok(m) => m,
+        Err(_) => return format_error(request),
+    };
+    if req.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut reply = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    reply.metadata = Metadata::response_from_request(&req.metadata);
+    reply.queries = req.queries.clone();
+    if req.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(OUR_PAYLOAD);
+        reply.edns = Some(edns);
+    }
+    let limit = match transport {
+        Transport::Tcp => TCP_LIMIT,
+        Transport::Udp => usize::from(req.max_payload()),
+    };
+    let rcode = |mut m: Message, code: ResponseCode| {
+        m.metadata.response_code = code;
+        m
+    };
+    let reply = if req.metadata.op_code != OpCode::Query {
+        rcode(reply, ResponseCode::NotImp)
+    } else if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        rcode(reply, ResponseCode::BADVERS)
+    } else if req.queries.len() != 1 {
+        rcode(reply, ResponseCode::FormErr)
+    } else if req.queries[0].query_class() != DNSClass::IN {
+        rcode(reply, ResponseCode::Refused)
+    } else {
+        let q = &req.queries[0];
+        match answer(index, config, q.name(), q.query_type()) {
+            // Not a served zone: refused until forwarding exists.
+            None => rcode(reply, ResponseCode::Refused),
+            Some(a) if a.rcode == ResponseCode::Refused => rcode(reply, ResponseCode::Refused),
+            Some(a) => {
+                let mut reply = rcode(reply, a.rcode);
+                reply.metadata.authoritative = true;
+                reply.answers = a.answers;
+                reply.authorities = a.authority;
+                reply.additionals = a.additionals;
+                reply
+            }
+        }
+    };
+    encode_within(reply, limit)
+}
+
+/// A FORMERR reply to bytes that do not parse, when at least the header can be read.
+fn format_error(request: &[u8]) -> Option<Vec<u8>> {
+    if request.len() < 12 || request[2] & 0x80 != 0 {
+        return None;
+    }
+    let id = u16::from_be_bytes([request[0], request[1]]);
+    let op_code = OpCode::from_u8((request[2] >> 3) & 0x0f);
+    let mut reply = Message::new(id, MessageType::Response, op_code);
+    reply.metadata.response_code = ResponseCode::FormErr;
+    reply.to_vec().ok()
+}
+
+/// Encodes `reply` within `limit` bytes, dropping records from the end (additional, then
+/// authority, then answers) and setting TC when anything is dropped. The OPT record stays.
+fn encode_within(mut reply: Message, limit: usize) -> Option<Vec<u8>> {
+    let full = reply.to_vec().ok()?;
+    if full.len() <= limit {
+        return Some(full);
+    }
+    let answers = std::mem::take(&mut reply.answers);
+    let authorities = std::mem::take(&mut reply.authorities);
+    let additionals = std::mem::take(&mut reply.additionals);
+    let all: Vec<(u8, Record)> = answers
+        .into_iter()
+        .map(|r| (0, r))
+        .chain(authorities.into_iter().map(|r| (1, r)))
+        .chain(additionals.into_iter().map(|r| (2, r)))
+        .collect();
+    reply.metadata.truncation = true;
+    let with = |keep: usize| {
+        let mut m = reply.clone();
+        for (section, r) in all.iter().take(keep) {
+            match section {
+                0 => m.answers.push(r.clone()),
+                1 => m.authorities.push(r.clone()),
+                _ => m.additionals.push(r.clone()),
+            }
+        }
+        m.to_vec().ok()
+    };
+    // The largest prefix of the records that fits (0 always does: header, question, OPT).
+    let (mut lo, mut hi) = (0usize, all.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if with(mid).is_some_and(|b| b.len() <= limit) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    with(lo)
+}

@@ -1,0 +1,200 @@
+//! The DNS server: UDP and TCP listeners answering from the current index, the task that keeps
+//! the index in step with the cache, bounded TCP connections, and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache::Snapshot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::index::Index;
+use crate::message::{Transport, respond};
+use crate::{Error, Result};
+
+/// Limits of the server; each is a flag of `svcplane dns`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent TCP connections; further connections wait to be accepted.
+    pub max_tcp_connections: usize,
+    /// A TCP connection idle this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Tasks receiving on each UDP socket.
+    pub udp_workers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tcp_connections: 1000,
+            tcp_idle_timeout: Duration::from_secs(10),
+            udp_workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// Keeps an index in step with the cache: every published snapshot becomes the next index.
+pub fn follow(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    config: Arc<Config>,
+) -> watch::Receiver<Arc<Index>> {
+    let first = Index::build(snapshots.borrow_and_update().clone(), &config);
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let next = tx.borrow().next(snapshot, &config);
+            if tx.send(Arc::new(next)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Sockets bound but not yet serving, so binding errors surface before anything starts.
+pub struct Bound {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: Vec<TcpListener>,
+}
+
+impl Bound {
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Binds UDP and TCP on every address (TCP on the same port as UDP).
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Bound> {
+    let mut bound = Bound {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+    };
+    for addr in addrs {
+        let listen = |e| Error::Listen {
+            addr: addr.to_string(),
+            source: e,
+        };
+        let udp = UdpSocket::bind(addr).await.map_err(listen)?;
+        let actual = udp.local_addr().map_err(listen)?;
+        let tcp = TcpListener::bind(actual).await.map_err(|e| Error::Listen {
+            addr: actual.to_string(),
+            source: e,
+        })?;
+        bound.udp.push(Arc::new(udp));
+        bound.tcp.push(tcp);
+    }
+    Ok(bound)
+}
+
+/// Serves until `shutdown` fires.
+pub async fn serve(
+    bound: Bound,
+    index: watch::Receiver<Arc<Index>>,
+    config: Arc<Config>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    for socket in bound.udp {
+        for _ in 0..limits.udp_workers.max(1) {
+            tasks.spawn(udp_loop(socket.clone(), index.clone(), config.clone()));
+        }
+    }
+    let connections = Arc::new(Semaphore::new(limits.max_tcp_connections.max(1)));
+    for listener in bound.tcp {
+        tasks.spawn(tcp_loop(
+            listener,
+            index.clone(),
+            config.clone(),
+            connections.clone(),
+            limits.tcp_idle_timeout,
+        ));
+    }
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    tasks.abort_all();
+}
+
+async fn udp_loop(socket: Arc<UdpSocket>, index: watch::Receiver<Arc<Index>>, config: Arc<Config>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        let current = index.borrow().clone();
+        if let Some(reply) = respond(&current, &config, &buf[..n], Transport::Udp) {
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    }
+}
+
+async fn tcp_loop(
+    listener: TcpListener,
+    index: watch::Receiver<Arc<Index>>,
+    config: Arc<Config>,
+    connections: Arc<Semaphore>,
+    idle: Duration,
+) {
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "tcp accept failed");
+                continue;
+            }
+        };
+        let (index, config) = (index.clone(), config.clone());
+        tokio::spawn(async move {
+            let _ = tcp_connection(stream, index, config, idle).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Answers length-prefixed queries on one connection until it closes or idles out.
+async fn tcp_connection(
+    mut stream: TcpStream,
+    index: watch::Receiver<Arc<Index>>,
+    config: Arc<Config>,
+    idle: Duration,
+) -> std::io::Result<()> {
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+        let mut request = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if tokio::time::timeout(idle, stream.read_exact(&mut request))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let current = index.borrow().clone();
+        let Some(reply) = respond(&current, &config, &request, Transport::Tcp) else {
+            continue;
+        };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&reply);
+        stream.write_all(&framed).await?;
+    }
+}

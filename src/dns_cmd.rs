@@ -1,0 +1,180 @@
+//! `svcplane dns`: cluster DNS from manifests or the Kubernetes API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cache::{Cache, Kind};
+use clap::Args;
+use dns::config::{Config, PodsMode, parse_zone};
+use dns::server::{self, Limits};
+
+use crate::etcd_flags::parse_duration;
+
+/// Options mirror the CoreDNS `kubernetes` plugin's.
+#[derive(Debug, Args)]
+pub(crate) struct DnsArgs {
+    /// Address to serve UDP and TCP on (repeat or separate with commas).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:53"
+    )]
+    listen: Vec<SocketAddr>,
+    /// Zone to answer for (repeat or separate with commas); reverse zones such as in-addr.arpa
+    /// and ip6.arpa answer PTR queries. The first forward zone is the primary one.
+    #[arg(
+        long = "zone",
+        value_name = "ZONE",
+        value_delimiter = ',',
+        default_value = "cluster.local"
+    )]
+    zones: Vec<String>,
+    /// TTL of every answer, 0 to 3600.
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Pod records: disabled, insecure (any IP in an existing namespace) or verified (a live
+    /// pod must have the IP).
+    #[arg(long, value_name = "MODE", default_value = "disabled")]
+    pods: PodsMode,
+    /// Name endpoints by their pod's name when they have no hostname.
+    #[arg(long)]
+    endpoint_pod_names: bool,
+    /// Treat a ClusterIP Service without ready endpoints as not existing (NXDOMAIN).
+    #[arg(long)]
+    ignore_empty_service: bool,
+    /// Do not watch EndpointSlices: no headless, endpoint or endpoint-PTR answers.
+    #[arg(long)]
+    noendpoints: bool,
+    /// Expose only these namespaces (repeat or separate with commas).
+    #[arg(long, value_name = "NS", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Pass NXDOMAIN answers of these zones (bare: all served zones) to the next resolver;
+    /// recorded now, in effect once forwarding exists.
+    #[arg(long, value_name = "ZONE", num_args = 0.., value_delimiter = ',', require_equals = true)]
+    fallthrough: Option<Vec<String>>,
+    /// kubeconfig to watch the cluster with (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
+    /// Serve the objects in these manifest files or directories instead of watching a cluster
+    /// (repeat or separate with commas); reloaded when they change.
+    #[arg(long, value_name = "PATH", value_delimiter = ',')]
+    manifests: Vec<PathBuf>,
+    /// How often manifests are checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    manifests_reload_interval: Duration,
+    /// Concurrent TCP connections.
+    #[arg(long, default_value_t = 1000)]
+    max_tcp_connections: usize,
+    /// Idle TCP connections are closed after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    tcp_idle_timeout: Duration,
+}
+
+impl DnsArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let zones = self
+            .zones
+            .iter()
+            .map(|z| parse_zone(z))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fallthrough = match &self.fallthrough {
+            None => Vec::new(),
+            Some(list) if list.is_empty() => zones.clone(),
+            Some(list) => list
+                .iter()
+                .map(|z| parse_zone(z))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let config = Config {
+            zones,
+            ttl: self.ttl,
+            pods: self.pods,
+            endpoint_pod_names: self.endpoint_pod_names,
+            ignore_empty_service: self.ignore_empty_service,
+            noendpoints: self.noendpoints,
+            namespaces: (!self.namespaces.is_empty())
+                .then(|| self.namespaces.iter().cloned().collect()),
+            fallthrough,
+            ns_addresses: self
+                .listen
+                .iter()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .collect(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
+    let config = Arc::new(args.config()?);
+    let bound = server::bind(&args.listen).await?;
+    let kinds = if args.manifests.is_empty() {
+        cache::kube_feed::kinds(!args.noendpoints, args.pods == PodsMode::Verified)
+    } else {
+        vec![
+            Kind::Namespaces,
+            Kind::Services,
+            Kind::EndpointSlices,
+            Kind::Pods,
+        ]
+    };
+    let cache = Arc::new(Cache::new(&kinds));
+    let index = server::follow(cache.subscribe(), config.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let addrs = bound.local_addrs();
+    let server = tokio::spawn(server::serve(bound, index, config, limits(&args), stop_rx));
+    eprintln!(
+        "svcplane dns: serving {} on {} (udp, tcp)",
+        args.zones.join(", "),
+        addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let feed: tokio::task::JoinHandle<anyhow::Result<()>> = if args.manifests.is_empty() {
+        let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
+        let watchers = cache::kube_feed::spawn(cache.clone(), client, &kinds);
+        tokio::spawn(async move {
+            futures::future::join_all(watchers).await;
+            Ok(())
+        })
+    } else {
+        let (paths, interval) = (args.manifests.clone(), args.manifests_reload_interval);
+        tokio::spawn(async move {
+            cache::manifests::run(cache, paths, interval)
+                .await
+                .context("cannot load --manifests")
+        })
+    };
+    tokio::select! {
+        result = feed => result??,
+        _ = shutdown_signal() => {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+fn limits(args: &DnsArgs) -> Limits {
+    Limits {
+        max_tcp_connections: args.max_tcp_connections,
+        tcp_idle_timeout: args.tcp_idle_timeout,
+        ..Limits::default()
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
