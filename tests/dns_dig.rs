@@ -1,0 +1,407 @@
+//! `svcplane dns --manifests` over real sockets, checked with `dig` (full output, not +short),
+//! over UDP and TCP; SERVFAIL before the first sync; malformed packets.
+
+use std::io::Write;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `svcplane dns`, killed on drop.
+struct Dns {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // A port free for both UDP and TCP.
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dns/tests/fixtures/testns.yaml")
+}
+
+fn start(extra: &[&str]) -> Dns {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args([
+            "dns",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--zone",
+            "cluster.local,in-addr.arpa,ip6.arpa",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start svcplane dns");
+    Dns { child, port }
+}
+
+/// What dig printed, reduced to the parts a test compares.
+#[derive(Debug)]
+struct Reply {
+    status: String,
+    flags: Vec<String>,
+    answer: Vec<String>,
+    authority: Vec<String>,
+    additional: Vec<String>,
+}
+
+fn dig(port: u16, args: &[&str]) -> Reply {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+norec",
+            "+time=2",
+            "+tries=1",
+        ])
+        .args(args)
+        .output()
+        .expect("run dig (apt-get install -y dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut reply = Reply {
+        status: String::new(),
+        flags: vec![],
+        answer: vec![],
+        authority: vec![],
+        additional: vec![],
+    };
+    let mut section: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            reply.status = rest.split(',').next().unwrap_or_default().to_string();
+        }
+        if let Some(rest) = line.strip_prefix(";; flags: ") {
+            reply.flags = rest
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+        }
+        match line {
+            ";; ANSWER SECTION:" => section = Some("an"),
+            ";; AUTHORITY SECTION:" => section = Some("ns"),
+            ";; ADDITIONAL SECTION:" => section = Some("ad"),
+            "" => section = None,
+            l if l.starts_with(';') => {}
+            l => {
+                let norm = l.split_whitespace().collect::<Vec<_>>().join(" ");
+                match section {
+                    Some("an") => reply.answer.push(norm),
+                    Some("ns") => reply.authority.push(norm),
+                    Some("ad") => reply.additional.push(norm),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(
+        !reply.status.is_empty(),
+        "dig {args:?} got no reply:\n{text}"
+    );
+    reply
+}
+
+fn wait_answering(port: u16, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port.to_string(), "+time=1", "+tries=1"])
+            .args(name.split_whitespace())
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("status: NOERROR") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("svcplane dns on {port} never answered {name}");
+}
+
+/// A headless Service with `n` ready endpoints, as a manifest.
+fn big_headless(n: usize) -> String {
+    let endpoints: String = (0..n)
+        .map(|i| format!("- addresses: [10.2.{}.{}]\n", i / 250, i % 250 + 1))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: big, namespace: testns}}\nspec: {{clusterIP: None}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: big-1\n  namespace: testns\n  labels: {{kubernetes.io/service-name: big}}\n\
+         addressType: IPv4\nendpoints:\n{endpoints}"
+    )
+}
+
+#[test]
+fn dig_gets_the_specified_answers_over_udp_and_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.yaml"), big_headless(100)).unwrap();
+    let manifests = format!(
+        "{},{}",
+        fixture().display(),
+        dir.path().join("big.yaml").display()
+    );
+    let dns = start(&["--manifests", &manifests, "--pods", "insecure"]);
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    let soa = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local.";
+    for transport in ["+notcp", "+tcp"] {
+        let q = |args: &[&str]| {
+            let mut all = vec![transport];
+            all.extend(args);
+            dig(dns.port, &all)
+        };
+        let r = q(&["svc1.testns.svc.cluster.local", "A"]);
+        assert_eq!(
+            (r.status.as_str(), r.answer.clone()),
+            (
+                "NOERROR",
+                vec!["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1".to_string()]
+            )
+        );
+        assert!(
+            r.flags.contains(&"aa".to_string()) && !r.flags.contains(&"ra".to_string()),
+            "{:?}",
+            r.flags
+        );
+
+        let r = q(&["svc-dual-stack.testns.svc.cluster.local", "AAAA"]);
+        assert_eq!(
+            r.answer,
+            ["svc-dual-stack.testns.svc.cluster.local. 5 IN AAAA 10::3"]
+        );
+
+        let r = q(&["hdls1.testns.svc.cluster.local", "A"]);
+        assert_eq!(r.answer.len(), 4, "{:?}", r.answer);
+        let r = q(&["hdls1.testns.svc.cluster.local", "AAAA"]);
+        assert_eq!(r.answer.len(), 2, "{:?}", r.answer);
+
+        let r = q(&["_http._tcp.svc1.testns.svc.cluster.local", "SRV"]);
+        assert_eq!(
+            r.answer,
+            [
+                "_http._tcp.svc1.testns.svc.cluster.local. 5 IN SRV 0 100 80 svc1.testns.svc.cluster.local."
+            ]
+        );
+        assert!(
+            r.additional
+                .contains(&"svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1".to_string()),
+            "{:?}",
+            r.additional
+        );
+
+        let r = q(&["external.testns.svc.cluster.local", "CNAME"]);
+        assert_eq!(
+            r.answer,
+            ["external.testns.svc.cluster.local. 5 IN CNAME ext.interwebs.test."]
+        );
+
+        let r = q(&["-x", "10.0.0.1"]);
+        assert_eq!(
+            r.answer,
+            ["1.0.0.10.in-addr.arpa. 5 IN PTR svc1.testns.svc.cluster.local."]
+        );
+
+        let r = q(&["10-240-0-1.testns.pod.cluster.local", "A"]);
+        assert_eq!(
+            r.answer,
+            ["10-240-0-1.testns.pod.cluster.local. 5 IN A 10.240.0.1"]
+        );
+
+        let r = q(&["svc0.testns.svc.cluster.local", "A"]);
+        assert_eq!(r.status, "NXDOMAIN");
+        assert!(
+            r.answer.is_empty() && r.authority[0].starts_with(soa),
+            "{:?}",
+            r.authority
+        );
+
+        let r = q(&["svc1.testns.svc.cluster.local", "AAAA"]);
+        assert_eq!(r.status, "NOERROR");
+        assert!(
+            r.answer.is_empty() && r.authority[0].starts_with(soa),
+            "{:?}",
+            r.authority
+        );
+
+        let r = q(&["SvC1.TeStNs.SvC.cLuStEr.LoCaL", "A"]);
+        assert_eq!(r.answer, ["SvC1.TeStNs.SvC.cLuStEr.LoCaL. 5 IN A 10.0.0.1"]);
+    }
+    // 100 A records do not fit in 512 bytes: UDP without EDNS truncates, TCP returns them all.
+    let r = dig(
+        dns.port,
+        &["+noedns", "+ignore", "big.testns.svc.cluster.local", "A"],
+    );
+    assert!(r.flags.contains(&"tc".to_string()), "{:?}", r.flags);
+    assert!(r.answer.len() < 100);
+    let r = dig(dns.port, &["+tcp", "big.testns.svc.cluster.local", "A"]);
+    assert!(!r.flags.contains(&"tc".to_string()));
+    assert_eq!(r.answer.len(), 100);
+}
+
+#[test]
+fn before_the_first_sync_unknown_names_get_servfail_not_nxdomain() {
+    // A kubeconfig pointing at a listener that accepts and never answers: the watches never sync.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = silent.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let dns = start(&["--kubeconfig", &kubeconfig.display().to_string()]);
+    wait_answering(dns.port, "dns-version.cluster.local TXT");
+    let r = dig(dns.port, &["svc0.testns.svc.cluster.local", "A"]);
+    assert_eq!(r.status, "SERVFAIL");
+    assert!(
+        r.authority[0].starts_with("cluster.local. 5 IN SOA"),
+        "{:?}",
+        r.authority
+    );
+    drop(silent);
+
+    // Manifests whose first load has not completed: a FIFO nobody has written to yet.
+    let fifo = dir.path().join("pending.yaml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dns = start(&["--manifests", &fifo.display().to_string()]);
+    wait_answering(dns.port, "dns-version.cluster.local TXT");
+    assert_eq!(
+        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).status,
+        "SERVFAIL"
+    );
+    // Once the manifests arrive, the cache syncs and answers are definite.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .unwrap()
+        .write_all(std::fs::read_to_string(fixture()).unwrap().as_bytes())
+        .unwrap();
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    assert_eq!(
+        dig(dns.port, &["svc0.testns.svc.cluster.local", "A"]).status,
+        "NXDOMAIN"
+    );
+}
+
+#[test]
+fn malformed_packets_never_stop_the_server() {
+    let dns = start(&["--manifests", &fixture().display().to_string()]);
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut seed: u64 = 0x5eed;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // A valid header claiming two questions, one with none, then random bytes of random lengths.
+    let mut packets: Vec<Vec<u8>> = vec![
+        vec![0x12, 0x34, 0x01, 0x00, 0, 2, 0, 0, 0, 0, 0, 0],
+        vec![0x12, 0x35, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0x12],
+    ];
+    for _ in 0..300 {
+        let len = (next() % 64) as usize;
+        packets.push((0..len).map(|_| next() as u8).collect());
+    }
+    let mut buf = [0u8; 1500];
+    for p in &packets {
+        socket.send_to(p, ("127.0.0.1", dns.port)).unwrap();
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            // Whatever comes back is a well-formed response header with the request's id.
+            assert!(
+                n >= 12 && buf[2] & 0x80 != 0,
+                "not a response: {:?}",
+                &buf[..n]
+            );
+            if p.len() >= 12 && p[..2] == [0x12, 0x34] {
+                assert_eq!(buf[3] & 0x0f, 1, "two questions: FORMERR");
+            }
+        }
+    }
+    assert_eq!(
+        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
+    );
+}
+
+#[test]
+fn bad_flags_and_manifests_exit_non_zero_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: Service\nmetadata: {name: w}\nspec: {ports: [{port: 99999}]}\n",
+    )
+    .unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    // (arguments, what stderr must say)
+    let rows: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--ttl".into(), "4000".into()],
+            "--ttl: 4000 is out of range; use 0 to 3600",
+        ),
+        (
+            vec!["--pods".into(), "maybe".into()],
+            "\"maybe\" is not a pods mode",
+        ),
+        (
+            vec!["--zone".into(), "in-addr.arpa".into()],
+            "at least one zone must be a forward zone",
+        ),
+        (
+            vec!["--manifests".into(), bad.display().to_string()],
+            "bad.yaml: document 1 (Service default/w): spec.ports[0].port: 99999 is not a port number",
+        ),
+        (
+            vec![
+                "--manifests".into(),
+                dir.path().join("missing.yaml").display().to_string(),
+            ],
+            "missing.yaml",
+        ),
+    ];
+    for (args, want) in rows {
+        let out = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+            .args(["dns", "--listen", &listen])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+}
