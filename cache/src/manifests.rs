@@ -90,15 +90,20 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// What identifies the current content of `paths` without reading it: names, sizes and times.
-pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<(u64, SystemTime)>)> {
+/// What identifies the current content of `paths` without reading it: names, sizes, times and
+/// inodes (a file replaced by a rename is a new inode even within one clock tick).
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<(u64, SystemTime, u64)>)> {
     let listed = files(paths).unwrap_or_else(|_| paths.to_vec());
     listed
         .into_iter()
         .map(|p| {
-            let meta = std::fs::metadata(&p)
-                .ok()
-                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            let meta = std::fs::metadata(&p).ok().map(|m| {
+                (
+                    m.len(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    std::os::unix::fs::MetadataExt::ino(&m),
+                )
+            });
             (p, meta)
         })
         .collect()
