@@ -90,9 +90,12 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Size, modification time and inode of a file.
+pub type FileStamp = (u64, SystemTime, u64);
+
 /// What identifies the current content of `paths` without reading it: names, sizes, times and
 /// inodes (a file replaced by a rename is a new inode even within one clock tick).
-pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<(u64, SystemTime, u64)>)> {
+pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<FileStamp>)> {
     let listed = files(paths).unwrap_or_else(|_| paths.to_vec());
     listed
         .into_iter()
