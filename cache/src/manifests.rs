@@ -134,38 +134,40 @@ struct Collector {
 }
 
 impl Collector {
+    /// Reads one file, converting each document as soon as it is parsed (a file may hold
+    /// hundreds of thousands of objects; their generic form is never all held at once).
     fn file(&mut self, file: &Path, text: &str) -> Result<()> {
         let name = file.display().to_string();
-        let docs: Vec<Value> = if file.extension().and_then(|e| e.to_str()) == Some("json") {
-            vec![serde_json::from_str(text).map_err(|e| Error::Manifest {
+        if file.extension().and_then(|e| e.to_str()) == Some("json") {
+            let doc = serde_json::from_str(text).map_err(|e| Error::Manifest {
                 file: name.clone(),
                 message: e.to_string(),
-            })?]
-        } else {
-            let mut docs = Vec::new();
-            for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-                let value = Value::deserialize(doc).map_err(|e| Error::Manifest {
-                    file: name.clone(),
-                    message: format!("document {}: {e}", i + 1),
-                })?;
-                docs.push(value);
+            })?;
+            return self.document(&name, 0, doc);
+        }
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = Value::deserialize(doc).map_err(|e| Error::Manifest {
+                file: name.clone(),
+                message: format!("document {}: {e}", i + 1),
+            })?;
+            self.document(&name, i, value)?;
+        }
+        Ok(())
+    }
+
+    fn document(&mut self, file: &str, i: usize, doc: Value) -> Result<()> {
+        let place = format!("document {}", i + 1);
+        if doc.get("kind").and_then(Value::as_str) == Some("List") {
+            let items = doc
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for (j, item) in items.into_iter().enumerate() {
+                self.object(file, &format!("{place}, items[{j}]"), item)?;
             }
-            docs
-        };
-        for (i, doc) in docs.into_iter().enumerate() {
-            let place = format!("document {}", i + 1);
-            if doc.get("kind").and_then(Value::as_str) == Some("List") {
-                let items = doc
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                for (j, item) in items.into_iter().enumerate() {
-                    self.object(&name, &format!("{place}, items[{j}]"), item)?;
-                }
-            } else if !doc.is_null() {
-                self.object(&name, &place, doc)?;
-            }
+        } else if !doc.is_null() {
+            self.object(file, &place, doc)?;
         }
         Ok(())
     }

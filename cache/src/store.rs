@@ -68,8 +68,8 @@ pub struct Snapshot {
     pub namespaces: OrdSet<String>,
     pub services: OrdMap<Key, Arc<Service>>,
     pub slices: OrdMap<Key, Arc<EndpointSlice>>,
-    /// Slice names by the Service they belong to.
-    pub slices_by_service: OrdMap<Key, OrdSet<String>>,
+    /// Slice names by the Service they belong to (sorted; usually one or two).
+    pub slices_by_service: OrdMap<Key, Vec<String>>,
     pub pods: OrdMap<Key, Arc<Pod>>,
     /// Live pods by namespace and primary IP (a count, as two pods may briefly share an IP).
     pub pod_ips: OrdMap<(String, IpAddr), u32>,
@@ -120,10 +120,10 @@ impl Snapshot {
         if let Some(svc) = &slice.service {
             let owner = Key::new(&slice.key.namespace, svc);
             changed.services.insert(owner.clone());
-            self.slices_by_service
-                .entry(owner)
-                .or_default()
-                .insert(slice.key.name.clone());
+            let names = self.slices_by_service.entry(owner).or_default();
+            if let Err(at) = names.binary_search(&slice.key.name) {
+                names.insert(at, slice.key.name.clone());
+            }
         }
         self.slices.insert(slice.key.clone(), Arc::new(slice));
     }
@@ -136,7 +136,7 @@ impl Snapshot {
             let owner = Key::new(&key.namespace, svc);
             changed.services.insert(owner.clone());
             if let Some(names) = self.slices_by_service.get_mut(&owner) {
-                names.remove(&key.name);
+                names.retain(|n| *n != key.name);
                 if names.is_empty() {
                     self.slices_by_service.remove(&owner);
                 }

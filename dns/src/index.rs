@@ -61,7 +61,8 @@ pub struct PtrTarget {
 pub struct Index {
     pub snapshot: Arc<Snapshot>,
     services: imbl::HashMap<Key, Arc<Entry>>,
-    reverse: imbl::HashMap<IpAddr, imbl::Vector<PtrTarget>>,
+    /// Small vectors as values: most addresses have one target.
+    reverse: imbl::HashMap<IpAddr, Vec<PtrTarget>>,
 }
 
 fn endpoint_name(
@@ -165,7 +166,7 @@ impl Index {
     fn insert(&mut self, entry: Entry, key: Key) {
         if let EntryKind::Cluster(ips) = &entry.kind {
             for ip in ips {
-                self.reverse.entry(*ip).or_default().push_back(PtrTarget {
+                self.reverse.entry(*ip).or_default().push(PtrTarget {
                     service: key.clone(),
                     endpoint: None,
                 });
@@ -178,7 +179,7 @@ impl Index {
             };
             let list = self.reverse.entry(ep.addr).or_default();
             if !list.contains(&target) {
-                list.push_back(target);
+                list.push(target);
             }
         }
         self.services.insert(key, Arc::new(entry));
@@ -208,7 +209,7 @@ impl Index {
     }
 
     /// The PTR targets of an address.
-    pub fn ptr(&self, ip: IpAddr) -> Option<&imbl::Vector<PtrTarget>> {
+    pub fn ptr(&self, ip: IpAddr) -> Option<&Vec<PtrTarget>> {
         self.reverse.get(&ip)
     }
 }

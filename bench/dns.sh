@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# svcplane dns against Knot DNS on the same data, taking turns: each server runs alone on one
+# pinned core, dnsperf drives it from the other core over loopback for a bounded time, and the
+# script prints median queries/s, average latency, the server's CPU share and its RSS.
+#
+#   bench/dns.sh [N] [ROUNDS] [SECONDS]     (defaults: 10000 services, 3 rounds, 10 s per run)
+#
+# Needs Debian's knot and dnsperf (installed here if missing) and python3.
+set -euo pipefail
+N=${1:-10000}
+ROUNDS=${2:-3}
+SECONDS_PER_RUN=${3:-10}
+SERVER_CPU=1
+CLIENT_CPU=0
+cd "$(dirname "$0")/.."
+command -v knotd >/dev/null && command -v dnsperf >/dev/null || apt-get install -y knot dnsperf >/dev/null
+cargo build --release --quiet
+SVCPLANE=$PWD/target/release/svcplane
+
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+python3 bench/dns_gen.py "$N" "$WORK"
+port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+TICK=$(getconf CLK_TCK)
+
+cat >"$WORK/knot.conf" <<KNOT
+server:
+    rundir: "$WORK"
+    user: root:root
+    listen: 127.0.0.1@KNOT_PORT
+database:
+    storage: "$WORK/knotdb"
+log:
+  - target: stderr
+    any: error
+zone:
+  - domain: cluster.local
+    file: "$WORK/cluster.local.zone"
+    storage: "$WORK"
+    zonefile-load: whole
+    journal-content: none
+KNOT
+
+# Starts one server pinned to SERVER_CPU; sets PID and PORT.
+start_server() {
+    PORT=$(port)
+    case $1 in
+    svcplane)
+        taskset -c $SERVER_CPU "$SVCPLANE" dns --listen "127.0.0.1:$PORT" --manifests "$WORK/manifests.yaml" 2>"$WORK/server.log" &
+        ;;
+    knot)
+        sed "s/KNOT_PORT/$PORT/" "$WORK/knot.conf" >"$WORK/knot-run.conf"
+        taskset -c $SERVER_CPU knotd -c "$WORK/knot-run.conf" 2>"$WORK/server.log" &
+        ;;
+    esac
+    PID=$!
+    for _ in $(seq 600); do
+        dig @127.0.0.1 -p "$PORT" +time=1 +tries=1 svc0.ns0.svc.cluster.local A 2>/dev/null | grep -q 'status: NOERROR' && return
+        sleep 0.1
+    done
+    echo "$1 did not start; log:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+}
+
+declare -A QPS LAT CPU RSS
+for round in $(seq "$ROUNDS"); do
+    for server in svcplane knot; do
+        start_server $server
+        before=$(awk '{print $14 + $15}' "/proc/$PID/stat")
+        start=$(date +%s.%N)
+        taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/queries.txt" -l "$SECONDS_PER_RUN" -c 8 -q 200 >"$WORK/perf.txt" 2>&1
+        end=$(date +%s.%N)
+        after=$(awk '{print $14 + $15}' "/proc/$PID/stat")
+        rss=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
+        kill $PID
+        wait $PID 2>/dev/null || true
+        qps=$(awk '/Queries per second/ {print int($4)}' "$WORK/perf.txt")
+        lat=$(awk '/Average Latency/ {printf "%.0f", $4 * 1000000}' "$WORK/perf.txt")
+        lost=$(awk '/Queries lost/ {print $3}' "$WORK/perf.txt")
+        cpu=$(python3 -c "print(round(100 * (($after - $before) / $TICK) / ($end - $start)))")
+        QPS[$server]+="$qps "
+        LAT[$server]+="$lat "
+        CPU[$server]+="$cpu "
+        RSS[$server]+="$((rss / 1024)) "
+        echo "N=$N round $round $server: $qps q/s, $lat us average latency, CPU $cpu %, RSS $((rss / 1024)) MiB, lost $lost" >&2
+    done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+echo
+echo "| N | server | queries/s (median of $ROUNDS) | avg latency (us) | server CPU | RSS (MiB) | runs (q/s) |"
+echo "|---|---|---|---|---|---|---|"
+for server in svcplane knot; do
+    echo "| $N | $server | $(echo "${QPS[$server]}" | median) | $(echo "${LAT[$server]}" | median) | $(echo "${CPU[$server]}" | median) % | $(echo "${RSS[$server]}" | median) | ${QPS[$server]}|"
+done
