@@ -113,7 +113,8 @@ impl DnsArgs {
 
 pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let config = Arc::new(args.config()?);
-    let bound = server::bind(&args.listen).await?;
+    let limits = limits(&args);
+    let bound = server::bind(&args.listen, &limits).await?;
     let kinds = if args.manifests.is_empty() {
         cache::kube_feed::kinds(!args.noendpoints, args.pods == PodsMode::Verified)
     } else {
@@ -128,7 +129,7 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let index = server::follow(cache.subscribe(), config.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let addrs = bound.local_addrs();
-    let server = tokio::spawn(server::serve(bound, index, config, limits(&args), stop_rx));
+    let server = tokio::spawn(server::serve(bound, index, config, limits, stop_rx));
     eprintln!(
         "svcplane dns: serving {} on {} (udp, tcp)",
         args.zones.join(", "),

@@ -317,7 +317,7 @@ fn malformed_packets_never_stop_the_server() {
     wait_answering(dns.port, "svc1.testns.svc.cluster.local");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
+        .set_read_timeout(Some(Duration::from_millis(30)))
         .unwrap();
     let mut seed: u64 = 0x5eed;
     let mut next = || {
@@ -403,5 +403,25 @@ fn bad_flags_and_manifests_exit_non_zero_naming_the_problem() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut dns = start(&["--manifests", &fixture().display().to_string()]);
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    let pid = nix::unistd::Pid::from_raw(dns.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = dns.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

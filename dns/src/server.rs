@@ -25,6 +25,9 @@ pub struct Limits {
     pub tcp_idle_timeout: Duration,
     /// Tasks receiving on each UDP socket.
     pub udp_workers: usize,
+    /// Receive and send buffer of each UDP socket (capped by the kernel's `rmem_max`/`wmem_max`):
+    /// a burst of queries waits here instead of being dropped.
+    pub udp_buffer: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +38,7 @@ impl Default for Limits {
             udp_workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            udp_buffer: 4 << 20,
         }
     }
 }
@@ -74,8 +78,20 @@ impl Bound {
     }
 }
 
+/// A UDP socket with large buffers.
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Larger buffers are an optimisation: a kernel that refuses them still serves.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Binds UDP and TCP on every address (TCP on the same port as UDP).
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Bound> {
+pub async fn bind(addrs: &[SocketAddr], limits: &Limits) -> Result<Bound> {
     let mut bound = Bound {
         udp: Vec::new(),
         tcp: Vec::new(),
@@ -85,7 +101,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Bound> {
             addr: addr.to_string(),
             source: e,
         };
-        let udp = UdpSocket::bind(addr).await.map_err(listen)?;
+        let udp = udp_socket(*addr, limits.udp_buffer).map_err(listen)?;
         let actual = udp.local_addr().map_err(listen)?;
         let tcp = TcpListener::bind(actual).await.map_err(|e| Error::Listen {
             addr: actual.to_string(),

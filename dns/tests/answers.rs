@@ -29,13 +29,17 @@ fn config() -> Config {
 
 /// An index of the fixture, synced unless `synced` is false.
 fn index(config: &Config, synced: bool) -> Index {
+    index_of(&[fixture()], config, synced)
+}
+
+fn index_of(paths: &[PathBuf], config: &Config, synced: bool) -> Index {
     let cache = Cache::new(&[
         Kind::Namespaces,
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Pods,
     ]);
-    let events = cache::manifests::load(&[fixture()]).unwrap().into_events();
+    let events = cache::manifests::load(paths).unwrap().into_events();
     let events: Vec<_> = events
         .into_iter()
         .filter(|e| synced || !matches!(e, cache::Event::Synced(_)))
@@ -664,4 +668,151 @@ fn ignore_empty_service_hides_cluster_ip_services_without_ready_endpoints() {
         )
         .starts_with("Non-Existent Domain")
     );
+}
+
+#[test]
+fn verified_pod_records_need_a_live_pod_with_that_ip() {
+    let mut config = config();
+    config.pods = PodsMode::Verified;
+    let idx = index(&config, true);
+    assert_eq!(
+        ask_with(
+            &idx,
+            &config,
+            "10-240-0-7.testns.pod.cluster.local.",
+            RecordType::A,
+            false
+        ),
+        "No Error aa\nan 10-240-0-7.testns.pod.cluster.local. 5 IN A 10.240.0.7"
+    );
+    // No pod has this IP; the pod with this one has finished; the pod lives in another namespace.
+    for name in [
+        "10-240-0-1.testns.pod.cluster.local.",
+        "10-240-0-8.testns.pod.cluster.local.",
+    ] {
+        assert!(
+            ask_with(&idx, &config, name, RecordType::A, false)
+                .starts_with("Non-Existent Domain aa"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_namespace_outside_the_exposed_list_does_not_exist() {
+    let mut config = config();
+    // svc-nons exists and holds svc0; only testns is exposed.
+    let all = index(&config, true);
+    assert!(
+        ask_with(
+            &all,
+            &config,
+            "svc0.svc-nons.svc.cluster.local.",
+            RecordType::A,
+            false
+        )
+        .starts_with("No Error aa\nan")
+    );
+    config.namespaces = Some(["testns".to_string()].into());
+    let idx = index(&config, true);
+    assert!(
+        ask_with(
+            &idx,
+            &config,
+            "svc0.svc-nons.svc.cluster.local.",
+            RecordType::A,
+            false
+        )
+        .starts_with("Non-Existent Domain aa")
+    );
+    assert!(
+        ask_with(
+            &idx,
+            &config,
+            "svc-nons.svc.cluster.local.",
+            RecordType::A,
+            false
+        )
+        .starts_with("Non-Existent Domain aa")
+    );
+    assert!(
+        ask_with(
+            &idx,
+            &config,
+            "1.0.0.10.in-addr.arpa.",
+            RecordType::PTR,
+            false
+        )
+        .contains("PTR svc1.testns")
+    );
+    assert!(
+        ask_with(
+            &idx,
+            &config,
+            "50.0.0.10.in-addr.arpa.",
+            RecordType::PTR,
+            false
+        )
+        .starts_with("Non-Existent Domain aa")
+    );
+    assert!(
+        ask_with(
+            &idx,
+            &config,
+            "svc1.testns.svc.cluster.local.",
+            RecordType::A,
+            false
+        )
+        .starts_with("No Error aa\nan")
+    );
+}
+
+#[test]
+fn a_big_headless_answer_is_cut_from_the_end_with_tc_over_udp() {
+    let dir = std::env::temp_dir().join(format!("svcplane-answers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let endpoints: String = (1..=40)
+        .map(|i| format!("- addresses: [10.9.0.{i}]\n"))
+        .collect();
+    let big = dir.join("big.yaml");
+    std::fs::write(
+        &big,
+        format!(
+            "kind: Service\nmetadata: {{name: big, namespace: testns}}\nspec: {{clusterIP: None, ports: [{{name: http, port: 80}}]}}\n---\n\
+             kind: EndpointSlice\nmetadata: {{name: big-1, namespace: testns, labels: {{kubernetes.io/service-name: big}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 80, protocol: TCP}}]\nendpoints:\n{endpoints}"
+        ),
+    )
+    .unwrap();
+    let config = config();
+    let idx = index_of(&[fixture(), big], &config, true);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut request = Message::query();
+    request.add_query(Query::query(
+        Name::from_ascii("_http._tcp.big.testns.svc.cluster.local.").unwrap(),
+        RecordType::SRV,
+    ));
+    let request = request.to_vec().unwrap();
+    // Over plain UDP (512 bytes) 40 SRV and 40 glue records do not fit: the end is cut, TC set.
+    let bytes = respond(&idx, &config, &request, Transport::Udp).unwrap();
+    assert!(bytes.len() <= 512);
+    let reply = Message::from_vec(&bytes).unwrap();
+    assert!(
+        reply.metadata.truncation,
+        "TC is set when anything was dropped"
+    );
+    assert!(
+        reply.additionals.is_empty(),
+        "additional records go before answers"
+    );
+    assert!(
+        !reply.answers.is_empty() && reply.answers.len() < 40,
+        "{}",
+        reply.answers.len()
+    );
+    // Over TCP everything fits.
+    let reply =
+        Message::from_vec(&respond(&idx, &config, &request, Transport::Tcp).unwrap()).unwrap();
+    assert!(!reply.metadata.truncation);
+    assert_eq!((reply.answers.len(), reply.additionals.len()), (40, 40));
 }
