@@ -271,6 +271,18 @@ impl EtcdStore {
             .flatten())
     }
 
+    /// The record and revision of a value key as read (`None`: absent).
+    fn value_of(&self, kv: Option<&KeyValue>) -> Result<Option<(Record, Rev)>> {
+        match kv.map(|kv| self.decode_kv(kv)).transpose()?.flatten() {
+            Some(Change::Value {
+                record: Some(record),
+                rev,
+                ..
+            }) => Ok(Some((record, rev))),
+            _ => Ok(None),
+        }
+    }
+
     fn decode_kv(&self, kv: &KeyValue) -> Result<Option<Change>> {
         self.decode(kv.key(), Some(kv.value()), kv.mod_revision())
     }
@@ -358,20 +370,7 @@ impl Store for EtcdStore {
             .await
             .map_err(|e| self.err(e))?;
         let read_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        match resp
-            .kvs()
-            .first()
-            .map(|kv| self.decode_kv(kv))
-            .transpose()?
-            .flatten()
-        {
-            Some(Change::Value {
-                record: Some(record),
-                rev,
-                ..
-            }) => Ok((Some((record, rev)), read_rev)),
-            _ => Ok((None, read_rev)),
-        }
+        Ok((self.value_of(resp.kvs().first())?, read_rev))
     }
 
     async fn cas(
@@ -439,20 +438,7 @@ impl Store for EtcdStore {
                 .map(|kv| kv.mod_revision())
                 != Some(want)
         });
-        let current = match gets
-            .first()
-            .and_then(|g| g.kvs().first())
-            .map(|kv| self.decode_kv(kv))
-            .transpose()?
-            .flatten()
-        {
-            Some(Change::Value {
-                record: Some(record),
-                rev,
-                ..
-            }) => Some((record, rev)),
-            _ => None,
-        };
+        let current = self.value_of(gets.first().and_then(|g| g.kvs().first()))?;
         Ok(Cas::Failed {
             current,
             pool_changed,
