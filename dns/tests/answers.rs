@@ -816,3 +816,70 @@ fn a_big_headless_answer_is_cut_from_the_end_with_tc_over_udp() {
     assert!(!reply.metadata.truncation);
     assert_eq!((reply.answers.len(), reply.additionals.len()), (40, 40));
 }
+
+#[test]
+fn a_bare_srv_query_lists_every_port_with_weights_split() {
+    use RecordType::*;
+    check(&[
+        (
+            "svc-two.testns.svc.cluster.local.",
+            SRV,
+            "No Error aa\nan svc-two.testns.svc.cluster.local. 5 IN SRV 0 50 80 svc-two.testns.svc.cluster.local.\nan svc-two.testns.svc.cluster.local. 5 IN SRV 0 50 443 svc-two.testns.svc.cluster.local.\nad svc-two.testns.svc.cluster.local. 5 IN A 10.0.0.4",
+        ),
+        ("cluster.local.", AAAA, "No Error aa\n{SOA}"),
+        // A headless Service whose slice has no ports: addresses, but no SRV.
+        (
+            "podnamed.testns.svc.cluster.local.",
+            SRV,
+            "No Error aa\n{SOA}",
+        ),
+    ]);
+}
+
+#[test]
+fn endpoint_pod_names_replace_the_dashed_address() {
+    let mut config = config();
+    let idx = index(&config, true);
+    assert_eq!(
+        ask_with(
+            &idx,
+            &config,
+            "172-0-1-1.podnamed.testns.svc.cluster.local.",
+            RecordType::A,
+            false
+        ),
+        "No Error aa\nan 172-0-1-1.podnamed.testns.svc.cluster.local. 5 IN A 172.0.1.1"
+    );
+    config.endpoint_pod_names = true;
+    let idx = index(&config, true);
+    assert_eq!(
+        ask_with(
+            &idx,
+            &config,
+            "web-0.podnamed.testns.svc.cluster.local.",
+            RecordType::A,
+            false
+        ),
+        "No Error aa\nan web-0.podnamed.testns.svc.cluster.local. 5 IN A 172.0.1.1"
+    );
+    assert!(
+        ask_with(
+            &idx,
+            &config,
+            "172-0-1-1.podnamed.testns.svc.cluster.local.",
+            RecordType::A,
+            false
+        )
+        .starts_with("Non-Existent Domain")
+    );
+    assert_eq!(
+        ask_with(
+            &idx,
+            &config,
+            "1.1.0.172.in-addr.arpa.",
+            RecordType::PTR,
+            false
+        ),
+        "No Error aa\nan 1.1.0.172.in-addr.arpa. 5 IN PTR web-0.podnamed.testns.svc.cluster.local."
+    );
+}
