@@ -255,20 +255,16 @@ impl EtcdStore {
         Ok(None)
     }
 
-    /// Reads and decodes one key.
-    async fn get_one(&self, key: String) -> Result<Option<Change>> {
-        let resp = self
+    /// Reads one key, with the store revision of the read.
+    async fn read(&self, key: String) -> Result<(Option<KeyValue>, Rev)> {
+        let mut resp = self
             .client
             .kv_client()
             .get(key, None)
             .await
             .map_err(|e| self.err(e))?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| self.decode_kv(kv))
-            .transpose()?
-            .flatten())
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.take_kvs().into_iter().next(), rev))
     }
 
     /// The record and revision of a value key as read (`None`: absent).
@@ -351,7 +347,8 @@ impl Store for EtcdStore {
     }
 
     async fn pool(&self, name: &str) -> Result<Option<(PoolSpec, Rev)>> {
-        match self.get_one(self.pool_key(name)).await? {
+        let (kv, _) = self.read(self.pool_key(name)).await?;
+        match kv.map(|kv| self.decode_kv(&kv)).transpose()?.flatten() {
             Some(Change::Pool {
                 spec: Some(spec),
                 rev,
@@ -362,15 +359,8 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, pool: &str, value: &str) -> Result<Read> {
-        let key = self.value_key(pool, value);
-        let resp = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(|e| self.err(e))?;
-        let read_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok((self.value_of(resp.kvs().first())?, read_rev))
+        let (kv, rev) = self.read(self.value_key(pool, value)).await?;
+        Ok((self.value_of(kv.as_ref())?, rev))
     }
 
     async fn cas(
