@@ -1,6 +1,6 @@
 //! `svcplane dns`: cluster DNS from manifests or the Kubernetes API.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,9 @@ pub(crate) struct DnsArgs {
     /// (repeat or separate with commas); reloaded when they change.
     #[arg(long, value_name = "PATH", value_delimiter = ',')]
     manifests: Vec<PathBuf>,
+    /// How long to wait for the first sync before answering at all.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    startup_timeout: Duration,
     /// How often manifests are checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     manifests_reload_interval: Duration,
@@ -99,12 +102,7 @@ impl DnsArgs {
             namespaces: (!self.namespaces.is_empty())
                 .then(|| self.namespaces.iter().cloned().collect()),
             fallthrough,
-            ns_addresses: self
-                .listen
-                .iter()
-                .map(|a| a.ip())
-                .filter(|ip| !ip.is_unspecified())
-                .collect(),
+            ns_addresses: own_addresses(&self.listen),
         };
         config.validate()?;
         Ok(config)
@@ -127,19 +125,7 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     };
     let cache = Arc::new(Cache::new(&kinds));
     let index = server::follow(cache.subscribe(), config.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let addrs = bound.local_addrs();
-    let server = tokio::spawn(server::serve(bound, index, config, limits, stop_rx));
-    eprintln!(
-        "svcplane dns: serving {} on {} (udp, tcp)",
-        args.zones.join(", "),
-        addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let feed: tokio::task::JoinHandle<anyhow::Result<()>> = if args.manifests.is_empty() {
+    let mut feed: tokio::task::JoinHandle<anyhow::Result<()>> = if args.manifests.is_empty() {
         let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
         let watchers = cache::kube_feed::spawn(cache.clone(), client, &kinds);
         tokio::spawn(async move {
@@ -147,13 +133,36 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
             Ok(())
         })
     } else {
-        let (paths, interval) = (args.manifests.clone(), args.manifests_reload_interval);
+        let (cache, paths, interval) = (
+            cache.clone(),
+            args.manifests.clone(),
+            args.manifests_reload_interval,
+        );
         tokio::spawn(async move {
             cache::manifests::run(cache, paths, interval)
                 .await
                 .context("cannot load --manifests")
         })
     };
+    // Like CoreDNS, wait up to --startup-timeout for the first sync before answering; after it,
+    // serve anyway (names that would not exist get SERVFAIL until the sync).
+    let mut synced = cache.subscribe();
+    tokio::select! {
+        result = &mut feed => return result?,
+        _ = tokio::time::timeout(args.startup_timeout, synced.wait_for(|s| s.synced)) => {}
+    }
+    if !cache.current().synced {
+        tracing::warn!(timeout = ?args.startup_timeout, "starting with an unsynced cache");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let addrs = bound.local_addrs();
+    let server = tokio::spawn(server::serve(bound, index, config, limits, stop_rx));
+    let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    eprintln!(
+        "svcplane dns: serving {} on {} (udp, tcp)",
+        args.zones.join(", "),
+        addrs.join(", ")
+    );
     tokio::select! {
         result = feed => result??,
         _ = shutdown_signal() => {}
@@ -161,6 +170,34 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(())
+}
+
+/// The addresses this server is reached at: the listen addresses, with an unspecified one
+/// (`0.0.0.0`, `::`) standing for every non-loopback interface address of its family.
+fn own_addresses(listen: &[SocketAddr]) -> Vec<IpAddr> {
+    let interfaces: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|list| {
+            list.filter_map(|i| i.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|s| IpAddr::V4(s.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+                })
+                .filter(|ip| !ip.is_loopback())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for addr in listen {
+        let ip = addr.ip();
+        if ip.is_unspecified() {
+            out.extend(interfaces.iter().filter(|i| i.is_ipv4() == ip.is_ipv4()));
+        } else {
+            out.push(ip);
+        }
+    }
+    out.dedup();
+    out
 }
 
 fn limits(args: &DnsArgs) -> Limits {

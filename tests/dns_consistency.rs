@@ -9,18 +9,38 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 
+/// A version of the headless Service `flip`: ten addresses split over two slices, so that a
+/// reload applied slice by slice would show one slice of each version.
 fn version(third_octet: u8) -> (String, BTreeSet<IpAddr>) {
-    let ips: Vec<String> = (1..=5).map(|i| format!("10.3.{third_octet}.{i}")).collect();
-    let endpoints: String = ips
-        .iter()
-        .map(|ip| format!("- addresses: [{ip}]\n"))
+    let ips: Vec<String> = (1..=10)
+        .map(|i| format!("10.3.{third_octet}.{i}"))
         .collect();
+    let slice = |name: &str, part: &[String]| {
+        let endpoints: String = part
+            .iter()
+            .map(|ip| format!("- addresses: [{ip}]\n"))
+            .collect();
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: testns\n\
+             \x20 labels: {{kubernetes.io/service-name: flip}}\naddressType: IPv4\nendpoints:\n{endpoints}"
+        )
+    };
     let text = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: flip, namespace: testns}}\nspec: {{clusterIP: None}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: flip-1\n  namespace: testns\n  labels: {{kubernetes.io/service-name: flip}}\n\
-         addressType: IPv4\nendpoints:\n{endpoints}"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: flip, namespace: testns}}\nspec: {{clusterIP: None}}\n{}{}",
+        slice("flip-1", &ips[..5]),
+        slice("flip-2", &ips[5..])
     );
     (text, ips.iter().map(|ip| ip.parse().unwrap()).collect())
+}
+
+/// The server, killed when the test ends however it ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn query(socket: &UdpSocket, port: u16, id: u16) -> Option<BTreeSet<IpAddr>> {
@@ -64,19 +84,21 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap().port()
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
-        .args([
-            "dns",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--manifests-reload-interval",
-            "5ms",
-        ])
-        .args(["--manifests", &file.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_svcplane"))
+            .args([
+                "dns",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--manifests-reload-interval",
+                "5ms",
+            ])
+            .args(["--manifests", &file.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -102,7 +124,12 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
     let (mut seen_a, mut seen_b) = (0, 0);
     let mut answered = 0;
     let mut id: u16 = 2;
+    let deadline = Instant::now() + Duration::from_secs(120);
     while answered < 5000 || !writer.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "5000 answers did not come within 2 minutes ({answered} did)"
+        );
         id = id.wrapping_add(1);
         let Some(ips) = query(&socket, port, id) else {
             continue;
@@ -117,8 +144,6 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
         }
     }
     writer.join().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(answered >= 5000);
     assert!(
         seen_a > 0 && seen_b > 0,

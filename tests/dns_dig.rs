@@ -271,7 +271,12 @@ fn before_the_first_sync_unknown_names_get_servfail_not_nxdomain() {
         ),
     )
     .unwrap();
-    let dns = start(&["--kubeconfig", &kubeconfig.display().to_string()]);
+    let dns = start(&[
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--startup-timeout",
+        "200ms",
+    ]);
     wait_answering(dns.port, "dns-version.cluster.local TXT");
     let r = dig(dns.port, &["svc0.testns.svc.cluster.local", "A"]);
     assert_eq!(r.status, "SERVFAIL");
@@ -291,7 +296,12 @@ fn before_the_first_sync_unknown_names_get_servfail_not_nxdomain() {
             .unwrap()
             .success()
     );
-    let dns = start(&["--manifests", &fifo.display().to_string()]);
+    let dns = start(&[
+        "--manifests",
+        &fifo.display().to_string(),
+        "--startup-timeout",
+        "200ms",
+    ]);
     wait_answering(dns.port, "dns-version.cluster.local TXT");
     assert_eq!(
         dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).status,

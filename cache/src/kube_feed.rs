@@ -101,36 +101,40 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     F: Fn(&K) -> Result<Object>,
 {
+    use tracing::Instrument;
     let span = tracing::info_span!("watch", kind = ?kind);
-    let _guard = span.enter();
-    let convert_or_log = |obj: &K| match convert(obj) {
-        Ok(o) => Some(o),
-        Err(e) => {
-            tracing::warn!(error = %e, "skipping an object the cache cannot use");
-            None
-        }
-    };
-    let mut listing: Vec<Object> = Vec::new();
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(WatchEvent::Init) => listing.clear(),
-            Ok(WatchEvent::InitApply(obj)) => listing.extend(convert_or_log(&obj)),
-            Ok(WatchEvent::InitDone) => {
-                cache.apply([
-                    Event::Reset(kind, std::mem::take(&mut listing)),
-                    Event::Synced(kind),
-                ]);
+    async move {
+        let convert_or_log = |obj: &K| match convert(obj) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an object the cache cannot use");
+                None
             }
-            Ok(WatchEvent::Apply(obj)) => {
-                if let Some(o) = convert_or_log(&obj) {
-                    cache.apply([Event::Apply(o)]);
+        };
+        let mut listing: Vec<Object> = Vec::new();
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(WatchEvent::Init) => listing.clear(),
+                Ok(WatchEvent::InitApply(obj)) => listing.extend(convert_or_log(&obj)),
+                Ok(WatchEvent::InitDone) => {
+                    cache.apply([
+                        Event::Reset(kind, std::mem::take(&mut listing)),
+                        Event::Synced(kind),
+                    ]);
                 }
+                // An object that no longer converts is dropped, as a relist would drop it.
+                Ok(WatchEvent::Apply(obj)) => match convert_or_log(&obj) {
+                    Some(o) => cache.apply([Event::Apply(o)]),
+                    None => cache.apply([Event::Delete(kind, key_of(&obj))]),
+                },
+                Ok(WatchEvent::Delete(obj)) => cache.apply([Event::Delete(kind, key_of(&obj))]),
+                Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
             }
-            Ok(WatchEvent::Delete(obj)) => cache.apply([Event::Delete(kind, key_of(&obj))]),
-            Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
         }
     }
+    .instrument(span)
+    .await
 }

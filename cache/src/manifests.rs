@@ -312,13 +312,16 @@ fn typed<T: DeserializeOwned>(doc: Value) -> std::result::Result<T, String> {
 /// Returns the error of the first load; later errors keep the previous content and are logged.
 pub async fn run(cache: Arc<Cache>, paths: Vec<PathBuf>, interval: Duration) -> Result<()> {
     let first = paths.clone();
-    let (loaded, mut print) =
-        tokio::task::spawn_blocking(move || load(&first).map(|l| (l, fingerprint(&first))))
-            .await
-            .map_err(|e| Error::Manifest {
-                file: "(manifests)".into(),
-                message: e.to_string(),
-            })??;
+    // The stamp is taken before reading, so a change made during the first load is seen later.
+    let (loaded, mut print) = tokio::task::spawn_blocking(move || {
+        let print = fingerprint(&first);
+        load(&first).map(|l| (l, print))
+    })
+    .await
+    .map_err(|e| Error::Manifest {
+        file: "(manifests)".into(),
+        message: e.to_string(),
+    })??;
     cache.apply(loaded.into_events());
     loop {
         tokio::time::sleep(interval).await;

@@ -80,8 +80,10 @@ pub struct Snapshot {
 /// What a published step changed, so readers can rebuild only that.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
-    /// Everything may have changed (a reset, or a namespace came or went).
+    /// Every Service or slice may have changed (a relist or reload with differences).
     pub all: bool,
+    /// Namespaces came or went (answers read them from the snapshot directly).
+    pub namespaces: bool,
     /// Services whose own object or slices changed.
     pub services: BTreeSet<Key>,
     /// Pods changed.
@@ -177,7 +179,7 @@ impl Snapshot {
         match event {
             Event::Apply(Object::Namespace(name)) => {
                 let fresh = self.namespaces.insert(name).is_none();
-                changed.all |= fresh;
+                changed.namespaces |= fresh;
                 fresh
             }
             Event::Apply(Object::Service(svc)) => {
@@ -209,7 +211,7 @@ impl Snapshot {
             }
             Event::Delete(Kind::Namespaces, key) => {
                 let gone = self.namespaces.remove(&key.name).is_some();
-                changed.all |= gone;
+                changed.namespaces |= gone;
                 gone
             }
             Event::Delete(Kind::Services, key) => {
@@ -231,22 +233,33 @@ impl Snapshot {
                 had
             }
             Event::Reset(kind, objects) => {
-                changed.all = true;
+                // Build the kind afresh; a relist or reload that brings nothing new changes
+                // nothing (and does not move the SOA serial).
+                let mut fresh = Snapshot::default();
+                let mut scratch = Changed::default();
+                for o in objects.into_iter().filter(|o| o.kind() == kind) {
+                    fresh.apply(Event::Apply(o), &mut scratch);
+                }
                 match kind {
-                    Kind::Namespaces => self.namespaces = OrdSet::new(),
-                    Kind::Services => self.services = OrdMap::new(),
-                    Kind::EndpointSlices => {
-                        self.slices = OrdMap::new();
-                        self.slices_by_service = OrdMap::new();
+                    Kind::Namespaces if fresh.namespaces != self.namespaces => {
+                        self.namespaces = fresh.namespaces;
+                        changed.namespaces = true;
                     }
-                    Kind::Pods => {
-                        self.pods = OrdMap::new();
-                        self.pod_ips = OrdMap::new();
+                    Kind::Services if fresh.services != self.services => {
+                        self.services = fresh.services;
+                        changed.all = true;
+                    }
+                    Kind::EndpointSlices if fresh.slices != self.slices => {
+                        self.slices = fresh.slices;
+                        self.slices_by_service = fresh.slices_by_service;
+                        changed.all = true;
+                    }
+                    Kind::Pods if fresh.pods != self.pods => {
+                        self.pods = fresh.pods;
+                        self.pod_ips = fresh.pod_ips;
                         changed.pods = true;
                     }
-                }
-                for o in objects.into_iter().filter(|o| o.kind() == kind) {
-                    self.apply(Event::Apply(o), changed);
+                    _ => return false,
                 }
                 true
             }
@@ -311,7 +324,7 @@ impl Cache {
         }
         next.synced = state.pending.is_empty();
         next.generation += 1;
-        if changed.all || !changed.services.is_empty() || changed.pods {
+        if changed.all || changed.namespaces || !changed.services.is_empty() || changed.pods {
             next.last_change = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -403,6 +416,31 @@ mod tests {
         assert!(after.service("d", "a").is_none() && after.service("d", "b").is_some());
         assert!(after.changed.all);
         assert_eq!(after.generation, before.generation + 1);
+    }
+
+    #[test]
+    fn a_relist_that_brings_nothing_new_publishes_nothing() {
+        let cache = Cache::new(&[]);
+        cache.apply([Event::Reset(
+            Kind::Services,
+            vec![svc("d", "a", "10.0.0.1")],
+        )]);
+        let before = cache.current();
+        cache.apply([Event::Reset(
+            Kind::Services,
+            vec![svc("d", "a", "10.0.0.1")],
+        )]);
+        assert_eq!(
+            cache.current().generation,
+            before.generation,
+            "same content: no step"
+        );
+        cache.apply([Event::Apply(Object::Namespace("n".into()))]);
+        let after = cache.current();
+        assert!(
+            after.changed.namespaces && !after.changed.all,
+            "a namespace does not invalidate every Service"
+        );
     }
 
     #[test]

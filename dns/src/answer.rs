@@ -204,15 +204,18 @@ impl Ctx<'_> {
         if qtype == RecordType::SOA && !labels.is_empty() {
             return Found::NoData;
         }
-        if qtype == RecordType::PTR && is_reverse(self.zone) {
+        // Below a reverse zone only whole addresses exist, and only for PTR; the forward
+        // grammar does not apply there.
+        if is_reverse(self.zone) && !labels.is_empty() {
             let all: Vec<String> = lower
                 .iter()
                 .map(|l| String::from_utf8_lossy(l).into_owned())
                 .collect();
             let all: Vec<&str> = all.iter().map(String::as_str).collect();
-            if let Some(ip) = reverse_address(&all) {
-                return self.ptr(qname, ip);
-            }
+            return match (qtype, reverse_address(&all)) {
+                (RecordType::PTR, Some(ip)) => self.ptr(qname, ip),
+                _ => Found::NoName,
+            };
         }
         match parse(&labels) {
             Parsed::Apex => match qtype {
@@ -235,12 +238,11 @@ impl Ctx<'_> {
                 _ => Found::NoName,
             },
             Parsed::NsDns => match qtype {
-                RecordType::A | RecordType::AAAA => addresses(
-                    qname,
-                    self.ttl(),
-                    qtype,
-                    self.config.ns_addresses.iter().copied(),
-                ),
+                // The same addresses as the NS glue.
+                RecordType::A | RecordType::AAAA => {
+                    let glue = self.ns_targets().into_iter().flat_map(|(_, ips)| ips);
+                    addresses(qname, self.ttl(), qtype, glue)
+                }
                 RecordType::TXT => Found::NoName,
                 _ => Found::NoData,
             },
@@ -549,28 +551,27 @@ impl Ctx<'_> {
         )
     }
 
-    /// NS at the apex: the Services whose ready endpoints are this server's addresses, else
-    /// `ns.dns.<zone>` with the server's addresses as glue.
-    fn ns(&self) -> Found {
-        let ttl = self.ttl();
+    /// The name servers: the Services whose ready endpoints are this server's addresses (their
+    /// name and cluster IPs; for headless Services the endpoint's name and address), else
+    /// `ns.dns.<zone>` with the server's addresses.
+    fn ns_targets(&self) -> Vec<(Name, Vec<IpAddr>)> {
         let z = &self.zone_spelled;
         let mut targets: Vec<(Name, Vec<IpAddr>)> = Vec::new();
         for addr in &self.config.ns_addresses {
             for t in self.index.ptr(*addr).into_iter().flatten() {
-                let (Some(endpoint), Some(e)) = (
-                    &t.endpoint,
-                    self.index.service(&t.service.namespace, &t.service.name),
-                ) else {
+                let Some(endpoint) = &t.endpoint else {
                     continue;
                 };
+                let Some(e) = self.entry(&t.service.namespace, &t.service.name) else {
+                    continue;
+                };
+                let (ns, svc) = (t.service.namespace.as_str(), t.service.name.as_str());
                 let target = match &e.kind {
                     EntryKind::Cluster(ips) => {
-                        child(&[&t.service.name, &t.service.namespace, "svc"], z)
-                            .map(|n| (n, ips.clone()))
+                        child(&[svc, ns, "svc"], z).map(|n| (n, ips.clone()))
                     }
                     EntryKind::Headless => {
-                        child(&[endpoint, &t.service.name, &t.service.namespace, "svc"], z)
-                            .map(|n| (n, vec![*addr]))
+                        child(&[endpoint, svc, ns, "svc"], z).map(|n| (n, vec![*addr]))
                     }
                     EntryKind::External(_) => None,
                 };
@@ -578,20 +579,26 @@ impl Ctx<'_> {
             }
         }
         if targets.is_empty() {
-            let Some(ns) = child(&["ns", "dns"], z) else {
-                return Found::NoData;
-            };
-            targets.push((ns, self.config.ns_addresses.clone()));
+            targets.extend(child(&["ns", "dns"], z).map(|n| (n, self.config.ns_addresses.clone())));
         }
+        targets
+    }
+
+    /// NS at the apex, with glue; duplicate targets collapse, glue does not.
+    fn ns(&self) -> Found {
+        let ttl = self.ttl();
         let mut seen = HashSet::new();
-        let mut records = Vec::new();
-        let mut glue = Vec::new();
-        for (target, ips) in targets {
+        let (mut records, mut glue) = (Vec::new(), Vec::new());
+        for (target, ips) in self.ns_targets() {
             if seen.insert(target.clone()) {
-                records.push(rec(z, ttl, RData::NS(NS(target.clone()))));
+                records.push(rec(&self.zone_spelled, ttl, RData::NS(NS(target.clone()))));
             }
             glue.extend(ips.into_iter().map(|ip| address(&target, ttl, ip)));
         }
-        Found::Records(records, glue)
+        if records.is_empty() {
+            Found::NoData
+        } else {
+            Found::Records(records, glue)
+        }
     }
 }

@@ -18,7 +18,7 @@ pub struct Entry {
     pub kind: EntryKind,
     /// The Service's ports (SRV of ClusterIP Services).
     pub ports: Vec<ServicePort>,
-    /// Ready endpoint addresses, one per address, de-duplicated.
+    /// Ready endpoint addresses of every slice (an address in two slices appears twice).
     pub endpoints: Vec<Ep>,
     /// Endpoint indexes by endpoint name.
     pub by_name: HashMap<String, Vec<usize>>,
@@ -49,7 +49,7 @@ pub struct Ep {
 }
 
 /// Where a PTR query for an address points.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PtrTarget {
     pub service: Key,
     /// `None`: the address is the Service's cluster IP.
@@ -89,26 +89,22 @@ pub fn entry(snapshot: &Snapshot, svc: &Service, config: &Config) -> Entry {
         ServiceKind::Headless => EntryKind::Headless,
         ServiceKind::ExternalName(name) => EntryKind::External(name.to_ascii_lowercase()),
     };
+    // Every ready address of every slice, duplicates included: an address present in two
+    // slices (during skew) counts twice in SRV weights, as upstream counts candidates before
+    // removing duplicates; answers remove them.
     let mut endpoints: Vec<Ep> = Vec::new();
     if !config.noendpoints && !matches!(kind, EntryKind::External(_)) {
-        let mut seen = std::collections::HashSet::new();
         for slice in snapshot.slices_of(&svc.key) {
             let ports = Arc::new(slice.ports.clone());
             for e in slice.endpoints.iter().filter(|e| e.ready) {
                 for addr in &e.addresses {
-                    let ep = Ep {
-                        name: endpoint_name(
-                            config,
-                            e.hostname.as_deref(),
-                            e.pod_name.as_deref(),
-                            *addr,
-                        ),
+                    let name =
+                        endpoint_name(config, e.hostname.as_deref(), e.pod_name.as_deref(), *addr);
+                    endpoints.push(Ep {
+                        name,
                         addr: *addr,
                         ports: ports.clone(),
-                    };
-                    if seen.insert(ep.clone()) {
-                        endpoints.push(ep);
-                    }
+                    });
                 }
             }
         }
@@ -164,22 +160,35 @@ impl Index {
     }
 
     fn insert(&mut self, entry: Entry, key: Key) {
-        if let EntryKind::Cluster(ips) = &entry.kind {
-            for ip in ips {
-                self.reverse.entry(*ip).or_default().push(PtrTarget {
-                    service: key.clone(),
-                    endpoint: None,
-                });
-            }
-        }
-        for ep in &entry.endpoints {
-            let target = PtrTarget {
-                service: key.clone(),
-                endpoint: Some(ep.name.clone()),
-            };
-            let list = self.reverse.entry(ep.addr).or_default();
-            if !list.contains(&target) {
-                list.push(target);
+        let cluster = match &entry.kind {
+            EntryKind::Cluster(ips) => ips.clone(),
+            _ => Vec::new(),
+        };
+        let targets = cluster
+            .into_iter()
+            .map(|ip| {
+                (
+                    ip,
+                    PtrTarget {
+                        service: key.clone(),
+                        endpoint: None,
+                    },
+                )
+            })
+            .chain(entry.endpoints.iter().map(|ep| {
+                (
+                    ep.addr,
+                    PtrTarget {
+                        service: key.clone(),
+                        endpoint: Some(ep.name.clone()),
+                    },
+                )
+            }));
+        for (ip, target) in targets {
+            // Kept sorted, so the answer depends on the snapshot, not on the order of changes.
+            let list = self.reverse.entry(ip).or_default();
+            if let Err(at) = list.binary_search(&target) {
+                list.insert(at, target);
             }
         }
         self.services.insert(key, Arc::new(entry));

@@ -53,7 +53,13 @@ pub fn follow(
     tokio::spawn(async move {
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
-            let next = tx.borrow().next(snapshot, &config);
+            let (previous, config) = (tx.borrow().clone(), config.clone());
+            // A full rebuild of a large cluster takes a while: keep it off the query threads.
+            let Ok(next) =
+                tokio::task::spawn_blocking(move || previous.next(snapshot, &config)).await
+            else {
+                return;
+            };
             if tx.send(Arc::new(next)).is_err() {
                 return;
             }
@@ -165,26 +171,32 @@ async fn tcp_loop(
     connections: Arc<Semaphore>,
     idle: Duration,
 ) {
+    // Connections live in this set, so stopping the listener stops them too.
+    let mut open = JoinSet::new();
     loop {
+        while open.try_join_next().is_some() {}
         let Ok(permit) = connections.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = match listener.accept().await {
-            Ok(x) => x,
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
-                tracing::debug!(error = %e, "tcp accept failed");
+                // Out of file descriptors, say: back off rather than spin.
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let (index, config) = (index.clone(), config.clone());
-        tokio::spawn(async move {
+        open.spawn(async move {
             let _ = tcp_connection(stream, index, config, idle).await;
             drop(permit);
         });
     }
 }
 
-/// Answers length-prefixed queries on one connection until it closes or idles out.
+/// Answers length-prefixed queries on one connection until it closes, errs or stalls: every
+/// read and write must finish within `idle`.
 async fn tcp_connection(
     mut stream: TcpStream,
     index: watch::Receiver<Arc<Index>>,
@@ -193,17 +205,13 @@ async fn tcp_connection(
 ) -> std::io::Result<()> {
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            _ => return Ok(()),
-        }
-        let mut request = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if tokio::time::timeout(idle, stream.read_exact(&mut request))
-            .await
-            .is_err()
-        {
+        let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut len)).await else {
             return Ok(());
-        }
+        };
+        let mut request = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut request)).await else {
+            return Ok(());
+        };
         let current = index.borrow().clone();
         let Some(reply) = respond(&current, &config, &request, Transport::Tcp) else {
             continue;
@@ -211,6 +219,11 @@ async fn tcp_connection(
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         framed.extend_from_slice(&reply);
-        stream.write_all(&framed).await?;
+        if tokio::time::timeout(idle, stream.write_all(&framed))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
     }
 }

@@ -883,3 +883,145 @@ fn endpoint_pod_names_replace_the_dashed_address() {
         "No Error aa\nan 1.1.0.172.in-addr.arpa. 5 IN PTR web-0.podnamed.testns.svc.cluster.local."
     );
 }
+
+#[test]
+fn below_a_narrow_reverse_zone_only_whole_addresses_exist() {
+    let mut config = config();
+    config.zones = ["cluster.local", "0.10.in-addr.arpa"]
+        .iter()
+        .map(|z| parse_zone(z).unwrap())
+        .collect();
+    let idx = index(&config, true);
+    let soa = "Non-Existent Domain aa\nns 0.10.in-addr.arpa. 5 IN SOA ns.dns.0.10.in-addr.arpa. hostmaster.0.10.in-addr.arpa. SERIAL 7200 1800 86400 5";
+    assert_eq!(
+        ask_with(
+            &idx,
+            &config,
+            "svc1.testns.svc.0.10.in-addr.arpa.",
+            RecordType::A,
+            false
+        ),
+        soa
+    );
+    assert_eq!(
+        ask_with(
+            &idx,
+            &config,
+            "svc.0.10.in-addr.arpa.",
+            RecordType::A,
+            false
+        ),
+        soa
+    );
+    assert_eq!(
+        ask_with(
+            &idx,
+            &config,
+            "1.0.0.10.in-addr.arpa.",
+            RecordType::PTR,
+            false
+        ),
+        "No Error aa\nan 1.0.0.10.in-addr.arpa. 5 IN PTR svc1.testns.svc.cluster.local."
+    );
+}
+
+#[test]
+fn an_index_updated_step_by_step_answers_as_one_built_from_scratch() {
+    use cache::{Event, Object};
+    let config = config();
+    let cache = Cache::new(&[]);
+    let loaded = cache::manifests::load(&[fixture()]).unwrap();
+    let mut index = Index::build(cache.current(), &config);
+    let queries = [
+        ("svc1.testns.svc.cluster.local.", RecordType::A),
+        ("hdls1.testns.svc.cluster.local.", RecordType::A),
+        (
+            "_http._tcp.hdls1.testns.svc.cluster.local.",
+            RecordType::SRV,
+        ),
+        ("dup-name.hdls1.testns.svc.cluster.local.", RecordType::A),
+        ("1.0.0.10.in-addr.arpa.", RecordType::PTR),
+        ("2.0.0.172.in-addr.arpa.", RecordType::PTR),
+        ("internal.testns.svc.cluster.local.", RecordType::A),
+    ];
+    let compare = |index: &Index, step: &str| {
+        let scratch = Index::build(index.snapshot.clone(), &config);
+        for (name, qtype) in queries {
+            assert_eq!(
+                ask_with(index, &config, name, qtype, false),
+                ask_with(&scratch, &config, name, qtype, false),
+                "{step}: {name} {qtype}"
+            );
+        }
+    };
+    // One object at a time: namespaces, then Services, then slices; then changes and deletes.
+    let mut steps: Vec<(String, Event)> = Vec::new();
+    steps.extend(loaded.namespaces.iter().map(|n| {
+        (
+            format!("namespace {n}"),
+            Event::Apply(Object::Namespace(n.clone())),
+        )
+    }));
+    steps.extend(loaded.services.iter().map(|s| {
+        (
+            format!("service {}", s.key),
+            Event::Apply(Object::Service(s.clone())),
+        )
+    }));
+    steps.extend(loaded.slices.iter().map(|s| {
+        (
+            format!("slice {}", s.key),
+            Event::Apply(Object::EndpointSlice(s.clone())),
+        )
+    }));
+    let mut emptied = loaded
+        .slices
+        .iter()
+        .find(|s| s.key.name == "hdls1-v4")
+        .unwrap()
+        .clone();
+    emptied.endpoints.truncate(1);
+    steps.push((
+        "shrink hdls1-v4".into(),
+        Event::Apply(Object::EndpointSlice(emptied)),
+    ));
+    steps.push((
+        "delete svc1".into(),
+        Event::Delete(Kind::Services, cache::Key::new("testns", "svc1")),
+    ));
+    steps.push((
+        "delete hdls1-v6".into(),
+        Event::Delete(Kind::EndpointSlices, cache::Key::new("testns", "hdls1-v6")),
+    ));
+    for (step, event) in steps {
+        cache.apply([event]);
+        let next = index.next(cache.current(), &config);
+        assert_eq!(
+            next.snapshot.generation,
+            index.snapshot.generation + 1,
+            "{step}: each step is one generation"
+        );
+        index = next;
+        compare(&index, &step);
+    }
+    assert!(
+        ask_with(
+            &index,
+            &config,
+            "svc1.testns.svc.cluster.local.",
+            RecordType::A,
+            false
+        )
+        .starts_with("Non-Existent Domain")
+    );
+    assert_eq!(
+        ask_with(
+            &index,
+            &config,
+            "hdls1.testns.svc.cluster.local.",
+            RecordType::A,
+            false
+        ),
+        "No Error aa\nan hdls1.testns.svc.cluster.local. 5 IN A 172.0.0.2"
+    );
+}
