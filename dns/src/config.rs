@@ -68,10 +68,15 @@ impl Default for Config {
     }
 }
 
-/// True for names under `in-addr.arpa` or `ip6.arpa`.
+/// True for names under `in-addr.arpa` or `ip6.arpa` (checked on every query: no allocation).
 pub fn is_reverse(zone: &Name) -> bool {
-    let arpa = |z: &str| Name::from_ascii(z).is_ok_and(|n| n.zone_of(zone));
-    arpa("in-addr.arpa.") || arpa("ip6.arpa.")
+    let mut labels = zone.iter().rev();
+    labels
+        .next()
+        .is_some_and(|l| l.eq_ignore_ascii_case(b"arpa"))
+        && labels
+            .next()
+            .is_some_and(|l| l.eq_ignore_ascii_case(b"in-addr") || l.eq_ignore_ascii_case(b"ip6"))
 }
 
 /// Parses a zone given on the command line (`cluster.local`, `in-addr.arpa.`).
@@ -112,5 +117,50 @@ impl Config {
         self.namespaces
             .as_ref()
             .is_none_or(|list| list.contains(namespace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_zones_are_recognised_by_their_last_two_labels() {
+        // (zone, reverse?)
+        let rows = [
+            ("in-addr.arpa.", true),
+            ("0.10.IN-ADDR.arpa.", true),
+            ("ip6.arpa.", true),
+            ("cluster.local.", false),
+            ("arpa.", false),
+            ("in-addr.arpa.example.", false),
+        ];
+        for (zone, want) in rows {
+            assert_eq!(is_reverse(&Name::from_ascii(zone).unwrap()), want, "{zone}");
+        }
+    }
+
+    #[test]
+    fn bad_option_values_name_the_flag() {
+        let config = Config {
+            ttl: 3601,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "--ttl: 3601 is out of range; use 0 to 3600"
+        );
+        let config = Config {
+            zones: vec![parse_zone("in-addr.arpa").unwrap()],
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--zone: at least one zone must be a forward zone")
+        );
+        assert!(parse_zone("bad..zone").is_err());
     }
 }
