@@ -435,3 +435,37 @@ fn sigterm_stops_the_server_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn tcp_connections_are_bounded_and_a_freed_slot_is_reused() {
+    let dns = start(&[
+        "--manifests",
+        &fixture().display().to_string(),
+        "--max-tcp-connections",
+        "1",
+    ]);
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    // One idle connection takes the only slot: a TCP query waits and dig gives up.
+    let held = std::net::TcpStream::connect(("127.0.0.1", dns.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &dns.port.to_string(),
+            "+tcp",
+            "+time=1",
+            "+tries=1",
+            "svc1.testns.svc.cluster.local",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("status: NOERROR"),
+        "a second connection was served"
+    );
+    // Closing it frees the slot.
+    drop(held);
+    let r = dig(dns.port, &["+tcp", "svc1.testns.svc.cluster.local", "A"]);
+    assert_eq!(r.answer, ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]);
+}
