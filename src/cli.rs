@@ -3,11 +3,13 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::apiserver_cmd::ApiserverArgs;
 use crate::dns_cmd::DnsArgs;
 use crate::ipam_cmd::IpamCommand;
 
 /// The Service machinery of Kubernetes, in one binary: ClusterIP and NodePort pools in etcd that
-/// any number of allocators share (`svcplane ipam`), and cluster DNS (`svcplane dns`).
+/// any number of allocators share (`svcplane ipam`), cluster DNS (`svcplane dns`), and a
+/// Kubernetes-compatible API server (`svcplane apiserver`).
 #[derive(Debug, Parser)]
 #[command(name = "svcplane", version, propagate_version = true)]
 pub(crate) struct Cli {
@@ -23,11 +25,25 @@ enum Command {
     /// Serve cluster DNS (a drop-in for kube-dns / CoreDNS's kubernetes plugin) from manifests
     /// or the Kubernetes API.
     Dns(DnsArgs),
+    /// Serve a Kubernetes-compatible API (namespaces, services, endpoints, pods, nodes,
+    /// events, endpointslices, leases) from memory or etcd, for kubectl and kube-rs clients.
+    Apiserver(ApiserverArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ipam(cmd) => crate::ipam_cmd::run(cmd).await,
         Command::Dns(args) => crate::dns_cmd::run(args).await,
+        Command::Apiserver(args) => crate::apiserver_cmd::run(args).await,
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -165,7 +165,7 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         result = feed => result??,
-        _ = shutdown_signal() => {}
+        _ = crate::cli::shutdown_signal() => {}
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
@@ -205,14 +205,5 @@ fn limits(args: &DnsArgs) -> Limits {
         max_tcp_connections: args.max_tcp_connections,
         tcp_idle_timeout: args.tcp_idle_timeout,
         ..Limits::default()
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

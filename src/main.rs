@@ -1,5 +1,7 @@
 //! The `svcplane` binary: parses the command line, sets up logging and runs the command.
 
+mod admission_webhook;
+mod apiserver_cmd;
 mod cli;
 mod dns_cmd;
 mod etcd_flags;

@@ -2,6 +2,8 @@
 //! data directory, stopped when dropped — and, through a watchdog shell, when the test process
 //! dies, so a shared instance in a `static` never outlives its test binary.
 
+pub mod webhook;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -191,8 +193,9 @@ impl Drop for Etcd {
     }
 }
 
-/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir`.
-fn make_certs(dir: &std::path::Path) -> TlsFiles {
+/// Makes a CA, a server certificate for 127.0.0.1 (and `localhost`) and a client certificate in
+/// `dir` with the `openssl` command, valid for two days; panics if openssl fails.
+pub fn make_certs(dir: &std::path::Path) -> TlsFiles {
     let f = |name: &str| dir.join(name);
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")

@@ -94,6 +94,30 @@ impl EtcdConfig {
         Ok(Some(tls))
     }
 
+    /// Connects a client with these endpoints and TLS files and checks that etcd answers;
+    /// returns it with the endpoints joined for messages.
+    pub async fn connect_client(&self) -> Result<(Client, String)> {
+        let tls = self.tls()?;
+        let urls = self.urls(tls.is_some())?;
+        let endpoints = urls.join(",");
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout)
+            .with_keep_alive(Duration::from_secs(10), self.timeout);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
+        let unavailable = |e: etcd_client::Error| Error::Unavailable {
+            endpoints: endpoints.clone(),
+            message: e.to_string(),
+        };
+        let mut client = Client::connect(&urls, Some(options))
+            .await
+            .map_err(unavailable)?;
+        client.status().await.map_err(unavailable)?;
+        Ok((client, endpoints))
+    }
+
     /// Endpoints with a scheme: `https://` when TLS is configured, else `http://`.
     fn urls(&self, tls: bool) -> Result<Vec<String>> {
         if self.endpoints.is_empty() {
@@ -159,24 +183,7 @@ impl EtcdStore {
                 ),
             });
         }
-        let tls = config.tls()?;
-        let urls = config.urls(tls.is_some())?;
-        let endpoints = urls.join(",");
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.timeout)
-            .with_timeout(config.timeout)
-            .with_keep_alive(Duration::from_secs(10), config.timeout);
-        if let Some(tls) = tls {
-            options = options.with_tls(tls);
-        }
-        let unavailable = |e: etcd_client::Error| Error::Unavailable {
-            endpoints: endpoints.clone(),
-            message: e.to_string(),
-        };
-        let mut client = Client::connect(&urls, Some(options))
-            .await
-            .map_err(unavailable)?;
-        client.status().await.map_err(unavailable)?;
+        let (client, endpoints) = config.connect_client().await?;
         Ok(EtcdStore {
             client,
             prefix: config.prefix.clone(),

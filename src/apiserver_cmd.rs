@@ -1,0 +1,239 @@
+//! `svcplane apiserver`: the Kubernetes-compatible API server as its own process, on memory or
+//! etcd storage, with the Service admission webhooks it is given.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use apiserver::registry::{Registry, RegistryConfig};
+use apiserver::server::{Server, ServerConfig};
+use apiserver::storage::{Storage, etcd::EtcdStorage, memory::MemoryStorage};
+use clap::Args;
+
+use crate::admission_webhook::{FailurePolicy, WebhookAdmission};
+use crate::etcd_flags::parse_duration;
+
+/// Where the API server keeps its objects.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct StorageFlags {
+    /// etcd client URLs (repeat or separate with commas); without them objects live in memory
+    /// and are lost at exit.
+    #[arg(long = "etcd-endpoints", value_name = "URL", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// CA bundle that signed etcd's serving certificate (enables TLS).
+    #[arg(long = "etcd-cafile", value_name = "FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-keyfile).
+    #[arg(long = "etcd-certfile", value_name = "FILE")]
+    etcd_cert_file: Option<PathBuf>,
+    /// Private key of the client certificate.
+    #[arg(long = "etcd-keyfile", value_name = "FILE")]
+    etcd_key_file: Option<PathBuf>,
+    /// Key prefix of the objects in etcd; must start and end with '/'.
+    #[arg(
+        long = "etcd-prefix",
+        value_name = "PREFIX",
+        default_value = "/svcplane/registry/"
+    )]
+    etcd_prefix: String,
+    /// etcd dial and per-request timeout.
+    #[arg(long = "etcd-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    etcd_timeout: Duration,
+    /// etcd: history older than this is compacted, as kube-apiserver does (0 disables).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: Duration,
+    /// Memory storage: revisions kept for watches and paginated lists that start in the past;
+    /// older ones get 410 Expired, as after an etcd compaction.
+    #[arg(long, value_name = "REVISIONS", default_value_t = 10_000)]
+    watch_history: usize,
+}
+
+impl StorageFlags {
+    /// Connects to etcd, or makes the memory store.
+    pub(crate) async fn open(&self) -> anyhow::Result<(Storage, String)> {
+        if self.etcd_endpoints.is_empty() {
+            return Ok((
+                Storage::Memory(MemoryStorage::new(self.watch_history)),
+                "/registry/".into(),
+            ));
+        }
+        if !self.etcd_prefix.starts_with('/') || !self.etcd_prefix.ends_with('/') {
+            anyhow::bail!(
+                "--etcd-prefix: {:?} must start and end with '/', e.g. /svcplane/registry/",
+                self.etcd_prefix
+            );
+        }
+        let config = ipam::store::etcd::EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+            timeout: self.etcd_timeout,
+        };
+        let (client, _) = config.connect_client().await?;
+        Ok((
+            Storage::Etcd(Box::new(EtcdStorage::new(client))),
+            self.etcd_prefix.clone(),
+        ))
+    }
+}
+
+/// How the API server is reached and what it asks of its clients.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeFlags {
+    /// Serving certificate (PEM); with --tls-key-file the API speaks HTTPS.
+    #[arg(long, value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// Static bearer tokens, one `token,user[,uid[,"groups"]]` per line; every request must
+    /// carry one of them.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Append one JSON line per request (user agent, verb, resource, namespace, name, code).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Idle watches that asked for bookmarks get one this often.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    watch_bookmark_interval: Duration,
+    /// Watches without timeoutSeconds end after a random time between this and twice this.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    min_request_timeout: Duration,
+    /// How often a terminating namespace's remaining objects are checked.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    namespace_cleanup_interval: Duration,
+    /// Call this HTTPS mutating admission webhook on every Service create and update (repeat
+    /// for several, called in turn).
+    #[arg(long = "service-admission-webhook", value_name = "URL")]
+    webhooks: Vec<String>,
+    /// CA bundle (PEM) that signed the webhooks' serving certificates.
+    #[arg(long, value_name = "FILE")]
+    admission_ca: Option<PathBuf>,
+    /// What a webhook that cannot be reached means: Fail refuses the write, Ignore stores the
+    /// Service as it is.
+    #[arg(long, value_name = "POLICY", value_enum, default_value = "fail")]
+    admission_failure_policy: FailurePolicy,
+    /// Per-call webhook timeout.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    admission_timeout: Duration,
+    /// Write a kubeconfig for this server here (with the first token of --token-file).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApiserverArgs {
+    /// Address to serve the API on; anything but loopback needs TLS and tokens.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    storage: StorageFlags,
+    #[command(flatten)]
+    serve: ServeFlags,
+}
+
+impl ServeFlags {
+    pub(crate) fn server_config(&self, listen: SocketAddr, compaction: Duration) -> ServerConfig {
+        ServerConfig {
+            listen,
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            token_file: self.token_file.clone(),
+            audit_log: self.audit_log.clone(),
+            bookmark_interval: self.watch_bookmark_interval,
+            min_request_timeout: self.min_request_timeout,
+            compaction_interval: compaction,
+        }
+    }
+
+    pub(crate) fn admission(&self) -> anyhow::Result<Vec<Arc<dyn apiserver::ServiceAdmission>>> {
+        self.webhooks
+            .iter()
+            .map(|url| {
+                let webhook = WebhookAdmission::new(
+                    url,
+                    self.admission_ca.as_deref(),
+                    self.admission_failure_policy,
+                    self.admission_timeout,
+                )?;
+                Ok(Arc::new(webhook) as Arc<dyn apiserver::ServiceAdmission>)
+            })
+            .collect()
+    }
+
+    /// Writes the kubeconfig, if asked, for a server bound at `local`.
+    pub(crate) fn write_kubeconfig(
+        &self,
+        config: &ServerConfig,
+        local: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &self.kubeconfig_out else {
+            return Ok(());
+        };
+        let host = if local.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+        } else {
+            local
+        };
+        let token = match &self.token_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--token-file: cannot read {}", file.display()))?;
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .and_then(|l| l.split(',').next())
+                    .map(str::to_string)
+            }
+            None => None,
+        };
+        let text = apiserver::server::kubeconfig(
+            &format!("{}://{host}", config.scheme()),
+            self.tls_cert_file.as_deref(),
+            token.as_deref(),
+        );
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--kubeconfig-out: cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, text)
+            .with_context(|| format!("--kubeconfig-out: cannot write {}", path.display()))
+    }
+}
+
+pub(crate) async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
+    let config = args
+        .serve
+        .server_config(args.listen, args.storage.etcd_compaction_interval);
+    config.check()?;
+    let admission = args.serve.admission()?;
+    if admission.is_empty() {
+        tracing::warn!(
+            "no Service admission configured: Services are stored without ClusterIPs or NodePorts (give --service-admission-webhook)"
+        );
+    }
+    let (storage, prefix) = args.storage.open().await?;
+    let registry = Registry::new(
+        storage,
+        RegistryConfig {
+            prefix,
+            admission,
+            graceful_pod_deletion: false,
+            namespace_cleanup_interval: args.serve.namespace_cleanup_interval,
+        },
+    );
+    registry
+        .bootstrap()
+        .await
+        .context("creating the default namespaces")?;
+    let server = Server::bind(registry, &config).await?;
+    let local = server.local_addr();
+    args.serve.write_kubeconfig(&config, local)?;
+    eprintln!("svcplane apiserver: serving {}://{local}", config.scheme());
+    server.run(crate::cli::shutdown_signal()).await?;
+    Ok(())
+}

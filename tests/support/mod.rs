@@ -1,0 +1,302 @@
+//! Shared harness of the end-to-end tests: `svcplane apiserver` as a process on memory or on the
+//! test binary's shared etcd, a kube-rs client and a kubectl with its own cache for it, and the
+//! audit log it wrote.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::Etcd;
+
+/// Which storage the API server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Etcd,
+}
+
+/// A running `svcplane apiserver`, killed on drop.
+pub struct ApiServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ApiServer {
+    /// Starts the server on `backend` with short timers and waits until it is ready.
+    pub fn start(backend: Backend, extra: &[&str]) -> ApiServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "apiserver".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--kubeconfig-out".into(),
+            dir.path().join("kubeconfig").display().to_string(),
+            "--audit-log".into(),
+            dir.path().join("audit.log").display().to_string(),
+            "--namespace-cleanup-interval".into(),
+            "100ms".into(),
+            "--watch-bookmark-interval".into(),
+            "1s".into(),
+        ];
+        if backend == Backend::Etcd {
+            args.extend(["--etcd-endpoints".into(), Etcd::shared().endpoint()]);
+            args.extend([
+                "--etcd-prefix".into(),
+                format!("/{}/", testkit::unique_prefix("api").trim_matches('/')),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = ApiServer {
+            child: None,
+            port,
+            dir,
+            args,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server with exactly these arguments after `apiserver --listen`.
+    pub fn start_with(args: &[&str]) -> ApiServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut all: Vec<String> = vec![
+            "apiserver".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut server = ApiServer {
+            child: None,
+            port,
+            dir,
+            args: all,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start svcplane apiserver");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("svcplane apiserver exited with {status}: {}", self.log());
+            }
+            if get_status(self.port, "/readyz") == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API server never became ready: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process (SIGKILL) and starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Every audit record so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// A kube-rs client from the kubeconfig the server wrote.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// kubectl against this server with a cache directory of its own.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let cache = self.dir.path().join("kubectl-cache");
+        let mut child = Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .env("HOME", self.dir.path())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The kubectl binary. Under CI a missing kubectl fails the run instead of skipping.
+pub fn kubectl() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("kubectl"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_default();
+    match found {
+        Some(path) => path,
+        None => panic!("kubectl is not on PATH; install it (the CI image has kubectl 1.32)"),
+    }
+}
+
+/// The HTTP status of a plain GET, or None while nothing answers.
+pub fn get_status(port: u16, path: &str) -> Option<u16> {
+    let (status, _) = http(port, "GET", path, &[], None)?;
+    Some(status)
+}
+
+/// A raw HTTP/1.1 request with `Connection: close`; returns the status and the body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, dechunk(&body)))
+}
+
+/// Joins a chunked body (or returns a plain one unchanged).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, tail)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_string();
+        };
+        if size == 0 || tail.len() < size {
+            return if size == 0 { out } else { body.to_string() };
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// Waits until `check` holds, up to a generous bound.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// Writes a file in `dir` and returns its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
