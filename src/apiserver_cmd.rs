@@ -87,6 +87,10 @@ pub(crate) struct ServeFlags {
     /// Serving certificate (PEM); with --tls-key-file the API speaks HTTPS.
     #[arg(long, value_name = "FILE")]
     tls_cert_file: Option<PathBuf>,
+    /// CA bundle that signed --tls-cert-file, written into --kubeconfig-out for clients to
+    /// trust (default: the certificate itself, right for a self-signed one).
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
     /// Private key of --tls-cert-file (PEM).
     #[arg(long, value_name = "FILE")]
     tls_key_file: Option<PathBuf>,
@@ -193,7 +197,9 @@ impl ServeFlags {
         };
         let text = apiserver::server::kubeconfig(
             &format!("{}://{host}", config.scheme()),
-            self.tls_cert_file.as_deref(),
+            self.tls_ca_file
+                .as_deref()
+                .or(self.tls_cert_file.as_deref()),
             token.as_deref(),
         );
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -27,14 +27,14 @@ enum Command {
     Dns(DnsArgs),
     /// Serve a Kubernetes-compatible API (namespaces, services, endpoints, pods, nodes,
     /// events, endpointslices, leases) from memory or etcd, for kubectl and kube-rs clients.
-    Apiserver(ApiserverArgs),
+    Apiserver(Box<ApiserverArgs>),
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ipam(cmd) => crate::ipam_cmd::run(cmd).await,
         Command::Dns(args) => crate::dns_cmd::run(args).await,
-        Command::Apiserver(args) => crate::apiserver_cmd::run(args).await,
+        Command::Apiserver(args) => crate::apiserver_cmd::run(*args).await,
     }
 }
 

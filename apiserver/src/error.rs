@@ -107,9 +107,19 @@ impl ApiError {
                     .join(", ")
             ),
         };
+        // A cause's message is upstream's `field.Error.ErrorBody()`, the text without the
+        // `<field>: ` prefix (kubectl prints `<field>: <message>` for each cause).
         let causes_json: Vec<Value> = causes
             .iter()
-            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .map(|c| {
+                let body = c
+                    .message
+                    .strip_prefix(c.field.as_str())
+                    .and_then(|rest| rest.strip_prefix(": "))
+                    .filter(|_| !c.field.is_empty())
+                    .unwrap_or(&c.message);
+                json!({"reason": c.reason, "message": body, "field": c.field})
+            })
             .collect();
         ApiError::new(
             422,

@@ -988,7 +988,13 @@ fn denied(resource: &Resource, object: &Value, denial: crate::admission::Denial)
         ("ServiceUnavailable", _) | ("", 503) => "ServiceUnavailable",
         _ => "InternalError",
     };
-    if reason == "Invalid" {
+    // A field error (`spec.clusterIPs[0]: Invalid value: ...`) reads as upstream's own
+    // validation; any other denial (a webhook's) is passed on as it was given.
+    let field_error = denial
+        .field
+        .as_deref()
+        .is_some_and(|f| !f.is_empty() && denial.message.starts_with(f));
+    if reason == "Invalid" && field_error {
         let field = denial.field.clone().unwrap_or_default();
         let mut e = ApiError::invalid(
             resource.group,
@@ -1003,15 +1009,14 @@ fn denied(resource: &Resource, object: &Value, denial: crate::admission::Denial)
         e.code = if denial.code == 0 { 422 } else { denial.code };
         return e;
     }
-    let mut e = ApiError::new(
+    let e = ApiError::new(
         if denial.code == 0 { 500 } else { denial.code },
         reason,
         denial.message,
     );
-    e.details = Some(
-        json!({"name": name, "group": resource.group, "kind": resource.plural,
-        "causes": denial.field.map(|f| vec![json!({"field": f})]).unwrap_or_default()}),
-    );
+    // No details: kubectl then prints the denial's message as it is ("Error from server
+    // (Invalid): ... admission webhook ... denied the request: ...") rather than a list of
+    // field causes the webhook may not have spelled out.
     e
 }
 

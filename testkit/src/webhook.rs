@@ -184,6 +184,11 @@ async fn review(
                 "details": {"causes": [{"field": "metadata.labels"}]},
             },
         }),
+        "forbid" => json!({
+            "uid": uid,
+            "allowed": false,
+            "status": {"code": 403, "reason": "Forbidden", "message": "the test webhook forbids Services labelled webhook=forbid"},
+        }),
         "patch" => patched(uid, &patch_for(object)),
         "bad-patch" => patched(
             uid,
