@@ -1,7 +1,7 @@
 //! `svcplane apiserver` on etcd across restarts and compactions: objects keep their uids and
 //! resourceVersions, revisions keep growing, a watcher resumes from its revision without a
 //! relist, and a revision compacted away is an in-stream 410 that kube-runtime recovers from by
-//! relisting. This binary owns its etcd, so compacting it disturbs no other test.
+//! relisting. The compaction test brings its own etcd, so compacting it disturbs no other test.
 
 mod support;
 
@@ -33,16 +33,16 @@ fn rv<K: kube::Resource>(object: &K) -> u64 {
         .unwrap()
 }
 
-async fn etcd() -> etcd_client::Client {
-    etcd_client::Client::connect([testkit::Etcd::shared().endpoint()], None)
+async fn etcd(endpoint: &str) -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint], None)
         .await
         .unwrap()
 }
 
 /// Compacts the shared etcd at its current revision, after two unrelated writes so the
 /// revisions a watcher would resume from (its last one + 1) are gone.
-async fn compact_now() -> i64 {
-    let mut client = etcd().await;
+async fn compact_now(endpoint: &str) -> i64 {
+    let mut client = etcd(endpoint).await;
     client.put("/compaction-marker", "x", None).await.unwrap();
     let put = client.put("/compaction-marker", "y", None).await.unwrap();
     let revision = put.header().unwrap().revision();
@@ -153,8 +153,18 @@ async fn a_watcher_resumes_after_a_restart_without_relisting() {
 
 #[tokio::test]
 async fn a_compacted_revision_is_an_in_stream_410_and_the_reflector_relists_to_the_truth() {
+    // An etcd of its own: compacting the shared one would expire the other tests' watches.
+    let etcd = testkit::Etcd::start();
     // No bookmarks for a long time, so the watcher's revision stays where its last event was.
-    let server = ApiServer::start(Backend::Etcd, &["--watch-bookmark-interval", "1h"]);
+    let server = ApiServer::start(
+        Backend::Etcd,
+        &[
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--watch-bookmark-interval",
+            "1h",
+        ],
+    );
     let client = server.client().await;
     let api: Api<Service> = Api::default_namespaced(client.clone());
     let first = api
@@ -169,7 +179,7 @@ async fn a_compacted_revision_is_an_in_stream_410_and_the_reflector_relists_to_t
     let task = tokio::spawn(stream.for_each(|_| async {}));
     reader.wait_until_ready().await.unwrap();
     let lists = lists_of(&server, "services");
-    let compacted = compact_now().await;
+    let compacted = compact_now(&etcd.endpoint()).await;
 
     // A raw watch from before the compaction: HTTP 200, then one ERROR event, then the end.
     let path = format!(
@@ -251,7 +261,7 @@ async fn a_compacted_revision_is_an_in_stream_410_and_the_reflector_relists_to_t
         .continue_
         .clone()
         .unwrap_or_else(|| panic!("no continue token: {page:?}"));
-    compact_now().await;
+    compact_now(&etcd.endpoint()).await;
     let expired = api
         .list(&ListParams::default().limit(1).continue_token(&token))
         .await

@@ -59,7 +59,10 @@ impl ApiServer {
             }
         }
         if backend == Backend::Etcd {
-            args.extend(["--etcd-endpoints".into(), Etcd::shared().endpoint()]);
+            // The test binary's shared etcd, unless the test brings its own.
+            if !extra.contains(&"--etcd-endpoints") {
+                args.extend(["--etcd-endpoints".into(), Etcd::shared().endpoint()]);
+            }
             args.extend([
                 "--etcd-prefix".into(),
                 format!("/{}/", testkit::unique_prefix("api").trim_matches('/')),
