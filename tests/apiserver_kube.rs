@@ -1048,6 +1048,46 @@ async fn dry_runs_and_delete_collection(backend: Backend) {
     assert_eq!(left, ["keep"]);
 }
 
+async fn kube_runtimes_event_recorder_creates_and_updates_a_series(backend: Backend) {
+    use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
+    let server = ApiServer::start(backend, &[]);
+    let client = server.client().await;
+    let services: Api<Service> = Api::default_namespaced(client.clone());
+    let svc = services
+        .create(&PostParams::default(), &service("noted", json!({})))
+        .await
+        .unwrap();
+    let reporter = Reporter {
+        controller: "svcplane-test".into(),
+        instance: None,
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let note = Note {
+        type_: EventType::Normal,
+        reason: "Allocated".into(),
+        note: Some("a test event".into()),
+        action: "Allocate".into(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(&svc, &());
+    recorder.publish(&note, &reference).await.unwrap();
+    recorder.publish(&note, &reference).await.unwrap();
+    let events: Api<NewEvent> = Api::default_namespaced(client);
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(
+        listed.len(),
+        1,
+        "the second publish updates the first event"
+    );
+    let event = &listed[0];
+    assert_eq!(event.reason.as_deref(), Some("Allocated"));
+    assert_eq!(
+        event.regarding.as_ref().unwrap().name.as_deref(),
+        Some("noted")
+    );
+    assert_eq!(event.series.as_ref().unwrap().count, 2);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1077,4 +1117,5 @@ on_both_backends!(
     generated_names_are_unique_under_concurrency,
     namespaces_gate_creates_and_take_their_objects_with_them,
     dry_runs_and_delete_collection,
+    kube_runtimes_event_recorder_creates_and_updates_a_series,
 );
