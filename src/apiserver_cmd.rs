@@ -14,6 +14,7 @@ use clap::Args;
 
 use crate::admission_webhook::{FailurePolicy, WebhookAdmission};
 use crate::etcd_flags::parse_duration;
+use crate::kubelet_flags::KubeletFlags;
 
 /// Where the API server keeps its objects.
 #[derive(Debug, Clone, Args)]
@@ -51,6 +52,26 @@ pub(crate) struct StorageFlags {
 }
 
 impl StorageFlags {
+    pub(crate) fn etcd_endpoints(&self) -> &[String] {
+        &self.etcd_endpoints
+    }
+
+    pub(crate) fn etcd_compaction_interval(&self) -> Duration {
+        self.etcd_compaction_interval
+    }
+
+    /// The etcd connection settings (with the registry's prefix).
+    pub(crate) fn etcd_config(&self) -> ipam::store::etcd::EtcdConfig {
+        ipam::store::etcd::EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+            timeout: self.etcd_timeout,
+        }
+    }
+
     /// Connects to etcd, or makes the memory store.
     pub(crate) async fn open(&self) -> anyhow::Result<(Storage, String)> {
         if self.etcd_endpoints.is_empty() {
@@ -65,15 +86,7 @@ impl StorageFlags {
                 self.etcd_prefix
             );
         }
-        let config = ipam::store::etcd::EtcdConfig {
-            endpoints: self.etcd_endpoints.clone(),
-            prefix: self.etcd_prefix.clone(),
-            ca_file: self.etcd_ca_file.clone(),
-            cert_file: self.etcd_cert_file.clone(),
-            key_file: self.etcd_key_file.clone(),
-            timeout: self.etcd_timeout,
-        };
-        let (client, _) = config.connect_client().await?;
+        let (client, _) = self.etcd_config().connect_client().await?;
         Ok((
             Storage::Etcd(Box::new(EtcdStorage::new(client))),
             self.etcd_prefix.clone(),
@@ -124,9 +137,10 @@ pub(crate) struct ServeFlags {
     /// Per-call webhook timeout.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     admission_timeout: Duration,
-    /// Write a kubeconfig for this server here (with the first token of --token-file).
+    /// Write a kubeconfig for this server here (with the first token of --token-file);
+    /// `svcplane dev` writes ./.svcplane/kubeconfig unless told otherwise.
     #[arg(long, value_name = "FILE")]
-    kubeconfig_out: Option<PathBuf>,
+    pub(crate) kubeconfig_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -138,9 +152,19 @@ pub(crate) struct ApiserverArgs {
     storage: StorageFlags,
     #[command(flatten)]
     serve: ServeFlags,
+    /// Run a simulated kubelet in-process: Node objects, scheduling, pod IPs, readiness and
+    /// graceful pod deletion (the flags under "Simulated kubelet").
+    #[arg(long)]
+    simulate_kubelet: bool,
+    #[command(flatten)]
+    kubelet: KubeletFlags,
 }
 
 impl ServeFlags {
+    pub(crate) fn namespace_cleanup_interval(&self) -> Duration {
+        self.namespace_cleanup_interval
+    }
+
     pub(crate) fn server_config(&self, listen: SocketAddr, compaction: Duration) -> ServerConfig {
         ServerConfig {
             listen,
@@ -222,13 +246,20 @@ pub(crate) async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
             "no Service admission configured: Services are stored without ClusterIPs or NodePorts (give --service-admission-webhook)"
         );
     }
+    // Bad kubelet flags are refused before anything starts.
+    let max_pod_grace = if args.simulate_kubelet {
+        args.kubelet.config()?;
+        Some(args.kubelet.max_pod_grace())
+    } else {
+        None
+    };
     let (storage, prefix) = args.storage.open().await?;
     let registry = Registry::new(
         storage,
         RegistryConfig {
             prefix,
             admission,
-            graceful_pod_deletion: false,
+            max_pod_grace,
             namespace_cleanup_interval: args.serve.namespace_cleanup_interval,
         },
     );
@@ -236,6 +267,9 @@ pub(crate) async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
         .bootstrap()
         .await
         .context("creating the default namespaces")?;
+    if args.simulate_kubelet {
+        args.kubelet.spawn(registry.clone())?;
+    }
     let server = Server::bind(registry, &config).await?;
     let local = server.local_addr();
     args.serve.write_kubeconfig(&config, local)?;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::apiserver_cmd::ApiserverArgs;
+use crate::dev_cmd::DevArgs;
 use crate::dns_cmd::DnsArgs;
 use crate::ipam_cmd::IpamCommand;
 
@@ -28,6 +29,9 @@ enum Command {
     /// Serve a Kubernetes-compatible API (namespaces, services, endpoints, pods, nodes,
     /// events, endpointslices, leases) from memory or etcd, for kubectl and kube-rs clients.
     Apiserver(Box<ApiserverArgs>),
+    /// Run the whole system on this machine: the API server with a simulated kubelet, Service
+    /// allocation at admission, and cluster DNS; writes ./.svcplane/kubeconfig for kubectl.
+    Dev(Box<DevArgs>),
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -35,6 +39,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ipam(cmd) => crate::ipam_cmd::run(cmd).await,
         Command::Dns(args) => crate::dns_cmd::run(args).await,
         Command::Apiserver(args) => crate::apiserver_cmd::run(*args).await,
+        Command::Dev(args) => crate::dev_cmd::run(*args).await,
     }
 }
 

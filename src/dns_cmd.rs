@@ -78,6 +78,17 @@ pub(crate) struct DnsArgs {
 }
 
 impl DnsArgs {
+    /// `svcplane dns`'s options with its defaults and these arguments (for `svcplane dev`).
+    pub(crate) fn from_args(args: &[String]) -> anyhow::Result<DnsArgs> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            dns: DnsArgs,
+        }
+        let argv = std::iter::once("dns".to_string()).chain(args.iter().cloned());
+        Ok(<Wrapper as clap::Parser>::try_parse_from(argv)?.dns)
+    }
+
     fn config(&self) -> anyhow::Result<Config> {
         let zones = self
             .zones

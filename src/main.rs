@@ -3,9 +3,12 @@
 mod admission_webhook;
 mod apiserver_cmd;
 mod cli;
+mod dev_cmd;
 mod dns_cmd;
 mod etcd_flags;
 mod ipam_cmd;
+mod kubelet_flags;
+mod local_admission;
 
 use clap::Parser;
 

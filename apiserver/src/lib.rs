@@ -11,6 +11,7 @@ pub mod admission;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod kubelet;
 pub mod object;
 pub mod registry;
 pub mod resource;

@@ -395,6 +395,31 @@ pub fn drop_type_dependent_fields(resource: &Resource, old: &Value, new: &mut Va
     }
 }
 
+/// Upstream's `trimFieldsForDualStackDowngrade`: an update to `ipFamilyPolicy: SingleStack`
+/// that leaves a dual-stack Service's clusterIPs and ipFamilies as they were keeps only the
+/// primary ones (the releaser frees the secondary IP once the write lands).
+pub fn trim_for_single_stack(resource: &Resource, old: &Value, new: &mut Value) {
+    if !(resource.group.is_empty() && resource.kind == "Service") {
+        return;
+    }
+    let single = new.pointer("/spec/ipFamilyPolicy").and_then(Value::as_str) == Some("SingleStack");
+    let was_dual = old
+        .pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| ips.len() == 2);
+    if !single || !was_dual {
+        return;
+    }
+    for field in ["clusterIPs", "ipFamilies"] {
+        let pointer = format!("/spec/{field}");
+        if new.pointer(&pointer) == old.pointer(&pointer)
+            && let Some(list) = new.pointer_mut(&pointer).and_then(Value::as_array_mut)
+        {
+            list.truncate(1);
+        }
+    }
+}
+
 /// What a create resets: the status a client may not set, and each kind's initial status.
 pub fn prepare_create(resource: &Resource, object: &mut Value) {
     let Value::Object(map) = object else { return };

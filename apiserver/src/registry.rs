@@ -25,9 +25,11 @@ pub struct RegistryConfig {
     pub prefix: String,
     /// Called in turn on every Service create and update.
     pub admission: Vec<Arc<dyn ServiceAdmission>>,
-    /// Pods deleted with a grace period stay (with `deletionTimestamp`) until something — the
-    /// simulated kubelet — removes them; without it they go at once.
-    pub graceful_pod_deletion: bool,
+    /// With a kubelet (the simulated one) to finish them: the longest grace period a pod
+    /// delete gets. A scheduled pod then stays, with `deletionTimestamp`, for
+    /// min(requested or `terminationGracePeriodSeconds`, this) seconds (rounded up) until the
+    /// kubelet removes it. None: no kubelet, pods go at once.
+    pub max_pod_grace: Option<Duration>,
     /// How often a terminating namespace's remaining contents are checked.
     pub namespace_cleanup_interval: Duration,
 }
@@ -279,6 +281,22 @@ impl Registry {
                 candidate["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
             }
             self.validate(resource, &candidate, None)?;
+            // An existing name fails before admission allocates anything for it.
+            let wanted = meta_str(&candidate, "name").to_string();
+            let (existing, _) = self
+                .storage
+                .get(&self.key(resource, namespace, &wanted))
+                .await?;
+            if existing.is_some() {
+                if given_name.is_empty() && attempt + 1 < GENERATE_NAME_ATTEMPTS {
+                    continue;
+                }
+                return Err(ApiError::already_exists(
+                    resource.group,
+                    resource.plural,
+                    &wanted,
+                ));
+            }
             let candidate = self
                 .admit(
                     resource,
@@ -418,6 +436,7 @@ impl Registry {
             let mut next = self.merge_update(resource, &current, desired, part)?;
             if part == Part::Main {
                 object::drop_type_dependent_fields(resource, &current, &mut next);
+                object::trim_for_single_stack(resource, &current, &mut next);
                 object::apply_defaults(resource, &mut next);
                 self.validate(resource, &next, Some(&current))?;
                 next = self
@@ -473,7 +492,7 @@ impl Registry {
         match (resource.group, resource.kind) {
             ("", "Namespace") => true,
             ("", "Pod") => {
-                self.config.graceful_pod_deletion
+                self.config.max_pod_grace.is_some()
                     && object
                         .pointer("/metadata/deletionGracePeriodSeconds")
                         .and_then(Value::as_i64)
@@ -754,12 +773,13 @@ impl Registry {
         }
     }
 
-    /// Seconds a delete waits for: only pods, only while something plays the kubelet.
+    /// Seconds a delete waits for: only pods, only while something plays the kubelet, at most
+    /// `max_pod_grace`.
     fn grace_period(&self, resource: &Resource, current: &Value, options: &DeleteOptions) -> i64 {
-        if !(self.config.graceful_pod_deletion
-            && resource.group.is_empty()
-            && resource.kind == "Pod")
-        {
+        let Some(cap) = self.config.max_pod_grace else {
+            return 0;
+        };
+        if !(resource.group.is_empty() && resource.kind == "Pod") {
             return 0;
         }
         let spec = current
@@ -767,16 +787,23 @@ impl Registry {
             .and_then(Value::as_i64)
             .unwrap_or(30);
         let grace = options.grace_period_seconds.unwrap_or(spec).max(0);
-        // A pod never scheduled has no kubelet to wait for.
-        if current
+        // A pod never scheduled has no kubelet to wait for, and a finished one nothing left
+        // to stop (upstream's CheckGracefulDelete).
+        let unscheduled = current
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .unwrap_or("")
-            .is_empty()
-        {
+            .is_empty();
+        let finished = matches!(
+            current.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        if unscheduled || finished {
             return 0;
         }
-        grace
+        let cap =
+            i64::try_from(cap.as_secs() + u64::from(cap.subsec_nanos() > 0)).unwrap_or(i64::MAX);
+        grace.min(cap)
     }
 
     /// DELETE of a collection: every matching object, returned as deleted.

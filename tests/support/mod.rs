@@ -38,8 +38,12 @@ pub fn free_port() -> u16 {
 impl ApiServer {
     /// Starts the server on `backend` with short timers and waits until it is ready.
     pub fn start(backend: Backend, extra: &[&str]) -> ApiServer {
+        ApiServer::start_at(backend, free_port(), extra)
+    }
+
+    /// Starts the server on a given loopback port (for clients configured before it exists).
+    pub fn start_at(backend: Backend, port: u16, extra: &[&str]) -> ApiServer {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut args: Vec<String> = vec![
             "apiserver".into(),
             "--listen".into(),
@@ -337,4 +341,148 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A loopback port free for both UDP and TCP (for DNS servers).
+pub fn free_dns_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// What dig printed: the status and the answer records' data (the last field(s) of each line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dig {
+    pub status: String,
+    /// `TYPE data...` of each answer record, e.g. `A 10.96.0.20` or `SRV 0 100 8080 x.`.
+    pub answers: Vec<String>,
+}
+
+/// Asks the DNS server on `port` with dig (one try, 2 s).
+pub fn dig(port: u16, args: &[&str]) -> Dig {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+time=2",
+            "+tries=1",
+            "+noall",
+            "+comments",
+            "+answer",
+        ])
+        .args(args)
+        .output()
+        .expect("run dig (apt-get install -y dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("NO ANSWER")
+        .to_string();
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    Dig { status, answers }
+}
+
+/// A running `svcplane dev`, killed on drop.
+pub struct Dev {
+    child: Child,
+    pub api_port: u16,
+    pub dns_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Dev {
+    /// Starts `svcplane dev` in a fresh directory on free loopback ports, with `extra` flags.
+    pub fn start(extra: &[&str]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let api_port = free_port();
+        let dns_port = free_dns_port();
+        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+            .args([
+                "dev",
+                "--listen-api",
+                &format!("127.0.0.1:{api_port}"),
+                "--dns",
+                &format!("127.0.0.1:{dns_port}"),
+            ])
+            .args(extra)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start svcplane dev");
+        let mut dev = Dev {
+            child,
+            api_port,
+            dns_port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dev.log().contains("svcplane dns: serving") {
+            if let Some(status) = dev.child.try_wait().unwrap() {
+                panic!("svcplane dev exited with {status}: {}", dev.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "svcplane dev never started: {}",
+                dev.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dev
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()
+    }
+
+    /// The kubeconfig `svcplane dev` wrote (./.svcplane/kubeconfig in its directory).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join(".svcplane/kubeconfig")
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// kubectl with this instance's kubeconfig, run in the repository (so `-f examples/` works).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kubectl-cache"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("run kubectl")
+    }
+
+    pub fn dig(&self, args: &[&str]) -> Dig {
+        dig(self.dns_port, args)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,22 @@
+//! The Service controller's library: what a Service is allocated at admission and what is
+//! released when it changes or goes away.
+//!
+//! - [`service`]: the lean view of a Service that allocation reads (from its JSON).
+//! - [`plan`]: pure decisions: IP families and policy, which values to keep, request or pick,
+//!   and the values a Service carries.
+//! - [`allocation`]: carries out a plan against the ipam pools, all or nothing, and answers
+//!   with the patched Service and its JSONPatch, or a denial in upstream's words.
+//! - [`releaser`]: follows the Service watch and releases, with the pool's hold, the values an
+//!   update dropped or a delete left behind.
+//!
+//! Admission never releases: it cannot know whether the write it admits will happen.
+
+pub mod allocation;
+mod error;
+pub mod plan;
+pub mod releaser;
+pub mod service;
+
+pub use allocation::{Admitted, AllocationRequest, Denial, ServiceAllocator};
+pub use error::{Error, Result};
+pub use plan::Cluster;

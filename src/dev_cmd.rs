@@ -1,0 +1,229 @@
+//! `svcplane dev`: the whole system on one machine — the API server, the simulated kubelet,
+//! Service allocation at admission with its releaser, and cluster DNS fed from the API — with a
+//! kubeconfig written for kubectl.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use apiserver::registry::{Registry, RegistryConfig};
+use apiserver::server::Server;
+use clap::Args;
+use controller::{Cluster, ServiceAllocator};
+use ipam::store::Store;
+use ipam::{Allocator, AllocatorOptions, Family};
+
+use crate::apiserver_cmd::{ServeFlags, StorageFlags};
+use crate::etcd_flags::parse_duration;
+use crate::kubelet_flags::KubeletFlags;
+use crate::local_admission::LocalAdmission;
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// Address of the Kubernetes API; anything but loopback needs TLS and tokens.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:6443")]
+    listen_api: SocketAddr,
+    /// Address of cluster DNS (UDP and TCP); 1053 keeps clear of port 53 and of mDNS's 5353.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1053")]
+    dns: SocketAddr,
+    /// Service ClusterIP ranges, one CIDR per family, the primary (default) family first.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        default_value = "10.96.0.0/12"
+    )]
+    service_cluster_ip_range: Vec<String>,
+    /// NodePort range.
+    #[arg(long, value_name = "FIRST-LAST", default_value = ipam::spec::DEFAULT_NODE_PORT_RANGE)]
+    service_node_port_range: String,
+    /// A pools file (several CIDRs per family, reservations, holds: see docs/ipam.md) instead of
+    /// the two range flags.
+    #[arg(long, value_name = "FILE")]
+    pools: Option<PathBuf>,
+    /// How long a released ClusterIP or NodePort stays held for its Service (0: freed at once).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    hold: Duration,
+    /// Key prefix of the pools when --etcd-endpoints is given.
+    #[arg(long, value_name = "PREFIX", default_value = ipam::store::DEFAULT_PREFIX)]
+    ipam_etcd_prefix: String,
+    #[command(flatten)]
+    storage: StorageFlags,
+    #[command(flatten)]
+    serve: ServeFlags,
+    #[command(flatten)]
+    kubelet: KubeletFlags,
+}
+
+/// Where the kubeconfig goes when --kubeconfig-out is not given.
+const DEFAULT_KUBECONFIG: &str = ".svcplane/kubeconfig";
+
+pub(crate) async fn run(mut args: DevArgs) -> anyhow::Result<()> {
+    if args.serve.kubeconfig_out.is_none() {
+        args.serve.kubeconfig_out = Some(PathBuf::from(DEFAULT_KUBECONFIG));
+    }
+    let specs = match &args.pools {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--pools: cannot read {}", path.display()))?;
+            ipam::spec::parse_pools_file(&text)?
+        }
+        None => ipam::spec::specs_from_flags(
+            &args.service_cluster_ip_range,
+            Some(&args.service_node_port_range),
+            args.hold,
+        )?,
+    };
+    let cluster = cluster_of(&args, &specs)?;
+    if args.storage.etcd_endpoints().is_empty() {
+        run_with(
+            args,
+            ipam::store::memory::MemoryStore::new(),
+            specs,
+            cluster,
+        )
+        .await
+    } else {
+        let config = ipam::store::etcd::EtcdConfig {
+            prefix: args.ipam_etcd_prefix.clone(),
+            ..args.storage.etcd_config()
+        };
+        let store = ipam::store::etcd::EtcdStore::connect(&config).await?;
+        run_with(args, store, specs, cluster).await
+    }
+}
+
+/// The service IP families, primary first: the order of --service-cluster-ip-range, or with a
+/// pools file IPv4 before IPv6.
+fn cluster_of(args: &DevArgs, specs: &[ipam::PoolSpec]) -> anyhow::Result<Cluster> {
+    let mut families = Vec::new();
+    if args.pools.is_some() {
+        for (name, family) in [
+            (ipam::spec::IPV4, Family::IPv4),
+            (ipam::spec::IPV6, Family::IPv6),
+        ] {
+            if specs.iter().any(|s| s.name == name) {
+                families.push(family);
+            }
+        }
+    } else {
+        for text in &args.service_cluster_ip_range {
+            families.push(if text.contains(':') {
+                Family::IPv6
+            } else {
+                Family::IPv4
+            });
+        }
+    }
+    if families.is_empty() {
+        anyhow::bail!(
+            "--pools: no clusterIP pool (ipv4 or ipv6) is defined; Services would get no ClusterIP"
+        );
+    }
+    if !specs.iter().any(|s| s.name == ipam::spec::NODEPORT) {
+        anyhow::bail!(
+            "--pools: no nodePort pool is defined; NodePort Services could not be created"
+        );
+    }
+    Ok(Cluster { families })
+}
+
+async fn run_with<S: Store>(
+    args: DevArgs,
+    store: S,
+    specs: Vec<ipam::PoolSpec>,
+    cluster: Cluster,
+) -> anyhow::Result<()> {
+    for (name, applied) in ipam::apply::apply(&store, &specs).await? {
+        tracing::info!(pool = %name, %applied, "pool");
+    }
+    let allocator = Arc::new(Allocator::start(store, AllocatorOptions::default()).await?);
+    let service_allocator = Arc::new(ServiceAllocator::new(allocator.clone(), cluster));
+    let mut admission: Vec<Arc<dyn apiserver::ServiceAdmission>> =
+        vec![Arc::new(LocalAdmission::new(service_allocator))];
+    admission.extend(args.serve.admission()?);
+
+    let config = args
+        .serve
+        .server_config(args.listen_api, args.storage.etcd_compaction_interval());
+    config.check()?;
+    let (storage, prefix) = args.storage.open().await?;
+    let storage_name = if args.storage.etcd_endpoints().is_empty() {
+        "memory"
+    } else {
+        "etcd"
+    };
+    let registry = Registry::new(
+        storage,
+        RegistryConfig {
+            prefix,
+            admission,
+            max_pod_grace: Some(args.kubelet.max_pod_grace()),
+            namespace_cleanup_interval: args.serve.namespace_cleanup_interval(),
+        },
+    );
+    registry
+        .bootstrap()
+        .await
+        .context("creating the default namespaces")?;
+    let server = Server::bind(registry.clone(), &config).await?;
+    let local = server.local_addr();
+    args.serve.write_kubeconfig(&config, local)?;
+    let kubeconfig = args.serve.kubeconfig_out.clone().expect("defaulted above");
+    let mut api = tokio::spawn(server.run(crate::cli::shutdown_signal()));
+    let mut kubelet = args.kubelet.spawn(registry.clone())?;
+
+    let client = client_for(&kubeconfig).await?;
+    let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client);
+    let mut releaser = tokio::spawn(controller::releaser::run(
+        allocator.clone(),
+        services,
+        Default::default(),
+    ));
+
+    let dns_args = crate::dns_cmd::DnsArgs::from_args(&[
+        "--listen".into(),
+        args.dns.to_string(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--zone".into(),
+        "cluster.local,in-addr.arpa,ip6.arpa".into(),
+        "--pods".into(),
+        "insecure".into(),
+    ])?;
+    let mut dns = tokio::spawn(crate::dns_cmd::run(dns_args));
+
+    let shown = std::path::absolute(&kubeconfig).unwrap_or(kubeconfig.clone());
+    eprintln!(
+        "svcplane dev: Kubernetes API {scheme}://{local} ({storage_name} storage), DNS {dns} (udp, tcp), kubeconfig {kc}\n\
+         \n\
+         Next, try:\n  \
+           export KUBECONFIG={kc}\n  \
+           kubectl apply -f examples/\n  \
+           dig @{dns_ip} -p {dns_port} petclinic.default.svc.cluster.local",
+        scheme = config.scheme(),
+        dns = args.dns,
+        kc = shown.display(),
+        dns_ip = args.dns.ip(),
+        dns_port = args.dns.port(),
+    );
+    tokio::select! {
+        result = &mut api => result?.context("the API server stopped")?,
+        result = &mut dns => result?.context("the DNS server stopped")?,
+        result = &mut kubelet => {
+            result?;
+            anyhow::bail!("the simulated kubelet stopped");
+        }
+        result = &mut releaser => result?.context("the releaser stopped")?,
+    }
+    Ok(())
+}
+
+/// A client of the dev API, from the kubeconfig just written.
+async fn client_for(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}

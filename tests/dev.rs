@@ -1,0 +1,287 @@
+//! `svcplane dev` as a process, used the way the README says: kubectl against its API, dig
+//! against its DNS, Services getting ClusterIPs and NodePorts from the configured pools at
+//! create time, and released values coming back after the hold.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use support::Dev;
+
+fn service(name: &str, spec: serde_json::Value) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+fn api_error(e: kube::Error) -> kube::core::Status {
+    match e {
+        kube::Error::Api(status) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// The README's first set-up command: the one that runs `svcplane dev`.
+fn readme_dev_command() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let setup = readme
+        .split("## Set-up")
+        .nth(1)
+        .expect("the README has a set-up section");
+    let block = setup
+        .split("```sh\n")
+        .nth(1)
+        .expect("a first command block");
+    block.split("\n```").next().unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn the_readmes_first_command_runs_dev_and_the_examples_answer_in_dns() {
+    require_kubectl!();
+    let command = readme_dev_command();
+    assert!(
+        command.starts_with("apt-get update && apt-get install -y"),
+        "{command}"
+    );
+    assert!(
+        command.ends_with("cargo run --release -- dev"),
+        "the first command runs svcplane dev with its defaults: {command}"
+    );
+    // The same binary with the same defaults, on free ports.
+    let dev = Dev::start(&[]);
+    assert!(
+        dev.kubeconfig().is_file(),
+        "./.svcplane/kubeconfig is written"
+    );
+    let log = dev.log();
+    assert!(log.contains("kubectl apply -f examples/"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "dig @127.0.0.1 -p {} petclinic.default.svc.cluster.local",
+            dev.dns_port
+        )),
+        "{log}"
+    );
+    let applied = dev.kubectl(&["apply", "-f", "examples/"]);
+    assert!(applied.status.success(), "{}", support::stderr(&applied));
+    assert!(support::stdout(&applied).contains("service/petclinic created"));
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    let petclinic = api.get("petclinic").await.unwrap();
+    let ip = petclinic.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+    assert!(
+        ip.parse::<IpAddr>().is_ok(),
+        "petclinic got a ClusterIP: {ip}"
+    );
+    assert_eq!(
+        petclinic.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port,
+        Some(31080)
+    );
+    let name = "petclinic.default.svc.cluster.local";
+    support::eventually("dig to answer petclinic's ClusterIP", || {
+        dev.dig(&[name]).answers == [format!("A {ip}")]
+    })
+    .await;
+    let srv = dev.dig(&["SRV", &format!("_http._tcp.{name}")]);
+    assert_eq!(srv.status, "NOERROR");
+    assert_eq!(srv.answers, [format!("SRV 0 100 8080 {name}.")]);
+    let external = dev.dig(&["my-database.default.svc.cluster.local"]);
+    assert_eq!(
+        external.answers.first().map(String::as_str),
+        Some("CNAME db.example.com.")
+    );
+}
+
+fn in_range(ip: &str, first: u8, last: u8) -> bool {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            o[..3] == [10, 96, 0] && (first..=last).contains(&o[3])
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn services_get_cluster_ips_from_the_upper_band_and_node_ports_by_type() {
+    let dev = Dev::start(&["--service-cluster-ip-range", "10.96.0.0/24"]);
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    for i in 0..10 {
+        let created = api
+            .create(
+                &PostParams::default(),
+                &service(&format!("c{i}"), json!({"ports": [{"port": 80}]})),
+            )
+            .await
+            .unwrap();
+        let spec = created.spec.unwrap();
+        let ip = spec.cluster_ip.unwrap();
+        assert!(
+            in_range(&ip, 17, 254),
+            "{ip} is in the upper band of 10.96.0.0/24"
+        );
+        assert_eq!(spec.cluster_ips.unwrap(), std::slice::from_ref(&ip));
+        assert_eq!(spec.ip_families.unwrap(), ["IPv4"]);
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+        assert!(
+            spec.ports.unwrap()[0].node_port.is_none(),
+            "a ClusterIP Service gets no nodePort"
+        );
+    }
+    for (name, type_) in [("np", "NodePort"), ("lb", "LoadBalancer")] {
+        let created = api
+            .create(
+                &PostParams::default(),
+                &service(
+                    name,
+                    json!({"type": type_, "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}),
+                ),
+            )
+            .await
+            .unwrap();
+        for port in created.spec.unwrap().ports.unwrap() {
+            let n = port.node_port.expect("a nodePort");
+            assert!(
+                (30086..=32767).contains(&n),
+                "{type_}: {n} is in the upper band of 30000-32767"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_requested_cluster_ip_that_is_taken_is_refused_with_422() {
+    let dev = Dev::start(&["--service-cluster-ip-range", "10.96.0.0/24"]);
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    let first = api
+        .create(
+            &PostParams::default(),
+            &service(
+                "first",
+                json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first.spec.unwrap().cluster_ip.as_deref(),
+        Some("10.96.0.10")
+    );
+    let status = api_error(
+        api.create(
+            &PostParams::default(),
+            &service(
+                "second",
+                json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "Service \"second\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.10\"}: failed to allocate IP 10.96.0.10: provided IP is already allocated"
+    );
+    let outside = api_error(
+        api.create(
+            &PostParams::default(),
+            &service(
+                "third",
+                json!({"clusterIP": "10.97.0.10", "ports": [{"port": 53}]}),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(outside.message.ends_with("failed to allocate IP 10.97.0.10: the provided IP (10.97.0.10) is not in the valid range. The range of valid IPs is 10.96.0.0/24"), "{}", outside.message);
+    assert!(api.get_opt("second").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_dual_stack_range_pair_gives_prefer_dual_stack_two_cluster_ips() {
+    let dev = Dev::start(&[
+        "--service-cluster-ip-range",
+        "10.96.0.0/24,fd00:10:96::/112",
+    ]);
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    let dual = api
+        .create(
+            &PostParams::default(),
+            &service(
+                "dual",
+                json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    let spec = dual.spec.unwrap();
+    assert_eq!(spec.ip_families.unwrap(), ["IPv4", "IPv6"]);
+    let ips = spec.cluster_ips.unwrap();
+    assert_eq!(ips.len(), 2);
+    assert!(
+        ips[0].parse::<std::net::Ipv4Addr>().is_ok()
+            && ips[1].parse::<std::net::Ipv6Addr>().is_ok(),
+        "{ips:?}"
+    );
+    assert!(ips[1].starts_with("fd00:10:96::"), "{ips:?}");
+    assert_eq!(spec.cluster_ip.as_deref(), Some(ips[0].as_str()));
+    let single = api
+        .create(
+            &PostParams::default(),
+            &service("single", json!({"ports": [{"port": 80}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        single.spec.unwrap().cluster_ips.unwrap().len(),
+        1,
+        "no policy: single-stack"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_services_node_port_goes_to_another_service_after_the_hold() {
+    let dev = Dev::start(&["--hold", "3s"]);
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    let spec = json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30100}]});
+    api.create(&PostParams::default(), &service("old", spec.clone()))
+        .await
+        .unwrap();
+    api.delete("old", &DeleteParams::default()).await.unwrap();
+    let started = Instant::now();
+    let mut refusals = 0;
+    loop {
+        match api
+            .create(&PostParams::default(), &service("new", spec.clone()))
+            .await
+        {
+            Ok(created) => {
+                assert_eq!(
+                    created.spec.unwrap().ports.unwrap()[0].node_port,
+                    Some(30100)
+                );
+                break;
+            }
+            Err(e) => {
+                let status = api_error(e);
+                assert_eq!(
+                    status.message,
+                    "Service \"new\" is invalid: spec.ports[0].nodePort: Invalid value: 30100: provided port is already allocated"
+                );
+                refusals += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the nodePort never came free"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        refusals > 0,
+        "the nodePort was held for the deleted Service at first"
+    );
+}
