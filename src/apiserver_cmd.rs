@@ -161,6 +161,38 @@ pub(crate) struct ApiserverArgs {
 }
 
 impl ServeFlags {
+    /// A kubeconfig for the server bound at `local` (with the first token of --token-file).
+    pub(crate) fn kubeconfig(
+        &self,
+        config: &ServerConfig,
+        local: SocketAddr,
+    ) -> anyhow::Result<String> {
+        let host = if local.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+        } else {
+            local
+        };
+        let token = match &self.token_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--token-file: cannot read {}", file.display()))?;
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .and_then(|l| l.split(',').next())
+                    .map(str::to_string)
+            }
+            None => None,
+        };
+        Ok(apiserver::server::kubeconfig(
+            &format!("{}://{host}", config.scheme()),
+            self.tls_ca_file
+                .as_deref()
+                .or(self.tls_cert_file.as_deref()),
+            token.as_deref(),
+        ))
+    }
+
     pub(crate) fn namespace_cleanup_interval(&self) -> Duration {
         self.namespace_cleanup_interval
     }
@@ -202,30 +234,7 @@ impl ServeFlags {
         let Some(path) = &self.kubeconfig_out else {
             return Ok(());
         };
-        let host = if local.ip().is_unspecified() {
-            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
-        } else {
-            local
-        };
-        let token = match &self.token_file {
-            Some(file) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("--token-file: cannot read {}", file.display()))?;
-                text.lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with('#'))
-                    .and_then(|l| l.split(',').next())
-                    .map(str::to_string)
-            }
-            None => None,
-        };
-        let text = apiserver::server::kubeconfig(
-            &format!("{}://{host}", config.scheme()),
-            self.tls_ca_file
-                .as_deref()
-                .or(self.tls_cert_file.as_deref()),
-            token.as_deref(),
-        );
+        let text = self.kubeconfig(config, local)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("--kubeconfig-out: cannot create {}", dir.display()))?;

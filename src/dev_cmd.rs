@@ -40,12 +40,15 @@ pub(crate) struct DevArgs {
     #[arg(long, value_name = "FIRST-LAST", default_value = ipam::spec::DEFAULT_NODE_PORT_RANGE)]
     service_node_port_range: String,
     /// A pools file (several CIDRs per family, reservations, holds: see docs/ipam.md) instead of
-    /// the two range flags.
-    #[arg(long, value_name = "FILE")]
+    /// the two range flags and --hold.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["service_cluster_ip_range", "service_node_port_range", "hold"])]
     pools: Option<PathBuf>,
     /// How long a released ClusterIP or NodePort stays held for its Service (0: freed at once).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     hold: Duration,
+    /// How often the releaser retries releases and records that failed (API or pools away).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    release_retry_interval: Duration,
     /// Key prefix of the pools when --etcd-endpoints is given.
     #[arg(long, value_name = "PREFIX", default_value = ipam::store::DEFAULT_PREFIX)]
     ipam_etcd_prefix: String,
@@ -64,6 +67,25 @@ pub(crate) async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     if args.serve.kubeconfig_out.is_none() {
         args.serve.kubeconfig_out = Some(PathBuf::from(DEFAULT_KUBECONFIG));
     }
+    // Everything that can be checked before anything is started or written.
+    args.kubelet.config()?;
+    let config = args
+        .serve
+        .server_config(args.listen_api, args.storage.etcd_compaction_interval());
+    config.check().map_err(|e| {
+        let flag = if e.flag == "--listen" {
+            "--listen-api"
+        } else {
+            e.flag
+        };
+        anyhow::anyhow!(
+            "{flag}: {}",
+            e.message.replace("--listen ", "--listen-api ")
+        )
+    })?;
+    std::net::UdpSocket::bind(args.dns)
+        .and_then(|_| std::net::TcpListener::bind(args.dns))
+        .with_context(|| format!("--dns: cannot serve DNS on {}", args.dns))?;
     let specs = match &args.pools {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -148,7 +170,6 @@ async fn run_with<S: Store>(
     let config = args
         .serve
         .server_config(args.listen_api, args.storage.etcd_compaction_interval());
-    config.check()?;
     let (storage, prefix) = args.storage.open().await?;
     let storage_name = if args.storage.etcd_endpoints().is_empty() {
         "memory"
@@ -170,18 +191,28 @@ async fn run_with<S: Store>(
         .context("creating the default namespaces")?;
     let server = Server::bind(registry.clone(), &config).await?;
     let local = server.local_addr();
-    args.serve.write_kubeconfig(&config, local)?;
-    let kubeconfig = args.serve.kubeconfig_out.clone().expect("defaulted above");
     let mut api = tokio::spawn(server.run(crate::cli::shutdown_signal()));
     let mut kubelet = args.kubelet.spawn(registry.clone())?;
 
-    let client = client_for(&kubeconfig).await?;
+    // The releaser has taken in the first list before anyone is told where the API is, so no
+    // Service comes and goes unseen by it.
+    let kubeconfig_text = args.serve.kubeconfig(&config, local)?;
+    let client = client_for(&kubeconfig_text).await?;
     let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client);
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
     let mut releaser = tokio::spawn(controller::releaser::run(
         allocator.clone(),
         services,
         Default::default(),
+        args.release_retry_interval,
+        Some(synced_tx),
     ));
+    tokio::time::timeout(Duration::from_secs(30), synced)
+        .await
+        .context("the releaser did not list the Services within 30 s")?
+        .context("the releaser stopped before listing the Services")?;
+    args.serve.write_kubeconfig(&config, local)?;
+    let kubeconfig = args.serve.kubeconfig_out.clone().expect("defaulted above");
 
     let dns_args = crate::dns_cmd::DnsArgs::from_args(&[
         "--listen".into(),
@@ -221,9 +252,9 @@ async fn run_with<S: Store>(
     Ok(())
 }
 
-/// A client of the dev API, from the kubeconfig just written.
-async fn client_for(path: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+/// A client of the dev API, from its kubeconfig.
+async fn client_for(kubeconfig: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
 }

@@ -43,4 +43,12 @@ impl<S: Store> ServiceAdmission for LocalAdmission<S> {
             }
         })
     }
+
+    fn abandon(&self, request: AdmissionRequest) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.allocator
+                .abandon(&request.object, request.old_object.as_ref())
+                .await;
+        })
+    }
 }

@@ -153,9 +153,13 @@ async fn with_tls_and_tokens_a_request_needs_a_token_and_the_audit_log_names_the
         get["userAgent"].as_str().unwrap().starts_with("kubectl"),
         "{get}"
     );
-    assert!(
-        audit.iter().any(|a| a["code"] == 401),
-        "the refused request is audited too"
+    let refused = audit
+        .iter()
+        .find(|a| a["code"] == 401)
+        .expect("the refused request is audited too");
+    assert_eq!(
+        (refused["verb"].as_str(), refused["resource"].as_str()),
+        (Some("list"), Some("services"))
     );
 }
 
@@ -513,6 +517,29 @@ async fn bad_requests_get_the_right_status_and_change_nothing(backend: Backend) 
         404,
         "NotFound",
         "the server could not find the requested resource",
+    );
+    // An empty namespace is not skipped over into another path.
+    let answer = call(&server, "GET", "/api/v1/namespaces//services", json, "");
+    assert_status(
+        &answer,
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    );
+    // The namespaces every cluster has stay, and namespaces go one at a time.
+    let answer = call(&server, "DELETE", "/api/v1/namespaces/default", json, "");
+    assert_status(
+        &answer,
+        403,
+        "Forbidden",
+        "namespaces \"default\" is forbidden: this namespace may not be deleted",
+    );
+    let answer = call(&server, "DELETE", "/api/v1/namespaces", json, "");
+    assert_status(
+        &answer,
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
     );
 
     // Nothing changed.

@@ -285,3 +285,70 @@ async fn a_deleted_services_node_port_goes_to_another_service_after_the_hold() {
         "the nodePort was held for the deleted Service at first"
     );
 }
+
+#[tokio::test]
+async fn values_allocated_for_a_write_a_later_webhook_denies_are_given_back() {
+    let webhook = testkit::webhook::TestWebhook::start();
+    let ca = webhook.ca_file().display().to_string();
+    // Hold 0: given back means free for anyone at once, as upstream (with a hold, the values
+    // stay held for the denied Service's name, like any release).
+    let dev = Dev::start(&[
+        "--hold",
+        "0s",
+        "--service-cluster-ip-range",
+        "10.96.0.0/24",
+        "--service-admission-webhook",
+        &webhook.url(),
+        "--admission-ca",
+        &ca,
+    ]);
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    let denied: Service = serde_json::from_value(json!({"metadata": {"name": "denied", "labels": {"webhook": "deny"}},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.50", "ports": [{"port": 80, "nodePort": 30200}]}})).unwrap();
+    let status = api_error(
+        api.create(&PostParams::default(), &denied)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    // The webhook saw the allocation's answer: the requested values were taken for it...
+    let seen = webhook.requests();
+    assert_eq!(
+        seen.last().unwrap()["request"]["object"]["spec"]["clusterIPs"],
+        json!(["10.96.0.50"])
+    );
+    // ...and given back when the write was denied.
+    let other = service(
+        "other",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.50", "ports": [{"port": 80, "nodePort": 30200}]}),
+    );
+    let created = api.create(&PostParams::default(), &other).await.unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.50"));
+    assert_eq!(spec.ports.unwrap()[0].node_port, Some(30200));
+}
+
+#[tokio::test]
+async fn replacing_a_service_with_its_original_manifest_keeps_its_allocations() {
+    require_kubectl!();
+    let dev = Dev::start(&[]);
+    let manifest = support::write(
+        dev.dir.path(),
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\nspec:\n  type: NodePort\n  selector:\n    app: np\n  ports:\n  - name: http\n    port: 80\n",
+    );
+    let created = dev.kubectl(&["create", "-f", manifest.to_str().unwrap()]);
+    assert!(created.status.success(), "{}", support::stderr(&created));
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    let before = api.get("np").await.unwrap().spec.unwrap();
+    // The manifest carries neither clusterIP nor nodePort: they are kept, as upstream does.
+    let replaced = dev.kubectl(&["replace", "-f", manifest.to_str().unwrap()]);
+    assert!(replaced.status.success(), "{}", support::stderr(&replaced));
+    let after = api.get("np").await.unwrap().spec.unwrap();
+    assert_eq!(after.cluster_ip, before.cluster_ip);
+    assert_eq!(after.cluster_ips, before.cluster_ips);
+    assert_eq!(
+        after.ports.unwrap()[0].node_port,
+        before.ports.unwrap()[0].node_port
+    );
+}

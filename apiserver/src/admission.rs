@@ -57,4 +57,13 @@ pub trait ServiceAdmission: Send + Sync {
 
     /// The object to store (the request's object, possibly changed) or a denial.
     fn admit(&self, request: AdmissionRequest) -> BoxFuture<'_, Result<Value, Denial>>;
+
+    /// The write this admission admitted did not happen (a later admission denied it, it was
+    /// invalid, or the storage refused it): `request.object` is the object as admitted. An
+    /// admission that took something for it may give it back. Webhooks cannot be told, so the
+    /// default does nothing.
+    fn abandon(&self, request: AdmissionRequest) -> BoxFuture<'_, ()> {
+        let _ = request;
+        Box::pin(async {})
+    }
 }

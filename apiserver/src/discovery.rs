@@ -81,12 +81,18 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     }
     let mut resources = Vec::new();
     for r in served {
+        // Namespaces are deleted one at a time, as upstream.
+        let verbs: Vec<&str> = VERBS
+            .iter()
+            .copied()
+            .filter(|v| !(r.kind == "Namespace" && *v == "deletecollection"))
+            .collect();
         let mut doc = json!({
             "name": r.plural,
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": verbs,
         });
         if !r.short_names.is_empty() {
             doc["shortNames"] = json!(r.short_names);

@@ -85,7 +85,11 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
                 Err(e) => error_response(&e),
             }
         }
-        Err(e) => error_response(&e),
+        Err(e) => {
+            // A refused request is audited with what it asked for.
+            info = describe(&app, &request);
+            error_response(&e)
+        }
     };
     if let Some(audit) = &app.audit {
         let entry = json!({
@@ -187,11 +191,11 @@ fn query_map(query: Option<&str>) -> HashMap<String, String> {
 }
 
 fn route(path: &str, app: &App) -> Result<Target, ApiError> {
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    // Only a trailing slash is dropped: an empty segment (an empty namespace or name) is not
+    // skipped over into another path.
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    let segments: Vec<&str> = trimmed.split('/').collect();
     let doc = |v: Option<Value>| {
         v.map(Target::Document)
             .ok_or_else(ApiError::no_such_resource)
@@ -222,6 +226,9 @@ fn route(path: &str, app: &App) -> Result<Target, ApiError> {
                            namespace: Option<&str>,
                            name: Option<&str>,
                            sub: Option<&str>| {
+        if namespace == Some("") || name == Some("") {
+            return Err(ApiError::no_such_resource());
+        }
         let status = match sub {
             None => false,
             Some("status") if resource.status => true,
@@ -306,17 +313,12 @@ async fn serve(app: &App, request: Request, info: &mut Info) -> Result<Response,
     };
     info.namespace = namespace.clone().unwrap_or_default();
     info.name = name.clone().unwrap_or_default();
-    info.verb = match (&parts.method, name.is_some()) {
-        (&Method::GET, false) if watching => "watch",
-        (&Method::GET, false) => "list",
-        (&Method::GET, true) => "get",
-        (&Method::POST, false) => "create",
-        (&Method::PUT, true) => "update",
-        (&Method::PATCH, true) => "patch",
-        (&Method::DELETE, true) => "delete",
-        (&Method::DELETE, false) => "deletecollection",
-        _ => return Err(ApiError::method_not_allowed()),
-    };
+    info.verb = verb_of(&parts.method, name.is_some(), watching)
+        .ok_or_else(ApiError::method_not_allowed)?;
+    if resource.kind == "Namespace" && info.verb == "deletecollection" {
+        // As upstream: namespaces go one at a time.
+        return Err(ApiError::method_not_allowed());
+    }
     let cluster_wide_namespaced = resource.namespaced && namespace.is_none();
     if cluster_wide_namespaced && !matches!(info.verb, "list" | "watch") {
         return Err(ApiError::method_not_allowed());
@@ -450,6 +452,47 @@ async fn serve(app: &App, request: Request, info: &mut Info) -> Result<Response,
             Ok(list_response(resource, deleted, false))
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// The Kubernetes verb of a request on a resource.
+fn verb_of(method: &Method, named: bool, watching: bool) -> Option<&'static str> {
+    Some(match (method, named) {
+        (&Method::GET, false) if watching => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) => "get",
+        (&Method::POST, false) => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => return None,
+    })
+}
+
+/// What a request asks for, for the audit log of a request refused before it is served.
+fn describe(app: &App, request: &Request) -> Info {
+    let Ok(Target::Resource {
+        resource,
+        namespace,
+        name,
+        status,
+    }) = route(request.uri().path(), app)
+    else {
+        return Info::default();
+    };
+    let query = query_map(request.uri().query());
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    Info {
+        verb: verb_of(request.method(), name.is_some(), watching).unwrap_or(""),
+        resource: resource.plural.to_string(),
+        subresource: if status {
+            "status".into()
+        } else {
+            String::new()
+        },
+        namespace: namespace.unwrap_or_default(),
+        name: name.unwrap_or_default(),
     }
 }
 
@@ -621,8 +664,9 @@ fn watch_options(
         ));
     }
     let timeout = match parse_u64(query, "timeoutSeconds")? {
-        Some(seconds) => Duration::from_secs(seconds),
-        None => {
+        Some(seconds) if seconds > 0 => Duration::from_secs(seconds),
+        // None, or 0, which upstream also takes as "the default".
+        _ => {
             let base = app.min_request_timeout;
             base + base.mul_f64(rand::random::<f64>())
         }

@@ -1368,6 +1368,7 @@ impl Kubelet {
                 Ok(ips) => ips,
                 Err(e) => {
                     tracing::warn!(pod = pod_key(&pod), error = %e, "simulated kubelet: the pod waits for an IP");
+                    self.retry_later(pod_key(&pod));
                     return Ok(());
                 }
             }
@@ -1398,9 +1399,14 @@ impl Kubelet {
             )
             .await?;
         self.observe(&written.object, false);
-        // An assignment the write did not use is free again.
-        let used = pod_ips(&written.object);
-        self.ipam.set(&uid, &used);
+        // An assignment the write did not use is free again; a pod recreated under the same
+        // name meanwhile is another pod, whose IPs are not this uid's.
+        if meta_str(&written.object, "uid") == uid {
+            let used = pod_ips(&written.object);
+            self.ipam.set(&uid, &used);
+        } else {
+            self.ipam.release(&uid);
+        }
         Ok(())
     }
 

@@ -395,6 +395,105 @@ pub fn drop_type_dependent_fields(resource: &Resource, old: &Value, new: &mut Va
     }
 }
 
+/// Upstream's `patchAllocatedValues`: a Service update that leaves out values the Service
+/// already has (a `kubectl replace` of the original manifest) keeps them — its cluster IPs
+/// (and so its families and policy), the nodePorts of ports of the same name, its
+/// healthCheckNodePort — where the new type still needs them.
+pub fn patch_allocated_values(resource: &Resource, old: &Value, new: &mut Value) {
+    if !(resource.group.is_empty() && resource.kind == "Service") {
+        return;
+    }
+    let type_of = |v: &Value| {
+        v.pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
+    let (old_type, new_type) = (type_of(old), type_of(new));
+    let needs_ip = |t: &str| t != "ExternalName";
+    let needs_node_port = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let local = |v: &Value| {
+        v.pointer("/spec/externalTrafficPolicy")
+            .and_then(Value::as_str)
+            == Some("Local")
+    };
+    let needs_hc = |t: &str, v: &Value| t == "LoadBalancer" && local(v);
+    let unset = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Number(n)) => n.as_i64() == Some(0),
+        _ => false,
+    };
+    let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+    let hc_needed = needs_hc(&old_type, old) && needs_hc(&new_type, new);
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if needs_ip(&old_type) && needs_ip(&new_type) {
+        for field in ["clusterIP", "clusterIPs", "ipFamilyPolicy"] {
+            if unset(spec.get(field)) && !unset(old_spec.get(field)) {
+                spec.insert(field.into(), old_spec[field].clone());
+            }
+        }
+        if unset(spec.get("ipFamilies"))
+            && spec.get("clusterIPs") == old_spec.get("clusterIPs")
+            && !unset(old_spec.get("ipFamilies"))
+        {
+            spec.insert("ipFamilies".into(), old_spec["ipFamilies"].clone());
+        }
+    }
+    if needs_node_port(&old_type) && needs_node_port(&new_type) {
+        let node_ports = |ports: Option<&Value>| -> Vec<(String, i64)> {
+            ports
+                .and_then(Value::as_array)
+                .map(|ports| {
+                    ports
+                        .iter()
+                        .map(|p| {
+                            let name = p
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string();
+                            (name, p.get("nodePort").and_then(Value::as_i64).unwrap_or(0))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let before = node_ports(old_spec.get("ports"));
+        let after = node_ports(spec.get("ports"));
+        let used: Vec<i64> = after
+            .iter()
+            .map(|(_, n)| *n)
+            .filter(|n| *n != 0 && before.iter().any(|(_, b)| b == n))
+            .collect();
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                if !unset(port.get("nodePort")) {
+                    continue;
+                }
+                let name = port.get("name").and_then(Value::as_str).unwrap_or("");
+                if let Some((_, previous)) = before.iter().find(|(n, p)| n == name && *p != 0)
+                    && !used.contains(previous)
+                {
+                    port.insert("nodePort".into(), json!(previous));
+                }
+            }
+        }
+    }
+    if hc_needed
+        && unset(spec.get("healthCheckNodePort"))
+        && !unset(old_spec.get("healthCheckNodePort"))
+    {
+        spec.insert(
+            "healthCheckNodePort".into(),
+            old_spec["healthCheckNodePort"].clone(),
+        );
+    }
+}
+
 /// Upstream's `trimFieldsForDualStackDowngrade`: an update to `ipFamilyPolicy: SingleStack`
 /// that leaves a dual-stack Service's clusterIPs and ipFamilies as they were keeps only the
 /// primary ones (the releaser frees the secondary IP once the write lands).

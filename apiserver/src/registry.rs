@@ -108,6 +108,9 @@ struct ContinueToken {
     start: String,
 }
 
+/// Namespaces that may not be deleted, as upstream's NamespaceLifecycle admission.
+const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
 /// How many names a generateName create tries before giving up, as upstream.
 const GENERATE_NAME_ATTEMPTS: usize = 8;
 
@@ -314,17 +317,36 @@ impl Registry {
                 });
             }
             let key = self.key(resource, namespace, &name);
-            match self.storage.create(&key, Self::encode(&candidate)).await? {
-                Cas::Done(revision) => {
-                    return Ok(Written {
-                        object: object::with_revision(candidate, revision),
-                        warnings,
-                    });
+            let result = self.storage.create(&key, Self::encode(&candidate)).await;
+            if let Ok(Cas::Done(revision)) = result {
+                // The namespace may have started terminating while this create was admitted;
+                // its cleanup could then have missed the new object, so it does not stay.
+                if resource.namespaced
+                    && let Err(e) = self.check_namespace(namespace.unwrap_or("")).await
+                {
+                    self.storage.delete(&key, revision).await?;
+                    if Self::admitted(resource) {
+                        let count = self.config.admission.len();
+                        self.abandon(Operation::Create, &candidate, None, count)
+                            .await;
+                    }
+                    return Err(e);
                 }
+                return Ok(Written {
+                    object: object::with_revision(candidate, revision),
+                    warnings,
+                });
+            }
+            if Self::admitted(resource) {
+                let count = self.config.admission.len();
+                self.abandon(Operation::Create, &candidate, None, count)
+                    .await;
+            }
+            match result? {
                 Cas::Failed(_) if given_name.is_empty() && attempt + 1 < GENERATE_NAME_ATTEMPTS => {
                     continue;
                 }
-                Cas::Failed(_) => {
+                _ => {
                     return Err(ApiError::already_exists(
                         resource.group,
                         resource.plural,
@@ -371,9 +393,11 @@ impl Registry {
         old: Option<&Value>,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        if !(resource.group.is_empty() && resource.kind == "Service") {
+        if !Self::admitted(resource) {
             return Ok(object);
         }
+        let mut admitted_by = 0;
+        let mut failure = None;
         for admission in &self.config.admission {
             let request = AdmissionRequest {
                 operation,
@@ -384,13 +408,61 @@ impl Registry {
                 dry_run,
             };
             match admission.admit(request).await {
-                Ok(admitted) => object = object::canonical(resource, admitted)?,
-                Err(denial) => return Err(denied(resource, &object, denial)),
+                Ok(admitted) => {
+                    admitted_by += 1;
+                    match object::canonical(resource, admitted) {
+                        Ok(canonical) => object = canonical,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                Err(denial) => {
+                    failure = Some(denied(resource, &object, denial));
+                    break;
+                }
             }
         }
         // What admission added must be valid too.
-        self.validate(resource, &object, old)?;
+        let failure = match failure {
+            Some(e) => Some(e),
+            None => self.validate(resource, &object, old).err(),
+        };
+        if let Some(e) = failure {
+            if !dry_run {
+                self.abandon(operation, &object, old, admitted_by).await;
+            }
+            return Err(e);
+        }
         Ok(object)
+    }
+
+    /// Tells the first `count` admissions that the write of `object` they admitted will not
+    /// happen.
+    async fn abandon(
+        &self,
+        operation: Operation,
+        object: &Value,
+        old: Option<&Value>,
+        count: usize,
+    ) {
+        for admission in self.config.admission.iter().take(count).rev() {
+            let request = AdmissionRequest {
+                operation,
+                namespace: meta_str(object, "namespace").to_string(),
+                name: meta_str(object, "name").to_string(),
+                object: object.clone(),
+                old_object: old.cloned(),
+                dry_run: false,
+            };
+            admission.abandon(request).await;
+        }
+    }
+
+    /// Whether admission runs for this resource.
+    fn admitted(resource: &Resource) -> bool {
+        resource.group.is_empty() && resource.kind == "Service"
     }
 
     /// Reads, changes and writes an object until the write lands on the revision it read
@@ -435,6 +507,7 @@ impl Registry {
             }
             let mut next = self.merge_update(resource, &current, desired, part)?;
             if part == Part::Main {
+                object::patch_allocated_values(resource, &current, &mut next);
                 object::drop_type_dependent_fields(resource, &current, &mut next);
                 object::trim_for_single_stack(resource, &current, &mut next);
                 object::apply_defaults(resource, &mut next);
@@ -467,22 +540,25 @@ impl Registry {
                 && object::finalizers(&next).is_empty()
                 && !self.kept_while_terminating(resource, &next);
             let result = if finished {
-                self.storage.delete(&key, kv.mod_revision).await?
+                self.storage.delete(&key, kv.mod_revision).await
             } else {
                 self.storage
                     .update(&key, Self::encode(&next), kv.mod_revision)
-                    .await?
+                    .await
             };
-            match result {
-                Cas::Done(revision) => {
-                    return Ok(Written {
-                        object: object::with_revision(next, revision),
-                        warnings,
-                    });
-                }
-                // Somebody wrote in between: start over from their write.
-                Cas::Failed(_) => continue,
+            if let Ok(Cas::Done(revision)) = result {
+                return Ok(Written {
+                    object: object::with_revision(next, revision),
+                    warnings,
+                });
             }
+            if part == Part::Main && Self::admitted(resource) {
+                let count = self.config.admission.len();
+                self.abandon(Operation::Update, &next, Some(&current), count)
+                    .await;
+            }
+            // Somebody wrote in between (a failed compare): start over from their write.
+            result?;
         }
     }
 
@@ -696,6 +772,12 @@ impl Registry {
         name: &str,
         options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        if resource.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            ))
+            .with_cause_details("namespaces", name));
+        }
         let key = self.key(resource, namespace, name);
         loop {
             let (kv, _) = self.storage.get(&key).await?;

@@ -152,9 +152,10 @@ pub async fn start(
                     if !delivered {
                         return;
                     }
+                    // A bookmark never goes back before what was already sent.
                     if let Change::Progress { revision } = change
                         && options.bookmarks
-                        && !sink.bookmark(revision, false).await
+                        && !sink.bookmark(last.max(revision), false).await
                     {
                         return;
                     }

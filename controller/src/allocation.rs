@@ -42,6 +42,9 @@ pub struct Denial {
 
 impl From<FieldError> for Denial {
     fn from(e: FieldError) -> Denial {
+        if e.internal {
+            return internal(e.message);
+        }
         Denial {
             code: 422,
             reason: "Invalid".into(),
@@ -105,7 +108,7 @@ impl<S: Store> ServiceAllocator<S> {
         };
         let plan = plan(&self.cluster, old.as_ref(), &new)?;
         let owner_key = new.key();
-        let mut taken: Vec<(&'static str, Value)> = Vec::new();
+        let mut taken: Vec<Taken> = Vec::new();
         let result = self
             .carry_out(&plan, &new, &owner_key, request.dry_run, &mut taken)
             .await;
@@ -121,15 +124,37 @@ impl<S: Store> ServiceAllocator<S> {
         Ok(Admitted { object, patch })
     }
 
-    /// Frees what a failed request took.
-    async fn roll_back(&self, owner: &str, taken: &[(&'static str, Value)]) {
-        for (pool, value) in taken {
+    /// The write of `object` (admitted over `old_object`) did not happen: gives back what it
+    /// carries that the stored Service did not, with the pool's hold, so that no other Service
+    /// can take it meanwhile. (A concurrent write of the same Service may have stored one of
+    /// them; the releaser records what stored Services carry.)
+    pub async fn abandon(&self, object: &Json, old_object: Option<&Json>) {
+        let new = Svc::from_json(object);
+        let before = old_object
+            .map(|o| crate::plan::carried(&Svc::from_json(o)))
+            .unwrap_or_default();
+        let taken: Vec<Taken> = crate::plan::carried(&new)
+            .into_iter()
+            .filter(|v| !before.contains(v))
+            .map(|(pool, value)| Taken {
+                pool,
+                value,
+                release: Release::Hold,
+            })
+            .collect();
+        self.roll_back(&new.key(), &taken).await;
+    }
+
+    /// Gives back what a failed request took: values that were free are freed, values that
+    /// were held for this Service are held again.
+    async fn roll_back(&self, owner: &str, taken: &[Taken]) {
+        for t in taken {
             if let Err(e) = self
                 .allocator
-                .release(pool, *value, owner, Release::Now)
+                .release(t.pool, t.value, owner, t.release)
                 .await
             {
-                tracing::warn!(pool, %value, owner, error = %e, "could not free a value of a failed request; repair will");
+                tracing::warn!(pool = t.pool, value = %t.value, owner, error = %e, "could not give back a value of a failed request; repair will");
             }
         }
     }
@@ -140,7 +165,7 @@ impl<S: Store> ServiceAllocator<S> {
         new: &Svc,
         owner_key: &str,
         dry_run: bool,
-        taken: &mut Vec<(&'static str, Value)>,
+        taken: &mut Vec<Taken>,
     ) -> Result<Chosen, Denial> {
         let mut chosen = Chosen::default();
         for (i, want) in plan.cluster_ips.iter().enumerate() {
@@ -221,7 +246,7 @@ impl<S: Store> ServiceAllocator<S> {
         purpose: Purpose,
         new: &Svc,
         dry_run: bool,
-        taken: &mut Vec<(&'static str, Value)>,
+        taken: &mut Vec<Taken>,
     ) -> Result<Option<Value>, Denial> {
         let requested = match want {
             Want::Keep(v) => return Ok(Some(v)),
@@ -257,16 +282,27 @@ impl<S: Store> ServiceAllocator<S> {
             return Ok(requested);
         }
         // A requested value the object already has allocated (a create of a name that exists,
-        // a retried write) was not taken by this request: a failure must not give it back.
-        let already_ours = match requested {
-            Some(v) => self.allocated_to(pool, v, owner_key).await,
-            None => false,
+        // a retried write) was not taken by this request: a failure must not give it back. One
+        // held for the object goes back to being held.
+        let prior = match requested {
+            Some(v) => self.prior(pool, v, owner_key).await,
+            None => Prior::Free,
         };
         let owner = Owner::new(owner_key, purpose.owner_purpose());
         match self.allocator.allocate(pool, &owner, requested).await {
             Ok(Allocation::Allocated(v)) => {
-                if !already_ours {
-                    taken.push((pool, v));
+                match prior {
+                    Prior::Ours => {}
+                    Prior::HeldForUs => taken.push(Taken {
+                        pool,
+                        value: v,
+                        release: Release::Hold,
+                    }),
+                    Prior::Free => taken.push(Taken {
+                        pool,
+                        value: v,
+                        release: Release::Now,
+                    }),
                 }
                 Ok(Some(v))
             }
@@ -279,13 +315,35 @@ impl<S: Store> ServiceAllocator<S> {
 }
 
 impl<S: Store> ServiceAllocator<S> {
-    /// Whether `value` is allocated (not held) to `object`, on a fresh read of the store.
-    async fn allocated_to(&self, pool: &str, value: Value, object: &str) -> bool {
+    /// What `value` was to `object` before this request, on a fresh read of the store.
+    async fn prior(&self, pool: &str, value: Value, object: &str) -> Prior {
         match self.allocator.store().get(pool, &value.to_string()).await {
-            Ok((Some((record, _)), _)) => record.owner.object == object && record.is_allocated(),
-            _ => false,
+            Ok((Some((record, _)), _)) if record.owner.object == object => {
+                if record.is_allocated() {
+                    Prior::Ours
+                } else {
+                    Prior::HeldForUs
+                }
+            }
+            _ => Prior::Free,
         }
     }
+}
+
+/// A value's state for an object before a request took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prior {
+    Ours,
+    HeldForUs,
+    Free,
+}
+
+/// A value a request took, and how to give it back if the request fails.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    pool: &'static str,
+    value: Value,
+    release: Release,
 }
 
 fn port_of(v: Value) -> u16 {
@@ -307,6 +365,7 @@ fn refused(purpose: Purpose, requested: Option<Value>, refusal: &Refusal, new: &
                 "spec.clusterIPs: Invalid value: {}: failed to allocate IP {ip}: {refusal}",
                 go_strings(&new.cluster_ips)
             ),
+            internal: false,
         }
         .into(),
         (Purpose::NodePort(_), None, _) | (Purpose::HealthCheck, None, _) => {
@@ -315,6 +374,7 @@ fn refused(purpose: Purpose, requested: Option<Value>, refusal: &Refusal, new: &
         (Purpose::NodePort(i), Some(port), _) => FieldError {
             field: format!("spec.ports[{i}].nodePort"),
             message: format!("spec.ports[{i}].nodePort: Invalid value: {port}: {refusal}"),
+            internal: false,
         }
         .into(),
         (Purpose::HealthCheck, Some(port), _) => internal(format!(

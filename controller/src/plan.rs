@@ -86,6 +86,8 @@ pub struct FieldError {
     pub field: String,
     /// The whole `field: Invalid value: v: detail` text.
     pub message: String,
+    /// Upstream answers this one as an internal error (500), not as Invalid.
+    pub internal: bool,
 }
 
 fn invalid(field: impl Into<String>, value: &str, detail: &str) -> FieldError {
@@ -93,6 +95,7 @@ fn invalid(field: impl Into<String>, value: &str, detail: &str) -> FieldError {
     FieldError {
         message: format!("{field}: Invalid value: {value}: {detail}"),
         field,
+        internal: false,
     }
 }
 
@@ -163,10 +166,26 @@ pub fn plan(cluster: &Cluster, old: Option<&Svc>, new: &Svc) -> Result<Plan, Fie
         plan_families(cluster, old, new, &mut plan)?;
     }
     plan_node_ports(old, new, &mut plan)?;
+    let node_port_numbers: BTreeSet<i64> = new
+        .ports
+        .iter()
+        .map(|p| p.node_port)
+        .filter(|n| *n != 0)
+        .collect();
     if new.needs_health_check_node_port() {
         let carried = old
             .filter(|o| o.needs_health_check_node_port())
             .map(|o| o.health_check_node_port);
+        let hc = new.health_check_node_port;
+        if hc != 0 && node_port_numbers.contains(&hc) {
+            return Err(FieldError {
+                field: "spec.healthCheckNodePort".into(),
+                message: format!(
+                    "failed to allocate requested HealthCheck NodePort {hc}: provided port is already allocated"
+                ),
+                internal: true,
+            });
+        }
         plan.health_check = Some(match new.health_check_node_port {
             0 => Want::Any,
             n if carried == Some(n) => Want::Keep(port_number(n, "spec.healthCheckNodePort")?),
@@ -254,8 +273,13 @@ fn plan_families(
     }
     // An update that leaves policy and families as they were is never upgraded (or
     // downgraded) because the cluster's stack changed.
+    // Upstream's isMatchingPreferDualStackClusterIPFields: a PreferDualStack Service whose
+    // type, cluster IPs and families are as they were.
     let untouched = old.is_some_and(|o| {
-        o.ip_family_policy.as_deref() == Some(policy.as_str())
+        policy == "PreferDualStack"
+            && o.ip_family_policy.as_deref() == Some("PreferDualStack")
+            && o.type_ == new.type_
+            && o.cluster_ips == new.cluster_ips
             && o.ip_families == families.iter().map(|f| f.to_string()).collect::<Vec<_>>()
     });
     if policy != "SingleStack"
@@ -357,28 +381,47 @@ fn plan_node_ports(old: Option<&Svc>, new: &Svc, plan: &mut Plan) -> Result<(), 
                 .collect()
         })
         .unwrap_or_default();
-    // Numbers given for a `port` decide for its other protocols too.
+    // A number given for a `port` decides for its other protocols too (only where the type
+    // allocates nodePorts; otherwise an entry without one stays without).
     let mut given_for_port: BTreeMap<i64, i64> = BTreeMap::new();
     for p in &new.ports {
         if p.node_port != 0 {
             given_for_port.entry(p.port).or_insert(p.node_port);
         }
     }
-    let mut by_number: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    let mut any_by_port: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    // Groups share one number: the entries of one `port` (its protocols).
+    let mut groups: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
     for (i, p) in new.ports.iter().enumerate() {
         let number = match (p.node_port, given_for_port.get(&p.port)) {
-            (0, Some(shared)) => *shared,
+            (0, Some(shared)) if new.allocates_node_ports() => *shared,
             (n, _) => n,
         };
-        if number != 0 {
-            by_number.entry(number).or_default().push(i);
-        } else if new.allocates_node_ports() {
-            any_by_port.entry(p.port).or_default().push(i);
+        if number != 0 || new.allocates_node_ports() {
+            groups.entry((p.port, number)).or_default().push(i);
         }
     }
-    for (number, ports) in by_number {
+    // One number for two different `port`s is taken twice: upstream refuses the second.
+    let mut first_port_of: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut ordered: Vec<((i64, i64), Vec<usize>)> = groups.into_iter().collect();
+    ordered.sort_by_key(|(_, ports)| ports[0]);
+    for ((port, number), ports) in ordered {
+        if number == 0 {
+            plan.node_ports.push(NodePortGroup {
+                want: Want::Any,
+                ports,
+            });
+            continue;
+        }
         let field = format!("spec.ports[{}].nodePort", ports[0]);
+        if let Some(other) = first_port_of.insert(number, port)
+            && other != port
+        {
+            return Err(invalid(
+                &field,
+                &number.to_string(),
+                "provided port is already allocated",
+            ));
+        }
         let n = port_number(number, &field)?;
         let want = if carried.contains(&number) {
             Want::Keep(n)
@@ -386,12 +429,6 @@ fn plan_node_ports(old: Option<&Svc>, new: &Svc, plan: &mut Plan) -> Result<(), 
             Want::Request(n)
         };
         plan.node_ports.push(NodePortGroup { want, ports });
-    }
-    for (_, ports) in any_by_port {
-        plan.node_ports.push(NodePortGroup {
-            want: Want::Any,
-            ports,
-        });
     }
     plan.node_ports.sort_by_key(|g| g.ports[0]);
     Ok(())
@@ -606,6 +643,49 @@ mod tests {
         );
         let p = plan(&dual(), Some(&old), &old.clone()).unwrap();
         assert_eq!(p.ip_families, [Family::IPv4]);
+    }
+
+    #[test]
+    fn one_node_port_for_two_different_ports_is_refused_on_the_second() {
+        let s = svc(json!({"type": "NodePort", "ports": [
+            {"port": 80, "protocol": "TCP", "nodePort": 30080},
+            {"port": 81, "protocol": "UDP", "nodePort": 30080}]}));
+        let e = plan(&v4(), None, &s).unwrap_err();
+        assert_eq!(
+            e.message,
+            "spec.ports[1].nodePort: Invalid value: 30080: provided port is already allocated"
+        );
+        assert!(!e.internal);
+    }
+
+    #[test]
+    fn a_health_check_port_equal_to_a_node_port_is_an_internal_error() {
+        let s = svc(
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30080,
+            "ports": [{"port": 80, "nodePort": 30080}]}),
+        );
+        let e = plan(&v4(), None, &s).unwrap_err();
+        assert!(e.internal);
+        assert_eq!(
+            e.message,
+            "failed to allocate requested HealthCheck NodePort 30080: provided port is already allocated"
+        );
+    }
+
+    #[test]
+    fn without_node_port_allocation_a_protocol_sibling_does_not_copy_the_number() {
+        let s = svc(
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [
+            {"port": 53, "protocol": "TCP", "nodePort": 30053}, {"port": 53, "protocol": "UDP"}]}),
+        );
+        let p = plan(&v4(), None, &s).unwrap();
+        assert_eq!(
+            p.node_ports,
+            [NodePortGroup {
+                want: Want::Request(30053),
+                ports: vec![0]
+            }]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The releaser: follows the Service watch and releases, with the pool's hold, the values a
 //! Service stopped carrying — a port or a family dropped, a type or policy changed, the Service
-//! deleted. It works on states, not events: after every (re)list it diffs what it knew against
+//! deleted — and records every value a Service carries as allocated to it. It works on states, not events: after every (re)list it diffs what it knew against
 //! what the API has, so a delete missed while it was away is still released, and a replayed
 //! event cannot release a value the live Service carries.
 
@@ -23,42 +23,39 @@ type Values = BTreeSet<(&'static str, Value)>;
 #[derive(Debug, Default)]
 pub struct Carried {
     known: HashMap<String, Values>,
-    /// Released by us, per Service, in case a later state carries them again.
-    released: HashMap<String, Values>,
 }
 
 /// What to do after a state change of one Service.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Actions {
+    /// Values the Service no longer carries.
     pub release: Vec<(&'static str, Value)>,
-    /// Values released earlier that the Service carries again: claim them back.
-    pub reclaim: Vec<(&'static str, Value)>,
+    /// Every value the Service carries now: each must be allocated to it (a value handed out
+    /// while admission was bypassed, or given back by a failed write that raced a successful
+    /// one, is recorded again).
+    pub carry: Vec<(&'static str, Value)>,
+}
+
+impl Actions {
+    fn is_empty(&self) -> bool {
+        self.release.is_empty() && self.carry.is_empty()
+    }
 }
 
 impl Carried {
-    /// Records the Service `key`'s new state (None: deleted) and says what to release.
+    /// Records the Service `key`'s new state (None: deleted) and says what to do.
     pub fn update(&mut self, key: &str, now: Option<Values>) -> Actions {
         let before = self.known.remove(key).unwrap_or_default();
         let after = now.clone().unwrap_or_default();
-        let release: Vec<_> = before.difference(&after).cloned().collect();
-        let mut reclaim = Vec::new();
-        if let Some(released) = self.released.get_mut(key) {
-            reclaim = released.intersection(&after).cloned().collect();
-            for value in &reclaim {
-                released.remove(value);
-            }
-        }
-        self.released
-            .entry(key.to_string())
-            .or_default()
-            .extend(release.iter().cloned());
+        let release = before.difference(&after).cloned().collect();
+        let carry = after.iter().cloned().collect();
         if let Some(values) = now {
             self.known.insert(key.to_string(), values);
         }
-        Actions { release, reclaim }
+        Actions { release, carry }
     }
 
-    /// Replaces everything with a fresh list; actions for every Service that changed.
+    /// Replaces everything with a fresh list; actions for every Service.
     pub fn relist(&mut self, listed: HashMap<String, Values>) -> Vec<(String, Actions)> {
         let mut keys: BTreeSet<String> = self.known.keys().cloned().collect();
         keys.extend(listed.keys().cloned());
@@ -66,7 +63,7 @@ impl Carried {
         let mut listed = listed;
         for key in keys {
             let actions = self.update(&key, listed.remove(&key));
-            if actions != Actions::default() {
+            if !actions.is_empty() {
                 out.push((key, actions));
             }
         }
@@ -87,16 +84,38 @@ fn values_of(svc: &Service) -> Values {
     carried(&Svc::from_json(&json))
 }
 
-/// Follows Services through `api` until the watch ends, releasing dropped values.
+/// Follows Services through `api` until the watch ends, releasing dropped values and
+/// recording carried ones; actions that fail (the API or the pools unreachable) are retried
+/// every `retry_interval`.
+///
+/// `synced` is told once the first list has been taken in.
 pub async fn run<S: Store>(
     allocator: Arc<Allocator<S>>,
     api: Api<Service>,
     config: watcher::Config,
+    retry_interval: std::time::Duration,
+    mut synced: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> crate::Result<()> {
     let mut state = Carried::default();
     let mut listing: Option<HashMap<String, Values>> = None;
+    let mut pending: HashMap<String, Actions> = HashMap::new();
     let mut events = watcher(api.clone(), config).default_backoff().boxed();
-    while let Some(event) = events.next().await {
+    let mut retry = tokio::time::interval(retry_interval.max(std::time::Duration::from_millis(10)));
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            _ = retry.tick() => {
+                for (key, actions) in std::mem::take(&mut pending) {
+                    if let Err(left) = act(&allocator, &api, &key, actions).await {
+                        pending.insert(key, left);
+                    }
+                }
+                continue;
+            }
+        };
         let event = match event {
             Ok(event) => event,
             Err(e) => {
@@ -116,37 +135,74 @@ pub async fn run<S: Store>(
                 Vec::new()
             }
             watcher::Event::InitDone => state.relist(listing.take().unwrap_or_default()),
-            watcher::Event::Apply(svc) => vec![(
-                key_of(&svc),
-                state.update(&key_of(&svc), Some(values_of(&svc))),
-            )],
+            watcher::Event::Apply(svc) => {
+                vec![(
+                    key_of(&svc),
+                    state.update(&key_of(&svc), Some(values_of(&svc))),
+                )]
+            }
             watcher::Event::Delete(svc) => vec![(key_of(&svc), state.update(&key_of(&svc), None))],
         };
         for (key, actions) in actions {
-            act(&allocator, &api, &key, actions).await;
+            // A newer state supersedes what was pending for the Service.
+            pending.remove(&key);
+            if let Err(left) = act(&allocator, &api, &key, actions).await {
+                pending.insert(key, left);
+            }
+        }
+        if listing.is_none()
+            && let Some(tell) = synced.take()
+        {
+            let _ = tell.send(());
         }
     }
     let _ = events.try_next().await;
     Ok(())
 }
 
-async fn act<S: Store>(allocator: &Allocator<S>, api: &Api<Service>, key: &str, actions: Actions) {
-    let live = if actions.release.is_empty() {
-        Values::new()
-    } else {
-        // The API's current state wins over the event's: a replayed or late event must not
-        // release what the live Service (perhaps recreated) carries.
-        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-        match Api::<Service>::namespaced(api.clone().into_client(), namespace)
-            .get_opt(name)
-            .await
-        {
-            Ok(Some(svc)) => values_of(&svc),
-            Ok(None) => Values::new(),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "cannot read the Service; not releasing its values now");
-                return;
+/// Carries out one Service's actions; returns what failed, to retry.
+async fn act<S: Store>(
+    allocator: &Allocator<S>,
+    api: &Api<Service>,
+    key: &str,
+    actions: Actions,
+) -> Result<(), Actions> {
+    let mut left = Actions::default();
+    for (pool, value) in &actions.carry {
+        let recorded = allocator.view().record(pool, *value).ok().flatten();
+        if recorded.is_some_and(|r| r.owner.object == key && r.is_allocated()) {
+            continue;
+        }
+        let owner = Owner::new(key, "carried");
+        match allocator.allocate(pool, &owner, Some(*value)).await {
+            Ok(Allocation::Allocated(_)) => {
+                tracing::info!(key, pool, %value, "recorded a value the Service carries")
             }
+            Ok(Allocation::Refused(r)) => {
+                tracing::warn!(key, pool, %value, refusal = %r, "a value the Service carries belongs to another object; recreate one of them")
+            }
+            Err(e) => {
+                tracing::warn!(key, pool, %value, error = %e, "cannot record a carried value; will retry");
+                left.carry.push((pool, *value));
+            }
+        }
+    }
+    if actions.release.is_empty() {
+        return if left.is_empty() { Ok(()) } else { Err(left) };
+    }
+    // The API's current state wins over the event's: a replayed or late event must not
+    // release what the live Service (perhaps recreated) carries.
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    let live = match Api::<Service>::namespaced(api.clone().into_client(), namespace)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(svc)) => values_of(&svc),
+        Ok(None) => Values::new(),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "cannot read the Service; will retry its releases");
+            left.release = actions.release;
+            return Err(left);
         }
     };
     for (pool, value) in actions.release {
@@ -158,21 +214,13 @@ async fn act<S: Store>(allocator: &Allocator<S>, api: &Api<Service>, key: &str, 
                 tracing::warn!(key, pool, %value, owner = %owner.object, "not released: it belongs to another object");
             }
             Ok(outcome) => tracing::info!(key, pool, %value, ?outcome, "released"),
-            Err(e) => tracing::warn!(key, pool, %value, error = %e, "release failed; repair will"),
+            Err(e) => {
+                tracing::warn!(key, pool, %value, error = %e, "release failed; will retry");
+                left.release.push((pool, value));
+            }
         }
     }
-    for (pool, value) in actions.reclaim {
-        let owner = Owner::new(key, "reclaimed");
-        match allocator.allocate(pool, &owner, Some(value)).await {
-            Ok(Allocation::Allocated(_)) => {
-                tracing::info!(key, pool, %value, "reclaimed a value the Service carries again")
-            }
-            Ok(Allocation::Refused(r)) => {
-                tracing::warn!(key, pool, %value, refusal = %r, "a value the Service carries is taken")
-            }
-            Err(e) => tracing::warn!(key, pool, %value, error = %e, "reclaim failed"),
-        }
-    }
+    if left.is_empty() { Ok(()) } else { Err(left) }
 }
 
 #[cfg(test)]
@@ -185,32 +233,41 @@ mod tests {
             .collect()
     }
 
+    fn list(values: Values) -> Vec<(&'static str, Value)> {
+        values.into_iter().collect()
+    }
+
     #[test]
-    fn a_dropped_value_is_released_and_claimed_back_if_it_returns() {
+    fn a_dropped_value_is_released_and_every_carried_one_recorded() {
         let mut state = Carried::default();
+        let first = state.update("ns/a", Some(values(&[30001, 30002])));
         assert_eq!(
-            state.update("ns/a", Some(values(&[30001, 30002]))),
-            Actions::default()
+            first,
+            Actions {
+                release: vec![],
+                carry: list(values(&[30001, 30002]))
+            }
         );
         let dropped = state.update("ns/a", Some(values(&[30001])));
         assert_eq!(
-            dropped.release,
-            values(&[30002]).into_iter().collect::<Vec<_>>()
-        );
-        let back = state.update("ns/a", Some(values(&[30001, 30002])));
-        assert_eq!(
-            back.reclaim,
-            values(&[30002]).into_iter().collect::<Vec<_>>()
+            dropped,
+            Actions {
+                release: list(values(&[30002])),
+                carry: list(values(&[30001]))
+            }
         );
         let deleted = state.update("ns/a", None);
         assert_eq!(
-            deleted.release,
-            values(&[30001, 30002]).into_iter().collect::<Vec<_>>()
+            deleted,
+            Actions {
+                release: list(values(&[30001])),
+                carry: vec![]
+            }
         );
     }
 
     #[test]
-    fn a_relist_releases_what_was_deleted_while_away_and_nothing_else() {
+    fn a_relist_releases_what_was_deleted_while_away() {
         let mut state = Carried::default();
         state.update("ns/gone", Some(values(&[30005])));
         state.update("ns/kept", Some(values(&[30006])));
@@ -218,12 +275,27 @@ mod tests {
             ("ns/kept".to_string(), values(&[30006])),
             ("ns/new".to_string(), values(&[30007])),
         ]);
-        let actions = state.relist(listed);
-        assert_eq!(actions.len(), 1);
-        assert_eq!(actions[0].0, "ns/gone");
+        let actions: HashMap<String, Actions> = state.relist(listed).into_iter().collect();
         assert_eq!(
-            actions[0].1.release,
-            values(&[30005]).into_iter().collect::<Vec<_>>()
+            actions["ns/gone"],
+            Actions {
+                release: list(values(&[30005])),
+                carry: vec![]
+            }
+        );
+        assert_eq!(
+            actions["ns/kept"],
+            Actions {
+                release: vec![],
+                carry: list(values(&[30006]))
+            }
+        );
+        assert_eq!(
+            actions["ns/new"],
+            Actions {
+                release: vec![],
+                carry: list(values(&[30007]))
+            }
         );
     }
 }

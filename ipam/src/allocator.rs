@@ -254,6 +254,16 @@ impl PoolsView {
             .collect()
     }
 
+    /// The record of one value as the index knows it (it may lag the store by a watch event).
+    pub fn record(&self, pool: &str, value: Value) -> Result<Option<Record>> {
+        let mut state = self.lock();
+        let ps = state.pool_mut(pool)?;
+        let Some(raw) = ps.occ.pool().raw(value) else {
+            return Ok(None);
+        };
+        Ok(ps.occ.record(raw).map(|(record, _)| record.clone()))
+    }
+
     /// Every record of one pool, by value.
     pub fn records(&self, pool: &str) -> Result<Vec<(Value, Record)>> {
         let mut state = self.lock();

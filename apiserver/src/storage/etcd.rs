@@ -207,28 +207,34 @@ async fn next_change(mut w: EtcdWatch) -> Option<(Result<Change, ApiError>, Etcd
                     return Some((Err(e), w));
                 }
                 if resp.events().is_empty() {
-                    // A progress notification (or the creation answer): everything up to the
-                    // header revision has been delivered.
-                    let revision = header_revision(resp.header());
-                    if !resp.created() && revision > 0 {
-                        return Some((Ok(Change::Progress { revision }), w));
+                    // A progress notification (or the creation answer). Its header revision
+                    // is not trusted as a bookmark: etcd before 3.4.31 may send one out of
+                    // order with the events (etcd-io/etcd#15220, #17507). The last delivered
+                    // revision is always safe.
+                    if !resp.created() {
+                        return Some((Ok(Change::Progress { revision: w.after }), w));
                     }
                     continue;
                 }
                 for event in resp.events() {
                     let Some(current) = event.kv() else { continue };
-                    let change = match event.event_type() {
-                        EventType::Put => Change::Put {
+                    let is_create = current.create_revision() == current.mod_revision();
+                    let change = match (event.event_type(), event.prev_kv()) {
+                        (EventType::Put, prev) if prev.is_some() || is_create => Change::Put {
                             kv: kv(current),
-                            prev: event.prev_kv().map(kv),
+                            prev: prev.map(kv),
                         },
-                        EventType::Delete => {
-                            let revision = current.mod_revision() as u64;
-                            match event.prev_kv() {
-                                Some(prev) => Change::Delete { prev: kv(prev), revision },
-                                // The previous value was compacted away: nothing to show.
-                                None => continue,
-                            }
+                        (EventType::Delete, Some(prev)) => Change::Delete {
+                            prev: kv(prev),
+                            revision: current.mod_revision() as u64,
+                        },
+                        // The previous value was compacted away: neither a delete nor a
+                        // selector transition can be shown, so the client must relist.
+                        _ => {
+                            w.done = true;
+                            w.pending.clear();
+                            let e = ApiError::too_old(w.after, current.mod_revision() as u64);
+                            return Some((Err(e), w));
                         }
                     };
                     w.after = change.revision();

@@ -197,6 +197,15 @@ impl MemoryStorage {
             if after < state.compacted {
                 return Err(ApiError::too_old(after, state.compacted + 1));
             }
+            // A revision this store never reached (it restarted empty, or the client watched
+            // another store): its changes up to there would be skipped. Expired makes the
+            // client relist, as upstream's watch cache does.
+            if after > state.revision {
+                return Err(ApiError::expired(format!(
+                    "too large resource version: {after}, current: {}",
+                    state.revision
+                )));
+            }
             let backlog: Vec<Arc<Change>> = state
                 .history
                 .iter()

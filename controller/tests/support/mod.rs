@@ -62,6 +62,14 @@ impl ServiceAdmission for Allocation {
                 })
         })
     }
+
+    fn abandon(&self, request: AdmissionRequest) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.0
+                .abandon(&request.object, request.old_object.as_ref())
+                .await;
+        })
+    }
 }
 
 /// Pools as kube-apiserver's flags give them: one CIDR per family (primary first) and a
@@ -252,6 +260,8 @@ impl Harness {
             allocator.clone(),
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
+            Duration::from_millis(200),
+            None,
         );
         tasks.push(tokio::spawn(async move {
             releaser.await.unwrap();
