@@ -1032,3 +1032,26 @@ async fn a_create_of_an_existing_name_is_refused_before_anything_is_allocated_or
     assert!(h.allocated_to(IPV4, ip("10.96.0.50"), "default/a"));
     assert!(h.allocated_to(NODEPORT, port(30060), "default/taken"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_a_stored_service_carries_is_recorded_again_when_freed_behind_its_back() {
+    let h = v4_cluster(HOLD).await;
+    let svc = h.create("kept", json!({"ports": [{"port": 80}]})).await;
+    let value = ip(&cluster_ip(&svc).unwrap());
+    // The record goes (a failed write that raced this one gave it back, say)...
+    h.allocator
+        .release(IPV4, value, "default/kept", ipam::Release::Now)
+        .await
+        .unwrap();
+    assert_eq!(h.record(IPV4, value), None);
+    // ...and the next state of the Service the releaser sees records it again.
+    h.services
+        .patch(
+            "kept",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    h.await_allocated(IPV4, value, "default/kept").await;
+}
