@@ -9,8 +9,9 @@ use crate::dns_cmd::DnsArgs;
 use crate::ipam_cmd::IpamCommand;
 
 /// The Service machinery of Kubernetes, in one binary: ClusterIP and NodePort pools in etcd that
-/// any number of allocators share (`svcplane ipam`), cluster DNS (`svcplane dns`), and a
-/// Kubernetes-compatible API server (`svcplane apiserver`).
+/// any number of allocators share (`svcplane ipam`), cluster DNS (`svcplane dns`), a
+/// Kubernetes-compatible API server (`svcplane apiserver`), and all of it on one machine
+/// (`svcplane dev`).
 #[derive(Debug, Parser)]
 #[command(name = "svcplane", version, propagate_version = true)]
 pub(crate) struct Cli {

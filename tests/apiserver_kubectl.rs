@@ -968,8 +968,8 @@ fn namespaces_gate_creates_and_take_their_services_on_delete(backend: Backend) {
             "Error from server (NotFound): error when creating \"{path}\": namespaces \"nope\" not found\n"
         )
     );
-    // `kubectl create namespace` sends protobuf, which this server does not read; a manifest
-    // goes as JSON.
+    // A manifest goes as JSON (`kubectl create namespace` sends protobuf: see
+    // `create_namespace_and_create_service_send_protobuf_that_is_read`).
     let ns = file(
         &server,
         "ns.yaml",
@@ -1020,6 +1020,109 @@ fn namespaces_gate_creates_and_take_their_services_on_delete(backend: Backend) {
     // The namespace's name is free again and starts empty.
     assert_eq!(ok(&server, &["create", "-f", &ns]), "namespace/x created\n");
     assert!(names(&server, &["svc", "-n", "x"]).is_empty());
+}
+
+/// kubectl's imperative generators send their objects as Kubernetes protobuf.
+fn create_namespace_and_create_service_send_protobuf_that_is_read(backend: Backend) {
+    require_kubectl!();
+    let server = ApiServer::start(backend, &[]);
+    assert_eq!(
+        ok(&server, &["create", "namespace", "foo"]),
+        "namespace/foo created\n"
+    );
+    let ns = get_json(&server, &["ns", "foo"]);
+    assert_eq!(
+        ns["metadata"]["labels"],
+        json!({"kubernetes.io/metadata.name": "foo"})
+    );
+    assert_eq!(ns["spec"], json!({"finalizers": ["kubernetes"]}));
+    assert_eq!(ns["status"], json!({"phase": "Active"}));
+
+    assert_eq!(
+        ok(
+            &server,
+            &["create", "service", "clusterip", "my-cs", "--tcp=5678:8080"]
+        ),
+        "service/my-cs created\n"
+    );
+    let cs = get_json(&server, &["svc", "my-cs"]);
+    assert_eq!(cs["metadata"]["labels"], json!({"app": "my-cs"}));
+    assert_eq!(
+        cs["spec"]["ports"],
+        json!([{"name": "5678-8080", "protocol": "TCP", "port": 5678, "targetPort": 8080}])
+    );
+    assert_eq!(cs["spec"]["selector"], json!({"app": "my-cs"}));
+    assert_eq!(cs["spec"]["type"], "ClusterIP");
+
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "create",
+                "service",
+                "nodeport",
+                "my-np",
+                "--tcp=80:8080",
+                "--node-port=30080"
+            ]
+        ),
+        "service/my-np created\n"
+    );
+    let np = get_json(&server, &["svc", "my-np"]);
+    assert_eq!(
+        np["spec"]["ports"],
+        json!([{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 30080}])
+    );
+    assert_eq!(np["spec"]["type"], "NodePort");
+
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "create",
+                "service",
+                "externalname",
+                "my-en",
+                "--external-name",
+                "db.example.com"
+            ]
+        ),
+        "service/my-en created\n"
+    );
+    let en = get_json(&server, &["svc", "my-en"]);
+    assert_eq!(en["spec"]["externalName"], "db.example.com");
+    assert_eq!(en["spec"]["type"], "ExternalName");
+    assert_eq!(en["spec"].get("ports"), None);
+
+    // A named target port, a LoadBalancer, in the namespace just made.
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "create",
+                "service",
+                "loadbalancer",
+                "my-lb",
+                "-n",
+                "foo",
+                "--tcp=53:dns"
+            ]
+        ),
+        "service/my-lb created\n"
+    );
+    let lb = get_json(&server, &["svc", "my-lb", "-n", "foo"]);
+    assert_eq!(
+        lb["spec"]["ports"],
+        json!([{"name": "53-dns", "protocol": "TCP", "port": 53, "targetPort": "dns"}])
+    );
+    assert_eq!(lb["spec"]["type"], "LoadBalancer");
+    assert_eq!(lb["metadata"]["namespace"], "foo");
+
+    // The generator's object is refused like a manifest's when it is invalid.
+    assert_eq!(
+        fails(&server, &["create", "namespace", "Bad_Name"]),
+        "The Namespace \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')\n"
+    );
 }
 
 fn invalid_objects_are_refused_and_nothing_is_stored(backend: Backend) {
@@ -1128,5 +1231,6 @@ on_both_backends!(
     delete_removes_the_service,
     watches_print_existing_rows_then_changes,
     namespaces_gate_creates_and_take_their_services_on_delete,
+    create_namespace_and_create_service_send_protobuf_that_is_read,
     invalid_objects_are_refused_and_nothing_is_stored,
 );

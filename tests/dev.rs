@@ -352,3 +352,23 @@ async fn replacing_a_service_with_its_original_manifest_keeps_its_allocations() 
         before.ports.unwrap()[0].node_port
     );
 }
+
+#[tokio::test]
+async fn kubectl_create_service_sends_protobuf_and_still_gets_a_cluster_ip() {
+    require_kubectl!();
+    let dev = Dev::start(&["--service-cluster-ip-range", "10.96.0.0/24"]);
+    let created = dev.kubectl(&["create", "service", "clusterip", "web2", "--tcp=80:8080"]);
+    assert!(created.status.success(), "{}", support::stderr(&created));
+    assert_eq!(support::stdout(&created), "service/web2 created\n");
+    let api: Api<Service> = Api::default_namespaced(dev.client().await);
+    let spec = api.get("web2").await.unwrap().spec.unwrap();
+    let ip = spec.cluster_ip.unwrap();
+    assert!(in_range(&ip, 17, 254), "{ip} was allocated at admission");
+    assert_eq!(spec.cluster_ips.unwrap(), [ip]);
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!(port.port, 80);
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080))
+    );
+}

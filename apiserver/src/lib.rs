@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod kubelet;
 pub mod object;
+pub mod protobuf;
 pub mod registry;
 pub mod resource;
 pub mod selector;
