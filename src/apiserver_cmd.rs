@@ -114,6 +114,13 @@ pub(crate) struct ServeFlags {
     /// Append one JSON line per request (user agent, verb, resource, namespace, name, code).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// A connection that has not finished its TLS handshake by then is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// A connection that has not sent a request's headers by then (counting the idle time of a
+    /// kept-alive connection) is closed; above clients' own 90 s idle timeout by default.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    request_header_timeout: Duration,
     /// Idle watches that asked for bookmarks get one this often.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
     watch_bookmark_interval: Duration,
@@ -207,6 +214,8 @@ impl ServeFlags {
             bookmark_interval: self.watch_bookmark_interval,
             min_request_timeout: self.min_request_timeout,
             compaction_interval: compaction,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            request_header_timeout: self.request_header_timeout,
         }
     }
 

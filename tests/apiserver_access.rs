@@ -571,3 +571,45 @@ mod etcd {
         super::bad_requests_get_the_right_status_and_change_nothing(super::Backend::Etcd).await
     }
 }
+
+#[test]
+fn a_kept_alive_connection_may_idle_but_one_that_never_sends_headers_is_closed() {
+    use std::io::{Read, Write};
+    let server = ApiServer::start(Backend::Memory, &["--request-header-timeout", "2s"]);
+    // Idle below the timeout: the same connection serves the next request.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let request = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut reply = [0u8; 4096];
+    for _ in 0..2 {
+        stream.write_all(request).unwrap();
+        let n = stream.read(&mut reply).unwrap();
+        assert!(
+            reply[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&reply[..n])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // Half a request and then nothing: closed once the timeout passes, not held forever.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stalled
+        .write_all(b"GET /version HTTP/1.1\r\nHost:")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let n = stalled.read(&mut reply).unwrap_or(0);
+    let text = String::from_utf8_lossy(&reply[..n]).to_string();
+    assert!(
+        n == 0 || text.starts_with("HTTP/1.1 408"),
+        "closed or 408, got {text:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "closed by the server's timeout"
+    );
+}

@@ -30,6 +30,11 @@ pub struct ServerConfig {
     pub min_request_timeout: Duration,
     /// etcd only: compact history older than this, as kube-apiserver does every 5 minutes.
     pub compaction_interval: Duration,
+    /// How long a connection may take for its TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// How long a connection may take to send a request's headers, the idle time of a
+    /// kept-alive connection before them included.
+    pub request_header_timeout: Duration,
 }
 
 /// A start-up problem, named by the flag that fixes it.
@@ -156,15 +161,14 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Co
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// How long a connection may take for its TLS handshake and for each request's headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A bound, configured server, ready to run.
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     compaction_interval: Duration,
+    handshake_timeout: Duration,
+    header_timeout: Duration,
 }
 
 impl Server {
@@ -214,6 +218,8 @@ impl Server {
             app,
             tls,
             compaction_interval: config.compaction_interval,
+            handshake_timeout: config.tls_handshake_timeout,
+            header_timeout: config.request_header_timeout,
         })
     }
 
@@ -248,17 +254,21 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let service = service.clone();
             let tls = self.tls.clone();
+            let (handshake_timeout, header_timeout) = (self.handshake_timeout, self.header_timeout);
             tokio::spawn(async move {
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                // A peer that stalls before its request is complete does not hold a task forever.
+                // A peer that stalls before its request is complete does not hold a task
+                // forever. The wait for the next request on a kept-alive connection counts too,
+                // so it is longer than clients' own idle timeouts (90 s in Go and hyper): they
+                // drop an idle connection before the server would, never racing it.
                 builder
                     .http1()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HANDSHAKE_TIMEOUT);
+                    .header_read_timeout(header_timeout);
                 let result = match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
                             Ok(Ok(stream)) => {
                                 builder
@@ -343,6 +353,8 @@ mod tests {
             bookmark_interval: Duration::from_secs(60),
             min_request_timeout: Duration::from_secs(1800),
             compaction_interval: Duration::from_secs(300),
+            tls_handshake_timeout: Duration::from_secs(10),
+            request_header_timeout: Duration::from_secs(120),
         }
     }
 

@@ -249,6 +249,8 @@ impl Harness {
             bookmark_interval: Duration::from_secs(1),
             min_request_timeout: Duration::from_secs(1800),
             compaction_interval: Duration::ZERO,
+            tls_handshake_timeout: Duration::from_secs(10),
+            request_header_timeout: Duration::from_secs(120),
         };
         let server = Server::bind(registry, &config).await.unwrap();
         let url = format!("http://{}", server.local_addr());
