@@ -45,6 +45,9 @@ pub(crate) struct KubeletFlags {
     /// pods that fit no node retried.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     kubelet_sync_interval: Duration,
+    /// The wait after a failed list, watch or pod write before the kubelet tries again.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    kubelet_retry_backoff: Duration,
 }
 
 impl KubeletFlags {
@@ -55,6 +58,7 @@ impl KubeletFlags {
             pod_cidrs: self.pod_cidrs.clone(),
             zones: self.zones.clone(),
             node_sync_interval: self.kubelet_sync_interval,
+            retry_backoff: self.kubelet_retry_backoff,
             ..KubeletConfig::default()
         };
         config
