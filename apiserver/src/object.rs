@@ -317,31 +317,46 @@ fn default_pod(object: &mut Value) {
         .or_insert_with(|| json!(true));
 }
 
+/// What a Service's type asks of it (upstream's `needsClusterIP`, `needsNodePort`,
+/// `needsHCNodePort`).
+struct Shape {
+    type_: String,
+    local: bool,
+}
+
+impl Shape {
+    fn of(service: &Value) -> Shape {
+        let text = |pointer: &str| service.pointer(pointer).and_then(Value::as_str);
+        Shape {
+            type_: text("/spec/type").unwrap_or("ClusterIP").to_string(),
+            local: text("/spec/externalTrafficPolicy") == Some("Local"),
+        }
+    }
+
+    fn needs_cluster_ip(&self) -> bool {
+        self.type_ != "ExternalName"
+    }
+
+    fn needs_node_port(&self) -> bool {
+        self.type_ == "NodePort" || self.type_ == "LoadBalancer"
+    }
+
+    fn needs_health_check_node_port(&self) -> bool {
+        self.type_ == "LoadBalancer" && self.local
+    }
+}
+
 /// Upstream's `dropTypeDependentFields`: when a Service update changes its type, fields the
 /// old type needed and the new one does not are dropped — if the client left them as they
 /// were — so a type change does not have to clear them by hand.
 pub fn drop_type_dependent_fields(resource: &Resource, old: &Value, new: &mut Value) {
-    if !(resource.group.is_empty() && resource.kind == "Service") {
+    if !resource.is_service() {
         return;
     }
-    let type_of = |v: &Value| {
-        v.pointer("/spec/type")
-            .and_then(Value::as_str)
-            .unwrap_or("ClusterIP")
-            .to_string()
-    };
-    let (old_type, new_type) = (type_of(old), type_of(new));
-    let needs_cluster_ip = |t: &str| t != "ExternalName";
-    let needs_node_port = |t: &str| t == "NodePort" || t == "LoadBalancer";
-    let local = |v: &Value| {
-        v.pointer("/spec/externalTrafficPolicy")
-            .and_then(Value::as_str)
-            == Some("Local")
-    };
-    let needs_hc = |t: &str, v: &Value| t == "LoadBalancer" && local(v);
+    let (was, is) = (Shape::of(old), Shape::of(new));
     let same = |field: &str, new: &Value| old.pointer(field) == new.pointer(field);
     let mut drop = Vec::new();
-    if needs_cluster_ip(&old_type) && !needs_cluster_ip(&new_type) {
+    if was.needs_cluster_ip() && !is.needs_cluster_ip() {
         if same("/spec/clusterIP", new) && same("/spec/clusterIPs", new) {
             drop.extend(["clusterIP", "clusterIPs"]);
         }
@@ -352,20 +367,20 @@ pub fn drop_type_dependent_fields(resource: &Resource, old: &Value, new: &mut Va
             drop.push("ipFamilyPolicy");
         }
     }
-    if needs_hc(&old_type, old)
-        && !needs_hc(&new_type, new)
+    if was.needs_health_check_node_port()
+        && !is.needs_health_check_node_port()
         && same("/spec/healthCheckNodePort", new)
     {
         drop.push("healthCheckNodePort");
     }
-    if new_type != "LoadBalancer" {
+    if is.type_ != "LoadBalancer" {
         for field in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
             if same(&format!("/spec/{field}"), new) {
                 drop.push(field);
             }
         }
     }
-    if !needs_node_port(&new_type) && same("/spec/externalTrafficPolicy", new) {
+    if !is.needs_node_port() && same("/spec/externalTrafficPolicy", new) {
         drop.push("externalTrafficPolicy");
     }
     let node_ports = |v: &Value| -> Vec<Value> {
@@ -379,9 +394,8 @@ pub fn drop_type_dependent_fields(resource: &Resource, old: &Value, new: &mut Va
             })
             .unwrap_or_default()
     };
-    let clear_node_ports = needs_node_port(&old_type)
-        && !needs_node_port(&new_type)
-        && node_ports(old) == node_ports(new);
+    let clear_node_ports =
+        was.needs_node_port() && !is.needs_node_port() && node_ports(old) == node_ports(new);
     let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
@@ -400,24 +414,10 @@ pub fn drop_type_dependent_fields(resource: &Resource, old: &Value, new: &mut Va
 /// (and so its families and policy), the nodePorts of ports of the same name, its
 /// healthCheckNodePort — where the new type still needs them.
 pub fn patch_allocated_values(resource: &Resource, old: &Value, new: &mut Value) {
-    if !(resource.group.is_empty() && resource.kind == "Service") {
+    if !resource.is_service() {
         return;
     }
-    let type_of = |v: &Value| {
-        v.pointer("/spec/type")
-            .and_then(Value::as_str)
-            .unwrap_or("ClusterIP")
-            .to_string()
-    };
-    let (old_type, new_type) = (type_of(old), type_of(new));
-    let needs_ip = |t: &str| t != "ExternalName";
-    let needs_node_port = |t: &str| t == "NodePort" || t == "LoadBalancer";
-    let local = |v: &Value| {
-        v.pointer("/spec/externalTrafficPolicy")
-            .and_then(Value::as_str)
-            == Some("Local")
-    };
-    let needs_hc = |t: &str, v: &Value| t == "LoadBalancer" && local(v);
+    let (was, is) = (Shape::of(old), Shape::of(new));
     let unset = |v: Option<&Value>| match v {
         None | Some(Value::Null) => true,
         Some(Value::String(s)) => s.is_empty(),
@@ -426,11 +426,11 @@ pub fn patch_allocated_values(resource: &Resource, old: &Value, new: &mut Value)
         _ => false,
     };
     let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
-    let hc_needed = needs_hc(&old_type, old) && needs_hc(&new_type, new);
+    let hc_needed = was.needs_health_check_node_port() && is.needs_health_check_node_port();
     let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
-    if needs_ip(&old_type) && needs_ip(&new_type) {
+    if was.needs_cluster_ip() && is.needs_cluster_ip() {
         for field in ["clusterIP", "clusterIPs", "ipFamilyPolicy"] {
             if unset(spec.get(field)) && !unset(old_spec.get(field)) {
                 spec.insert(field.into(), old_spec[field].clone());
@@ -443,7 +443,7 @@ pub fn patch_allocated_values(resource: &Resource, old: &Value, new: &mut Value)
             spec.insert("ipFamilies".into(), old_spec["ipFamilies"].clone());
         }
     }
-    if needs_node_port(&old_type) && needs_node_port(&new_type) {
+    if was.needs_node_port() && is.needs_node_port() {
         let node_ports = |ports: Option<&Value>| -> Vec<(String, i64)> {
             ports
                 .and_then(Value::as_array)
@@ -498,7 +498,7 @@ pub fn patch_allocated_values(resource: &Resource, old: &Value, new: &mut Value)
 /// that leaves a dual-stack Service's clusterIPs and ipFamilies as they were keeps only the
 /// primary ones (the releaser frees the secondary IP once the write lands).
 pub fn trim_for_single_stack(resource: &Resource, old: &Value, new: &mut Value) {
-    if !(resource.group.is_empty() && resource.kind == "Service") {
+    if !resource.is_service() {
         return;
     }
     let single = new.pointer("/spec/ipFamilyPolicy").and_then(Value::as_str) == Some("SingleStack");

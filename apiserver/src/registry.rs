@@ -325,7 +325,7 @@ impl Registry {
                     && let Err(e) = self.check_namespace(namespace.unwrap_or("")).await
                 {
                     self.storage.delete(&key, revision).await?;
-                    if Self::admitted(resource) {
+                    if resource.is_service() {
                         let count = self.config.admission.len();
                         self.abandon(Operation::Create, &candidate, None, count)
                             .await;
@@ -337,7 +337,7 @@ impl Registry {
                     warnings,
                 });
             }
-            if Self::admitted(resource) {
+            if resource.is_service() {
                 let count = self.config.admission.len();
                 self.abandon(Operation::Create, &candidate, None, count)
                     .await;
@@ -365,7 +365,7 @@ impl Registry {
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
         // Service validation includes its metadata.
-        let causes = if resource.group.is_empty() && resource.kind == "Service" {
+        let causes = if resource.is_service() {
             crate::validation::validate_service(object, old)
         } else {
             crate::validation::validate_metadata(
@@ -393,7 +393,7 @@ impl Registry {
         old: Option<&Value>,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        if !Self::admitted(resource) {
+        if !resource.is_service() {
             return Ok(object);
         }
         let mut admitted_by = 0;
@@ -458,11 +458,6 @@ impl Registry {
             };
             admission.abandon(request).await;
         }
-    }
-
-    /// Whether admission runs for this resource.
-    fn admitted(resource: &Resource) -> bool {
-        resource.group.is_empty() && resource.kind == "Service"
     }
 
     /// Reads, changes and writes an object until the write lands on the revision it read
@@ -552,7 +547,7 @@ impl Registry {
                     warnings,
                 });
             }
-            if part == Part::Main && Self::admitted(resource) {
+            if part == Part::Main && resource.is_service() {
                 let count = self.config.admission.len();
                 self.abandon(Operation::Update, &next, Some(&current), count)
                     .await;

@@ -38,6 +38,12 @@ impl Resource {
         }
     }
 
+    /// core/v1 Services: the one kind with defaults beyond the plain ones, upstream's Service
+    /// validation and the admission chain.
+    pub fn is_service(&self) -> bool {
+        self.group.is_empty() && self.kind == "Service"
+    }
+
     /// The object kind of this resource's lists.
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
