@@ -109,7 +109,10 @@ impl Etcd {
         let script = r#"etcd "$@" & e=$!
 trap 'kill -9 $e 2>/dev/null; exit 0' TERM INT
 while kill -0 "$WATCHED_PID" 2>/dev/null && kill -0 $e 2>/dev/null; do sleep 0.2; done
-kill -9 $e 2>/dev/null; wait $e"#;
+kill -9 $e 2>/dev/null; wait $e
+# The test process is gone (a shared instance lives in a static that is never dropped): its
+# data directory would otherwise stay in /dev/shm, in memory, for good.
+kill -0 "$WATCHED_PID" 2>/dev/null || rm -rf "$DATA_ROOT""#;
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -147,6 +150,7 @@ kill -9 $e 2>/dev/null; wait $e"#;
         }
         let child = command
             .env("WATCHED_PID", std::process::id().to_string())
+            .env("DATA_ROOT", self.data_dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
