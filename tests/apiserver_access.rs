@@ -43,7 +43,6 @@ fn a_non_loopback_listen_without_tls_and_tokens_is_refused_at_start() {
 
 #[tokio::test]
 async fn with_tls_and_tokens_a_request_needs_a_token_and_the_audit_log_names_the_user() {
-    require_kubectl!();
     let dir = tempfile::tempdir().unwrap();
     let certs = testkit::make_certs(dir.path());
     let tokens = support::write(
@@ -171,7 +170,6 @@ fn labelled(name: &str, webhook: &str) -> String {
 
 #[tokio::test]
 async fn webhooks_patch_and_deny_in_turn_and_a_denial_reaches_kubectl() {
-    require_kubectl!();
     let first = TestWebhook::start();
     let second = TestWebhook::start();
     let ca = first.ca_file().to_str().unwrap().to_string();
@@ -262,7 +260,6 @@ async fn webhooks_patch_and_deny_in_turn_and_a_denial_reaches_kubectl() {
 
 #[tokio::test]
 async fn a_webhook_that_is_down_fails_creates_unless_the_policy_is_ignore() {
-    require_kubectl!();
     let webhook = TestWebhook::start();
     let url = webhook.url();
     let kept = tempfile::tempdir().unwrap();

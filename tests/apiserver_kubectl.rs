@@ -1,4 +1,4 @@
-//! `svcplane apiserver` driven by kubectl 1.32, once on memory storage and once on a real etcd:
+//! `svcplane apiserver` driven by kubectl 1.37 (the peers' v1.37.2), once on memory storage and once on a real etcd:
 //! discovery, create/get/apply/label/annotate/patch/replace/delete, Tables, watches, namespaces
 //! and refusals, each checked against the exact output and exit code kubectl gives (checks 1-16
 //! of the API server spec).
@@ -205,30 +205,28 @@ fn rv(object: &Value) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 fn version_and_readyz_report_the_server(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let text = ok(&server, &["version"]);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("Client Version: v1.32."), "{text}");
+    assert!(lines[0].starts_with("Client Version: v1.37.2"), "{text}");
     assert!(
-        lines.contains(&"Server Version: v1.32.0-svcplane"),
+        lines.contains(&"Server Version: v1.37.2+svcplane"),
         "{text}"
     );
     let both: Value = serde_json::from_str(&ok(&server, &["version", "-o", "json"])).unwrap();
     assert_eq!(both["serverVersion"]["major"], "1");
-    assert_eq!(both["serverVersion"]["minor"], "32");
-    assert_eq!(both["serverVersion"]["gitVersion"], "v1.32.0-svcplane");
+    assert_eq!(both["serverVersion"]["minor"], "37");
+    assert_eq!(both["serverVersion"]["gitVersion"], "v1.37.2+svcplane");
     assert_eq!(both["clientVersion"]["major"], "1");
     let raw: Value = serde_json::from_str(&ok(&server, &["get", "--raw", "/version"])).unwrap();
     assert_eq!(raw["major"], "1");
-    assert_eq!(raw["minor"], "32");
-    assert_eq!(raw["gitVersion"], "v1.32.0-svcplane");
+    assert_eq!(raw["minor"], "37");
+    assert_eq!(raw["gitVersion"], "v1.37.2+svcplane");
     assert_eq!(raw["platform"], both["serverVersion"]["platform"]);
     assert_eq!(ok(&server, &["get", "--raw", "/readyz"]), "ok");
 }
 
 fn a_cold_cache_lists_services_and_api_resources_shows_each_scope(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     // Created over plain HTTP so that kubectl's first request finds an empty cache.
     let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "foo"},
@@ -313,7 +311,6 @@ fn a_cold_cache_lists_services_and_api_resources_shows_each_scope(backend: Backe
 }
 
 fn create_with_default_validation_succeeds_once_then_already_exists(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     let out = server.kubectl(&["create", "-f", &path]);
@@ -332,7 +329,7 @@ fn create_with_default_validation_succeeds_once_then_already_exists(backend: Bac
         creates[0]["userAgent"]
             .as_str()
             .unwrap()
-            .starts_with("kubectl/v1.32"),
+            .starts_with("kubectl/v1.37.2"),
         "{:?}",
         creates[0]
     );
@@ -348,7 +345,6 @@ fn create_with_default_validation_succeeds_once_then_already_exists(backend: Bac
 }
 
 fn get_yaml_shows_server_set_metadata_and_service_defaults(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
@@ -404,7 +400,6 @@ fn uuid_like(s: &str) -> bool {
 }
 
 fn tables_print_the_upstream_columns_for_services_pods_and_slices(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
@@ -556,7 +551,6 @@ fn tables_print_the_upstream_columns_for_services_pods_and_slices(backend: Backe
 }
 
 fn apply_replaces_a_changed_port_and_merges_containers_by_name(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     assert_eq!(
@@ -677,7 +671,6 @@ spec:
 }
 
 fn label_and_annotate_add_and_remove_metadata(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
@@ -713,7 +706,6 @@ fn label_and_annotate_add_and_remove_metadata(backend: Backend) {
 }
 
 fn a_status_patch_changes_only_status(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
@@ -793,7 +785,6 @@ fn a_status_patch_changes_only_status(backend: Backend) {
 }
 
 fn replace_with_a_stale_resource_version_conflicts(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
@@ -827,7 +818,6 @@ fn replace_with_a_stale_resource_version_conflicts(backend: Backend) {
 }
 
 fn server_side_apply_is_refused_cleanly(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
@@ -862,14 +852,13 @@ fn server_side_apply_is_refused_cleanly(backend: Backend) {
 }
 
 fn delete_removes_the_service(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
     let started = Instant::now();
     assert_eq!(
         ok(&server, &["delete", "svc", "foo"]),
-        "service \"foo\" deleted\n"
+        "service \"foo\" deleted from default namespace\n"
     );
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -890,7 +879,6 @@ fn delete_removes_the_service(backend: Backend) {
 }
 
 fn watches_print_existing_rows_then_changes(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     ok(&server, &["create", "-f", &path]);
@@ -958,7 +946,6 @@ fn watches_print_existing_rows_then_changes(backend: Backend) {
 }
 
 fn namespaces_gate_creates_and_take_their_services_on_delete(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let path = file(&server, "svc.yaml", SVC);
     let err = fails(&server, &["create", "-n", "nope", "-f", &path]);
@@ -1024,7 +1011,6 @@ fn namespaces_gate_creates_and_take_their_services_on_delete(backend: Backend) {
 
 /// kubectl's imperative generators send their objects as Kubernetes protobuf.
 fn create_namespace_and_create_service_send_protobuf_that_is_read(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     assert_eq!(
         ok(&server, &["create", "namespace", "foo"]),
@@ -1126,7 +1112,6 @@ fn create_namespace_and_create_service_send_protobuf_that_is_read(backend: Backe
 }
 
 fn invalid_objects_are_refused_and_nothing_is_stored(backend: Backend) {
-    require_kubectl!();
     let server = ApiServer::start(backend, &[]);
     let port_zero = file(
         &server,

@@ -40,7 +40,6 @@ fn readme_dev_command() -> String {
 
 #[tokio::test]
 async fn the_readmes_first_command_runs_dev_and_the_examples_answer_in_dns() {
-    require_kubectl!();
     let command = readme_dev_command();
     assert!(
         command.starts_with("apt-get update && apt-get install -y"),
@@ -330,7 +329,6 @@ async fn values_allocated_for_a_write_a_later_webhook_denies_are_given_back() {
 
 #[tokio::test]
 async fn replacing_a_service_with_its_original_manifest_keeps_its_allocations() {
-    require_kubectl!();
     let dev = Dev::start(&[]);
     let manifest = support::write(
         dev.dir.path(),
@@ -355,7 +353,6 @@ async fn replacing_a_service_with_its_original_manifest_keeps_its_allocations() 
 
 #[tokio::test]
 async fn kubectl_create_service_sends_protobuf_and_still_gets_a_cluster_ip() {
-    require_kubectl!();
     let dev = Dev::start(&["--service-cluster-ip-range", "10.96.0.0/24"]);
     let created = dev.kubectl(&["create", "service", "clusterip", "web2", "--tcp=80:8080"]);
     assert!(created.status.success(), "{}", support::stderr(&created));

@@ -209,7 +209,7 @@ async fn nodes_are_registered_in_their_zones_ready_with_an_internal_ip() {
         ("True", Some("KubeletReady"))
     );
     let info = status.node_info.as_ref().unwrap();
-    assert_eq!(info.kubelet_version, "v1.32.0-svcplane");
+    assert_eq!(info.kubelet_version, "v1.37.2+svcplane");
     assert_eq!(
         (info.operating_system.as_str(), info.architecture.as_str()),
         ("linux", "amd64")

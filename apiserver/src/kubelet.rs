@@ -36,7 +36,7 @@ use crate::storage::{Change, Kv};
 /// The pod annotation that holds a pod unready: `svcplane.io/ready: "false"`.
 pub const READY_ANNOTATION: &str = "svcplane.io/ready";
 /// `status.nodeInfo.kubeletVersion` of the simulated nodes.
-pub const KUBELET_VERSION: &str = "v1.32.0-svcplane";
+pub const KUBELET_VERSION: &str = "v1.37.2+svcplane";
 /// The zones nodes are spread over when none are given.
 pub const DEFAULT_ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 /// The most nodes one kubelet simulates (their IPv4 InternalIPs fill 172.30.0.0/16).

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod dns_compare;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -28,11 +30,7 @@ pub struct ApiServer {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testkit::free_port()
 }
 
 impl ApiServer {
@@ -225,42 +223,9 @@ impl Drop for ApiServer {
     }
 }
 
-fn find_kubectl() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("kubectl"))
-            .find(|p| p.is_file())
-    })
-}
-
-/// The kubectl binary.
+/// The peers' kubectl (v1.37.2, built by `peers/build.sh`).
 pub fn kubectl() -> PathBuf {
-    find_kubectl().expect("kubectl is not on PATH; install kubectl 1.32 (the CI image has it)")
-}
-
-/// Whether kubectl tests can run: without kubectl they are skipped with a note, except under
-/// CI (`CI=true`), where a missing kubectl fails the run.
-pub fn kubectl_present() -> bool {
-    if find_kubectl().is_some() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "kubectl is not on PATH and CI=true: install kubectl 1.32"
-    );
-    eprintln!("skipped: kubectl is not on PATH (install kubectl 1.32 to run this test)");
-    false
-}
-
-/// Returns from the calling test when kubectl is missing (outside CI).
-#[macro_export]
-macro_rules! require_kubectl {
-    () => {
-        if !support::kubectl_present() {
-            return;
-        }
-    };
+    testkit::peer("kubectl")
 }
 
 /// The HTTP status of a plain GET, or None while nothing answers.
@@ -345,13 +310,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// A loopback port free for both UDP and TCP (for DNS servers).
 pub fn free_dns_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    testkit::free_dns_port()
 }
 
 /// What dig printed: the status and the answer records' data (the last field(s) of each line).
