@@ -185,6 +185,8 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
 
 /// The addresses this server is reached at: the listen addresses, with an unspecified one
 /// (`0.0.0.0`, `::`) standing for every non-loopback interface address of its family.
+/// Loopback addresses never count, as in CoreDNS (`plugin/kubernetes/local.go`): a server on
+/// 127.0.0.1 alone has no NS records.
 fn own_addresses(listen: &[SocketAddr]) -> Vec<IpAddr> {
     let interfaces: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
         .map(|list| {
@@ -203,7 +205,7 @@ fn own_addresses(listen: &[SocketAddr]) -> Vec<IpAddr> {
         let ip = addr.ip();
         if ip.is_unspecified() {
             out.extend(interfaces.iter().filter(|i| i.is_ipv4() == ip.is_ipv4()));
-        } else {
+        } else if !ip.is_loopback() {
             out.push(ip);
         }
     }

@@ -271,24 +271,38 @@ pub fn mirror_endpoints(eps: &api::Endpoints) -> Result<Vec<EndpointSlice>> {
 pub fn pod(pod: &api::Pod) -> Result<Pod> {
     let key = key_of("Pod", &pod.metadata)?;
     let status = pod.status.clone().unwrap_or_default();
-    let ip = match status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
-        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
-            invalid(
-                "Pod",
-                &key,
-                "status.podIP",
-                format!("{text:?} is not an IP address"),
-            )
-        })?),
-        None => None,
+    let listed: Vec<(String, String)> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.clone()))
+        .collect();
+    let texts = if listed.is_empty() {
+        status
+            .pod_ip
+            .iter()
+            .map(|ip| ("status.podIP".to_string(), ip.clone()))
+            .collect()
+    } else {
+        listed
     };
+    let mut ips = Vec::with_capacity(texts.len());
+    for (field, text) in texts.iter().filter(|(_, t)| !t.is_empty()) {
+        let ip = text
+            .parse::<IpAddr>()
+            .map_err(|_| invalid("Pod", &key, field, format!("{text:?} is not an IP address")))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
     let finished = matches!(
         status.phase.as_deref(),
         Some("Succeeded" | "Failed" | "Unknown")
     );
     Ok(Pod {
         key,
-        ip,
+        ips,
         live: !finished && pod.metadata.deletion_timestamp.is_none(),
     })
 }
@@ -475,7 +489,17 @@ mod tests {
         );
         let p = pod(&running).unwrap();
         assert!(p.live);
-        assert_eq!(p.ip, Some("10.1.0.9".parse().unwrap()));
+        assert_eq!(p.ips, vec!["10.1.0.9".parse::<IpAddr>().unwrap()]);
+        let dual: api::Pod = from(json!({"metadata": {"name": "p", "namespace": "d"},
+            "status": {"phase": "Running", "podIP": "10.1.0.9",
+                       "podIPs": [{"ip": "10.1.0.9"}, {"ip": "fd00::9"}]}}));
+        assert_eq!(
+            pod(&dual).unwrap().ips,
+            vec![
+                "10.1.0.9".parse::<IpAddr>().unwrap(),
+                "fd00::9".parse().unwrap()
+            ]
+        );
         let done: api::Pod = from(
             json!({"metadata": {"name": "p", "namespace": "d"}, "status": {"phase": "Succeeded", "podIP": "10.1.0.9"}}),
         );

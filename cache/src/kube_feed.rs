@@ -95,6 +95,27 @@ fn key_of<K: kube::Resource>(obj: &K) -> Key {
     )
 }
 
+/// The resource a kind is watched as, as RBAC names it.
+fn resource(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Namespaces => "namespaces",
+        Kind::Services => "services",
+        Kind::EndpointSlices => "endpointslices (discovery.k8s.io)",
+        Kind::Pods => "pods",
+    }
+}
+
+/// Whether a watcher failed because the API server refused this identity (HTTP 403).
+fn forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 403,
+        watcher::Error::WatchError(status) => status.code == 403,
+        _ => false,
+    }
+}
+
 /// Runs one watcher until the process ends.
 async fn watch<K, F>(cache: Arc<Cache>, api: Api<K>, kind: Kind, convert: F)
 where
@@ -131,7 +152,18 @@ where
                     None => cache.apply([Event::Delete(kind, key_of(&obj))]),
                 },
                 Ok(WatchEvent::Delete(obj)) => cache.apply([Event::Delete(kind, key_of(&obj))]),
-                Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+                Err(e) => match forbidden(&e) {
+                    // Retried like any failure (the grant may come), but said plainly: the
+                    // cache cannot sync, so cluster names stay SERVFAIL until it is granted.
+                    true => tracing::error!(
+                        error = %e,
+                        "cannot list or watch {}: forbidden to this identity; grant it list and \
+                         watch on {} (the cache stays unsynced until then); retrying",
+                        resource(kind),
+                        resource(kind),
+                    ),
+                    false => tracing::warn!(error = %e, "watch failed; retrying"),
+                },
             }
         }
     }

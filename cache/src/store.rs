@@ -148,11 +148,13 @@ impl Snapshot {
 
     fn insert_pod(&mut self, pod: Pod) {
         self.remove_pod(&pod.key);
-        if let (true, Some(ip)) = (pod.live, pod.ip) {
-            *self
-                .pod_ips
-                .entry((pod.key.namespace.clone(), ip))
-                .or_default() += 1;
+        if pod.live {
+            for ip in &pod.ips {
+                *self
+                    .pod_ips
+                    .entry((pod.key.namespace.clone(), *ip))
+                    .or_default() += 1;
+            }
         }
         self.pods.insert(pod.key.clone(), Arc::new(pod));
     }
@@ -161,8 +163,11 @@ impl Snapshot {
         let Some(old) = self.pods.remove(key) else {
             return;
         };
-        if let (true, Some(ip)) = (old.live, old.ip) {
-            let k = (key.namespace.clone(), ip);
+        if !old.live {
+            return;
+        }
+        for ip in &old.ips {
+            let k = (key.namespace.clone(), *ip);
             match self.pod_ips.get(&k).copied() {
                 Some(n) if n > 1 => {
                     self.pod_ips.insert(k, n - 1);
@@ -458,7 +463,7 @@ mod tests {
         let pod = |name: &str, live: bool| {
             Object::Pod(Pod {
                 key: Key::new("d", name),
-                ip: Some("10.1.0.5".parse().unwrap()),
+                ips: vec!["10.1.0.5".parse().unwrap()],
                 live,
             })
         };

@@ -119,8 +119,9 @@ pub struct EndpointSlice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub key: Key,
-    /// `status.podIP` (the primary IP only, as CoreDNS indexes it).
-    pub ip: Option<IpAddr>,
+    /// Every address of `status.podIPs` (both families of a dual-stack pod, as CoreDNS 1.15
+    /// indexes them), or `status.podIP` alone when the list is absent.
+    pub ips: Vec<IpAddr>,
     /// False for pods that are finished (Succeeded, Failed, Unknown) or being deleted.
     pub live: bool,
 }

@@ -578,7 +578,9 @@ impl Ctx<'_> {
                 targets.extend(target);
             }
         }
-        if targets.is_empty() {
+        // Without an address of its own (a server on loopback only), there is no name server to
+        // name: NODATA, as CoreDNS answers.
+        if targets.is_empty() && !self.config.ns_addresses.is_empty() {
             targets.extend(child(&["ns", "dns"], z).map(|n| (n, self.config.ns_addresses.clone())));
         }
         targets
