@@ -5,21 +5,24 @@
 #
 #   bench/ipam.sh [ROUNDS] [COUNT]        (defaults: 3 rounds, 10000 values per run)
 #
-# Needs etcd (Debian etcd-server) and a release build (built here if missing).
+# Needs the peers' etcd 3.6 (bash peers/build.sh etcd; built here if missing) and a release
+# build (built here if missing).
 set -euo pipefail
 ROUNDS=${1:-3}
 COUNT=${2:-10000}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 SVCPLANE=target/release/svcplane
+PEERS=${SVCPLANE_PEERS:-$PWD/target/peers/bin}
+[ -x "$PEERS/etcd" ] || bash peers/build.sh etcd
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CLIENT=$(free_port); PEER=$(free_port)
 DATA=$(mktemp -d /dev/shm/svcplane-bench-XXXXXX 2>/dev/null || mktemp -d)
-etcd --name bench --data-dir "$DATA/etcd" \
+"$PEERS/etcd" --name bench --data-dir "$DATA/etcd" \
   --listen-client-urls "http://127.0.0.1:$CLIENT" --advertise-client-urls "http://127.0.0.1:$CLIENT" \
   --listen-peer-urls "http://127.0.0.1:$PEER" --initial-advertise-peer-urls "http://127.0.0.1:$PEER" \
-  --initial-cluster "bench=http://127.0.0.1:$PEER" --logger zap --log-level error >"$DATA/etcd.log" 2>&1 &
+  --initial-cluster "bench=http://127.0.0.1:$PEER" --log-level error >"$DATA/etcd.log" 2>&1 &
 ETCD_PID=$!
 trap 'kill $ETCD_PID 2>/dev/null; wait $ETCD_PID 2>/dev/null; rm -rf "$DATA"' EXIT
 ETCD="--etcd-endpoints http://127.0.0.1:$CLIENT"
