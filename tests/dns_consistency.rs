@@ -80,10 +80,9 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
     let (a_text, a_ips) = version(0);
     let (b_text, b_ips) = version(1);
     std::fs::write(&file, &a_text).unwrap();
-    let port = {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    };
+    // Free for both UDP and TCP: the server binds both.
+    let port = testkit::free_dns_port();
+    let log = dir.path().join("dns.log");
     let _server = Server(
         Command::new(env!("CARGO_BIN_EXE_svcplane"))
             .args([
@@ -95,7 +94,7 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
             ])
             .args(["--manifests", &file.display().to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -105,7 +104,11 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while query(&socket, port, 1).as_ref() != Some(&a_ips) {
-        assert!(Instant::now() < deadline, "svcplane dns never answered");
+        assert!(
+            Instant::now() < deadline,
+            "svcplane dns never answered: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
