@@ -9,9 +9,16 @@
 //! - [`releaser`]: follows the Service watch and releases, with the pool's hold, the values an
 //!   update dropped or a delete left behind.
 //!
+//! - [`endpoints`]: the Endpoints controller's pure decision for one Service (subsets, cap,
+//!   labels and annotations), as kube-controller-manager makes it; no reconciler runs it yet.
+//! - [`endpointslices`]: the EndpointSlice controller's pure plan for one Service (packing,
+//!   placeholder, recycling, trafficDistribution hints); no reconciler runs it yet.
+//!
 //! Admission never releases: it cannot know whether the write it admits will happen.
 
 pub mod allocation;
+pub mod endpoints;
+pub mod endpointslices;
 mod error;
 pub mod plan;
 pub mod releaser;
