@@ -121,10 +121,58 @@ const NO_ENDPOINTS: Options = Options {
 
 /// `svcplane dns` beside CoreDNS, both with the same options, following `cluster`.
 struct Pair {
-    svcplane: Watched,
-    svcplane_port: u16,
+    svcplane: SvcplaneDns,
     coredns: CoreDns,
+}
+
+/// `svcplane dns --kubeconfig` as its own process on a free loopback port.
+struct SvcplaneDns {
+    process: Watched,
+    port: u16,
     _dir: tempfile::TempDir,
+}
+
+impl SvcplaneDns {
+    /// Starts it for `zones` with `extra` flags and waits until it serves.
+    fn start(kubeconfig: &std::path::Path, zones: &str, extra: &[&str]) -> SvcplaneDns {
+        let dir = tempfile::tempdir().unwrap();
+        let port = testkit::free_dns_port();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "dns".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            "--zone".into(),
+            zones.into(),
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        let process = Watched::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),
+            args,
+            &[("RUST_LOG", "info")],
+            &dir.path().join("svcplane-dns.log"),
+            None,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !process.log().contains("svcplane dns: serving") {
+            assert!(
+                Instant::now() < deadline,
+                "svcplane dns never started: {}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SvcplaneDns {
+            process,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.process.log()
+    }
 }
 
 impl Pair {
@@ -137,46 +185,18 @@ impl Pair {
             options.coredns
         );
         let coredns = CoreDns::start(&corefile);
-        let dir = tempfile::tempdir().unwrap();
-        let port = testkit::free_dns_port();
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "dns".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
-            "--zone".into(),
-            "cluster.local,in-addr.arpa,ip6.arpa".into(),
-            "--kubeconfig".into(),
-            cluster.kubeconfig("svcplane-dns").into_os_string(),
-        ];
-        args.extend(options.svcplane.iter().map(Into::into));
-        let svcplane = Watched::spawn(
-            std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),
-            args,
-            &[("RUST_LOG", "info")],
-            &dir.path().join("svcplane-dns.log"),
-            None,
+        let svcplane = SvcplaneDns::start(
+            &cluster.kubeconfig("svcplane-dns"),
+            "cluster.local,in-addr.arpa,ip6.arpa",
+            options.svcplane,
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !svcplane.log().contains("svcplane dns: serving") {
-            assert!(
-                Instant::now() < deadline,
-                "svcplane dns never started: {}",
-                svcplane.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Pair {
-            svcplane,
-            svcplane_port: port,
-            coredns,
-            _dir: dir,
-        }
+        Pair { svcplane, coredns }
     }
 
     /// Both replies to `question` over `transport`.
     fn ask(&self, question: &Question, transport: Transport) -> (Reply, Reply) {
         (
-            ask(self.svcplane_port, question, transport),
+            ask(self.svcplane.port, question, transport),
             ask(self.coredns.port, question, transport),
         )
     }
@@ -1009,34 +1029,12 @@ async fn svcplane_dns_without_the_endpointslices_grant_is_not_ready_and_names_th
     )
     .await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = testkit::free_dns_port();
-    let dns = Watched::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),
-        vec![
-            "dns".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}").into(),
-            "--zone".into(),
-            "cluster.local".into(),
-            "--startup-timeout".into(),
-            "1s".into(),
-            "--kubeconfig".into(),
-            cluster.kubeconfig("svcplane-dns-limited").into_os_string(),
-        ],
-        &[("RUST_LOG", "info")],
-        &dir.path().join("dns.log"),
-        None,
+    let dns = SvcplaneDns::start(
+        &cluster.kubeconfig("svcplane-dns-limited"),
+        "cluster.local",
+        &["--startup-timeout", "1s"],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dns.log().contains("svcplane dns: serving") {
-        assert!(
-            Instant::now() < deadline,
-            "svcplane dns never started: {}",
-            dns.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = dns.port;
     // Never synced: a name that does not exist is SERVFAIL, never NXDOMAIN (spec §10).
     let missing = q(&cz("nothere.limited.svc"), RecordType::A);
     let reply = ask(port, &missing, Transport::Udp);

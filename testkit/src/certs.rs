@@ -14,22 +14,25 @@ pub struct TlsFiles {
     pub client_key: PathBuf,
 }
 
+/// Runs the `openssl` command in `dir`; panics with its error output if it fails.
+pub(crate) fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (apt-get install -y openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Makes a CA, a server certificate for 127.0.0.1 (and `localhost`) and a client certificate in
 /// `dir` with the `openssl` command, valid for two days; panics if openssl fails.
 pub fn make_certs(dir: &std::path::Path) -> TlsFiles {
     let f = |name: &str| dir.join(name);
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl (apt-get install -y openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",
