@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::apiserver_cmd::ApiserverArgs;
+use crate::controller_cmd::ControllerArgs;
 use crate::dev_cmd::DevArgs;
 use crate::dns_cmd::DnsArgs;
 use crate::ipam_cmd::IpamCommand;
@@ -27,6 +28,9 @@ enum Command {
     /// Serve cluster DNS (a drop-in for kube-dns / CoreDNS's kubernetes plugin) from manifests
     /// or the Kubernetes API.
     Dns(DnsArgs),
+    /// Keep Endpoints and EndpointSlices of Services in step with their pods, in place of
+    /// kube-controller-manager's endpoint controllers.
+    Controller(Box<ControllerArgs>),
     /// Serve a Kubernetes-compatible API (namespaces, services, endpoints, pods, nodes,
     /// events, endpointslices, leases) from memory or etcd, for kubectl and kube-rs clients.
     Apiserver(Box<ApiserverArgs>),
@@ -39,6 +43,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ipam(cmd) => crate::ipam_cmd::run(cmd).await,
         Command::Dns(args) => crate::dns_cmd::run(args).await,
+        Command::Controller(args) => crate::controller_cmd::run(*args).await,
         Command::Apiserver(args) => crate::apiserver_cmd::run(*args).await,
         Command::Dev(args) => crate::dev_cmd::run(*args).await,
     }

@@ -3,6 +3,7 @@
 mod admission_webhook;
 mod apiserver_cmd;
 mod cli;
+mod controller_cmd;
 mod dev_cmd;
 mod dns_cmd;
 mod etcd_flags;

@@ -3,7 +3,7 @@
 //! pods count, each pod's address and resolved ports, the subsets repacked by the set of
 //! addresses that serve each port, the 1000-address cap, and the labels and annotations of the
 //! object — pure, over lean views, so a reconciler only reads its store and writes what
-//! [`decide`] returns. Not wired to a reconciler yet.
+//! [`decide`] returns ([`crate::endpoint_controllers`] does).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -5,7 +5,7 @@
 //! (fullest first), then into the unchanged slice they fill best, then into new slices; a
 //! placeholder slice when nothing else remains; creates recycled into updates of slices being
 //! deleted; `trafficDistribution` hints. Pure, over lean views: a reconciler reads its store,
-//! calls [`plan`], and writes the result. Not wired to a reconciler yet, and zone hints of
+//! calls [`plan`], and writes the result ([`crate::endpoint_controllers`] does). Zone hints of
 //! `service.kubernetes.io/topology-mode: Auto` are not computed (such Services get none).
 //!
 //! Where upstream takes any endpoint of a set or lists a set unsorted (Go map order), this

@@ -10,19 +10,28 @@
 //!   update dropped or a delete left behind.
 //!
 //! - [`endpoints`]: the Endpoints controller's pure decision for one Service (subsets, cap,
-//!   labels and annotations), as kube-controller-manager makes it; no reconciler runs it yet.
+//!   labels and annotations), as kube-controller-manager makes it.
 //! - [`endpointslices`]: the EndpointSlice controller's pure plan for one Service (packing,
-//!   placeholder, recycling, trafficDistribution hints); no reconciler runs it yet.
+//!   placeholder, recycling, trafficDistribution hints).
+//! - [`views`]: API objects to and from the views those decide on; [`trigger_time`]: the
+//!   last-change-trigger-time of a sync.
+//! - [`runtime`]: the work queue and watch-fed stores; [`endpoint_controllers`]: the two
+//!   reconcilers over them, as `svcplane controller` runs them.
 //!
 //! Admission never releases: it cannot know whether the write it admits will happen.
 
 pub mod allocation;
+pub mod endpoint_controllers;
 pub mod endpoints;
 pub mod endpointslices;
 mod error;
 pub mod plan;
 pub mod releaser;
+pub mod runtime;
 pub mod service;
+pub mod slice_tracker;
+pub mod trigger_time;
+pub mod views;
 
 pub use allocation::{Admitted, AllocationRequest, Denial, ServiceAllocator};
 pub use error::{Error, Result};

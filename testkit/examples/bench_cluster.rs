@@ -33,6 +33,7 @@ async fn main() {
     let cluster = Cluster::start(ClusterOptions {
         controllers: None,
         service_cidrs: Some(cidr),
+        controller_manager_args: Vec::new(),
     });
     let client = cluster.client("admin").await;
     let started = std::time::Instant::now();

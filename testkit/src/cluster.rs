@@ -54,6 +54,8 @@ pub struct ClusterOptions {
     pub controllers: Option<Vec<String>>,
     /// kube-apiserver's `--service-cluster-ip-range`, if not [`SERVICE_CIDRS`].
     pub service_cidrs: Option<String>,
+    /// More kube-controller-manager flags (`--name=value`), e.g. `--max-endpoints-per-slice=10`.
+    pub controller_manager_args: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -73,6 +75,7 @@ impl ClusterOptions {
                 .to_vec(),
             ),
             service_cidrs: None,
+            controller_manager_args: Vec::new(),
         }
     }
 }
@@ -133,9 +136,11 @@ impl Cluster {
             if !controllers.iter().any(|c| c == "serviceaccount") {
                 controllers.push("serviceaccount".into());
             }
+            let mut args = controller_manager_args(cluster.dir.path(), &controllers);
+            args.extend(options.controller_manager_args.iter().map(Into::into));
             cluster.controller_manager = Some(Watched::spawn(
                 &peer("kube-controller-manager"),
-                controller_manager_args(cluster.dir.path(), &controllers),
+                args,
                 &[],
                 &cluster.dir.path().join("kube-controller-manager.log"),
                 None,
@@ -162,6 +167,11 @@ impl Cluster {
             self.apiserver.process_group().expect("kube-apiserver runs"),
             self.etcd.process_group().expect("etcd runs"),
         )
+    }
+
+    /// kube-controller-manager's process, when it runs (to freeze it with SIGSTOP).
+    pub fn controller_manager(&self) -> Option<&Watched> {
+        self.controller_manager.as_ref()
     }
 
     /// The etcd the API server stores in.
@@ -419,30 +429,11 @@ fn token_of(identity: &str) -> String {
     format!("svcplane-test-token-{identity}")
 }
 
+/// An ECDSA P-256 key pair for signing and checking service-account tokens.
 fn write_service_account_keys(dir: &Path) {
-    for args in [
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "sa.key",
-        ][..],
-        &["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"][..],
-    ] {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl (apt-get install -y openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let generate = "ecparam -name prime256v1 -genkey -noout -out sa.key";
+    crate::certs::openssl(dir, &generate.split(' ').collect::<Vec<_>>());
+    crate::certs::openssl(dir, &["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
 }
 
 /// The token file and a kubeconfig per identity.

@@ -1,0 +1,508 @@
+//! The Endpoints and EndpointSlice reconcilers of `svcplane controller`, each shaped
+//! reconcile / error_policy / Context over the stores and queues of [`crate::runtime`]: a sync
+//! reads its stores, asks [`crate::endpoints::decide`] or [`crate::endpointslices::plan`] what
+//! to write, and writes it with resourceVersion preconditions (create, replace, delete; never
+//! server-side apply). A tracker of its own writes refuses to act on a store that has not yet
+//! seen them, so a stale cache never creates duplicate slices or undoes its own work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+
+use crate::endpoints::{self, Decision};
+use crate::endpointslices::{self, LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
+use crate::runtime::{Key, Queue, follow};
+use crate::slice_tracker::SliceTracker;
+use crate::trigger_time::TriggerTimes;
+use crate::{Error, Result, views};
+
+/// The controllers' settings, as kube-controller-manager's flags name them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--concurrent-service-endpoint-syncs`: workers per controller.
+    pub concurrent_syncs: usize,
+    /// `--endpoint-updates-batch-period`: how long pod changes wait before an Endpoints sync.
+    pub endpoint_batch_period: Duration,
+    /// `--endpointslice-updates-batch-period`: the same for EndpointSlice syncs.
+    pub endpointslice_batch_period: Duration,
+    /// `--max-endpoints-per-slice`.
+    pub max_endpoints_per_slice: usize,
+    /// The longest back-off of a failing sync.
+    pub max_backoff: Duration,
+    /// The managed-by value of the slices written (upstream's in `--manage=all`).
+    pub controller_name: String,
+}
+
+/// What the reconcilers share.
+pub struct Context {
+    client: Client,
+    services: Store<Service>,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    endpoints: Store<Endpoints>,
+    slices: Store<EndpointSlice>,
+    endpoints_triggers: TriggerTimes,
+    slice_triggers: TriggerTimes,
+    /// Per Endpoints key, the resourceVersion this controller last replaced.
+    replaced: Mutex<HashMap<Key, String>>,
+    /// The slices this controller wrote, for the stale-cache guard.
+    tracker: Arc<SliceTracker>,
+    settings: Settings,
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Services of `pod`'s namespace that select it.
+fn services_selecting(services: &Store<Service>, pod: &Pod) -> Vec<Key> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let labels = pod.labels();
+    services
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|spec| spec.selector.as_ref())
+                .is_some_and(|selector| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        })
+        .map(|s| key_of(&s.metadata))
+        .collect()
+}
+
+/// Runs both reconcilers until the process ends: starts the watches, waits for every store's
+/// first list, queues every Service and every Endpoints object (so Endpoints of Services
+/// deleted while nothing ran are removed, as upstream's start-up sweep does), and runs the
+/// workers. `ready` is told once the stores have synced.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    ready: tokio::sync::watch::Sender<bool>,
+) -> Result<()> {
+    let endpoints_queue = Queue::default();
+    let slices_queue = Queue::default();
+    let (services, services_task) = {
+        let (eq, sq) = (endpoints_queue.clone(), slices_queue.clone());
+        follow(Api::<Service>::all(client.clone()), move |old, new| {
+            if let Some(svc) = new.or(old) {
+                eq.add(key_of(&svc.metadata));
+                sq.add(key_of(&svc.metadata));
+            }
+        })
+    };
+    let (pods, pods_task) = {
+        let (eq, sq, services) = (
+            endpoints_queue.clone(),
+            slices_queue.clone(),
+            services.clone(),
+        );
+        let (eb, sb) = (
+            settings.endpoint_batch_period,
+            settings.endpointslice_batch_period,
+        );
+        follow(Api::<Pod>::all(client.clone()), move |old, new| {
+            let mut keys: Vec<Key> = Vec::new();
+            for pod in [old, new].into_iter().flatten() {
+                keys.extend(services_selecting(&services, pod));
+            }
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                eq.add_after(key.clone(), eb);
+                sq.add_after(key, sb);
+            }
+        })
+    };
+    let (nodes, nodes_task) = {
+        let (sq, services) = (slices_queue.clone(), services.clone());
+        follow(Api::<Node>::all(client.clone()), move |old, new| {
+            // A node's zone feeds its pods' endpoints: resync every Service with a selector.
+            let zone = |n: Option<&Node>| n.map(views::node_zone);
+            if zone(old) != zone(new) {
+                for svc in services.state() {
+                    sq.add(key_of(&svc.metadata));
+                }
+            }
+        })
+    };
+    let (endpoints, endpoints_task) = {
+        let eq = endpoints_queue.clone();
+        follow(Api::<Endpoints>::all(client.clone()), move |old, new| {
+            if let (Some(gone), None) = (old, new) {
+                eq.add(key_of(&gone.metadata));
+            }
+        })
+    };
+    let tracker: Arc<SliceTracker> = Arc::default();
+    let (slices, slices_task) = {
+        let (sq, name, tracker) = (
+            slices_queue.clone(),
+            settings.controller_name.clone(),
+            tracker.clone(),
+        );
+        // As upstream: a change to a slice re-syncs its Service after at least a second.
+        let delay = settings
+            .endpointslice_batch_period
+            .max(Duration::from_secs(1));
+        follow(
+            Api::<EndpointSlice>::all(client.clone()),
+            move |old, new| {
+                let ours = |s: &EndpointSlice| s.labels().get(LABEL_MANAGED_BY) == Some(&name);
+                let service = |s: &EndpointSlice| {
+                    s.labels()
+                        .get(LABEL_SERVICE_NAME)
+                        .map(|svc| (s.namespace().unwrap_or_default(), svc.clone()))
+                };
+                match (old, new) {
+                    (old, Some(new)) => {
+                        let moved =
+                            old.is_some_and(|o| service(o) != service(new) || ours(o) != ours(new));
+                        let changed = ours(new)
+                            && service(new).is_some_and(|svc| {
+                                tracker.should_sync(
+                                    &svc,
+                                    &new.name_any(),
+                                    new.metadata.generation.unwrap_or_default(),
+                                )
+                            });
+                        if moved || changed {
+                            for key in [old.and_then(service), service(new)].into_iter().flatten() {
+                                sq.add_after(key, delay);
+                            }
+                        }
+                    }
+                    (Some(gone), None) if ours(gone) => {
+                        // A deletion it made is expected; any other (by hand, by someone else)
+                        // re-syncs the Service — also for slices written before a restart, which
+                        // upstream's tracker does not know and leaves missing.
+                        if let Some(svc) = service(gone)
+                            && !tracker.handle_deletion(&svc, &gone.name_any())
+                        {
+                            sq.add_after(svc, delay);
+                        }
+                    }
+                    _ => {}
+                }
+            },
+        )
+    };
+    for (what, store) in [
+        ("services", services.wait_until_ready().await),
+        ("pods", pods.wait_until_ready().await),
+        ("nodes", nodes.wait_until_ready().await),
+        ("endpoints", endpoints.wait_until_ready().await),
+        ("endpointslices", slices.wait_until_ready().await),
+    ] {
+        store.map_err(|_| Error::Config {
+            field: what.to_string(),
+            message: "the watch ended before its first list".to_string(),
+        })?;
+    }
+    let _ = ready.send(true);
+    let context = Arc::new(Context {
+        client,
+        services: services.clone(),
+        pods,
+        nodes,
+        endpoints: endpoints.clone(),
+        slices,
+        endpoints_triggers: TriggerTimes::default(),
+        slice_triggers: TriggerTimes::default(),
+        replaced: Mutex::default(),
+        tracker,
+        settings: settings.clone(),
+    });
+    for svc in services.state() {
+        slices_queue.add(key_of(&svc.metadata));
+        endpoints_queue.add(key_of(&svc.metadata));
+    }
+    for ep in endpoints.state() {
+        let leader = ep
+            .annotations()
+            .contains_key("control-plane.alpha.kubernetes.io/leader");
+        if !leader {
+            endpoints_queue.add(key_of(&ep.metadata));
+        }
+    }
+    let mut workers = Vec::new();
+    for _ in 0..settings.concurrent_syncs.max(1) {
+        let (queue, ctx) = (endpoints_queue.clone(), context.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let key = queue.next().await;
+                match reconcile_endpoints(&key, &ctx).await {
+                    Ok(()) => queue.forget(&key),
+                    Err(e) => error_policy("endpoints", &key, &e, &queue, &ctx),
+                }
+                queue.done(&key);
+            }
+        }));
+        let (queue, ctx) = (slices_queue.clone(), context.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let key = queue.next().await;
+                match reconcile_slices(&key, &ctx).await {
+                    Ok(()) => queue.forget(&key),
+                    Err(e) => error_policy("endpointslices", &key, &e, &queue, &ctx),
+                }
+                queue.done(&key);
+            }
+        }));
+    }
+    let tasks = [
+        services_task,
+        pods_task,
+        nodes_task,
+        endpoints_task,
+        slices_task,
+    ];
+    let _ = futures::future::select_all(tasks.into_iter().chain(workers)).await;
+    Err(Error::Config {
+        field: "controller".to_string(),
+        message: "a watch or worker ended".to_string(),
+    })
+}
+
+/// What a failed sync does: logs it and queues the key again after its back-off.
+fn error_policy(controller: &str, key: &Key, error: &Error, queue: &Queue, ctx: &Context) {
+    let kind = match error {
+        Error::Stale(_) => "stale",
+        Error::MissingNodes(_) => "missing_nodes",
+        Error::Kube(_) => "api",
+        _ => "other",
+    };
+    tracing::warn!(controller, service = %format!("{}/{}", key.0, key.1), kind, error = %error, "sync failed; retrying");
+    queue.retry(key.clone(), ctx.settings.max_backoff);
+}
+
+fn pods_of(ctx: &Context, namespace: &str) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace))
+        .collect()
+}
+
+/// The `(name, Ready transition)` of the pods `service` selects, for the trigger time.
+fn trigger_inputs(
+    service: &endpoints::ServiceView,
+    pods: &[Arc<Pod>],
+) -> Vec<(String, Option<String>)> {
+    let Some(selector) = &service.selector else {
+        return Vec::new();
+    };
+    pods.iter()
+        .filter(|p| endpoints::selects(selector, p.labels()))
+        .map(|p| (p.name_any(), views::pod_trigger_time(p)))
+        .collect()
+}
+
+fn created_at(svc: &Service) -> String {
+    svc.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
+}
+
+fn not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403
+        && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
+/// One Endpoints sync for a Service key.
+pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
+    let (namespace, name) = key;
+    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(namespace)) else {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        ctx.endpoints_triggers.forget(namespace, name);
+        ctx.replaced.lock().expect("lock").remove(key);
+        return Ok(());
+    };
+    let view = views::service(&svc);
+    if view.external_name || view.selector.is_none() {
+        return Ok(());
+    }
+    let pods = pods_of(ctx, namespace);
+    let current = ctx.endpoints.get(&ObjectRef::new(name).within(namespace));
+    if let Some(current) = &current {
+        let rv = current.resource_version();
+        if rv.is_some() && ctx.replaced.lock().expect("lock").get(key) == rv.as_ref() {
+            return Err(Error::Stale(format!(
+                "Endpoints {namespace}/{name} at resourceVersion {} was already replaced",
+                rv.unwrap_or_default()
+            )));
+        }
+    }
+    let trigger = ctx.endpoints_triggers.compute(
+        namespace,
+        name,
+        &created_at(&svc),
+        &trigger_inputs(&view, &pods),
+    );
+    let pod_views: Vec<endpoints::PodView> = pods.iter().map(|p| views::pod(p)).collect();
+    let refs: Vec<&endpoints::PodView> = pod_views.iter().collect();
+    let current_view = current.as_deref().map(views::endpoints);
+    match endpoints::decide(
+        Some(&view),
+        &refs,
+        current_view.as_ref(),
+        trigger.as_deref(),
+    ) {
+        Decision::Nothing => Ok(()),
+        Decision::Delete => Ok(()),
+        Decision::Create(object) => {
+            let object = views::endpoints_to_api(namespace, name, &object, None);
+            match api.create(&PostParams::default(), &object).await {
+                Ok(_) => Ok(()),
+                Err(e) if namespace_terminating(&e) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Decision::Update(object) => {
+            let base = current.as_deref();
+            let object = views::endpoints_to_api(namespace, name, &object, base);
+            let updated = api.replace(name, &PostParams::default(), &object).await?;
+            let old = base.and_then(|b| b.resource_version());
+            if updated.resource_version() != old
+                && let Some(old) = old
+            {
+                ctx.replaced.lock().expect("lock").insert(key.clone(), old);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One EndpointSlice sync for a Service key.
+pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
+    let (namespace, name) = key;
+    let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(namespace)) else {
+        // Its slices go by garbage collection (their ownerReference).
+        ctx.slice_triggers.forget(namespace, name);
+        ctx.tracker.forget(key);
+        return Ok(());
+    };
+    let view = views::slice_service(&svc);
+    if view.service.external_name || view.service.selector.is_none() {
+        return Ok(());
+    }
+    let existing: Vec<Arc<EndpointSlice>> = ctx
+        .slices
+        .state()
+        .into_iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .filter(|s| {
+            let labels = s.labels();
+            labels.get(LABEL_SERVICE_NAME) == Some(name)
+                && labels.get(LABEL_MANAGED_BY) == Some(&ctx.settings.controller_name)
+        })
+        .collect();
+    // Refuse to act on a cache that has not seen this controller's own writes.
+    let seen: Vec<(String, i64)> = existing
+        .iter()
+        .map(|s| (s.name_any(), s.metadata.generation.unwrap_or_default()))
+        .collect();
+    if let Some(reason) = ctx.tracker.stale(key, &seen) {
+        return Err(Error::Stale(format!(
+            "EndpointSlices of {namespace}/{name}: {reason}"
+        )));
+    }
+    let pods = pods_of(ctx, namespace);
+    let trigger = ctx.slice_triggers.compute(
+        namespace,
+        name,
+        &created_at(&svc),
+        &trigger_inputs(&view.service, &pods),
+    );
+    let pod_views: Vec<endpoints::PodView> = pods.iter().map(|p| views::pod(p)).collect();
+    let refs: Vec<&endpoints::PodView> = pod_views.iter().collect();
+    let slice_views: Vec<endpointslices::Slice> =
+        existing.iter().map(|s| views::slice(s)).collect();
+    let zones: BTreeMap<String, String> = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|n| (n.name_any(), views::node_zone(n)))
+        .collect();
+    let settings = endpointslices::Settings {
+        max_endpoints_per_slice: ctx.settings.max_endpoints_per_slice,
+        controller_name: &ctx.settings.controller_name,
+        prefer_same_traffic_distribution: true,
+    };
+    let Some(plan) = endpointslices::plan(
+        &view,
+        &refs,
+        &slice_views,
+        &zones,
+        trigger.as_deref(),
+        &settings,
+    ) else {
+        return Ok(());
+    };
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), namespace);
+    // Each write is recorded at once, before its watch event can arrive.
+    for slice in &plan.create {
+        match api
+            .create(
+                &PostParams::default(),
+                &views::slice_to_api(&svc, slice, None),
+            )
+            .await
+        {
+            Ok(created) => ctx.tracker.wrote(
+                key,
+                &created.name_any(),
+                created.metadata.generation.unwrap_or(1),
+            ),
+            Err(e) if namespace_terminating(&e) => return Ok(()),
+            Err(e) => return Err(Error::from(e)),
+        }
+    }
+    for slice in &plan.update {
+        let base = existing.iter().find(|s| s.name_any() == slice.name);
+        let object = views::slice_to_api(&svc, slice, base.map(|b| b.as_ref()));
+        let updated = api
+            .replace(&slice.name, &PostParams::default(), &object)
+            .await?;
+        tracing::debug!(service = %format!("{namespace}/{name}"), slice = %slice.name,
+            endpoints = slice.endpoints.len(), "updated an EndpointSlice");
+        ctx.tracker.wrote(
+            key,
+            &updated.name_any(),
+            updated.metadata.generation.unwrap_or_default(),
+        );
+    }
+    for slice in &plan.delete {
+        match api.delete(slice, &DeleteParams::default()).await {
+            Ok(_) => ctx.tracker.deleted(key, slice),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(Error::from(e)),
+        }
+    }
+    if !plan.missing_nodes.is_empty() {
+        return Err(Error::MissingNodes(plan.missing_nodes));
+    }
+    Ok(())
+}

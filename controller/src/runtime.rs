@@ -1,0 +1,220 @@
+//! The machinery under the endpoint reconcilers, as client-go gives kube-controller-manager:
+//! a work queue of Service keys (deduplicated, never handed to two workers at once, with
+//! delayed adds and per-key exponential back-off), and one watch-fed store per kind whose
+//! events say which Service keys to queue.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use tokio::sync::Notify;
+
+/// A Service key: namespace and name.
+pub type Key = (String, String);
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Key>,
+    queued: HashSet<Key>,
+    processing: HashSet<Key>,
+    /// Keys added while a worker had them; queued again when it is done.
+    again: HashSet<Key>,
+    failures: HashMap<Key, u32>,
+}
+
+/// A work queue of keys with client-go's guarantees: a key waits at most once, and a key being
+/// processed is queued again only after its worker is done.
+#[derive(Clone, Default)]
+pub struct Queue {
+    state: Arc<Mutex<State>>,
+    notify: Arc<Notify>,
+}
+
+impl Queue {
+    /// Queues `key` now.
+    pub fn add(&self, key: Key) {
+        let mut state = self.state.lock().expect("the queue's lock");
+        if state.processing.contains(&key) {
+            state.again.insert(key);
+        } else if state.queued.insert(key.clone()) {
+            state.ready.push_back(key);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues `key` after `delay` (at once when it is zero).
+    pub fn add_after(&self, key: Key, delay: Duration) {
+        if delay.is_zero() {
+            return self.add(key);
+        }
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.add(key);
+        });
+    }
+
+    /// Queues `key` again after its next back-off: 5 ms doubling per failure, at most `max`.
+    pub fn retry(&self, key: Key, max: Duration) {
+        let failures = {
+            let mut state = self.state.lock().expect("the queue's lock");
+            let n = state.failures.entry(key.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        let delay = Duration::from_millis(5)
+            .saturating_mul(1u32 << failures.min(30))
+            .min(max);
+        self.add_after(key, delay);
+    }
+
+    /// Clears `key`'s back-off after a success.
+    pub fn forget(&self, key: &Key) {
+        self.state
+            .lock()
+            .expect("the queue's lock")
+            .failures
+            .remove(key);
+    }
+
+    /// The next key to process; the caller must call [`Queue::done`] with it.
+    pub async fn next(&self) -> Key {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut state = self.state.lock().expect("the queue's lock");
+                if let Some(key) = state.ready.pop_front() {
+                    state.queued.remove(&key);
+                    state.processing.insert(key.clone());
+                    if !state.ready.is_empty() {
+                        self.notify.notify_one();
+                    }
+                    return key;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Ends the processing of `key`, queuing it again if it was added meanwhile.
+    pub fn done(&self, key: &Key) {
+        let again = {
+            let mut state = self.state.lock().expect("the queue's lock");
+            state.processing.remove(key);
+            state.again.remove(key)
+        };
+        if again {
+            self.add(key.clone());
+        }
+    }
+}
+
+/// Keeps a store of `api`'s objects current, calling `on_event(old, new)` for each change once
+/// the store holds it (`old` is what it held before) until the process ends.
+pub fn follow<K, F>(api: Api<K>, on_event: F) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    F: Fn(Option<&K>, Option<&K>) + Send + 'static,
+{
+    let (reader, mut writer) = reflector::store::<K>();
+    let store = reader.clone();
+    let task = tokio::spawn(async move {
+        let kind = K::kind(&());
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut listing: Vec<K> = Vec::new();
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(%kind, error = %e, "watch failed; retrying");
+                    continue;
+                }
+            };
+            // The changes this event makes, as (what the store held, what it will hold).
+            let mut changes: Vec<(Option<Arc<K>>, Option<K>)> = Vec::new();
+            match &event {
+                Event::Apply(obj) => changes.push((
+                    reader.get(&reflector::ObjectRef::from_obj(obj)),
+                    Some(obj.clone()),
+                )),
+                Event::Delete(obj) => {
+                    changes.push((reader.get(&reflector::ObjectRef::from_obj(obj)), None))
+                }
+                Event::Init => listing.clear(),
+                Event::InitApply(obj) => listing.push(obj.clone()),
+                Event::InitDone => {
+                    // A relist: every object is news (deletions show as old ones missing).
+                    let names: HashSet<_> =
+                        listing.iter().map(reflector::ObjectRef::from_obj).collect();
+                    for gone in reader.state() {
+                        if !names.contains(&reflector::ObjectRef::from_obj(gone.as_ref())) {
+                            changes.push((Some(gone), None));
+                        }
+                    }
+                    for obj in listing.drain(..) {
+                        let previous = reader.get(&reflector::ObjectRef::from_obj(&obj));
+                        changes.push((previous, Some(obj)));
+                    }
+                }
+            }
+            // The store first: a worker woken by the callback must find what woke it.
+            writer.apply_watcher_event(&event);
+            for (old, new) in &changes {
+                on_event(old.as_deref(), new.as_ref());
+            }
+        }
+    });
+    (store, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        ("ns".to_string(), name.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_key_waits_once_and_is_never_handed_to_two_workers() {
+        let queue = Queue::default();
+        queue.add(key("a"));
+        queue.add(key("a"));
+        queue.add(key("b"));
+        let first = queue.next().await;
+        assert_eq!(first, key("a"));
+        // Added while processing: handed out again only after done.
+        queue.add(key("a"));
+        assert_eq!(queue.next().await, key("b"));
+        queue.done(&key("b"));
+        let pending = tokio::time::timeout(Duration::from_millis(50), queue.next()).await;
+        assert!(pending.is_err(), "a is being processed");
+        queue.done(&key("a"));
+        assert_eq!(queue.next().await, key("a"));
+    }
+
+    #[tokio::test]
+    async fn retries_back_off_and_a_success_resets_them() {
+        let queue = Queue::default();
+        queue.retry(key("a"), Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        assert_eq!(queue.next().await, key("a"));
+        assert!(started.elapsed() >= Duration::from_millis(10));
+        queue.done(&key("a"));
+        queue.forget(&key("a"));
+        assert!(queue.state.lock().unwrap().failures.is_empty());
+    }
+}

@@ -1,0 +1,572 @@
+//! `svcplane controller --manage=all` judged against kube-controller-manager v1.37.2: two
+//! upstream clusters get the same inputs — one runs kube-controller-manager's endpoint,
+//! endpointslice and mirroring controllers, the other kube-controller-manager without them and
+//! svcplane's controller — both with `--max-endpoints-per-slice=10` so small scales exercise
+//! packing, and pod IPs a function of pod names. After each step both must converge to the same
+//! Endpoints and EndpointSlices, compared after dropping what is per-cluster (names, UIDs,
+//! resourceVersions, timestamps, the trigger-time annotation) and what upstream leaves to chance:
+//! which slice of a port group an endpoint lands in (Go map order), so slices are compared by
+//! their metadata, ports and size, and each port group's endpoints as one set. svcplane's writes
+//! over the scenario must not outnumber upstream's.
+//!
+//! Not yet covered here (issue 10 continues): mirroring of hand-written Endpoints, the 1 001-pod
+//! Endpoints cap, controller restarts and slices deleted by hand.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::{Value, json};
+use testkit::cluster::{self, Cluster, ClusterOptions, PodState};
+use testkit::process::Watched;
+
+const NS: &str = "scenario";
+const MAX_PER_SLICE: &str = "10";
+/// Both sides batch pod changes this long, so that a step made while they were frozen reaches
+/// each as one sync.
+const BATCH: &str = "2s";
+/// How long both sides may take to settle after a step.
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// The two clusters of this test binary and svcplane's controller on the second.
+struct Sides {
+    upstream: Cluster,
+    ours: Cluster,
+    controller: Watched,
+    _dir: tempfile::TempDir,
+}
+
+fn kubectl_apply(cluster: &Cluster, objects: &[Value]) {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    let dir = tempfile::tempdir().unwrap();
+    let path = support::write(dir.path(), "objects.json", &list.to_string());
+    let out = cluster.kubectl("admin", &["apply", "-f", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        support::stderr(&out)
+    );
+}
+
+/// The RBAC `svcplane controller` needs, bound to its identity.
+fn controller_rbac() -> Vec<Value> {
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
+    let read = ["get", "list", "watch"];
+    let write = ["get", "list", "watch", "create", "update", "delete"];
+    vec![
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "svcplane:controller"},
+        "rules": [
+            rule("", &["services", "pods", "nodes"], &read),
+            rule("", &["endpoints"], &write),
+            rule("discovery.k8s.io", &["endpointslices"], &write),
+            rule("", &["events"], &["create", "patch", "update"]),
+            rule("events.k8s.io", &["events"], &["create", "patch", "update"]),
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "svcplane:controller"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "svcplane:controller"},
+            "subjects": [{"kind": "User", "name": "svcplane:controller",
+                          "apiGroup": "rbac.authorization.k8s.io"}]}),
+    ]
+}
+
+impl Sides {
+    fn start() -> Sides {
+        let max = format!("--max-endpoints-per-slice={MAX_PER_SLICE}");
+        let mut upstream_options = ClusterOptions::endpoint_controllers();
+        upstream_options.controller_manager_args = vec![
+            max,
+            format!("--endpointslice-updates-batch-period={BATCH}"),
+            format!("--endpoint-updates-batch-period={BATCH}"),
+        ];
+        let upstream = Cluster::start(upstream_options);
+        let ours = Cluster::start(ClusterOptions {
+            controllers: Some(
+                ["garbagecollector", "namespace", "serviceaccount"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            ..ClusterOptions::default()
+        });
+        kubectl_apply(&ours, &controller_rbac());
+        let dir = tempfile::tempdir().unwrap();
+        let controller = Watched::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),
+            vec![
+                "controller".into(),
+                "--manage=all".into(),
+                format!("--max-endpoints-per-slice={MAX_PER_SLICE}").into(),
+                format!("--endpointslice-updates-batch-period={BATCH}").into(),
+                format!("--endpoint-updates-batch-period={BATCH}").into(),
+                "--kubeconfig".into(),
+                ours.kubeconfig("svcplane-controller").into_os_string(),
+            ],
+            &[("RUST_LOG", "info,controller=debug")],
+            &dir.path().join("controller.log"),
+            None,
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !controller
+            .log()
+            .contains("svcplane controller: caches synced")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "svcplane controller never synced: {}",
+                controller.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Sides {
+            upstream,
+            ours,
+            controller,
+            _dir: dir,
+        }
+    }
+
+    /// The same step on both clusters.
+    async fn each<F, Fut>(&self, step: F)
+    where
+        F: Fn(kube::Client) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        step(self.upstream.client("admin").await).await;
+        step(self.ours.client("admin").await).await;
+    }
+
+    /// The same step on both clusters while both controllers are frozen (SIGSTOP), so that
+    /// each sees the whole step at once: how endpoints are packed into slices depends on how
+    /// changes are batched.
+    async fn each_frozen<F, Fut>(&self, step: F)
+    where
+        F: Fn(kube::Client) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        use nix::sys::signal::Signal;
+        let upstream = self
+            .upstream
+            .controller_manager()
+            .expect("kube-controller-manager runs");
+        upstream.signal(Signal::SIGSTOP);
+        self.controller.signal(Signal::SIGSTOP);
+        self.each(step).await;
+        upstream.signal(Signal::SIGCONT);
+        self.controller.signal(Signal::SIGCONT);
+    }
+
+    /// Waits until both sides hold the same normalised objects (and `check` holds for
+    /// upstream's, so two empty sides do not pass for a result); panics with the difference.
+    async fn assert_converge(&self, what: &str, check: impl Fn(&World) -> bool) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let theirs = world(&self.upstream.client("admin").await).await;
+            let ours = world(&self.ours.client("admin").await).await;
+            if theirs == ours && check(&theirs) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{what}: svcplane and kube-controller-manager did not converge in \
+                     {SETTLE:?}\n--- kube-controller-manager:\n{theirs:#?}\n--- svcplane:\n{ours:#?}\n\
+                     --- svcplane controller's log:\n{}",
+                    self.controller.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// What both sides must agree on, per Service name.
+#[derive(Debug, PartialEq, Eq, Default)]
+struct World {
+    endpoints: BTreeMap<String, Value>,
+    /// Per Service: each slice as (metadata, addressType, ports, endpoint count), as a multiset.
+    slices: BTreeMap<String, Vec<String>>,
+    /// Per Service, address type and ports: the set of endpoints of its slices.
+    groups: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Drops the trigger-time annotation. Whether the last write carried one depends on which
+/// changes a sync happened to batch (a write that only follows a deletion carries none), which
+/// differs between two clusters fed the same steps; its value is compared by the unit tests of
+/// the tracker instead.
+fn trigger_present(annotations: &mut Value) {
+    if let Some(map) = annotations.as_object_mut() {
+        map.remove("endpoints.kubernetes.io/last-change-trigger-time");
+        if map.is_empty() {
+            *annotations = Value::Null;
+        }
+    }
+}
+
+fn without_uid(target: &Value) -> Value {
+    let mut target = target.clone();
+    if let Some(map) = target.as_object_mut() {
+        map.remove("uid");
+        map.remove("resourceVersion");
+    }
+    target
+}
+
+async fn world(client: &kube::Client) -> World {
+    let mut world = World::default();
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), NS);
+    for ep in endpoints.list(&Default::default()).await.unwrap() {
+        let mut value = serde_json::to_value(&ep).unwrap();
+        let mut annotations = value["metadata"]["annotations"].clone();
+        trigger_present(&mut annotations);
+        let subsets: BTreeSet<String> = value["subsets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                let list = |field: &str| {
+                    let mut items: Vec<String> = s[field]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|a| {
+                            let mut a = a.clone();
+                            a["targetRef"] = without_uid(&a["targetRef"]);
+                            a.to_string()
+                        })
+                        .collect();
+                    items.sort();
+                    items
+                };
+                json!({"addresses": list("addresses"), "notReady": list("notReadyAddresses"),
+                       "ports": list("ports")})
+                .to_string()
+            })
+            .collect();
+        value = json!({"labels": value["metadata"]["labels"], "annotations": annotations,
+                       "subsets": subsets});
+        world
+            .endpoints
+            .insert(ep.metadata.name.clone().unwrap(), value);
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+    for slice in slices.list(&Default::default()).await.unwrap() {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+            .cloned()
+            .unwrap_or_default();
+        let value = serde_json::to_value(&slice).unwrap();
+        let mut annotations = value["metadata"]["annotations"].clone();
+        trigger_present(&mut annotations);
+        let owners: Vec<Value> = value["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|o| {
+                json!({"kind": o["kind"], "name": o["name"], "controller": o["controller"],
+                            "blockOwnerDeletion": o["blockOwnerDeletion"]})
+            })
+            .collect();
+        let mut ports: Vec<String> = value["ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        ports.sort();
+        let endpoints = value["endpoints"].as_array().cloned().unwrap_or_default();
+        world.slices.entry(service.clone()).or_default().push(
+            json!({"labels": value["metadata"]["labels"], "annotations": annotations,
+                   "generateName": value["metadata"]["generateName"], "owners": owners,
+                   "addressType": value["addressType"], "ports": ports,
+                   "endpoints": endpoints.len()})
+            .to_string(),
+        );
+        let group = format!("{service} {} {}", value["addressType"], ports.join(","));
+        let set = world.groups.entry(group).or_default();
+        for endpoint in endpoints {
+            let mut e = endpoint.clone();
+            e["targetRef"] = without_uid(&e["targetRef"]);
+            set.insert(e.to_string());
+        }
+    }
+    for list in world.slices.values_mut() {
+        list.sort();
+    }
+    world
+}
+
+async fn create(client: &kube::Client, object: Value) {
+    let kind = object["kind"].as_str().unwrap().to_string();
+    let pp = PostParams::default();
+    let result = match kind.as_str() {
+        "Service" => Api::<Service>::namespaced(client.clone(), NS)
+            .create(&pp, &serde_json::from_value(object).unwrap())
+            .await
+            .map(|_| ()),
+        other => panic!("create {other}"),
+    };
+    result.unwrap();
+}
+
+fn pod(name: &str, labels: Value, spec: Value) -> Pod {
+    let mut full = json!({"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+        "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]}]});
+    if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+        full.extend(extra.clone());
+    }
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "namespace": NS, "labels": labels},
+                                  "spec": full}),
+    )
+    .unwrap()
+}
+
+async fn setup(client: kube::Client, cluster_ns: &Cluster) {
+    cluster_ns.create_namespace(&client, NS).await;
+    cluster::create_nodes(&client, &[("node-a", "zone-a"), ("node-b", "zone-b")]).await;
+    let svc = |name: &str, spec: Value| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": NS, "labels": {"tier": "test", "svc": name}},
+               "spec": spec})
+    };
+    for object in [
+        svc(
+            "named",
+            json!({"clusterIP": "10.96.50.1", "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}),
+        ),
+        svc(
+            "numeric",
+            json!({"clusterIP": "10.96.50.2", "selector": {"app": "web"},
+            "ports": [{"port": 81, "targetPort": 8081}]}),
+        ),
+        svc(
+            "multi",
+            json!({"clusterIP": "10.96.50.3", "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"},
+                      {"name": "metrics", "port": 9090, "targetPort": "metrics"},
+                      {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53}]}),
+        ),
+        svc(
+            "dual",
+            json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"],
+            "clusterIP": "10.96.50.4", "clusterIPs": ["10.96.50.4", "fd00:10:96::5004"],
+            "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}),
+        ),
+        svc(
+            "headless",
+            json!({"clusterIP": "None", "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}),
+        ),
+        svc(
+            "portless",
+            json!({"clusterIP": "None", "selector": {"app": "web"}}),
+        ),
+        svc(
+            "publish",
+            json!({"clusterIP": "None", "publishNotReadyAddresses": true,
+            "selector": {"app": "web"}, "ports": [{"port": 80}]}),
+        ),
+        svc(
+            "close",
+            json!({"clusterIP": "10.96.50.5", "trafficDistribution": "PreferClose",
+            "selector": {"app": "web"}, "ports": [{"port": 80}]}),
+        ),
+        svc(
+            "nothing",
+            json!({"clusterIP": "10.96.50.6", "selector": {"app": "none"},
+            "ports": [{"port": 80}]}),
+        ),
+        svc(
+            "external",
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+        ),
+        svc(
+            "scaled",
+            json!({"clusterIP": "10.96.50.7", "selector": {"app": "scaled"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}),
+        ),
+    ] {
+        create(&client, object).await;
+    }
+    let hostname = |h: &str| json!({"hostname": h, "subdomain": "headless"});
+    for (name, state, spec) in [
+        ("web-0", PodState::Ready, hostname("web-0")),
+        ("web-1", PodState::Ready, hostname("web-1")),
+        ("web-2", PodState::NotReady, json!({})),
+        ("web-3", PodState::Ready, json!({})),
+    ] {
+        let p = pod(name, json!({"app": "web"}), spec);
+        let node = if name.ends_with('1') {
+            "node-b"
+        } else {
+            "node-a"
+        };
+        cluster::run_pod(&client, node, p, state, true).await;
+    }
+    // A pod whose named port has another number: its own subset and slice.
+    let mut other = pod("web-odd", json!({"app": "web"}), json!({}));
+    other.spec.as_mut().unwrap().containers[0]
+        .ports
+        .as_mut()
+        .unwrap()[0]
+        .container_port = 8181;
+    cluster::run_pod(&client, "node-b", other, PodState::Ready, true).await;
+    // Terminating: deleted gracefully, kept by the absent kubelet.
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .delete("web-3", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// The successful create/update/patch/delete requests on endpoints and endpointslices of the
+/// scenario namespace in a cluster's audit log, by everyone but the admin, counted by resource,
+/// verb and response code.
+fn writes(cluster: &Cluster) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for event in std::fs::read_to_string(cluster.audit_log())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| e["user"]["username"] != "kubernetes-admin")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| e["objectRef"]["namespace"] == NS)
+        // A refused request (a delete of what is already gone, a conflict) changes nothing.
+        .filter(|e| {
+            e["responseStatus"]["code"]
+                .as_u64()
+                .is_some_and(|c| c < 300)
+        })
+        .filter(|e| {
+            matches!(
+                e["objectRef"]["resource"].as_str(),
+                Some("endpoints" | "endpointslices")
+            )
+        })
+    {
+        let key = format!(
+            "{} {} {} {}",
+            event["user"]["username"].as_str().unwrap_or_default(),
+            event["objectRef"]["resource"].as_str().unwrap_or_default(),
+            event["verb"].as_str().unwrap_or_default(),
+            event["responseStatus"]["code"]
+        );
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manager_does() {
+    let sides = Sides::start();
+    setup(sides.upstream.client("admin").await, &sides.upstream).await;
+    setup(sides.ours.client("admin").await, &sides.ours).await;
+    sides
+        .assert_converge("every Service shape", |w| {
+            w.slices.contains_key("dual") && w.endpoints.contains_key("named")
+        })
+        .await;
+
+    // Scale 0 → 25: packing into slices of at most 10.
+    sides
+        .each_frozen(|client| async move {
+            for i in 0..25 {
+                let p = pod(&format!("s-{i:02}"), json!({"app": "scaled"}), json!({}));
+                let node = if i % 2 == 0 { "node-a" } else { "node-b" };
+                cluster::run_pod(&client, node, p, PodState::Ready, false).await;
+            }
+        })
+        .await;
+    sides
+        .assert_converge("scale to 25", |w| {
+            w.slices.get("scaled").is_some_and(|s| s.len() == 3)
+        })
+        .await;
+
+    // Ready flaps: five pods go not ready, then ready again.
+    for state in [PodState::NotReady, PodState::Ready] {
+        sides
+            .each(|client| async move {
+                for i in 0..5 {
+                    cluster::set_pod_state(&client, NS, &format!("s-{i:02}"), state, false).await;
+                }
+            })
+            .await;
+        sides
+            .assert_converge("ready flap", |w| w.slices.contains_key("scaled"))
+            .await;
+    }
+
+    // A Service deleted and recreated at once.
+    sides
+        .each(|client| async move {
+            let api: Api<Service> = Api::namespaced(client.clone(), NS);
+            api.delete("named", &DeleteParams::default()).await.unwrap();
+            create(&client, json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "named", "namespace": NS, "labels": {"svc": "named", "again": "yes"}},
+                "spec": {"clusterIP": "10.96.50.8", "selector": {"app": "web"},
+                         "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
+            .await;
+        })
+        .await;
+    sides
+        .assert_converge("a Service recreated", |w| {
+            w.endpoints
+                .get("named")
+                .is_some_and(|e| e["labels"]["again"] == "yes")
+                && w.slices
+                    .get("named")
+                    .is_some_and(|s| s.iter().all(|s| s.contains("\"again\":\"yes\"")))
+        })
+        .await;
+
+    // Scale 25 → 0: a placeholder slice remains.
+    sides
+        .each(|client| async move {
+            let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+            for i in 0..25 {
+                api.delete(
+                    &format!("s-{i:02}"),
+                    &DeleteParams::default().grace_period(0),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+    sides
+        .assert_converge("scale to 0", |w| {
+            w.slices
+                .get("scaled")
+                .is_some_and(|s| s.len() == 1 && s[0].contains("\"endpoints\":0"))
+        })
+        .await;
+
+    let (theirs, ours) = (writes(&sides.upstream), writes(&sides.ours));
+    let total = |w: &BTreeMap<String, usize>| w.values().sum::<usize>();
+    assert!(
+        total(&ours) <= total(&theirs),
+        "svcplane wrote more than kube-controller-manager:\n svcplane {ours:#?}\n upstream {theirs:#?}\n\
+         svcplane controller's log:\n{}",
+        sides.controller.log()
+    );
+}
