@@ -41,18 +41,6 @@ struct Sides {
     _dir: tempfile::TempDir,
 }
 
-fn kubectl_apply(cluster: &Cluster, objects: &[Value]) {
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-    let dir = tempfile::tempdir().unwrap();
-    let path = support::write(dir.path(), "objects.json", &list.to_string());
-    let out = cluster.kubectl("admin", &["apply", "-f", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        support::stderr(&out)
-    );
-}
-
 /// The RBAC `svcplane controller` needs, bound to its identity.
 fn controller_rbac() -> Vec<Value> {
     let rule = |group: &str, resources: &[&str], verbs: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
@@ -95,7 +83,7 @@ impl Sides {
             ),
             ..ClusterOptions::default()
         });
-        kubectl_apply(&ours, &controller_rbac());
+        ours.apply(&controller_rbac());
         let dir = tempfile::tempdir().unwrap();
         let controller = Watched::spawn(
             std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),

@@ -75,21 +75,8 @@ fn rbac() -> Vec<Value> {
 fn cluster() -> &'static Cluster {
     static RBAC: std::sync::Once = std::sync::Once::new();
     let cluster = Cluster::shared();
-    RBAC.call_once(|| apply(cluster, &rbac()));
+    RBAC.call_once(|| cluster.apply(&rbac()));
     cluster
-}
-
-/// Applies `objects` as the admin with kubectl.
-fn apply(cluster: &Cluster, objects: &[Value]) {
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-    let dir = tempfile::tempdir().unwrap();
-    let path = support::write(dir.path(), "objects.json", &list.to_string());
-    let out = cluster.kubectl("admin", &["apply", "-f", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        support::stderr(&out)
-    );
 }
 
 /// One configuration of the kubernetes plugin, as CoreDNS options and as svcplane flags.
@@ -1005,9 +992,7 @@ async fn svcplane_dns_without_the_endpointslices_grant_is_not_ready_and_names_th
     let cluster = cluster();
     // An identity of its own, granted everything but endpointslices.
     let name = "svcplane:dns-limited";
-    apply(
-        cluster,
-        &[
+    cluster.apply(&[
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                 "metadata": {"name": name},
                 "rules": [{"apiGroups": [""], "resources": ["services", "pods", "namespaces"],
@@ -1051,9 +1036,7 @@ async fn svcplane_dns_without_the_endpointslices_grant_is_not_ready_and_names_th
     }
 
     // Granted, it syncs and answers.
-    apply(
-        cluster,
-        &[
+    cluster.apply(&[
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": name},
             "rules": [

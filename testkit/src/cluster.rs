@@ -230,6 +230,25 @@ impl Cluster {
             .expect("run kubectl")
     }
 
+    /// Applies `objects` (JSON manifests) as the admin with the peers' kubectl; panics with
+    /// kubectl's message if it fails.
+    pub fn apply(&self, objects: &[serde_json::Value]) {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        let path = self.dir.path().join(format!(
+            "apply-{}.json",
+            crate::unique_prefix("apply")
+                .trim_matches('/')
+                .replace('/', "-")
+        ));
+        std::fs::write(&path, list.to_string()).expect("write the objects to apply");
+        let out = self.kubectl("admin", &["apply", "-f", &path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
