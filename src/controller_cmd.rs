@@ -1,5 +1,5 @@
-//! `svcplane controller`: the Endpoints and EndpointSlice controllers against a cluster, in
-//! place of kube-controller-manager's (`--manage=all`).
+//! `svcplane controller`: the Endpoints, EndpointSlice and EndpointSlice-mirroring controllers
+//! against a cluster, in place of kube-controller-manager's (`--manage=all`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,8 +26,7 @@ pub(crate) struct ControllerArgs {
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
     /// Which Services to manage. Only `all` exists so far: `annotated` (svcplane's set-based
-    /// selector annotation, beside kube-controller-manager) comes in a later release, and so
-    /// does EndpointSlice mirroring of hand-written Endpoints.
+    /// selector annotation, beside kube-controller-manager) comes in a later release.
     #[arg(long, value_enum, default_value = "all")]
     manage: Manage,
     /// Services synced at once, per controller.
@@ -42,6 +41,9 @@ pub(crate) struct ControllerArgs {
     /// Endpoints per EndpointSlice, 1 to 1000.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
     max_endpoints_per_slice: u16,
+    /// Addresses of one Endpoints subset mirrored into EndpointSlices, ready ones first.
+    #[arg(long, default_value_t = 1000)]
+    mirroring_max_endpoints_per_subset: usize,
     /// The longest wait before a failing sync is retried.
     #[arg(long, value_name = "DURATION", default_value = "100s", value_parser = parse_duration)]
     max_sync_backoff: Duration,
@@ -56,6 +58,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         endpointslice_batch_period: args.endpointslice_updates_batch_period,
         max_endpoints_per_slice: usize::from(args.max_endpoints_per_slice),
         max_backoff: args.max_sync_backoff,
+        mirroring_max_endpoints_per_subset: args.mirroring_max_endpoints_per_subset,
         controller_name: UPSTREAM_CONTROLLER.to_string(),
     };
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);

@@ -17,6 +17,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::endpoints::{self, Decision};
 use crate::endpointslices::{self, LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
+use crate::mirroring;
 use crate::runtime::{Key, Queue, follow};
 use crate::slice_tracker::SliceTracker;
 use crate::trigger_time::TriggerTimes;
@@ -35,6 +36,8 @@ pub struct Settings {
     pub max_endpoints_per_slice: usize,
     /// The longest back-off of a failing sync.
     pub max_backoff: Duration,
+    /// `--mirroring-max-endpoints-per-subset`: addresses mirrored per Endpoints subset.
+    pub mirroring_max_endpoints_per_subset: usize,
     /// The managed-by value of the slices written (upstream's in `--manage=all`).
     pub controller_name: String,
 }
@@ -53,6 +56,8 @@ pub struct Context {
     replaced: Mutex<HashMap<Key, String>>,
     /// The slices this controller wrote, for the stale-cache guard.
     tracker: Arc<SliceTracker>,
+    /// The same for the mirroring controller's slices.
+    mirror_tracker: Arc<SliceTracker>,
     settings: Settings,
 }
 
@@ -92,12 +97,18 @@ pub async fn run(
 ) -> Result<()> {
     let endpoints_queue = Queue::default();
     let slices_queue = Queue::default();
+    let mirror_queue = Queue::default();
     let (services, services_task) = {
-        let (eq, sq) = (endpoints_queue.clone(), slices_queue.clone());
+        let (eq, sq, mq) = (
+            endpoints_queue.clone(),
+            slices_queue.clone(),
+            mirror_queue.clone(),
+        );
         follow(Api::<Service>::all(client.clone()), move |old, new| {
             if let Some(svc) = new.or(old) {
                 eq.add(key_of(&svc.metadata));
                 sq.add(key_of(&svc.metadata));
+                mq.add(key_of(&svc.metadata));
             }
         })
     };
@@ -137,20 +148,25 @@ pub async fn run(
         })
     };
     let (endpoints, endpoints_task) = {
-        let eq = endpoints_queue.clone();
+        let (eq, mq) = (endpoints_queue.clone(), mirror_queue.clone());
         follow(Api::<Endpoints>::all(client.clone()), move |old, new| {
             if let (Some(gone), None) = (old, new) {
                 eq.add(key_of(&gone.metadata));
             }
+            if let Some(ep) = new.or(old) {
+                mq.add(key_of(&ep.metadata));
+            }
         })
     };
     let tracker: Arc<SliceTracker> = Arc::default();
+    let mirror_tracker: Arc<SliceTracker> = Arc::default();
     let (slices, slices_task) = {
-        let (sq, name, tracker) = (
+        let (sq, mq, name) = (
             slices_queue.clone(),
+            mirror_queue.clone(),
             settings.controller_name.clone(),
-            tracker.clone(),
         );
+        let (tracker, mirror_tracker) = (tracker.clone(), mirror_tracker.clone());
         // As upstream: a change to a slice re-syncs its Service after at least a second.
         let delay = settings
             .endpointslice_batch_period
@@ -158,7 +174,19 @@ pub async fn run(
         follow(
             Api::<EndpointSlice>::all(client.clone()),
             move |old, new| {
-                let ours = |s: &EndpointSlice| s.labels().get(LABEL_MANAGED_BY) == Some(&name);
+                let mirrored = |s: &EndpointSlice| {
+                    s.labels().get(LABEL_MANAGED_BY).map(String::as_str)
+                        == Some(mirroring::MIRRORING_CONTROLLER)
+                };
+                let (sq, tracker, name) = match new.or(old) {
+                    Some(s) if mirrored(s) => {
+                        (&mq, &mirror_tracker, mirroring::MIRRORING_CONTROLLER)
+                    }
+                    _ => (&sq, &tracker, name.as_str()),
+                };
+                let ours = |s: &EndpointSlice| {
+                    s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(name)
+                };
                 let service = |s: &EndpointSlice| {
                     s.labels()
                         .get(LABEL_SERVICE_NAME)
@@ -221,11 +249,13 @@ pub async fn run(
         slice_triggers: TriggerTimes::default(),
         replaced: Mutex::default(),
         tracker,
+        mirror_tracker,
         settings: settings.clone(),
     });
     for svc in services.state() {
         slices_queue.add(key_of(&svc.metadata));
         endpoints_queue.add(key_of(&svc.metadata));
+        mirror_queue.add(key_of(&svc.metadata));
     }
     for ep in endpoints.state() {
         let leader = ep
@@ -255,6 +285,17 @@ pub async fn run(
                 match reconcile_slices(&key, &ctx).await {
                     Ok(()) => queue.forget(&key),
                     Err(e) => error_policy("endpointslices", &key, &e, &queue, &ctx),
+                }
+                queue.done(&key);
+            }
+        }));
+        let (queue, ctx) = (mirror_queue.clone(), context.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let key = queue.next().await;
+                match reconcile_mirroring(&key, &ctx).await {
+                    Ok(()) => queue.forget(&key),
+                    Err(e) => error_policy("endpointslicemirroring", &key, &e, &queue, &ctx),
                 }
                 queue.done(&key);
             }
@@ -503,6 +544,106 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     }
     if !plan.missing_nodes.is_empty() {
         return Err(Error::MissingNodes(plan.missing_nodes));
+    }
+    Ok(())
+}
+
+/// One EndpointSlice mirroring sync for an Endpoints key.
+pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
+    let (namespace, name) = key;
+    let endpoints = ctx.endpoints.get(&ObjectRef::new(name).within(namespace));
+    let service = ctx.services.get(&ObjectRef::new(name).within(namespace));
+    let existing: Vec<Arc<EndpointSlice>> = ctx
+        .slices
+        .state()
+        .into_iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .filter(|s| {
+            let labels = s.labels();
+            labels.get(LABEL_SERVICE_NAME) == Some(name)
+                && labels.get(LABEL_MANAGED_BY).map(String::as_str)
+                    == Some(mirroring::MIRRORING_CONTROLLER)
+        })
+        .collect();
+    let seen: Vec<(String, i64)> = existing
+        .iter()
+        .map(|s| (s.name_any(), s.metadata.generation.unwrap_or_default()))
+        .collect();
+    if let Some(reason) = ctx.mirror_tracker.stale(key, &seen) {
+        return Err(Error::Stale(format!(
+            "mirrored EndpointSlices of {namespace}/{name}: {reason}"
+        )));
+    }
+    let ep_view = endpoints.as_deref().map(views::mirrored_endpoints);
+    let svc_view = service.as_deref().map(views::service);
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), namespace);
+    let (Some(ep), true) = (
+        endpoints.as_deref(),
+        mirroring::mirrored(ep_view.as_ref(), svc_view.as_ref()),
+    ) else {
+        // Not (or no longer) mirrored: its mirrored slices go.
+        for slice in &existing {
+            match api
+                .delete(&slice.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => ctx.mirror_tracker.deleted(key, &slice.name_any()),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if endpoints.is_none() {
+            ctx.mirror_tracker.forget(key);
+        }
+        return Ok(());
+    };
+    let slice_views: Vec<endpointslices::Slice> =
+        existing.iter().map(|s| views::slice(s)).collect();
+    let plan = mirroring::plan(
+        ep_view.as_ref().expect("mirrored Endpoints"),
+        &slice_views,
+        ctx.settings.mirroring_max_endpoints_per_subset,
+    );
+    if plan.invalid > 0 || plan.over_limit > 0 {
+        tracing::warn!(endpoints = %format!("{namespace}/{name}"), invalid = plan.invalid,
+            over_limit = plan.over_limit, "addresses not mirrored");
+    }
+    for slice in &plan.create {
+        match api
+            .create(
+                &PostParams::default(),
+                &views::mirrored_slice_to_api(ep, slice, None),
+            )
+            .await
+        {
+            Ok(created) => ctx.mirror_tracker.wrote(
+                key,
+                &created.name_any(),
+                created.metadata.generation.unwrap_or(1),
+            ),
+            Err(e) if namespace_terminating(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for slice in &plan.update {
+        let base = existing.iter().find(|s| s.name_any() == slice.name);
+        let object = views::mirrored_slice_to_api(ep, slice, base.map(|b| b.as_ref()));
+        let updated = api
+            .replace(&slice.name, &PostParams::default(), &object)
+            .await?;
+        ctx.mirror_tracker.wrote(
+            key,
+            &updated.name_any(),
+            updated.metadata.generation.unwrap_or_default(),
+        );
+    }
+    for slice in &plan.delete {
+        match api.delete(slice, &DeleteParams::default()).await {
+            Ok(_) => ctx.mirror_tracker.deleted(key, slice),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

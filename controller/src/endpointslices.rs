@@ -127,6 +127,8 @@ pub struct Slice {
     pub annotations: BTreeMap<String, String>,
     /// The UID of the Service (`apiVersion: v1`, `kind: Service`) among its ownerReferences.
     pub service_owner_uid: Option<String>,
+    /// The name and UID of the Endpoints object among its ownerReferences (mirrored slices).
+    pub endpoints_owner: Option<(String, String)>,
     pub address_type: Option<AddressType>,
     pub ports: Vec<SlicePort>,
     pub endpoints: Vec<Endpoint>,
@@ -290,6 +292,7 @@ fn new_slice(
         labels,
         annotations: BTreeMap::new(),
         service_owner_uid: Some(service.uid.clone()),
+        endpoints_owner: None,
         address_type: Some(address_type),
         ports,
         endpoints: Vec::new(),

@@ -25,6 +25,7 @@ pub mod endpoint_controllers;
 pub mod endpoints;
 pub mod endpointslices;
 mod error;
+pub mod mirroring;
 pub mod plan;
 pub mod releaser;
 pub mod runtime;

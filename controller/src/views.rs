@@ -167,6 +167,20 @@ fn address_from_api(a: &EndpointAddress) -> Address {
     }
 }
 
+/// Mirroring's view of an Endpoints object.
+pub fn mirrored_endpoints(object: &ApiEndpoints) -> crate::mirroring::EndpointsView {
+    let view = endpoints(object);
+    crate::mirroring::EndpointsView {
+        namespace: object.metadata.namespace.clone().unwrap_or_default(),
+        name: object.metadata.name.clone().unwrap_or_default(),
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+        labels: view.labels,
+        annotations: view.annotations,
+        subsets: view.subsets,
+        deleting: object.metadata.deletion_timestamp.is_some(),
+    }
+}
+
 /// The view of an Endpoints object.
 pub fn endpoints(object: &ApiEndpoints) -> Endpoints {
     Endpoints {
@@ -272,11 +286,19 @@ pub fn slice(object: &EndpointSlice) -> Slice {
         .flatten()
         .find(|o| o.kind == "Service" && o.api_version == "v1")
         .map(|o| o.uid.clone());
+    let endpoints_owner = object
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Endpoints" && o.api_version == "v1")
+        .map(|o| (o.name.clone(), o.uid.clone()));
     Slice {
         name: object.metadata.name.clone().unwrap_or_default(),
         labels: object.metadata.labels.clone().unwrap_or_default(),
         annotations: object.metadata.annotations.clone().unwrap_or_default(),
         service_owner_uid: owner,
+        endpoints_owner,
         address_type: match object.address_type.as_str() {
             "IPv4" => Some(AddressType::IPv4),
             "IPv6" => Some(AddressType::IPv6),
@@ -340,18 +362,53 @@ pub fn slice_to_api(
     view: &Slice,
     base: Option<&EndpointSlice>,
 ) -> EndpointSlice {
+    let owner = (
+        "Service",
+        service.metadata.name.clone().unwrap_or_default(),
+        service.metadata.uid.clone().unwrap_or_default(),
+    );
     let namespace = service.metadata.namespace.clone().unwrap_or_default();
-    let service_name = service.metadata.name.clone().unwrap_or_default();
+    owned_slice_to_api(&namespace, owner, view, base)
+}
+
+/// An EndpointSlice of a mirrored Endpoints object from its view, owned by the Endpoints.
+pub fn mirrored_slice_to_api(
+    endpoints: &ApiEndpoints,
+    view: &Slice,
+    base: Option<&EndpointSlice>,
+) -> EndpointSlice {
+    let owner = (
+        "Endpoints",
+        endpoints.metadata.name.clone().unwrap_or_default(),
+        endpoints.metadata.uid.clone().unwrap_or_default(),
+    );
+    let namespace = endpoints.metadata.namespace.clone().unwrap_or_default();
+    // Upstream rewrites a mirrored slice from scratch: only its name (and, here, the
+    // resourceVersion precondition) carries over, so `generateName` goes.
+    let mut slice = owned_slice_to_api(&namespace, owner, view, None);
+    if let Some(base) = base {
+        slice.metadata.generate_name = None;
+        slice.metadata.resource_version = base.metadata.resource_version.clone();
+    }
+    slice
+}
+
+fn owned_slice_to_api(
+    namespace: &str,
+    (kind, owner_name, owner_uid): (&str, String, String),
+    view: &Slice,
+    base: Option<&EndpointSlice>,
+) -> EndpointSlice {
     let mut metadata = match base {
         Some(b) => b.metadata.clone(),
         None => ObjectMeta {
-            namespace: Some(namespace),
-            generate_name: Some(generate_name(&service_name)),
+            namespace: Some(namespace.to_string()),
+            generate_name: Some(generate_name(&owner_name)),
             owner_references: Some(vec![OwnerReference {
                 api_version: "v1".to_string(),
-                kind: "Service".to_string(),
-                name: service_name,
-                uid: service.metadata.uid.clone().unwrap_or_default(),
+                kind: kind.to_string(),
+                name: owner_name,
+                uid: owner_uid,
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             }]),
