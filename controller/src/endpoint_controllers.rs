@@ -267,39 +267,18 @@ pub async fn run(
     }
     let mut workers = Vec::new();
     for _ in 0..settings.concurrent_syncs.max(1) {
-        let (queue, ctx) = (endpoints_queue.clone(), context.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let key = queue.next().await;
-                match reconcile_endpoints(&key, &ctx).await {
-                    Ok(()) => queue.forget(&key),
-                    Err(e) => error_policy("endpoints", &key, &e, &queue, &ctx),
-                }
-                queue.done(&key);
-            }
+        workers.push(worker("endpoints", &endpoints_queue, &context, |k, c| {
+            Box::pin(reconcile_endpoints(k, c))
         }));
-        let (queue, ctx) = (slices_queue.clone(), context.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let key = queue.next().await;
-                match reconcile_slices(&key, &ctx).await {
-                    Ok(()) => queue.forget(&key),
-                    Err(e) => error_policy("endpointslices", &key, &e, &queue, &ctx),
-                }
-                queue.done(&key);
-            }
+        workers.push(worker("endpointslices", &slices_queue, &context, |k, c| {
+            Box::pin(reconcile_slices(k, c))
         }));
-        let (queue, ctx) = (mirror_queue.clone(), context.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let key = queue.next().await;
-                match reconcile_mirroring(&key, &ctx).await {
-                    Ok(()) => queue.forget(&key),
-                    Err(e) => error_policy("endpointslicemirroring", &key, &e, &queue, &ctx),
-                }
-                queue.done(&key);
-            }
-        }));
+        workers.push(worker(
+            "endpointslicemirroring",
+            &mirror_queue,
+            &context,
+            |k, c| Box::pin(reconcile_mirroring(k, c)),
+        ));
     }
     let tasks = [
         services_task,
@@ -312,6 +291,34 @@ pub async fn run(
     Err(Error::Config {
         field: "controller".to_string(),
         message: "a watch or worker ended".to_string(),
+    })
+}
+
+/// One sync of a key, borrowed from its worker.
+type Sync =
+    for<'a> fn(
+        &'a Key,
+        &'a Context,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// A worker of one controller: takes keys from `queue`, syncs them, and applies the error
+/// policy to failures.
+fn worker(
+    controller: &'static str,
+    queue: &Queue,
+    ctx: &Arc<Context>,
+    sync: Sync,
+) -> tokio::task::JoinHandle<()> {
+    let (queue, ctx) = (queue.clone(), ctx.clone());
+    tokio::spawn(async move {
+        loop {
+            let key = queue.next().await;
+            match sync(&key, &ctx).await {
+                Ok(()) => queue.forget(&key),
+                Err(e) => error_policy(controller, &key, &e, &queue, &ctx),
+            }
+            queue.done(&key);
+        }
     })
 }
 

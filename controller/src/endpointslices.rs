@@ -80,13 +80,13 @@ pub struct Endpoint {
 }
 
 /// What identifies an endpoint across syncs: its sorted addresses, hostname and pod.
-type EndpointKey = (Vec<String>, String, String, String);
+pub(crate) type EndpointKey = (Vec<String>, String, String, String);
 
 /// A port group's ports and its desired endpoints.
 type PortGroup = (Vec<SlicePort>, BTreeMap<EndpointKey, Endpoint>);
 
 impl Endpoint {
-    fn key(&self) -> EndpointKey {
+    pub(crate) fn key(&self) -> EndpointKey {
         let mut addresses = self.addresses.clone();
         addresses.sort();
         let (namespace, name) = self
@@ -103,7 +103,7 @@ impl Endpoint {
     }
 
     /// Equal in everything the key leaves out but hints (`EndpointsEqualBeyondHash`).
-    fn equal_beyond_key(&self, other: &Endpoint) -> bool {
+    pub(crate) fn equal_beyond_key(&self, other: &Endpoint) -> bool {
         self.node_name == other.node_name
             && self.zone == other.zone
             && self.ready == other.ready

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::endpoints::{Address, ServiceView, Subset, repack};
 use crate::endpointslices::{
-    AddressType, Endpoint, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Slice, SlicePort,
+    AddressType, Endpoint, EndpointKey, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Slice, SlicePort,
 };
 
 /// The mirroring controller's managed-by value.
@@ -100,7 +100,7 @@ type Key = (AddressType, Vec<SlicePort>);
 pub fn plan(endpoints: &EndpointsView, existing: &[Slice], max_per_subset: usize) -> MirrorPlan {
     let mut out = MirrorPlan::default();
     // Desired endpoints per (address type, ports); both types get a key per subset.
-    let mut desired: BTreeMap<Key, BTreeMap<String, Endpoint>> = BTreeMap::new();
+    let mut desired: BTreeMap<Key, BTreeMap<EndpointKey, Endpoint>> = BTreeMap::new();
     let mut ports_of: BTreeMap<Key, Vec<SlicePort>> = BTreeMap::new();
     for subset in repack(&endpoints.subsets) {
         let ports: Vec<SlicePort> = subset
@@ -133,7 +133,7 @@ pub fn plan(endpoints: &EndpointsView, existing: &[Slice], max_per_subset: usize
             }
             match endpoint_of(address, ready) {
                 Some((t, endpoint)) => {
-                    let key = format!("{:?}", endpoint_key(&endpoint));
+                    let key = endpoint.key();
                     desired
                         .entry((t, sorted.clone()))
                         .or_default()
@@ -168,11 +168,10 @@ pub fn plan(endpoints: &EndpointsView, existing: &[Slice], max_per_subset: usize
             labels.remove(LABEL_MANAGED_BY);
             labels.remove(LABEL_SERVICE_NAME);
             let same_endpoints = first.endpoints.len() == wanted.len()
-                && first.endpoints.iter().all(|e| {
-                    wanted
-                        .get(&format!("{:?}", endpoint_key(e)))
-                        .is_some_and(|w| same_beyond_key(w, e))
-                });
+                && first
+                    .endpoints
+                    .iter()
+                    .all(|e| wanted.get(&e.key()).is_some_and(|w| w.equal_beyond_key(e)));
             let rebuild = first
                 .endpoints_owner
                 .as_ref()
@@ -222,26 +221,6 @@ pub fn plan(endpoints: &EndpointsView, existing: &[Slice], max_per_subset: usize
     }
     out.delete = to_delete.into_iter().map(|s| s.name).collect();
     out
-}
-
-fn endpoint_key(e: &Endpoint) -> (Vec<String>, String, String, String) {
-    let mut addresses = e.addresses.clone();
-    addresses.sort();
-    let (ns, name) = e
-        .target
-        .as_ref()
-        .map(|t| (t.namespace.clone(), t.name.clone()))
-        .unwrap_or_default();
-    (addresses, e.hostname.clone().unwrap_or_default(), ns, name)
-}
-
-fn same_beyond_key(a: &Endpoint, b: &Endpoint) -> bool {
-    a.node_name == b.node_name
-        && a.zone == b.zone
-        && a.ready == b.ready
-        && a.serving == b.serving
-        && a.terminating == b.terminating
-        && a.target == b.target
 }
 
 #[cfg(test)]
