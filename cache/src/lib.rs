@@ -5,6 +5,8 @@
 //! - [`store`]: the cache as plain data changed by events, published as immutable, indexed
 //!   snapshots (atomically: a reader sees a whole step or none of it), with a `synced` state and a
 //!   change notification for subscribers.
+//! - [`selector`]: label selectors in kubectl syntax, one parser for the API server and the
+//!   controllers.
 //! - Feeds: [`manifests`] (files and directories, reloaded when they change) and [`kube_feed`]
 //!   (kube-runtime watchers from a kubeconfig or in-cluster config).
 
@@ -13,6 +15,7 @@ pub mod convert;
 mod error;
 pub mod kube_feed;
 pub mod manifests;
+pub mod selector;
 pub mod store;
 pub mod types;
 
