@@ -130,6 +130,9 @@ pub(crate) struct ServeFlags {
     /// How often a terminating namespace's remaining objects are checked.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     namespace_cleanup_interval: Duration,
+    /// How long the garbage collector (ownerReferences) waits before retrying a failed action.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    gc_retry_interval: Duration,
     /// Call this HTTPS mutating admission webhook on every Service create and update (repeat
     /// for several, called in turn).
     #[arg(long = "service-admission-webhook", value_name = "URL")]
@@ -202,6 +205,10 @@ impl ServeFlags {
 
     pub(crate) fn namespace_cleanup_interval(&self) -> Duration {
         self.namespace_cleanup_interval
+    }
+
+    pub(crate) fn gc_retry_interval(&self) -> Duration {
+        self.gc_retry_interval
     }
 
     pub(crate) fn server_config(&self, listen: SocketAddr, compaction: Duration) -> ServerConfig {
@@ -279,6 +286,7 @@ pub(crate) async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
             admission,
             max_pod_grace,
             namespace_cleanup_interval: args.serve.namespace_cleanup_interval,
+            gc_retry_interval: args.serve.gc_retry_interval(),
         },
     );
     registry

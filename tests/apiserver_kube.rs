@@ -1048,7 +1048,7 @@ async fn dry_runs_and_delete_collection(backend: Backend) {
     assert_eq!(left, ["keep"]);
 }
 
-async fn kube_runtimes_event_recorder_creates_and_updates_a_series(backend: Backend) {
+async fn kube_runtimes_event_recorder_creates_a_series_seen_by_both_event_apis(backend: Backend) {
     use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
     let server = ApiServer::start(backend, &[]);
     let client = server.client().await;
@@ -1086,6 +1086,30 @@ async fn kube_runtimes_event_recorder_creates_and_updates_a_series(backend: Back
         Some("noted")
     );
     assert_eq!(event.series.as_ref().unwrap().count, 2);
+    // One store: the core API sees the same event under its own field names, and
+    // `kubectl describe` shows it.
+    let core: Api<k8s_openapi::api::core::v1::Event> =
+        Api::default_namespaced(server.client().await);
+    let seen = core.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].message.as_deref(), Some("a test event"));
+    assert_eq!(seen[0].involved_object.name.as_deref(), Some("noted"));
+    assert_eq!(
+        seen[0].reporting_component.as_deref(),
+        Some("svcplane-test")
+    );
+    let by_field = core
+        .list(&ListParams::default().fields("involvedObject.name=noted"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(by_field.len(), 1);
+    let described = server.kubectl(&["describe", "service", "noted"]);
+    let text = String::from_utf8_lossy(&described.stdout).to_string();
+    assert!(
+        text.contains("Allocated") && text.contains("a test event"),
+        "{text}"
+    );
 }
 
 macro_rules! on_both_backends {
@@ -1117,5 +1141,5 @@ on_both_backends!(
     generated_names_are_unique_under_concurrency,
     namespaces_gate_creates_and_take_their_objects_with_them,
     dry_runs_and_delete_collection,
-    kube_runtimes_event_recorder_creates_and_updates_a_series,
+    kube_runtimes_event_recorder_creates_a_series_seen_by_both_event_apis,
 );

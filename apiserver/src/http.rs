@@ -18,7 +18,7 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::object::FieldValidation;
 use crate::registry::{
-    DeleteOptions, ListOptions, ListResult, Part, PatchType, Registry, WriteOptions,
+    DeleteOptions, ListOptions, ListResult, Part, PatchType, Propagation, Registry, WriteOptions,
 };
 use crate::resource::{RESOURCES, Resource};
 use crate::selector::{FieldSelector, LabelSelector, supported_fields};
@@ -52,6 +52,8 @@ struct Info {
     subresource: String,
     namespace: String,
     name: String,
+    /// The deprecation warning of the resource asked for, sent with every answer about it.
+    deprecation: Option<&'static str>,
 }
 
 enum Target {
@@ -75,7 +77,7 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
         .to_string();
     let mut info = Info::default();
     let mut user = String::from("system:anonymous");
-    let response = match authenticate(&app, &request) {
+    let mut response = match authenticate(&app, &request) {
         Ok(u) => {
             if let Some(u) = u {
                 user = u;
@@ -91,6 +93,9 @@ async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
             error_response(&e)
         }
     };
+    if let Some(warning) = info.deprecation {
+        append_warning(&mut response, warning);
+    }
     if let Some(audit) = &app.audit {
         let entry = json!({
             "time": jiff::Timestamp::now().to_string(),
@@ -154,12 +159,17 @@ fn json_response(status: StatusCode, body: &Value, warnings: &[String]) -> Respo
         HeaderValue::from_static("application/json"),
     );
     for warning in warnings {
-        let text = format!("299 - {:?}", warning);
-        if let Ok(value) = HeaderValue::from_str(&text) {
-            response.headers_mut().append(header::WARNING, value);
-        }
+        append_warning(&mut response, warning);
     }
     response
+}
+
+/// Adds a `Warning: 299 - "…"` header, as kube-apiserver sends warnings to clients.
+fn append_warning(response: &mut Response, warning: &str) {
+    let text = format!("299 - {:?}", warning);
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        response.headers_mut().append(header::WARNING, value);
+    }
 }
 
 fn table_response(body: &Value) -> Response {
@@ -306,6 +316,7 @@ async fn serve(app: &App, request: Request, info: &mut Info) -> Result<Response,
     let query = query_map(parts.uri.query());
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     info.resource = resource.plural.to_string();
+    info.deprecation = resource.deprecation();
     info.subresource = if status {
         "status".into()
     } else {
@@ -493,6 +504,7 @@ fn describe(app: &App, request: &Request) -> Info {
         },
         namespace: namespace.unwrap_or_default(),
         name: name.unwrap_or_default(),
+        deprecation: resource.deprecation(),
     }
 }
 
@@ -698,6 +710,10 @@ fn delete_options(query: &HashMap<String, String>, body: &[u8]) -> Result<Delete
     let mut options = DeleteOptions {
         dry_run: dry_run(query.get("dryRun").map(String::as_str))?,
         grace_period_seconds: parse_u64(query, "gracePeriodSeconds")?.map(|g| g as i64),
+        propagation: query
+            .get("propagationPolicy")
+            .map(|p| Propagation::parse(p))
+            .transpose()?,
         ..DeleteOptions::default()
     };
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -716,6 +732,11 @@ fn delete_options(query: &HashMap<String, String>, body: &[u8]) -> Result<Delete
     }
     if let Some(grace) = value.get("gracePeriodSeconds").and_then(Value::as_i64) {
         options.grace_period_seconds = Some(grace);
+    }
+    if let Some(policy) = value.get("propagationPolicy").and_then(Value::as_str) {
+        options.propagation = Some(Propagation::parse(policy)?);
+    } else if value.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+        options.propagation = Some(Propagation::Orphan);
     }
     if let Some(dry) = value.get("dryRun").and_then(Value::as_array) {
         for d in dry {

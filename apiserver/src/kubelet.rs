@@ -1745,6 +1745,7 @@ mod tests {
                 admission: Vec::new(),
                 max_pod_grace: Some(Duration::from_secs(1)),
                 namespace_cleanup_interval: Duration::from_millis(100),
+                gc_retry_interval: Duration::from_millis(100),
             },
         );
         registry.bootstrap().await.unwrap();

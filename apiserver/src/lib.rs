@@ -10,6 +10,8 @@
 pub mod admission;
 pub mod discovery;
 pub mod error;
+pub mod event_conversion;
+pub mod gc;
 pub mod http;
 pub mod kubelet;
 pub mod object;
@@ -20,6 +22,7 @@ pub mod selector;
 pub mod server;
 pub mod smp;
 pub mod storage;
+pub mod system_services;
 pub mod table;
 pub mod validation;
 pub mod watch;

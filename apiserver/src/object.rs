@@ -201,6 +201,24 @@ pub fn finalizers(object: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether an update moves `metadata.generation` on: a change of `spec`, or for an
+/// EndpointSlice (which has none) of anything but metadata, or of its labels, as upstream's
+/// endpointslice strategy counts.
+pub fn generation_changes(resource: &Resource, current: &Value, next: &Value) -> bool {
+    if resource.kind != "EndpointSlice" {
+        return next.get("spec") != current.get("spec");
+    }
+    let without_meta = |v: &Value| {
+        let mut v = v.clone();
+        if let Value::Object(map) = &mut v {
+            map.remove("metadata");
+        }
+        v
+    };
+    without_meta(current) != without_meta(next)
+        || current.pointer("/metadata/labels") != next.pointer("/metadata/labels")
+}
+
 /// The object with `metadata.resourceVersion` set.
 pub fn with_revision(mut object: Value, revision: u64) -> Value {
     meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
@@ -548,6 +566,26 @@ pub fn prepare_create(resource: &Resource, object: &mut Value) {
 mod tests {
     use super::*;
     use crate::resource::find;
+
+    #[test]
+    fn an_endpoint_slice_generation_moves_with_its_endpoints_and_labels_only() {
+        let slices = find("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let slice = json!({"metadata": {"name": "s", "labels": {"a": "1"}}, "addressType": "IPv4", "endpoints": []});
+        let mut annotated = slice.clone();
+        annotated["metadata"]["annotations"] = json!({"x": "y"});
+        assert!(!generation_changes(slices, &slice, &annotated));
+        let mut relabelled = slice.clone();
+        relabelled["metadata"]["labels"]["a"] = json!("2");
+        assert!(generation_changes(slices, &slice, &relabelled));
+        let mut grown = slice.clone();
+        grown["endpoints"] = json!([{"addresses": ["10.0.0.1"]}]);
+        assert!(generation_changes(slices, &slice, &grown));
+        let services = find("", "v1", "services").unwrap();
+        assert!(
+            !generation_changes(services, &slice, &grown),
+            "no spec, no change"
+        );
+    }
 
     #[test]
     fn strict_decoding_names_every_unknown_field() {

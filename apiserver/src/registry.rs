@@ -32,6 +32,8 @@ pub struct RegistryConfig {
     pub max_pod_grace: Option<Duration>,
     /// How often a terminating namespace's remaining contents are checked.
     pub namespace_cleanup_interval: Duration,
+    /// How long the garbage collector waits before retrying after a failed action.
+    pub gc_retry_interval: Duration,
 }
 
 /// The object store with Kubernetes semantics.
@@ -72,6 +74,43 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub dry_run: bool,
+    /// `propagationPolicy` (or `orphanDependents: true` as Orphan); None is Background.
+    pub propagation: Option<Propagation>,
+}
+
+/// What happens to an object's dependents when it is deleted ([`crate::gc`] carries it out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes at once; its dependents after it.
+    Background,
+    /// The object stays, with the `foregroundDeletion` finalizer, until the dependents that
+    /// block it are gone.
+    Foreground,
+    /// The dependents lose their reference to it and stay.
+    Orphan,
+}
+
+impl Propagation {
+    /// `propagationPolicy` as the API spells it.
+    pub fn parse(text: &str) -> Result<Propagation, ApiError> {
+        match text {
+            "Background" => Ok(Propagation::Background),
+            "Foreground" => Ok(Propagation::Foreground),
+            "Orphan" => Ok(Propagation::Orphan),
+            other => Err(ApiError::bad_request(format!(
+                "DeleteOptions.propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ))),
+        }
+    }
+
+    /// The finalizer that holds the owner while the collector works, if any.
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(crate::gc::FOREGROUND),
+            Propagation::Orphan => Some(crate::gc::ORPHAN),
+        }
+    }
 }
 
 /// A list request.
@@ -126,6 +165,16 @@ impl Registry {
         &self.storage
     }
 
+    /// The key prefix every object is stored under.
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// How long the garbage collector waits before retrying after a failed action.
+    pub fn gc_retry_interval(&self) -> Duration {
+        self.config.gc_retry_interval
+    }
+
     /// The storage prefix of a resource in a namespace (or across namespaces with `None`).
     pub fn collection_key(&self, resource: &Resource, namespace: Option<&str>) -> String {
         match (resource.namespaced, namespace) {
@@ -138,15 +187,18 @@ impl Registry {
         format!("{}{name}", self.collection_key(resource, namespace))
     }
 
-    fn decode_kv(kv: &Kv) -> Result<Value, ApiError> {
+    fn decode_kv(resource: &Resource, kv: &Kv) -> Result<Value, ApiError> {
         let object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
             ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key))
         })?;
-        Ok(object::with_revision(object, kv.mod_revision))
+        Ok(object::with_revision(
+            resource.from_storage(object),
+            kv.mod_revision,
+        ))
     }
 
-    fn encode(object: &Value) -> Bytes {
-        let mut stored = object.clone();
+    fn encode(resource: &Resource, object: &Value) -> Bytes {
+        let mut stored = resource.to_storage(object.clone());
         meta_mut(&mut stored).remove("resourceVersion");
         Bytes::from(serde_json::to_vec(&stored).expect("JSON values serialize"))
     }
@@ -176,6 +228,47 @@ impl Registry {
         Ok(())
     }
 
+    /// Writes an object the server itself owns straight to storage, creating or replacing
+    /// it, without validation or admission (kube-apiserver's own endpoint reconciler does
+    /// the same for `default/kubernetes`); nothing is written when nothing changed.
+    pub async fn put_unvalidated(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        object: Value,
+    ) -> Result<Value, ApiError> {
+        let namespace = resource.namespaced.then_some(namespace);
+        let key = self.key(resource, namespace, meta_str(&object, "name"));
+        loop {
+            let (kv, _) = self.storage.get(&key).await?;
+            let current = kv
+                .as_ref()
+                .map(|kv| Self::decode_kv(resource, kv))
+                .transpose()?;
+            let next = crate::system_services::merged(current.as_ref(), &object);
+            let result = match (&kv, &current) {
+                (Some(kv), Some(current)) => {
+                    let mut unchanged = current.clone();
+                    meta_mut(&mut unchanged).remove("resourceVersion");
+                    if unchanged == next {
+                        return Ok(current.clone());
+                    }
+                    self.storage
+                        .update(&key, Self::encode(resource, &next), kv.mod_revision)
+                        .await?
+                }
+                _ => {
+                    self.storage
+                        .create(&key, Self::encode(resource, &next))
+                        .await?
+                }
+            };
+            if let Cas::Done(revision) = result {
+                return Ok(object::with_revision(next, revision));
+            }
+        }
+    }
+
     pub async fn get(
         &self,
         resource: &Resource,
@@ -187,7 +280,7 @@ impl Registry {
             .get(&self.key(resource, namespace, name))
             .await?;
         match kv {
-            Some(kv) => Self::decode_kv(&kv),
+            Some(kv) => Self::decode_kv(resource, &kv),
             None => Err(ApiError::not_found(resource.group, resource.plural, name)),
         }
     }
@@ -265,7 +358,9 @@ impl Registry {
         }
         meta.insert("uid".into(), json!(object::new_uid()));
         meta.insert("creationTimestamp".into(), json!(object::now()));
-        if object.get("spec").is_some() || resource.kind == "Service" || resource.kind == "Pod" {
+        if object.get("spec").is_some()
+            || matches!(resource.kind, "Service" | "Pod" | "EndpointSlice")
+        {
             meta_mut(&mut object).insert("generation".into(), json!(1));
         }
         object::prepare_create(resource, &mut object);
@@ -317,7 +412,10 @@ impl Registry {
                 });
             }
             let key = self.key(resource, namespace, &name);
-            let result = self.storage.create(&key, Self::encode(&candidate)).await;
+            let result = self
+                .storage
+                .create(&key, Self::encode(resource, &candidate))
+                .await;
             if let Ok(Cas::Done(revision)) = result {
                 // The namespace may have started terminating while this create was admitted;
                 // its cleanup could then have missed the new object, so it does not stay.
@@ -482,7 +580,7 @@ impl Registry {
             let Some(kv) = kv else {
                 return Err(ApiError::not_found(resource.group, resource.plural, name));
             };
-            let current = Self::decode_kv(&kv)?;
+            let current = Self::decode_kv(resource, &kv)?;
             let (desired, warnings) = change(&current)?;
             let client_rv = meta_str(&desired, "resourceVersion");
             if !client_rv.is_empty() && client_rv != meta_str(&current, "resourceVersion") {
@@ -538,7 +636,7 @@ impl Registry {
                 self.storage.delete(&key, kv.mod_revision).await
             } else {
                 self.storage
-                    .update(&key, Self::encode(&next), kv.mod_revision)
+                    .update(&key, Self::encode(resource, &next), kv.mod_revision)
                     .await
             };
             if let Ok(Cas::Done(revision)) = result {
@@ -653,7 +751,7 @@ impl Registry {
                 ));
             }
         }
-        if part == Part::Main && next.get("spec") != current.get("spec") {
+        if part == Part::Main && object::generation_changes(resource, current, &next) {
             let generation = current
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
@@ -779,7 +877,7 @@ impl Registry {
             let Some(kv) = kv else {
                 return Err(ApiError::not_found(resource.group, resource.plural, name));
             };
-            let current = Self::decode_kv(&kv)?;
+            let current = Self::decode_kv(resource, &kv)?;
             if let Some(uid) = options.uid.as_deref()
                 && uid != meta_str(&current, "uid")
             {
@@ -807,14 +905,38 @@ impl Registry {
                 ));
             }
             let grace = self.grace_period(resource, &current, options);
+            let finalizer = options.propagation.and_then(Propagation::finalizer);
             let keep = !object::finalizers(&current).is_empty()
                 || resource.kind == "Namespace"
-                || grace > 0;
+                || grace > 0
+                || finalizer.is_some();
             if keep {
-                if current.pointer("/metadata/deletionTimestamp").is_some() {
+                let mut next = current.clone();
+                if let Some(finalizer) = finalizer
+                    && !object::finalizers(&current).iter().any(|f| f == finalizer)
+                {
+                    let meta = meta_mut(&mut next);
+                    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+                    if let Some(list) = list.as_array_mut() {
+                        list.push(json!(finalizer));
+                    }
+                } else if current.pointer("/metadata/deletionTimestamp").is_some() {
                     return Ok(current);
                 }
-                let mut next = current.clone();
+                if current.pointer("/metadata/deletionTimestamp").is_some() {
+                    // Already going: only the finalizer is new.
+                    if options.dry_run {
+                        return Ok(next);
+                    }
+                    match self
+                        .storage
+                        .update(&key, Self::encode(resource, &next), kv.mod_revision)
+                        .await?
+                    {
+                        Cas::Done(revision) => return Ok(object::with_revision(next, revision)),
+                        Cas::Failed(_) => continue,
+                    }
+                }
                 let meta = meta_mut(&mut next);
                 let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
                 let at = jiff::Timestamp::from_second(at.as_second()).expect("a valid time");
@@ -828,7 +950,7 @@ impl Registry {
                 }
                 match self
                     .storage
-                    .update(&key, Self::encode(&next), kv.mod_revision)
+                    .update(&key, Self::encode(resource, &next), kv.mod_revision)
                     .await?
                 {
                     Cas::Done(revision) => {
@@ -933,7 +1055,12 @@ impl Registry {
     /// One pass: deletes what is left; true once the namespace itself is gone.
     async fn clean_namespace(&self, namespace: &str) -> Result<bool, ApiError> {
         let mut remaining = 0;
-        for resource in RESOURCES.iter().filter(|r| r.namespaced) {
+        // Each store once: events.k8s.io events are the core ones.
+        let stores = RESOURCES
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| RESOURCES.iter().position(|o| o.storage == r.storage) == Some(*i));
+        for (_, resource) in stores.filter(|(_, r)| r.namespaced) {
             let listed = self
                 .list(resource, Some(namespace), &ListOptions::default())
                 .await?;
@@ -964,7 +1091,7 @@ impl Registry {
         let key = self.key(ns, None, namespace);
         let (kv, _) = self.storage.get(&key).await?;
         let Some(kv) = kv else { return Ok(true) };
-        let current = Self::decode_kv(&kv)?;
+        let current = Self::decode_kv(ns, &kv)?;
         if !object::finalizers(&current).is_empty() {
             return Ok(false);
         }
@@ -999,7 +1126,7 @@ impl Registry {
             let (kv, at) = self.storage.get(&format!("{prefix}{name}")).await?;
             let mut items = Vec::new();
             if let Some(kv) = kv {
-                let object = Self::decode_kv(&kv)?;
+                let object = Self::decode_kv(resource, &kv)?;
                 if self.matches(&object, options) {
                     items.push(object);
                 }
@@ -1021,7 +1148,7 @@ impl Registry {
             revision = Some(at);
             for kv in &page.kvs {
                 start = format!("{}\0", kv.key);
-                let object = Self::decode_kv(kv)?;
+                let object = Self::decode_kv(resource, kv)?;
                 if self.matches(&object, options) {
                     items.push(object);
                 }

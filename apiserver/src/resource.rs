@@ -14,8 +14,8 @@ pub struct Resource {
     pub categories: &'static [&'static str],
     /// Has a `/status` subresource: the main resource ignores `.status`, status ignores the rest.
     pub status: bool,
-    /// The resource whose storage this one shares (events.k8s.io events are core events
-    /// upstream; here each keeps its own, since their shapes differ).
+    /// Where its objects are stored: events.k8s.io events share core events' store, as
+    /// upstream, converted on the way in and out ([`Resource::to_storage`]).
     pub storage: &'static str,
 }
 
@@ -42,6 +42,32 @@ impl Resource {
     /// validation and the admission chain.
     pub fn is_service(&self) -> bool {
         self.group.is_empty() && self.kind == "Service"
+    }
+
+    /// The warning kube-apiserver sends with every request on a deprecated resource: its
+    /// `deprecation.WarningMessage` for the type's lifecycle (core/v1 Endpoints since 1.33).
+    pub fn deprecation(&self) -> Option<&'static str> {
+        (self.group.is_empty() && self.kind == "Endpoints").then_some(
+            "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice",
+        )
+    }
+
+    /// An object of this resource as it is stored (events.k8s.io events as core ones).
+    pub fn to_storage(&self, object: serde_json::Value) -> serde_json::Value {
+        if self.group == "events.k8s.io" {
+            crate::event_conversion::to_core(object)
+        } else {
+            object
+        }
+    }
+
+    /// A stored object as this resource shows it.
+    pub fn from_storage(&self, object: serde_json::Value) -> serde_json::Value {
+        if self.group == "events.k8s.io" {
+            crate::event_conversion::from_core(object)
+        } else {
+            object
+        }
     }
 
     /// The object kind of this resource's lists.
@@ -139,7 +165,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["ev"],
         categories: &[],
         status: false,
-        storage: "events.events.k8s.io",
+        storage: "events",
     },
 ];
 

@@ -237,6 +237,8 @@ impl Server {
         if let Storage::Etcd(etcd) = self.app.registry.storage() {
             tokio::spawn(compactor((**etcd).clone(), self.compaction_interval));
         }
+        let collector = tokio::spawn(crate::gc::run(self.app.registry.clone()));
+        let _stop_collector = AbortOnDrop(collector);
         let service = TowerToHyperService::new(router(self.app.clone()));
         tokio::pin!(shutdown);
         loop {
@@ -337,6 +339,15 @@ pub fn kubeconfig(server: &str, ca_file: Option<&Path>, token: Option<&str>) -> 
         "current-context": "svcplane",
     });
     serde_yaml::to_string(&config).expect("JSON values serialize as YAML")
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

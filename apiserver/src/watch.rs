@@ -141,7 +141,7 @@ pub async fn start(
                         Err(e) => return sink.error(&e).await,
                     };
                     last = last.max(change.revision());
-                    let delivered = match to_event(&change, &options.list) {
+                    let delivered = match to_event(resource, &change, &options.list) {
                         Ok(Some((kind, object))) => sink.event(kind, object).await,
                         Ok(None) => true,
                         Err(e) => {
@@ -166,10 +166,13 @@ pub async fn start(
     Ok(receiver)
 }
 
-fn decode(kv: &crate::storage::Kv, revision: u64) -> Result<Value, ApiError> {
+fn decode(resource: &Resource, kv: &crate::storage::Kv, revision: u64) -> Result<Value, ApiError> {
     let object: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
-    Ok(object::with_revision(object, revision))
+    Ok(object::with_revision(
+        resource.from_storage(object),
+        revision,
+    ))
 }
 
 fn matches(object: &Value, list: &ListOptions) -> bool {
@@ -183,15 +186,16 @@ fn matches(object: &Value, list: &ListOptions) -> bool {
 
 /// The watch event a storage change is for this watcher, if any.
 fn to_event(
+    resource: &Resource,
     change: &Change,
     list: &ListOptions,
 ) -> Result<Option<(&'static str, Value)>, ApiError> {
     match change {
         Change::Progress { .. } => Ok(None),
         Change::Put { kv, prev } => {
-            let now = decode(kv, kv.mod_revision)?;
+            let now = decode(resource, kv, kv.mod_revision)?;
             let was = match prev {
-                Some(prev) => matches(&decode(prev, prev.mod_revision)?, list),
+                Some(prev) => matches(&decode(resource, prev, prev.mod_revision)?, list),
                 None => false,
             };
             let is = matches(&now, list);
@@ -204,7 +208,7 @@ fn to_event(
             })
         }
         Change::Delete { prev, revision } => {
-            let last = decode(prev, *revision)?;
+            let last = decode(resource, prev, *revision)?;
             Ok(matches(&last, list).then_some(("DELETED", last)))
         }
     }

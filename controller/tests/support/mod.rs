@@ -237,6 +237,7 @@ impl Harness {
                 admission: vec![Arc::new(admission)],
                 max_pod_grace: None,
                 namespace_cleanup_interval: Duration::from_millis(100),
+                gc_retry_interval: Duration::from_millis(100),
             },
         );
         registry.bootstrap().await.unwrap();
