@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
@@ -42,6 +44,21 @@ pub struct Settings {
     pub controller_name: String,
 }
 
+impl Default for Settings {
+    /// kube-controller-manager's defaults, with its managed-by value.
+    fn default() -> Settings {
+        Settings {
+            concurrent_syncs: 5,
+            endpoint_batch_period: Duration::ZERO,
+            endpointslice_batch_period: Duration::ZERO,
+            max_endpoints_per_slice: 100,
+            max_backoff: Duration::from_secs(100),
+            mirroring_max_endpoints_per_subset: 1000,
+            controller_name: endpointslices::UPSTREAM_CONTROLLER.to_string(),
+        }
+    }
+}
+
 /// What the reconcilers share.
 pub struct Context {
     client: Client,
@@ -58,7 +75,62 @@ pub struct Context {
     tracker: Arc<SliceTracker>,
     /// The same for the mirroring controller's slices.
     mirror_tracker: Arc<SliceTracker>,
+    /// Events as kube-controller-manager's three controllers report them.
+    endpoints_events: Recorder,
+    slice_events: Recorder,
+    mirror_events: Recorder,
     settings: Settings,
+}
+
+/// A recorder reporting as `controller` (upstream's event source component).
+fn recorder(client: &Client, controller: &str) -> Recorder {
+    let instance = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "svcplane".to_string());
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: controller.to_string(),
+            instance: Some(instance),
+        },
+    )
+}
+
+/// Records a Warning event about `regarding`; a failure to record is only logged.
+async fn warn(recorder: &Recorder, regarding: ObjectReference, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Sync".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &regarding).await {
+        tracing::debug!(reason, error = %e, "cannot record an event");
+    }
+}
+
+/// A reference to the object `kind` `namespace/name`, with its UID when known.
+fn reference(kind: &str, api_version: &str, meta: &kube::api::ObjectMeta) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(api_version.to_string()),
+        kind: Some(kind.to_string()),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+/// The message of an API error as kube-apiserver wrote it, or the error itself.
+fn message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn key_of(meta: &kube::api::ObjectMeta) -> Key {
@@ -239,7 +311,7 @@ pub async fn run(
     }
     let _ = ready.send(true);
     let context = Arc::new(Context {
-        client,
+        client: client.clone(),
         services: services.clone(),
         pods,
         nodes,
@@ -250,6 +322,9 @@ pub async fn run(
         replaced: Mutex::default(),
         tracker,
         mirror_tracker,
+        endpoints_events: recorder(&client, "endpoint-controller"),
+        slice_events: recorder(&client, "endpoint-slice-controller"),
+        mirror_events: recorder(&client, "endpoint-slice-mirroring-controller"),
         settings: settings.clone(),
     });
     for svc in services.state() {
@@ -424,13 +499,44 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
             match api.create(&PostParams::default(), &object).await {
                 Ok(_) => Ok(()),
                 Err(e) if namespace_terminating(&e) => Ok(()),
-                Err(e) => Err(e.into()),
+                Err(e) => {
+                    let note = format!(
+                        "Failed to create endpoint for service {namespace}/{name}: {}",
+                        message(&e)
+                    );
+                    let regarding = reference("Endpoints", "v1", &object.metadata);
+                    warn(
+                        &ctx.endpoints_events,
+                        regarding,
+                        "FailedToCreateEndpoint",
+                        note,
+                    )
+                    .await;
+                    Err(e.into())
+                }
             }
         }
         Decision::Update(object) => {
             let base = current.as_deref();
             let object = views::endpoints_to_api(namespace, name, &object, base);
-            let updated = api.replace(name, &PostParams::default(), &object).await?;
+            let updated = match api.replace(name, &PostParams::default(), &object).await {
+                Ok(updated) => updated,
+                Err(e) => {
+                    let note = format!(
+                        "Failed to update endpoint {namespace}/{name}: {}",
+                        message(&e)
+                    );
+                    let regarding = reference("Endpoints", "v1", &object.metadata);
+                    warn(
+                        &ctx.endpoints_events,
+                        regarding,
+                        "FailedToUpdateEndpoint",
+                        note,
+                    )
+                    .await;
+                    return Err(e.into());
+                }
+            };
             let old = base.and_then(|b| b.resource_version());
             if updated.resource_version() != old
                 && let Some(old) = old
@@ -509,13 +615,43 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     ) else {
         return Ok(());
     };
+    let written = write_slices(key, ctx, &svc, &existing, &plan).await;
+    if let Err(e) = &written {
+        let note = format!(
+            "Error updating Endpoint Slices for Service {namespace}/{name}: {}",
+            match e {
+                Error::Kube(e) => message(e),
+                other => other.to_string(),
+            }
+        );
+        let regarding = reference("Service", "v1", &svc.metadata);
+        warn(
+            &ctx.slice_events,
+            regarding,
+            "FailedToUpdateEndpointSlices",
+            note,
+        )
+        .await;
+    }
+    written
+}
+
+/// The writes of a slice plan: creates, updates, deletes, each recorded in the tracker.
+async fn write_slices(
+    key: &Key,
+    ctx: &Context,
+    svc: &Service,
+    existing: &[Arc<EndpointSlice>],
+    plan: &endpointslices::Plan,
+) -> Result<()> {
+    let (namespace, name) = key;
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), namespace);
     // Each write is recorded at once, before its watch event can arrive.
     for slice in &plan.create {
         match api
             .create(
                 &PostParams::default(),
-                &views::slice_to_api(&svc, slice, None),
+                &views::slice_to_api(svc, slice, None),
             )
             .await
         {
@@ -530,7 +666,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     }
     for slice in &plan.update {
         let base = existing.iter().find(|s| s.name_any() == slice.name);
-        let object = views::slice_to_api(&svc, slice, base.map(|b| b.as_ref()));
+        let object = views::slice_to_api(svc, slice, base.map(|b| b.as_ref()));
         let updated = api
             .replace(&slice.name, &PostParams::default(), &object)
             .await?;
@@ -550,7 +686,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
         }
     }
     if !plan.missing_nodes.is_empty() {
-        return Err(Error::MissingNodes(plan.missing_nodes));
+        return Err(Error::MissingNodes(plan.missing_nodes.clone()));
     }
     Ok(())
 }
@@ -612,9 +748,28 @@ pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
         &slice_views,
         ctx.settings.mirroring_max_endpoints_per_subset,
     );
-    if plan.invalid > 0 || plan.over_limit > 0 {
-        tracing::warn!(endpoints = %format!("{namespace}/{name}"), invalid = plan.invalid,
-            over_limit = plan.over_limit, "addresses not mirrored");
+    if plan.invalid > 0 {
+        let note = format!(
+            "Skipped {} invalid IP addresses when mirroring to EndpointSlices",
+            plan.invalid
+        );
+        let regarding = reference("Endpoints", "v1", &ep.metadata);
+        warn(&ctx.mirror_events, regarding, "InvalidIPAddress", note).await;
+    }
+    if plan.over_limit > 0 {
+        let note = format!(
+            "A max of {} addresses can be mirrored to EndpointSlices per Endpoints subset. {} addresses were skipped",
+            ctx.settings.mirroring_max_endpoints_per_subset,
+            plan.invalid + plan.over_limit
+        );
+        let regarding = reference("Endpoints", "v1", &ep.metadata);
+        warn(
+            &ctx.mirror_events,
+            regarding,
+            "TooManyAddressesToMirror",
+            note,
+        )
+        .await;
     }
     for slice in &plan.create {
         match api
