@@ -1,6 +1,6 @@
 //! `svcplane dev`: the whole system on one machine — the API server, the simulated kubelet,
-//! Service allocation at admission with its releaser, and cluster DNS fed from the API — with a
-//! kubeconfig written for kubectl.
+//! Service allocation at admission with its releaser, the endpoint controllers in `all` mode,
+//! and cluster DNS fed from the API — with a kubeconfig written for kubectl.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use apiserver::registry::{Registry, RegistryConfig};
 use apiserver::server::Server;
+use apiserver::system_services::SystemService;
 use clap::Args;
 use controller::{Cluster, ServiceAllocator};
 use ipam::store::Store;
@@ -162,6 +163,7 @@ async fn run_with<S: Store>(
         tracing::info!(pool = %name, %applied, "pool");
     }
     let allocator = Arc::new(Allocator::start(store, AllocatorOptions::default()).await?);
+    let primary = primary_cidr(&specs, &cluster)?;
     let service_allocator = Arc::new(ServiceAllocator::new(allocator.clone(), cluster));
     let mut admission: Vec<Arc<dyn apiserver::ServiceAdmission>> =
         vec![Arc::new(LocalAdmission::new(service_allocator))];
@@ -183,6 +185,7 @@ async fn run_with<S: Store>(
             admission,
             max_pod_grace: Some(args.kubelet.max_pod_grace()),
             namespace_cleanup_interval: args.serve.namespace_cleanup_interval(),
+            gc_retry_interval: args.serve.gc_retry_interval(),
         },
     );
     registry
@@ -191,6 +194,15 @@ async fn run_with<S: Store>(
         .context("creating the default namespaces")?;
     let server = Server::bind(registry.clone(), &config).await?;
     let local = server.local_addr();
+    // default/kubernetes and kube-system/kube-dns, with endpoints at this process's listeners.
+    for system in [
+        SystemService::kubernetes(nth_address(&primary, 1), local),
+        SystemService::kube_dns(nth_address(&primary, 10), args.dns),
+    ] {
+        apiserver::system_services::ensure(&registry, &system)
+            .await
+            .with_context(|| format!("creating {}/{}", system.namespace, system.name))?;
+    }
     let mut api = tokio::spawn(server.run(crate::cli::shutdown_signal()));
     let mut kubelet = args.kubelet.spawn(registry.clone())?;
 
@@ -198,7 +210,7 @@ async fn run_with<S: Store>(
     // Service comes and goes unseen by it.
     let kubeconfig_text = args.serve.kubeconfig(&config, local)?;
     let client = client_for(&kubeconfig_text).await?;
-    let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client);
+    let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone());
     let (synced_tx, synced) = tokio::sync::oneshot::channel();
     let mut releaser = tokio::spawn(controller::releaser::run(
         allocator.clone(),
@@ -211,6 +223,20 @@ async fn run_with<S: Store>(
         .await
         .context("the releaser did not list the Services within 30 s")?
         .context("the releaser stopped before listing the Services")?;
+    // The endpoint controllers in `all` mode, as kube-controller-manager's would run.
+    let (controllers_ready, mut controllers_synced) = tokio::sync::watch::channel(false);
+    let mut controllers = tokio::spawn(controller::endpoint_controllers::run(
+        client.clone(),
+        controller::endpoint_controllers::Settings::default(),
+        controllers_ready,
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        controllers_synced.wait_for(|synced| *synced),
+    )
+    .await
+    .context("the endpoint controllers did not sync within 30 s")?
+    .context("the endpoint controllers stopped before syncing")?;
     args.serve.write_kubeconfig(&config, local)?;
     let kubeconfig = args.serve.kubeconfig_out.clone().expect("defaulted above");
 
@@ -248,8 +274,37 @@ async fn run_with<S: Store>(
             anyhow::bail!("the simulated kubelet stopped");
         }
         result = &mut releaser => result?.context("the releaser stopped")?,
+        result = &mut controllers => result?.context("the endpoint controllers stopped")?,
     }
     Ok(())
+}
+
+/// The first CIDR of the primary family's pool: where `kubernetes` (its first address) and
+/// `kube-dns` (its tenth) get their ClusterIPs, as kubeadm places them.
+fn primary_cidr(specs: &[ipam::PoolSpec], cluster: &Cluster) -> anyhow::Result<ipnet::IpNet> {
+    let name = match cluster.families[0] {
+        Family::IPv4 => ipam::spec::IPV4,
+        Family::IPv6 => ipam::spec::IPV6,
+    };
+    let text = specs
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.cidrs.first())
+        .with_context(|| format!("no {name} pool has a CIDR"))?;
+    text.parse()
+        .with_context(|| format!("the {name} pool's CIDR {text} does not parse"))
+}
+
+/// The address `n` after the network address of `net`.
+fn nth_address(net: &ipnet::IpNet, n: u8) -> std::net::IpAddr {
+    match net.network() {
+        std::net::IpAddr::V4(v4) => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4) + u32::from(n)))
+        }
+        std::net::IpAddr::V6(v6) => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) + u128::from(n)))
+        }
+    }
 }
 
 /// A client of the dev API, from its kubeconfig.

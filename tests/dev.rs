@@ -159,21 +159,21 @@ async fn a_requested_cluster_ip_that_is_taken_is_refused_with_422() {
             &PostParams::default(),
             &service(
                 "first",
-                json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}),
+                json!({"clusterIP": "10.96.0.20", "ports": [{"port": 53}]}),
             ),
         )
         .await
         .unwrap();
     assert_eq!(
         first.spec.unwrap().cluster_ip.as_deref(),
-        Some("10.96.0.10")
+        Some("10.96.0.20")
     );
     let status = api_error(
         api.create(
             &PostParams::default(),
             &service(
                 "second",
-                json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}),
+                json!({"clusterIP": "10.96.0.20", "ports": [{"port": 53}]}),
             ),
         )
         .await
@@ -182,7 +182,7 @@ async fn a_requested_cluster_ip_that_is_taken_is_refused_with_422() {
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     assert_eq!(
         status.message,
-        "Service \"second\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.10\"}: failed to allocate IP 10.96.0.10: provided IP is already allocated"
+        "Service \"second\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.20\"}: failed to allocate IP 10.96.0.20: provided IP is already allocated"
     );
     let outside = api_error(
         api.create(
@@ -331,7 +331,7 @@ async fn values_allocated_for_a_write_a_later_webhook_denies_are_given_back() {
 async fn replacing_a_service_with_its_original_manifest_keeps_its_allocations() {
     let dev = Dev::start(&[]);
     let manifest = support::write(
-        dev.dir.path(),
+        dev.dir(),
         "svc.yaml",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\nspec:\n  type: NodePort\n  selector:\n    app: np\n  ports:\n  - name: http\n    port: 80\n",
     );

@@ -15,6 +15,7 @@ pub struct Watched {
     env: Vec<(String, String)>,
     log: PathBuf,
     scratch: Option<PathBuf>,
+    dir: Option<PathBuf>,
 }
 
 const WATCHDOG: &str = r#""$PROGRAM" "$@" & p=$!
@@ -35,7 +36,34 @@ impl Watched {
         log: &Path,
         scratch: Option<&Path>,
     ) -> Watched {
-        let mut watched = Watched {
+        let mut watched = Watched::new(program, args, env, log, scratch);
+        watched.start();
+        watched
+    }
+
+    /// As [`Watched::spawn`], with `dir` as the working directory.
+    pub fn spawn_in(
+        dir: &Path,
+        program: &Path,
+        args: Vec<OsString>,
+        env: &[(&str, &str)],
+        log: &Path,
+        scratch: Option<&Path>,
+    ) -> Watched {
+        let mut watched = Watched::new(program, args, env, log, scratch);
+        watched.dir = Some(dir.to_path_buf());
+        watched.start();
+        watched
+    }
+
+    fn new(
+        program: &Path,
+        args: Vec<OsString>,
+        env: &[(&str, &str)],
+        log: &Path,
+        scratch: Option<&Path>,
+    ) -> Watched {
+        Watched {
             child: None,
             program: program.to_path_buf(),
             args,
@@ -45,9 +73,8 @@ impl Watched {
                 .collect(),
             log: log.to_path_buf(),
             scratch: scratch.map(Path::to_path_buf),
-        };
-        watched.start();
-        watched
+            dir: None,
+        }
     }
 
     /// Starts the process again with the same arguments (after [`Watched::kill`]).
@@ -58,7 +85,11 @@ impl Watched {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let child = command
             .arg("-c")
             .arg(WATCHDOG)
             .arg("sh")

@@ -352,45 +352,64 @@ pub fn dig(port: u16, args: &[&str]) -> Dig {
     Dig { status, answers }
 }
 
-/// A running `svcplane dev`, killed on drop.
+/// A running `svcplane dev`, killed with its test binary at the latest.
 pub struct Dev {
-    child: Child,
+    process: testkit::process::Watched,
     pub api_port: u16,
     pub dns_port: u16,
-    pub dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Removes the directory when dropped (not for the shared instance, whose watchdog does).
+    _owned: Option<tempfile::TempDir>,
 }
 
 impl Dev {
     /// Starts `svcplane dev` in a fresh directory on free loopback ports, with `extra` flags.
     pub fn start(extra: &[&str]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        Dev::spawn(path, Some(dir), extra)
+    }
+
+    /// One instance for the whole test binary, started with `flags` by its first caller (every
+    /// caller in a binary passes the same); tests keep to their own namespaces.
+    pub fn shared(flags: &[&str]) -> &'static Dev {
+        static SHARED: std::sync::OnceLock<Dev> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap().keep();
+            Dev::spawn(dir, None, flags)
+        })
+    }
+
+    fn spawn(dir: PathBuf, owned: Option<tempfile::TempDir>, extra: &[&str]) -> Dev {
         let api_port = free_port();
         let dns_port = free_dns_port();
-        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
-            .args([
-                "dev",
-                "--listen-api",
-                &format!("127.0.0.1:{api_port}"),
-                "--dns",
-                &format!("127.0.0.1:{dns_port}"),
-            ])
-            .args(extra)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start svcplane dev");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "dev".into(),
+            "--listen-api".into(),
+            format!("127.0.0.1:{api_port}").into(),
+            "--dns".into(),
+            format!("127.0.0.1:{dns_port}").into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        let scratch = owned.is_none().then_some(dir.as_path());
+        let process = testkit::process::Watched::spawn_in(
+            &dir,
+            Path::new(env!("CARGO_BIN_EXE_svcplane")),
+            args,
+            &[("RUST_LOG", "info")],
+            &dir.join("dev.log"),
+            scratch,
+        );
         let mut dev = Dev {
-            child,
+            process,
             api_port,
             dns_port,
             dir,
+            _owned: owned,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !dev.log().contains("svcplane dns: serving") {
-            if let Some(status) = dev.child.try_wait().unwrap() {
+            if let Some(status) = dev.process.exited() {
                 panic!("svcplane dev exited with {status}: {}", dev.log());
             }
             assert!(
@@ -403,13 +422,18 @@ impl Dev {
         dev
     }
 
+    /// Its working directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// The kubeconfig `svcplane dev` wrote (./.svcplane/kubeconfig in its directory).
     pub fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join(".svcplane/kubeconfig")
+        self.dir.join(".svcplane/kubeconfig")
     }
 
     pub async fn client(&self) -> kube::Client {
@@ -422,26 +446,40 @@ impl Dev {
 
     /// kubectl with this instance's kubeconfig, run in the repository (so `-f examples/` works).
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(kubectl())
+        self.kubectl_stdin(args, None)
+    }
+
+    /// kubectl with `stdin` as its input.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(kubectl())
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")
-            .arg(self.dir.path().join("kubectl-cache"))
+            .arg(self.dir.join("kubectl-cache"))
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("HOME", self.dir.path())
-            .output()
-            .expect("run kubectl")
+            .env("HOME", &self.dir)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().expect("run kubectl")
     }
 
     pub fn dig(&self, args: &[&str]) -> Dig {
         dig(self.dns_port, args)
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
