@@ -25,6 +25,9 @@ struct State {
     /// Keys added while a worker had them; queued again when it is done.
     again: HashSet<Key>,
     failures: HashMap<Key, u32>,
+    /// Delayed adds: when each waiting key is due. One entry per key, the earliest time
+    /// asked for, as client-go's delaying queue keeps it.
+    waiting: HashMap<Key, tokio::time::Instant>,
 }
 
 /// A work queue of keys with client-go's guarantees: a key waits at most once, and a key being
@@ -47,15 +50,37 @@ impl Queue {
         }
     }
 
-    /// Queues `key` after `delay` (at once when it is zero).
+    /// Queues `key` after `delay` (at once when it is zero). A key already waiting keeps the
+    /// earlier of its two times, so a burst of changes within a batch period gives one sync.
     pub fn add_after(&self, key: Key, delay: Duration) {
         if delay.is_zero() {
             return self.add(key);
         }
+        let due = tokio::time::Instant::now() + delay;
+        {
+            let mut state = self.state.lock().expect("the queue's lock");
+            match state.waiting.get(&key) {
+                Some(&earlier) if earlier <= due => return,
+                _ => {
+                    state.waiting.insert(key.clone(), due);
+                }
+            }
+        }
         let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            queue.add(key);
+            tokio::time::sleep_until(due).await;
+            let current = {
+                let mut state = queue.state.lock().expect("the queue's lock");
+                let current = state.waiting.get(&key) == Some(&due);
+                if current {
+                    state.waiting.remove(&key);
+                }
+                current
+            };
+            // Otherwise an earlier time replaced this one and has fired already.
+            if current {
+                queue.add(key);
+            }
         });
     }
 
@@ -204,6 +229,22 @@ mod tests {
         assert!(pending.is_err(), "a is being processed");
         queue.done(&key("a"));
         assert_eq!(queue.next().await, key("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_adds_of_one_key_within_its_wait_give_one_sync_at_the_earliest_time() {
+        let queue = Queue::default();
+        let start = tokio::time::Instant::now();
+        queue.add_after(key("a"), Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        queue.add_after(key("a"), Duration::from_secs(2));
+        queue.add_after(key("a"), Duration::from_secs(1));
+        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(start.elapsed(), Duration::from_millis(1500));
+        queue.done(&key("a"));
+        // Nothing else was left waiting.
+        let more = tokio::time::timeout(Duration::from_secs(10), queue.next()).await;
+        assert!(more.is_err(), "one sync for the burst");
     }
 
     #[tokio::test]
