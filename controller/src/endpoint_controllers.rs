@@ -369,9 +369,6 @@ pub async fn run(
     })
 }
 
-/// How many times a worker yields to the watch tasks before a sync.
-const WATCHES_FIRST: usize = 3;
-
 /// One sync of a key, borrowed from its worker.
 type Sync =
     for<'a> fn(
@@ -391,12 +388,6 @@ fn worker(
     tokio::spawn(async move {
         loop {
             let key = queue.next().await;
-            // The watch that queued this key woke this worker; the others woken with it (a
-            // burst of buffered events, say, after a pause) take theirs in first, so that a
-            // sync does not read a pod store halfway through it and write twice.
-            for _ in 0..WATCHES_FIRST {
-                tokio::task::yield_now().await;
-            }
             match sync(&key, &ctx).await {
                 Ok(()) => queue.forget(&key),
                 Err(e) => error_policy(controller, &key, &e, &queue, &ctx),
