@@ -641,10 +641,10 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
         .assert_converge("mirroring skipped", |w| !w.slices.contains_key("manual"))
         .await;
 
-    // Scale 0 → 25: packing into slices of at most 10.
+    // Scale 0 → 40: packing into slices of at most 10.
     sides
         .each_frozen(|client| async move {
-            for i in 0..25 {
+            for i in 0..40 {
                 let p = pod(&format!("s-{i:02}"), json!({"app": "scaled"}), json!({}));
                 let node = if i % 2 == 0 { "node-a" } else { "node-b" };
                 cluster::run_pod(&client, node, p, PodState::Ready, false).await;
@@ -652,8 +652,8 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
         })
         .await;
     sides
-        .assert_converge("scale to 25", |w| {
-            w.slices.get("scaled").is_some_and(|s| s.len() == 3)
+        .assert_converge("scale to 40", |w| {
+            w.slices.get("scaled").is_some_and(|s| s.len() == 4)
         })
         .await;
 
@@ -694,9 +694,9 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
         })
         .await;
 
-    // A rolling replacement of the 25 pods, five at a time: new pods come up Ready, old ones
-    // go not ready and are deleted (each batch made while both controllers are frozen).
-    for batch in 0..5 {
+    // A rolling replacement of 30 of the 40 pods, five at a time: new pods come up Ready, old
+    // ones go not ready and are deleted (each batch made while both controllers are frozen).
+    for batch in 0..6 {
         sides
             .each_frozen(|client| async move {
                 let api: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -740,17 +740,17 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
         })
         .await;
 
-    // Scale 25 → 0: a placeholder slice remains.
+    // Scale 40 → 0: a placeholder slice remains.
     sides
         .each_frozen(|client| async move {
             let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-            for i in 0..25 {
-                api.delete(
-                    &format!("r-{i:02}"),
-                    &DeleteParams::default().grace_period(0),
-                )
-                .await
-                .unwrap();
+            let names = (0..30)
+                .map(|i| format!("r-{i:02}"))
+                .chain((30..40).map(|i| format!("s-{i:02}")));
+            for name in names {
+                api.delete(&name, &DeleteParams::default().grace_period(0))
+                    .await
+                    .unwrap();
             }
         })
         .await;

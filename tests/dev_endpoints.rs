@@ -674,12 +674,34 @@ async fn check_34_endpoints_hold_at_most_1000_addresses_marked_truncated_until_b
 
 /// 250 pods behind `web` in `ns`, waited for as three slices of 100, 100 and 50.
 async fn two_hundred_and_fifty(ns: &str) -> Vec<Value> {
-    let mut objects = vec![service(
-        "web",
-        json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
-    )];
-    objects.extend((0..250).map(|i| pod(&format!("web-{i}"), "web", &[], json!({}))));
-    create(ns, &objects);
+    // The pods first, all ready, then the Service: its first sync packs all 250 at once. (Pods
+    // arriving a few at a time are packed as they come, into other sizes, upstream too.)
+    let pods: Vec<Value> = (0..250)
+        .map(|i| pod(&format!("web-{i}"), "web", &[], json!({})))
+        .collect();
+    create(ns, &pods);
+    until("250 ready pods", || {
+        let list = get(ns, &["pods"])?;
+        let ready = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count();
+        (ready == 250).then_some(())
+    })
+    .await;
+    create(
+        ns,
+        &[service(
+            "web",
+            json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
+        )],
+    );
     until("slices of 100, 100 and 50", || {
         let s = slices(ns, "web");
         let mut sizes: Vec<usize> = s.iter().map(endpoint_count).collect();
