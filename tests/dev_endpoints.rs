@@ -104,7 +104,12 @@ async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         if let Some(value) = probe() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() > deadline {
+            let log = dev().log();
+            let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+            let tail = warnings[warnings.len().saturating_sub(40)..].join("\n");
+            panic!("timed out waiting for {what}; svcplane dev's last warnings:\n{tail}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -5,6 +5,7 @@
 //! - [`store`]: the cache as plain data changed by events, published as immutable, indexed
 //!   snapshots (atomically: a reader sees a whole step or none of it), with a `synced` state and a
 //!   change notification for subscribers.
+//! - [`follow`]: the controllers' stores: lean values converted at the watch boundary.
 //! - [`selector`]: label selectors in kubectl syntax, one parser for the API server and the
 //!   controllers.
 //! - Feeds: [`manifests`] (files and directories, reloaded when they change) and [`kube_feed`]
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod convert;
 mod error;
+pub mod follow;
 pub mod kube_feed;
 pub mod manifests;
 pub mod selector;

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cache::follow::LeanStore;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -63,8 +64,9 @@ impl Default for Settings {
 pub struct Context {
     client: Client,
     services: Store<Service>,
-    pods: Store<Pod>,
-    nodes: Store<Node>,
+    /// Pods and nodes as lean records, converted at the watch boundary.
+    pods: LeanStore<views::PodRecord>,
+    nodes: LeanStore<views::NodeRecord>,
     endpoints: Store<Endpoints>,
     slices: Store<EndpointSlice>,
     endpoints_triggers: TriggerTimes,
@@ -141,9 +143,9 @@ fn key_of(meta: &kube::api::ObjectMeta) -> Key {
 }
 
 /// The Services of `pod`'s namespace that select it.
-fn services_selecting(services: &Store<Service>, pod: &Pod) -> Vec<Key> {
-    let namespace = pod.namespace().unwrap_or_default();
-    let labels = pod.labels();
+fn services_selecting(services: &Store<Service>, pod: &views::PodRecord) -> Vec<Key> {
+    let namespace = &pod.view.namespace;
+    let labels = &pod.view.labels;
     services
         .state()
         .iter()
@@ -194,30 +196,38 @@ pub async fn run(
             settings.endpoint_batch_period,
             settings.endpointslice_batch_period,
         );
-        follow(Api::<Pod>::all(client.clone()), move |old, new| {
-            let mut keys: Vec<Key> = Vec::new();
-            for pod in [old, new].into_iter().flatten() {
-                keys.extend(services_selecting(&services, pod));
-            }
-            keys.sort();
-            keys.dedup();
-            for key in keys {
-                eq.add_after(key.clone(), eb);
-                sq.add_after(key, sb);
-            }
-        })
+        cache::follow::follow(
+            Api::<Pod>::all(client.clone()),
+            views::pod_record,
+            move |old, new| {
+                let mut keys: Vec<Key> = Vec::new();
+                for pod in [old, new].into_iter().flatten() {
+                    keys.extend(services_selecting(&services, pod));
+                }
+                keys.sort();
+                keys.dedup();
+                for key in keys {
+                    eq.add_after(key.clone(), eb);
+                    sq.add_after(key, sb);
+                }
+            },
+        )
     };
     let (nodes, nodes_task) = {
         let (sq, services) = (slices_queue.clone(), services.clone());
-        follow(Api::<Node>::all(client.clone()), move |old, new| {
-            // A node's zone feeds its pods' endpoints: resync every Service with a selector.
-            let zone = |n: Option<&Node>| n.map(views::node_zone);
-            if zone(old) != zone(new) {
-                for svc in services.state() {
-                    sq.add(key_of(&svc.metadata));
+        cache::follow::follow(
+            Api::<Node>::all(client.clone()),
+            views::node_record,
+            move |old, new| {
+                // A node's zone feeds its pods' endpoints: resync every Service with a selector.
+                let zone = |n: Option<&views::NodeRecord>| n.map(|n| n.zone.clone());
+                if zone(old) != zone(new) {
+                    for svc in services.state() {
+                        sq.add(key_of(&svc.metadata));
+                    }
                 }
-            }
-        })
+            },
+        )
     };
     let (endpoints, endpoints_task) = {
         let (eq, mq) = (endpoints_queue.clone(), mirror_queue.clone());
@@ -297,18 +307,19 @@ pub async fn run(
             },
         )
     };
+    let ended = |what: &str| Error::Config {
+        field: what.to_string(),
+        message: "the watch ended before its first list".to_string(),
+    };
     for (what, store) in [
         ("services", services.wait_until_ready().await),
-        ("pods", pods.wait_until_ready().await),
-        ("nodes", nodes.wait_until_ready().await),
         ("endpoints", endpoints.wait_until_ready().await),
         ("endpointslices", slices.wait_until_ready().await),
     ] {
-        store.map_err(|_| Error::Config {
-            field: what.to_string(),
-            message: "the watch ended before its first list".to_string(),
-        })?;
+        store.map_err(|_| ended(what))?;
     }
+    pods.wait_until_ready().await.map_err(|_| ended("pods"))?;
+    nodes.wait_until_ready().await.map_err(|_| ended("nodes"))?;
     let _ = ready.send(true);
     let context = Arc::new(Context {
         client: client.clone(),
@@ -409,25 +420,21 @@ fn error_policy(controller: &str, key: &Key, error: &Error, queue: &Queue, ctx: 
     queue.retry(key.clone(), ctx.settings.max_backoff);
 }
 
-fn pods_of(ctx: &Context, namespace: &str) -> Vec<Arc<Pod>> {
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace))
-        .collect()
+fn pods_of(ctx: &Context, namespace: &str) -> Vec<Arc<views::PodRecord>> {
+    ctx.pods.in_namespace(namespace)
 }
 
 /// The `(name, Ready transition)` of the pods `service` selects, for the trigger time.
 fn trigger_inputs(
     service: &endpoints::ServiceView,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<views::PodRecord>],
 ) -> Vec<(String, Option<String>)> {
     let Some(selector) = &service.selector else {
         return Vec::new();
     };
     pods.iter()
-        .filter(|p| endpoints::selects(selector, p.labels()))
-        .map(|p| (p.name_any(), views::pod_trigger_time(p)))
+        .filter(|p| endpoints::selects(selector, &p.view.labels))
+        .map(|p| (p.view.name.clone(), p.trigger.clone()))
         .collect()
 }
 
@@ -483,8 +490,7 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
         &created_at(&svc),
         &trigger_inputs(&view, &pods),
     );
-    let pod_views: Vec<endpoints::PodView> = pods.iter().map(|p| views::pod(p)).collect();
-    let refs: Vec<&endpoints::PodView> = pod_views.iter().collect();
+    let refs: Vec<&endpoints::PodView> = pods.iter().map(|p| &p.view).collect();
     let current_view = current.as_deref().map(views::endpoints);
     match endpoints::decide(
         Some(&view),
@@ -590,15 +596,14 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
         &created_at(&svc),
         &trigger_inputs(&view.service, &pods),
     );
-    let pod_views: Vec<endpoints::PodView> = pods.iter().map(|p| views::pod(p)).collect();
-    let refs: Vec<&endpoints::PodView> = pod_views.iter().collect();
+    let refs: Vec<&endpoints::PodView> = pods.iter().map(|p| &p.view).collect();
     let slice_views: Vec<endpointslices::Slice> =
         existing.iter().map(|s| views::slice(s)).collect();
     let zones: BTreeMap<String, String> = ctx
         .nodes
         .state()
         .iter()
-        .map(|n| (n.name_any(), views::node_zone(n)))
+        .map(|n| (n.name.clone(), n.zone.clone()))
         .collect();
     let settings = endpointslices::Settings {
         max_endpoints_per_slice: ctx.settings.max_endpoints_per_slice,

@@ -144,6 +144,37 @@ pub fn pod_trigger_time(pod: &Pod) -> Option<String> {
         .map(|t| t.0.to_string())
 }
 
+/// What the controllers keep of a pod: its view and its trigger time, converted as the watch
+/// delivers it (the pod object itself is not kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRecord {
+    pub view: PodView,
+    pub trigger: Option<String>,
+}
+
+/// A pod as the controllers keep it.
+pub fn pod_record(object: &Pod) -> PodRecord {
+    PodRecord {
+        view: pod(object),
+        trigger: pod_trigger_time(object),
+    }
+}
+
+/// What the controllers keep of a node: its name and zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub zone: String,
+}
+
+/// A node as the controllers keep it.
+pub fn node_record(node: &Node) -> NodeRecord {
+    NodeRecord {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        zone: node_zone(node),
+    }
+}
+
 /// A node's zone label, empty when it has none.
 pub fn node_zone(node: &Node) -> String {
     node.metadata
