@@ -1229,7 +1229,7 @@ async fn the_seeds_kubectl_get_endpoints_lists_the_tomcat_pods_and_describe_show
 }
 
 #[tokio::test]
-async fn deleting_a_service_in_the_foreground_or_orphaning_its_slices_is_honoured() {
+async fn deleting_in_the_foreground_or_orphaning_dependents_is_honoured() {
     let ns = namespace("cascade");
     apply(
         &ns,
@@ -1238,30 +1238,63 @@ async fn deleting_a_service_in_the_foreground_or_orphaning_its_slices_is_honoure
                 "fg",
                 json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
             ),
-            service(
-                "orphan",
-                json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
-            ),
+            service("owner", json!({"ports": [{"port": 80}]})),
             pod("web-0", "web", &[], json!({})),
         ],
     );
-    for svc in ["fg", "orphan"] {
-        until("a slice with the pod", || {
-            (all_slice_endpoints(&slices(&ns, svc)).len() == 1).then_some(())
-        })
-        .await;
-    }
+    until("a slice with the pod", || {
+        (all_slice_endpoints(&slices(&ns, "fg")).len() == 1).then_some(())
+    })
+    .await;
     kubectl(&["-n", &ns, "delete", "service", "fg", "--cascade=foreground"]);
     // kubectl waited for the Service to go; in the foreground its slices went first.
     assert!(get(&ns, &["service", "fg"]).is_none());
     assert!(slices(&ns, "fg").is_empty());
-    kubectl(&["-n", &ns, "delete", "service", "orphan", "--cascade=orphan"]);
-    let left = until("the orphaned slice without its owner", || {
-        let s = slices(&ns, "orphan");
-        (s.len() == 1 && s[0]["metadata"].get("ownerReferences").is_none()).then_some(s)
+    // Orphaning: a Lease owned by a selectorless Service (no controller writes either) keeps
+    // going without its owner. (A Service's own slices are no test of it: the EndpointSlice
+    // controller deletes slices of a Service they are not owned by, upstream too.)
+    let owner_uid = get(&ns, &["service", "owner"]).unwrap()["metadata"]["uid"].clone();
+    apply(
+        &ns,
+        &[json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "dependent", "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Service", "name": "owner", "uid": owner_uid,
+                "blockOwnerDeletion": true,
+            }]},
+            "spec": {"holderIdentity": "test"},
+        })],
+    );
+    kubectl(&["-n", &ns, "delete", "service", "owner", "--cascade=orphan"]);
+    assert!(get(&ns, &["service", "owner"]).is_none());
+    let lease = until("the orphaned Lease without its owner", || {
+        let lease = get(&ns, &["lease", "dependent"])?;
+        lease["metadata"]
+            .get("ownerReferences")
+            .is_none()
+            .then_some(lease)
     })
     .await;
-    assert_eq!(endpoint_count(&left[0]), 1);
+    assert_eq!(lease["spec"]["holderIdentity"], "test");
+    // And in the background (kubectl's default), a dependent goes after its owner.
+    let holder_uid = {
+        apply(&ns, &[service("holder", json!({"ports": [{"port": 80}]}))]);
+        get(&ns, &["service", "holder"]).unwrap()["metadata"]["uid"].clone()
+    };
+    apply(
+        &ns,
+        &[json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "held", "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Service", "name": "holder", "uid": holder_uid,
+            }]},
+        })],
+    );
+    kubectl(&["-n", &ns, "delete", "service", "holder"]);
+    until("the Lease collected", || {
+        get(&ns, &["lease", "held"]).is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
