@@ -223,12 +223,22 @@ async fn run_with<S: Store>(
         .await
         .context("the releaser did not list the Services within 30 s")?
         .context("the releaser stopped before listing the Services")?;
-    // The endpoint controllers in `all` mode, as kube-controller-manager's would run.
+    // The endpoint controllers in `all` mode, as kube-controller-manager's would run; they and
+    // the DNS cache share one watch of Services and one of EndpointSlices.
+    let mut service_watch = cache::follow::SharedWatch::new(kube::Api::all(client.clone()));
+    let mut slice_watch = cache::follow::SharedWatch::new(kube::Api::all(client.clone()));
+    let mut share = || cache::kube_feed::Shared {
+        services: Some(service_watch.subscribe()),
+        endpoint_slices: Some(slice_watch.subscribe()),
+    };
+    let (controller_share, dns_share) = (share(), share());
+    let shared_watches = [service_watch.start(), slice_watch.start()];
     let (controllers_ready, mut controllers_synced) = tokio::sync::watch::channel(false);
-    let mut controllers = tokio::spawn(controller::endpoint_controllers::run(
+    let mut controllers = tokio::spawn(controller::endpoint_controllers::run_with(
         client.clone(),
         controller::endpoint_controllers::Settings::default(),
         controllers_ready,
+        controller_share,
     ));
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -250,7 +260,7 @@ async fn run_with<S: Store>(
         "--pods".into(),
         "insecure".into(),
     ])?;
-    let mut dns = tokio::spawn(crate::dns_cmd::run(dns_args));
+    let mut dns = tokio::spawn(crate::dns_cmd::run_with(dns_args, dns_share));
 
     let shown = std::path::absolute(&kubeconfig).unwrap_or(kubeconfig.clone());
     eprintln!(
@@ -275,6 +285,7 @@ async fn run_with<S: Store>(
         }
         result = &mut releaser => result?.context("the releaser stopped")?,
         result = &mut controllers => result?.context("the endpoint controllers stopped")?,
+        _ = futures::future::select_all(shared_watches) => anyhow::bail!("a shared watch stopped"),
     }
     Ok(())
 }

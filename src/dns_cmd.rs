@@ -121,6 +121,14 @@ impl DnsArgs {
 }
 
 pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
+    run_with(args, cache::kube_feed::Shared::default()).await
+}
+
+/// [`run`], reading the kinds of `shared` from watches another part of the process shares.
+pub(crate) async fn run_with(
+    args: DnsArgs,
+    shared: cache::kube_feed::Shared,
+) -> anyhow::Result<()> {
     let config = Arc::new(args.config()?);
     let limits = limits(&args);
     let bound = server::bind(&args.listen, &limits).await?;
@@ -138,7 +146,7 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let index = server::follow(cache.subscribe(), config.clone());
     let mut feed: tokio::task::JoinHandle<anyhow::Result<()>> = if args.manifests.is_empty() {
         let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
-        let watchers = cache::kube_feed::spawn(cache.clone(), client, &kinds);
+        let watchers = cache::kube_feed::spawn(cache.clone(), client, &kinds, shared);
         tokio::spawn(async move {
             futures::future::join_all(watchers).await;
             Ok(())

@@ -369,3 +369,26 @@ async fn kubectl_create_service_sends_protobuf_and_still_gets_a_cluster_ip() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080))
     );
 }
+
+#[tokio::test]
+async fn the_dns_cache_and_the_controllers_share_one_watch_of_endpoint_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let dev = Dev::start(&["--audit-log", audit.to_str().unwrap()]);
+    // Both readers are up once dev says DNS is serving (the controllers synced before it).
+    let watches = |resource: &str| {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["verb"] == "watch" && e["resource"] == resource)
+            .count()
+    };
+    assert!(dev.log().contains("svcplane dns: serving"));
+    assert_eq!(watches("endpointslices"), 1, "one shared watch");
+    // Services: the shared watch, and the releaser's own.
+    assert_eq!(watches("services"), 2);
+    // Pods and nodes are the controllers' alone; namespaces the DNS cache's.
+    assert_eq!(watches("pods"), 1);
+    assert_eq!(watches("namespaces"), 1);
+}

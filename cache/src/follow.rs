@@ -1,18 +1,112 @@
-//! Watch-fed stores of lean values, for the controllers: one kube-runtime watcher per kind
-//! whose objects are converted at the watch boundary, so the store never holds the API objects,
-//! only what its reader needs. Each change is reported as `(old, new)` once the store holds it,
-//! so a worker woken by the report finds what woke it; a relist reports every object again and
-//! the ones gone as deletions.
+//! Watches and the stores they feed.
+//!
+//! - [`Source`]: where a reader's watch events come from: its own kube-runtime watcher, or a
+//!   [`SharedWatch`] that fans one watcher out to several readers in one process (the DNS cache
+//!   and the controllers in `svcplane dev` share one watch per kind this way).
+//! - [`follow`]: the controllers' stores of lean values, converted at the watch boundary, so
+//!   the store never holds the API objects, only what its reader needs. Each change is reported
+//!   as `(old, new)` once the store holds it, so a worker woken by the report finds what woke
+//!   it; a relist reports every object again and the ones gone as deletions.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
+use tokio::sync::mpsc;
 
 use crate::{Error, Result};
+
+/// What a watched kind must be.
+pub trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Where a reader's watch events come from.
+pub enum Source<K> {
+    /// Its own watcher of this API.
+    Api(Box<Api<K>>),
+    /// Its share of a [`SharedWatch`].
+    Shared(mpsc::UnboundedReceiver<Event<K>>),
+}
+
+impl<K: Watched> Source<K> {
+    /// The events, with the errors of an own watcher (a shared watch logs its own).
+    pub fn events(self) -> BoxStream<'static, Result<Event<K>, watcher::Error>> {
+        match self {
+            Source::Api(api) => watcher::watcher(*api, watcher::Config::default())
+                .default_backoff()
+                .boxed(),
+            Source::Shared(receiver) => futures::stream::unfold(receiver, |mut r| async move {
+                r.recv().await.map(|event| (Ok(event), r))
+            })
+            .boxed(),
+        }
+    }
+}
+
+/// One watcher of a kind whose events go to every reader that subscribed before it started.
+pub struct SharedWatch<K> {
+    api: Api<K>,
+    readers: Vec<mpsc::UnboundedSender<Event<K>>>,
+}
+
+impl<K: Watched> SharedWatch<K> {
+    pub fn new(api: Api<K>) -> SharedWatch<K> {
+        SharedWatch {
+            api,
+            readers: Vec::new(),
+        }
+    }
+
+    /// A reader's source: every event from the first list on, however late it starts reading.
+    pub fn subscribe(&mut self) -> Source<K> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.readers.push(sender);
+        Source::Shared(receiver)
+    }
+
+    /// Runs the watcher until the process ends (or every reader is gone).
+    pub fn start(self) -> tokio::task::JoinHandle<()> {
+        let SharedWatch { api, mut readers } = self;
+        tokio::spawn(async move {
+            let kind = K::kind(&());
+            let mut events = Source::Api(Box::new(api)).events();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        readers.retain(|reader| reader.send(event.clone()).is_ok());
+                        if readers.is_empty() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(%kind, error = %e, "shared watch failed; retrying"),
+                }
+            }
+        })
+    }
+}
 
 /// Namespace (empty for cluster-scoped objects) and name.
 pub type ObjectKey = (String, String);
@@ -113,21 +207,15 @@ fn apply<K: Resource, T>(
     (changes, false)
 }
 
-/// Keeps a store of `convert`ed `api` objects current until the process ends, calling
-/// `on_event(old, new)` for each change once the store holds it.
+/// Keeps a store of `convert`ed objects from `source` current until the process ends,
+/// calling `on_event(old, new)` for each change once the store holds it.
 pub fn follow<K, T, C, F>(
-    api: Api<K>,
+    source: Source<K>,
     convert: C,
     on_event: F,
 ) -> (LeanStore<T>, tokio::task::JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     T: Send + Sync + 'static,
     C: Fn(&K) -> T + Send + 'static,
     F: Fn(Option<&T>, Option<&T>) + Send + 'static,
@@ -140,9 +228,7 @@ where
     };
     let task = tokio::spawn(async move {
         let kind = K::kind(&());
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = source.events();
         let mut listing: Vec<(ObjectKey, T)> = Vec::new();
         while let Some(event) = stream.next().await {
             let event = match event {

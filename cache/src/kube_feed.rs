@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client, Config};
 
+use crate::follow::Source;
 use crate::store::{Cache, Event, Kind, Object};
 use crate::types::Key;
 use crate::{Error, Result, api, convert};
@@ -48,11 +48,20 @@ pub fn kinds(endpoints: bool, pods: bool) -> Vec<Kind> {
     kinds
 }
 
-/// Starts a watcher for each of `kinds`, feeding `cache`.
+/// Shares of watches another reader in the process runs too (see
+/// [`crate::follow::SharedWatch`]); a kind without one gets its own watcher.
+#[derive(Default)]
+pub struct Shared {
+    pub services: Option<Source<api::Service>>,
+    pub endpoint_slices: Option<Source<api::EndpointSlice>>,
+}
+
+/// Starts a watcher for each of `kinds`, feeding `cache` (from `shared` where given).
 pub fn spawn(
     cache: Arc<Cache>,
     client: Client,
     kinds: &[Kind],
+    mut shared: Shared,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     kinds
         .iter()
@@ -61,26 +70,34 @@ pub fn spawn(
             match kind {
                 Kind::Namespaces => tokio::spawn(watch(
                     cache,
-                    Api::<api::Namespace>::all(client),
+                    Source::Api(Box::new(Api::<api::Namespace>::all(client))),
                     *kind,
                     |ns| convert::namespace(ns).map(Object::Namespace),
                 )),
                 Kind::Services => {
-                    tokio::spawn(watch(cache, Api::<api::Service>::all(client), *kind, |s| {
+                    let source = shared
+                        .services
+                        .take()
+                        .unwrap_or_else(|| Source::Api(Box::new(Api::all(client))));
+                    tokio::spawn(watch(cache, source, *kind, |s| {
                         convert::service(s).map(Object::Service)
                     }))
                 }
                 Kind::EndpointSlices => tokio::spawn(watch(
                     cache,
-                    Api::<api::EndpointSlice>::all(client),
+                    shared
+                        .endpoint_slices
+                        .take()
+                        .unwrap_or_else(|| Source::Api(Box::new(Api::all(client)))),
                     *kind,
                     |s| convert::endpoint_slice(s).map(Object::EndpointSlice),
                 )),
-                Kind::Pods => {
-                    tokio::spawn(watch(cache, Api::<api::Pod>::all(client), *kind, |p| {
-                        convert::pod(p).map(Object::Pod)
-                    }))
-                }
+                Kind::Pods => tokio::spawn(watch(
+                    cache,
+                    Source::Api(Box::new(Api::<api::Pod>::all(client))),
+                    *kind,
+                    |p| convert::pod(p).map(Object::Pod),
+                )),
             }
         })
         .collect()
@@ -117,9 +134,9 @@ fn forbidden(error: &watcher::Error) -> bool {
 }
 
 /// Runs one watcher until the process ends.
-async fn watch<K, F>(cache: Arc<Cache>, api: Api<K>, kind: Kind, convert: F)
+async fn watch<K, F>(cache: Arc<Cache>, source: Source<K>, kind: Kind, convert: F)
 where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K: crate::follow::Watched,
     F: Fn(&K) -> Result<Object>,
 {
     use tracing::Instrument;
@@ -133,9 +150,7 @@ where
             }
         };
         let mut listing: Vec<Object> = Vec::new();
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = source.events();
         while let Some(item) = stream.next().await {
             match item {
                 Ok(WatchEvent::Init) => listing.clear(),

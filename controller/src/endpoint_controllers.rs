@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cache::follow::LeanStore;
+use cache::follow::{LeanStore, Source};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -169,6 +169,25 @@ pub async fn run(
     settings: Settings,
     ready: tokio::sync::watch::Sender<bool>,
 ) -> Result<()> {
+    run_with(client, settings, ready, cache::kube_feed::Shared::default()).await
+}
+
+/// [`run`], reading Services and EndpointSlices from the watches of `shared` where given (in
+/// `svcplane dev`, the ones the DNS cache reads too).
+pub async fn run_with(
+    client: Client,
+    settings: Settings,
+    ready: tokio::sync::watch::Sender<bool>,
+    mut shared: cache::kube_feed::Shared,
+) -> Result<()> {
+    let service_source = shared
+        .services
+        .take()
+        .unwrap_or_else(|| Source::Api(Box::new(Api::all(client.clone()))));
+    let slice_source = shared
+        .endpoint_slices
+        .take()
+        .unwrap_or_else(|| Source::Api(Box::new(Api::all(client.clone()))));
     let endpoints_queue = Queue::default();
     let slices_queue = Queue::default();
     let mirror_queue = Queue::default();
@@ -178,7 +197,7 @@ pub async fn run(
             slices_queue.clone(),
             mirror_queue.clone(),
         );
-        follow(Api::<Service>::all(client.clone()), move |old, new| {
+        follow(service_source, move |old, new| {
             if let Some(svc) = new.or(old) {
                 eq.add(key_of(&svc.metadata));
                 sq.add(key_of(&svc.metadata));
@@ -197,7 +216,7 @@ pub async fn run(
             settings.endpointslice_batch_period,
         );
         cache::follow::follow(
-            Api::<Pod>::all(client.clone()),
+            Source::Api(Box::new(Api::<Pod>::all(client.clone()))),
             views::pod_record,
             move |old, new| {
                 let mut keys: Vec<Key> = Vec::new();
@@ -216,7 +235,7 @@ pub async fn run(
     let (nodes, nodes_task) = {
         let (sq, services) = (slices_queue.clone(), services.clone());
         cache::follow::follow(
-            Api::<Node>::all(client.clone()),
+            Source::Api(Box::new(Api::<Node>::all(client.clone()))),
             views::node_record,
             move |old, new| {
                 // A node's zone feeds its pods' endpoints: resync every Service with a selector.
@@ -231,14 +250,17 @@ pub async fn run(
     };
     let (endpoints, endpoints_task) = {
         let (eq, mq) = (endpoints_queue.clone(), mirror_queue.clone());
-        follow(Api::<Endpoints>::all(client.clone()), move |old, new| {
-            if let (Some(gone), None) = (old, new) {
-                eq.add(key_of(&gone.metadata));
-            }
-            if let Some(ep) = new.or(old) {
-                mq.add(key_of(&ep.metadata));
-            }
-        })
+        follow(
+            Source::Api(Box::new(Api::<Endpoints>::all(client.clone()))),
+            move |old, new| {
+                if let (Some(gone), None) = (old, new) {
+                    eq.add(key_of(&gone.metadata));
+                }
+                if let Some(ep) = new.or(old) {
+                    mq.add(key_of(&ep.metadata));
+                }
+            },
+        )
     };
     let tracker: Arc<SliceTracker> = Arc::default();
     let mirror_tracker: Arc<SliceTracker> = Arc::default();
@@ -253,59 +275,54 @@ pub async fn run(
         let delay = settings
             .endpointslice_batch_period
             .max(Duration::from_secs(1));
-        follow(
-            Api::<EndpointSlice>::all(client.clone()),
-            move |old, new| {
-                let mirrored = |s: &EndpointSlice| {
-                    s.labels().get(LABEL_MANAGED_BY).map(String::as_str)
-                        == Some(mirroring::MIRRORING_CONTROLLER)
-                };
-                let (sq, tracker, name) = match new.or(old) {
-                    Some(s) if mirrored(s) => {
-                        (&mq, &mirror_tracker, mirroring::MIRRORING_CONTROLLER)
-                    }
-                    _ => (&sq, &tracker, name.as_str()),
-                };
-                let ours = |s: &EndpointSlice| {
-                    s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(name)
-                };
-                let service = |s: &EndpointSlice| {
-                    s.labels()
-                        .get(LABEL_SERVICE_NAME)
-                        .map(|svc| (s.namespace().unwrap_or_default(), svc.clone()))
-                };
-                match (old, new) {
-                    (old, Some(new)) => {
-                        let moved =
-                            old.is_some_and(|o| service(o) != service(new) || ours(o) != ours(new));
-                        let changed = ours(new)
-                            && service(new).is_some_and(|svc| {
-                                tracker.should_sync(
-                                    &svc,
-                                    &new.name_any(),
-                                    new.metadata.generation.unwrap_or_default(),
-                                )
-                            });
-                        if moved || changed {
-                            for key in [old.and_then(service), service(new)].into_iter().flatten() {
-                                sq.add_after(key, delay);
-                            }
+        follow(slice_source, move |old, new| {
+            let mirrored = |s: &EndpointSlice| {
+                s.labels().get(LABEL_MANAGED_BY).map(String::as_str)
+                    == Some(mirroring::MIRRORING_CONTROLLER)
+            };
+            let (sq, tracker, name) = match new.or(old) {
+                Some(s) if mirrored(s) => (&mq, &mirror_tracker, mirroring::MIRRORING_CONTROLLER),
+                _ => (&sq, &tracker, name.as_str()),
+            };
+            let ours = |s: &EndpointSlice| {
+                s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(name)
+            };
+            let service = |s: &EndpointSlice| {
+                s.labels()
+                    .get(LABEL_SERVICE_NAME)
+                    .map(|svc| (s.namespace().unwrap_or_default(), svc.clone()))
+            };
+            match (old, new) {
+                (old, Some(new)) => {
+                    let moved =
+                        old.is_some_and(|o| service(o) != service(new) || ours(o) != ours(new));
+                    let changed = ours(new)
+                        && service(new).is_some_and(|svc| {
+                            tracker.should_sync(
+                                &svc,
+                                &new.name_any(),
+                                new.metadata.generation.unwrap_or_default(),
+                            )
+                        });
+                    if moved || changed {
+                        for key in [old.and_then(service), service(new)].into_iter().flatten() {
+                            sq.add_after(key, delay);
                         }
                     }
-                    (Some(gone), None) if ours(gone) => {
-                        // A deletion it made is expected; any other (by hand, by someone else)
-                        // re-syncs the Service — also for slices written before a restart, which
-                        // upstream's tracker does not know and leaves missing.
-                        if let Some(svc) = service(gone)
-                            && !tracker.handle_deletion(&svc, &gone.name_any())
-                        {
-                            sq.add_after(svc, delay);
-                        }
-                    }
-                    _ => {}
                 }
-            },
-        )
+                (Some(gone), None) if ours(gone) => {
+                    // A deletion it made is expected; any other (by hand, by someone else)
+                    // re-syncs the Service — also for slices written before a restart, which
+                    // upstream's tracker does not know and leaves missing.
+                    if let Some(svc) = service(gone)
+                        && !tracker.handle_deletion(&svc, &gone.name_any())
+                    {
+                        sq.add_after(svc, delay);
+                    }
+                }
+                _ => {}
+            }
+        })
     };
     let ended = |what: &str| Error::Config {
         field: what.to_string(),

@@ -7,11 +7,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cache::follow::Source;
 use futures::StreamExt;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, Event};
-use kube::{Api, Resource};
+use kube::runtime::watcher::Event;
 use tokio::sync::Notify;
 
 /// A Service key: namespace and name.
@@ -141,24 +140,16 @@ impl Queue {
 
 /// Keeps a store of `api`'s objects current, calling `on_event(old, new)` for each change once
 /// the store holds it (`old` is what it held before) until the process ends.
-pub fn follow<K, F>(api: Api<K>, on_event: F) -> (Store<K>, tokio::task::JoinHandle<()>)
+pub fn follow<K, F>(source: Source<K>, on_event: F) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: cache::follow::Watched,
     F: Fn(Option<&K>, Option<&K>) + Send + 'static,
 {
     let (reader, mut writer) = reflector::store::<K>();
     let store = reader.clone();
     let task = tokio::spawn(async move {
         let kind = K::kind(&());
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = source.events();
         let mut listing: Vec<K> = Vec::new();
         while let Some(event) = stream.next().await {
             let event = match event {
