@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cache::follow::{LeanStore, Source};
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -63,7 +63,7 @@ impl Default for Settings {
 /// What the reconcilers share.
 pub struct Context {
     client: Client,
-    services: Store<Service>,
+    services: LeanStore<views::ServiceRecord>,
     /// Pods and nodes as lean records, converted at the watch boundary.
     pods: LeanStore<views::PodRecord>,
     nodes: LeanStore<views::NodeRecord>,
@@ -143,21 +143,29 @@ fn key_of(meta: &kube::api::ObjectMeta) -> Key {
 }
 
 /// The Services of `pod`'s namespace that select it.
-fn services_selecting(services: &Store<Service>, pod: &views::PodRecord) -> Vec<Key> {
-    let namespace = &pod.view.namespace;
-    let labels = &pod.view.labels;
+fn services_selecting(
+    services: &LeanStore<views::ServiceRecord>,
+    pod: &views::PodRecord,
+) -> Vec<Key> {
     services
-        .state()
+        .in_namespace(&pod.view.namespace)
         .iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+        .map(|s| &s.slice.service)
         .filter(|s| {
-            s.spec
+            s.selector
                 .as_ref()
-                .and_then(|spec| spec.selector.as_ref())
-                .is_some_and(|selector| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                .is_some_and(|selector| endpoints::selects(selector, &pod.view.labels))
         })
-        .map(|s| key_of(&s.metadata))
+        .map(|s| (s.namespace.clone(), s.name.clone()))
         .collect()
+}
+
+/// The key of a Service record.
+fn service_key(svc: &views::ServiceRecord) -> Key {
+    (
+        svc.slice.service.namespace.clone(),
+        svc.slice.service.name.clone(),
+    )
 }
 
 /// Runs both reconcilers until the process ends: starts the watches, waits for every store's
@@ -197,11 +205,11 @@ pub async fn run_with(
             slices_queue.clone(),
             mirror_queue.clone(),
         );
-        follow(service_source, move |old, new| {
+        cache::follow::follow(service_source, views::service_record, move |old, new| {
             if let Some(svc) = new.or(old) {
-                eq.add(key_of(&svc.metadata));
-                sq.add(key_of(&svc.metadata));
-                mq.add(key_of(&svc.metadata));
+                eq.add(service_key(svc));
+                sq.add(service_key(svc));
+                mq.add(service_key(svc));
             }
         })
     };
@@ -242,7 +250,7 @@ pub async fn run_with(
                 let zone = |n: Option<&views::NodeRecord>| n.map(|n| n.zone.clone());
                 if zone(old) != zone(new) {
                     for svc in services.state() {
-                        sq.add(key_of(&svc.metadata));
+                        sq.add(service_key(&svc));
                     }
                 }
             },
@@ -328,8 +336,11 @@ pub async fn run_with(
         field: what.to_string(),
         message: "the watch ended before its first list".to_string(),
     };
+    services
+        .wait_until_ready()
+        .await
+        .map_err(|_| ended("services"))?;
     for (what, store) in [
-        ("services", services.wait_until_ready().await),
         ("endpoints", endpoints.wait_until_ready().await),
         ("endpointslices", slices.wait_until_ready().await),
     ] {
@@ -356,9 +367,9 @@ pub async fn run_with(
         settings: settings.clone(),
     });
     for svc in services.state() {
-        slices_queue.add(key_of(&svc.metadata));
-        endpoints_queue.add(key_of(&svc.metadata));
-        mirror_queue.add(key_of(&svc.metadata));
+        slices_queue.add(service_key(&svc));
+        endpoints_queue.add(service_key(&svc));
+        mirror_queue.add(service_key(&svc));
     }
     for ep in endpoints.state() {
         let leader = ep
@@ -455,14 +466,6 @@ fn trigger_inputs(
         .collect()
 }
 
-fn created_at(svc: &Service) -> String {
-    svc.metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.to_string())
-        .unwrap_or_default()
-}
-
 fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -476,7 +479,7 @@ fn namespace_terminating(e: &kube::Error) -> bool {
 pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
     let (namespace, name) = key;
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(namespace)) else {
+    let Some(svc) = ctx.services.get(namespace, name) else {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(e) if not_found(&e) => {}
@@ -486,7 +489,7 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
         ctx.replaced.lock().expect("lock").remove(key);
         return Ok(());
     };
-    let view = views::service(&svc);
+    let view = &svc.slice.service;
     if view.external_name || view.selector.is_none() {
         return Ok(());
     }
@@ -504,13 +507,13 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
     let trigger = ctx.endpoints_triggers.compute(
         namespace,
         name,
-        &created_at(&svc),
-        &trigger_inputs(&view, &pods),
+        &svc.created_at,
+        &trigger_inputs(view, &pods),
     );
     let refs: Vec<&endpoints::PodView> = pods.iter().map(|p| &p.view).collect();
     let current_view = current.as_deref().map(views::endpoints);
     match endpoints::decide(
-        Some(&view),
+        Some(view),
         &refs,
         current_view.as_ref(),
         trigger.as_deref(),
@@ -574,13 +577,13 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
 /// One EndpointSlice sync for a Service key.
 pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     let (namespace, name) = key;
-    let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(namespace)) else {
+    let Some(svc) = ctx.services.get(namespace, name) else {
         // Its slices go by garbage collection (their ownerReference).
         ctx.slice_triggers.forget(namespace, name);
         ctx.tracker.forget(key);
         return Ok(());
     };
-    let view = views::slice_service(&svc);
+    let view = &svc.slice;
     if view.service.external_name || view.service.selector.is_none() {
         return Ok(());
     }
@@ -610,7 +613,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     let trigger = ctx.slice_triggers.compute(
         namespace,
         name,
-        &created_at(&svc),
+        &svc.created_at,
         &trigger_inputs(&view.service, &pods),
     );
     let refs: Vec<&endpoints::PodView> = pods.iter().map(|p| &p.view).collect();
@@ -628,7 +631,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
         prefer_same_traffic_distribution: true,
     };
     let Some(plan) = endpointslices::plan(
-        &view,
+        view,
         &refs,
         &slice_views,
         &zones,
@@ -646,7 +649,15 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
                 other => other.to_string(),
             }
         );
-        let regarding = reference("Service", "v1", &svc.metadata);
+        let regarding = ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("Service".to_string()),
+            namespace: Some(namespace.clone()),
+            name: Some(name.clone()),
+            uid: Some(svc.slice.uid.clone()),
+            resource_version: svc.resource_version.clone(),
+            ..ObjectReference::default()
+        };
         warn(
             &ctx.slice_events,
             regarding,
@@ -662,7 +673,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
 async fn write_slices(
     key: &Key,
     ctx: &Context,
-    svc: &Service,
+    svc: &views::ServiceRecord,
     existing: &[Arc<EndpointSlice>],
     plan: &endpointslices::Plan,
 ) -> Result<()> {
@@ -717,7 +728,7 @@ async fn write_slices(
 pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
     let (namespace, name) = key;
     let endpoints = ctx.endpoints.get(&ObjectRef::new(name).within(namespace));
-    let service = ctx.services.get(&ObjectRef::new(name).within(namespace));
+    let service = ctx.services.get(namespace, name);
     let existing: Vec<Arc<EndpointSlice>> = ctx
         .slices
         .state()
@@ -741,7 +752,7 @@ pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
         )));
     }
     let ep_view = endpoints.as_deref().map(views::mirrored_endpoints);
-    let svc_view = service.as_deref().map(views::service);
+    let svc_view = service.as_ref().map(|s| s.slice.service.clone());
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), namespace);
     let (Some(ep), true) = (
         endpoints.as_deref(),

@@ -144,6 +144,29 @@ pub fn pod_trigger_time(pod: &Pod) -> Option<String> {
         .map(|t| t.0.to_string())
 }
 
+/// What the controllers keep of a Service, converted as the watch delivers it: what both
+/// reconcilers read of it, and its creation time (the trigger time of a first sync).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub slice: SliceServiceView,
+    pub created_at: String,
+    pub resource_version: Option<String>,
+}
+
+/// A Service as the controllers keep it.
+pub fn service_record(svc: &Service) -> ServiceRecord {
+    ServiceRecord {
+        slice: slice_service(svc),
+        created_at: svc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        resource_version: svc.metadata.resource_version.clone(),
+    }
+}
+
 /// What the controllers keep of a pod: its view and its trigger time, converted as the watch
 /// delivers it (the pod object itself is not kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,17 +412,13 @@ pub fn slice(object: &EndpointSlice) -> Slice {
 /// Service as its controller owner; `base` (the current object) keeps its name,
 /// resourceVersion and the metadata the view does not hold.
 pub fn slice_to_api(
-    service: &Service,
+    service: &ServiceRecord,
     view: &Slice,
     base: Option<&EndpointSlice>,
 ) -> EndpointSlice {
-    let owner = (
-        "Service",
-        service.metadata.name.clone().unwrap_or_default(),
-        service.metadata.uid.clone().unwrap_or_default(),
-    );
-    let namespace = service.metadata.namespace.clone().unwrap_or_default();
-    owned_slice_to_api(&namespace, owner, view, base)
+    let svc = &service.slice.service;
+    let owner = ("Service", svc.name.clone(), service.slice.uid.clone());
+    owned_slice_to_api(&svc.namespace, owner, view, base)
 }
 
 /// An EndpointSlice of a mirrored Endpoints object from its view, owned by the Endpoints.
@@ -603,6 +622,7 @@ mod tests {
         .unwrap();
         let view = slice(&api);
         assert_eq!(view.service_owner_uid.as_deref(), Some("svc-uid"));
+        let svc = service_record(&svc);
         let back = slice_to_api(&svc, &view, Some(&api));
         assert_eq!(back, api);
         // A slice to create gets generateName and the Service as controller owner.
