@@ -819,6 +819,74 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
         })
         .await;
 
+    // Switching over: with kube-controller-manager stopped, svcplane started on the upstream
+    // cluster takes its Endpoints and slices as they are: no write, no duplicate.
+    let before = world(&sides.upstream.client("admin").await, true).await;
+    sides.upstream.apply(&controller_rbac());
+    sides
+        .upstream
+        .controller_manager()
+        .expect("kube-controller-manager runs")
+        .signal(nix::sys::signal::Signal::SIGSTOP);
+    let dir = tempfile::tempdir().unwrap();
+    let mut takeover = Watched::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),
+        vec![
+            "controller".into(),
+            "--manage=all".into(),
+            format!("--max-endpoints-per-slice={MAX_PER_SLICE}").into(),
+            "--kubeconfig".into(),
+            sides
+                .upstream
+                .kubeconfig("svcplane-controller")
+                .into_os_string(),
+        ],
+        &[("RUST_LOG", "info")],
+        &dir.path().join("takeover.log"),
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !takeover.log().contains("caches synced") {
+        assert!(Instant::now() < deadline, "{}", takeover.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let takeover_writes: Vec<String> = std::fs::read_to_string(sides.upstream.audit_log())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| e["user"]["username"] == "svcplane:controller")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["verb"], e["objectRef"]["resource"], e["objectRef"]["name"]
+            )
+        })
+        .collect();
+    assert!(
+        takeover_writes.is_empty(),
+        "svcplane rewrote what kube-controller-manager left: {takeover_writes:?}\n{}",
+        takeover.log()
+    );
+    assert_eq!(
+        world(&sides.upstream.client("admin").await, true).await,
+        before,
+        "taking over changed nothing"
+    );
+    takeover.kill();
+    sides
+        .upstream
+        .controller_manager()
+        .expect("kube-controller-manager runs")
+        .signal(nix::sys::signal::Signal::SIGCONT);
+
     let (theirs, ours) = (writes(&sides.upstream), writes(&sides.ours));
     let total = |w: &BTreeMap<String, usize>| w.values().sum::<usize>();
     eprintln!(

@@ -512,12 +512,7 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
     );
     let refs: Vec<&endpoints::PodView> = pods.iter().map(|p| &p.view).collect();
     let current_view = current.as_deref().map(views::endpoints);
-    match endpoints::decide(
-        Some(view),
-        &refs,
-        current_view.as_ref(),
-        trigger.as_deref(),
-    ) {
+    match endpoints::decide(Some(view), &refs, current_view.as_ref(), trigger.as_deref()) {
         Decision::Nothing => Ok(()),
         Decision::Delete => Ok(()),
         Decision::Create(object) => {
