@@ -359,10 +359,6 @@ async fn act(registry: &Registry, graph: &Graph, mut uids: Vec<String>) -> bool 
 }
 
 async fn apply(registry: &Registry, action: &Action) -> Result<(), ApiError> {
-    let options = WriteOptions {
-        dry_run: false,
-        validation: FieldValidation::Ignore,
-    };
     match action {
         Action::Delete {
             location,
@@ -388,62 +384,62 @@ async fn apply(registry: &Registry, action: &Action) -> Result<(), ApiError> {
             uid,
             owners,
         } => {
-            registry
-                .update_with(
-                    location.resource,
-                    location.namespace.as_deref(),
-                    &location.name,
-                    Part::Main,
-                    options,
-                    |current| {
-                        let mut next = current.clone();
-                        next["metadata"]["uid"] = json!(uid);
-                        let refs = next
-                            .pointer_mut("/metadata/ownerReferences")
-                            .and_then(Value::as_array_mut);
-                        if let Some(refs) = refs {
-                            refs.retain(|r| {
-                                !owners.iter().any(|o| r.get("uid") == Some(&json!(o)))
-                            });
-                            if refs.is_empty() {
-                                next["metadata"]
-                                    .as_object_mut()
-                                    .expect("metadata is an object")
-                                    .remove("ownerReferences");
-                            }
-                        }
-                        Ok((next, Vec::new()))
-                    },
-                )
-                .await?;
+            change(registry, location, uid, |meta| {
+                if let Some(refs) = meta
+                    .get_mut("ownerReferences")
+                    .and_then(Value::as_array_mut)
+                {
+                    refs.retain(|r| !owners.iter().any(|o| r.get("uid") == Some(&json!(o))));
+                    if refs.is_empty() {
+                        meta.remove("ownerReferences");
+                    }
+                }
+            })
+            .await?;
         }
         Action::RemoveFinalizer {
             location,
             uid,
             finalizer,
         } => {
-            registry
-                .update_with(
-                    location.resource,
-                    location.namespace.as_deref(),
-                    &location.name,
-                    Part::Main,
-                    options,
-                    |current| {
-                        let mut next = current.clone();
-                        next["metadata"]["uid"] = json!(uid);
-                        if let Some(list) = next
-                            .pointer_mut("/metadata/finalizers")
-                            .and_then(Value::as_array_mut)
-                        {
-                            list.retain(|f| f.as_str() != Some(finalizer));
-                        }
-                        Ok((next, Vec::new()))
-                    },
-                )
-                .await?;
+            change(registry, location, uid, |meta| {
+                if let Some(list) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
+                    list.retain(|f| f.as_str() != Some(finalizer));
+                }
+            })
+            .await?;
         }
     }
+    Ok(())
+}
+
+/// Changes the metadata of the object at `location`, if it is still the one with `uid`.
+async fn change(
+    registry: &Registry,
+    location: &Location,
+    uid: &str,
+    edit: impl Fn(&mut serde_json::Map<String, Value>),
+) -> Result<(), ApiError> {
+    let options = WriteOptions {
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+    };
+    registry
+        .update_with(
+            location.resource,
+            location.namespace.as_deref(),
+            &location.name,
+            Part::Main,
+            options,
+            |current| {
+                let mut next = current.clone();
+                let meta = crate::object::meta_mut(&mut next);
+                meta.insert("uid".into(), json!(uid));
+                edit(meta);
+                Ok((next, Vec::new()))
+            },
+        )
+        .await?;
     Ok(())
 }
 

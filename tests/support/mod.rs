@@ -188,33 +188,47 @@ impl ApiServer {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let cache = self.dir.path().join("kubectl-cache");
-        let mut child = Command::new(kubectl())
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
+        run_kubectl(&self.kubeconfig(), self.dir.path(), None, args, stdin)
     }
+}
+
+/// kubectl with `kubeconfig`, its cache and HOME in `dir`, run in `cwd` if given, fed `stdin`.
+pub fn run_kubectl(
+    kubeconfig: &Path,
+    dir: &Path,
+    cwd: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    let mut command = Command::new(kubectl());
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.join("kubectl-cache"))
+        .args(args)
+        .env("HOME", dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().expect("run kubectl")
 }
 
 impl Drop for ApiServer {
@@ -451,32 +465,8 @@ impl Dev {
 
     /// kubectl with `stdin` as its input.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(kubectl())
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.dir.join("kubectl-cache"))
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("HOME", &self.dir)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().expect("run kubectl")
+        let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
+        run_kubectl(&self.kubeconfig(), &self.dir, Some(repository), args, stdin)
     }
 
     pub fn dig(&self, args: &[&str]) -> Dig {
