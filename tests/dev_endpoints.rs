@@ -1342,3 +1342,39 @@ async fn headless_names_resolve_to_the_pods_the_controller_lists() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_controllers_warning_events_show_in_kubectl_get_events() {
+    let ns = namespace("events");
+    // 1 001 addresses in one subset: mirroring takes 1 000 and says why it skipped one.
+    let addresses: Vec<Value> = (0..1001)
+        .map(|i| json!({"ip": format!("10.1.{}.{}", i / 250, i % 250 + 1)}))
+        .collect();
+    apply(
+        &ns,
+        &[
+            service("big", json!({"ports": [{"port": 80}]})),
+            json!({
+                "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "big"},
+                "subsets": [{"addresses": addresses, "ports": [{"port": 80}]}],
+            }),
+        ],
+    );
+    until("1 000 mirrored endpoints", || {
+        (all_slice_endpoints(&slices(&ns, "big")).len() == 1000).then_some(())
+    })
+    .await;
+    let line = until("the warning in kubectl get events", || {
+        let out = dev().kubectl(&["-n", &ns, "get", "events"]);
+        support::stdout(&out)
+            .lines()
+            .find(|l| l.contains("TooManyAddressesToMirror"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(line.contains("Warning"), "{line}");
+    assert!(
+        line.contains("A max of 1000 addresses can be mirrored to EndpointSlices per Endpoints subset. 1 addresses were skipped"),
+        "{line}"
+    );
+}
