@@ -912,6 +912,8 @@ impl Registry {
                 || finalizer.is_some();
             if keep {
                 let mut next = current.clone();
+                let starting = current.pointer("/metadata/deletionTimestamp").is_none();
+                // An object already going only gains the finalizer its propagation asks for.
                 if let Some(finalizer) = finalizer
                     && !object::finalizers(&current).iter().any(|f| f == finalizer)
                 {
@@ -920,30 +922,18 @@ impl Registry {
                     if let Some(list) = list.as_array_mut() {
                         list.push(json!(finalizer));
                     }
-                } else if current.pointer("/metadata/deletionTimestamp").is_some() {
+                } else if !starting {
                     return Ok(current);
                 }
-                if current.pointer("/metadata/deletionTimestamp").is_some() {
-                    // Already going: only the finalizer is new.
-                    if options.dry_run {
-                        return Ok(next);
+                if starting {
+                    let meta = meta_mut(&mut next);
+                    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+                    let at = jiff::Timestamp::from_second(at.as_second()).expect("a valid time");
+                    meta.insert("deletionTimestamp".into(), json!(at.to_string()));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    if resource.kind == "Namespace" {
+                        next["status"]["phase"] = json!("Terminating");
                     }
-                    match self
-                        .storage
-                        .update(&key, Self::encode(resource, &next), kv.mod_revision)
-                        .await?
-                    {
-                        Cas::Done(revision) => return Ok(object::with_revision(next, revision)),
-                        Cas::Failed(_) => continue,
-                    }
-                }
-                let meta = meta_mut(&mut next);
-                let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
-                let at = jiff::Timestamp::from_second(at.as_second()).expect("a valid time");
-                meta.insert("deletionTimestamp".into(), json!(at.to_string()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-                if resource.kind == "Namespace" {
-                    next["status"]["phase"] = json!("Terminating");
                 }
                 if options.dry_run {
                     return Ok(next);
@@ -954,7 +944,7 @@ impl Registry {
                     .await?
                 {
                     Cas::Done(revision) => {
-                        if resource.kind == "Namespace" {
+                        if starting && resource.kind == "Namespace" {
                             self.spawn_namespace_cleanup(name.to_string());
                         }
                         return Ok(object::with_revision(next, revision));

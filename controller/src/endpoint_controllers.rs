@@ -1,8 +1,8 @@
 //! The Endpoints and EndpointSlice reconcilers of `svcplane controller`, each shaped
-//! reconcile / error_policy / Context over the stores and queues of [`crate::runtime`]: a sync
-//! reads its stores, asks [`crate::endpoints::decide`] or [`crate::endpointslices::plan`] what
-//! to write, and writes it with resourceVersion preconditions (create, replace, delete; never
-//! server-side apply). A tracker of its own writes refuses to act on a store that has not yet
+//! reconcile / error_policy / Context over the queues of [`crate::runtime`] and the stores of
+//! `cache::follow`: a sync reads its stores, asks [`crate::endpoints::decide`] or
+//! [`crate::endpointslices::plan`] what to write, and writes it with resourceVersion
+//! preconditions (create, replace, delete; never server-side apply). A tracker of its own writes refuses to act on a store that has not yet
 //! seen them, so a stale cache never creates duplicate slices or undoes its own work.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,13 +15,12 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::endpoints::{self, Decision};
 use crate::endpointslices::{self, LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
 use crate::mirroring;
-use crate::runtime::{Key, Queue, follow};
+use crate::runtime::{Key, Queue};
 use crate::slice_tracker::SliceTracker;
 use crate::trigger_time::TriggerTimes;
 use crate::{Error, Result, views};
@@ -67,8 +66,9 @@ pub struct Context {
     /// Pods and nodes as lean records, converted at the watch boundary.
     pods: LeanStore<views::PodRecord>,
     nodes: LeanStore<views::NodeRecord>,
-    endpoints: Store<Endpoints>,
-    slices: Store<EndpointSlice>,
+    /// Endpoints and EndpointSlices whole: writes start from the stored objects.
+    endpoints: LeanStore<Endpoints>,
+    slices: LeanStore<EndpointSlice>,
     endpoints_triggers: TriggerTimes,
     slice_triggers: TriggerTimes,
     /// Per Endpoints key, the resourceVersion this controller last replaced.
@@ -258,8 +258,9 @@ pub async fn run_with(
     };
     let (endpoints, endpoints_task) = {
         let (eq, mq) = (endpoints_queue.clone(), mirror_queue.clone());
-        follow(
+        cache::follow::follow(
             Source::Api(Box::new(Api::<Endpoints>::all(client.clone()))),
+            Endpoints::clone,
             move |old, new| {
                 if let (Some(gone), None) = (old, new) {
                     eq.add(key_of(&gone.metadata));
@@ -283,7 +284,7 @@ pub async fn run_with(
         let delay = settings
             .endpointslice_batch_period
             .max(Duration::from_secs(1));
-        follow(slice_source, move |old, new| {
+        cache::follow::follow(slice_source, EndpointSlice::clone, move |old, new| {
             let mirrored = |s: &EndpointSlice| {
                 s.labels().get(LABEL_MANAGED_BY).map(String::as_str)
                     == Some(mirroring::MIRRORING_CONTROLLER)
@@ -336,17 +337,14 @@ pub async fn run_with(
         field: what.to_string(),
         message: "the watch ended before its first list".to_string(),
     };
-    services
-        .wait_until_ready()
-        .await
-        .map_err(|_| ended("services"))?;
-    for (what, store) in [
+    for (what, synced) in [
+        ("services", services.wait_until_ready().await),
         ("endpoints", endpoints.wait_until_ready().await),
         ("endpointslices", slices.wait_until_ready().await),
+        ("pods", pods.wait_until_ready().await),
     ] {
-        store.map_err(|_| ended(what))?;
+        synced.map_err(|_| ended(what))?;
     }
-    pods.wait_until_ready().await.map_err(|_| ended("pods"))?;
     nodes.wait_until_ready().await.map_err(|_| ended("nodes"))?;
     let _ = ready.send(true);
     let context = Arc::new(Context {
@@ -494,7 +492,7 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
         return Ok(());
     }
     let pods = pods_of(ctx, namespace);
-    let current = ctx.endpoints.get(&ObjectRef::new(name).within(namespace));
+    let current = ctx.endpoints.get(namespace, name);
     if let Some(current) = &current {
         let rv = current.resource_version();
         if rv.is_some() && ctx.replaced.lock().expect("lock").get(key) == rv.as_ref() {
@@ -722,7 +720,7 @@ async fn write_slices(
 /// One EndpointSlice mirroring sync for an Endpoints key.
 pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
     let (namespace, name) = key;
-    let endpoints = ctx.endpoints.get(&ObjectRef::new(name).within(namespace));
+    let endpoints = ctx.endpoints.get(namespace, name);
     let service = ctx.services.get(namespace, name);
     let existing: Vec<Arc<EndpointSlice>> = ctx
         .slices

@@ -15,7 +15,7 @@
 //!   placeholder, recycling, trafficDistribution hints).
 //! - [`views`]: API objects to and from the views those decide on; [`trigger_time`]: the
 //!   last-change-trigger-time of a sync.
-//! - [`runtime`]: the work queue and watch-fed stores; [`endpoint_controllers`]: the two
+//! - [`runtime`]: the work queue; [`endpoint_controllers`]: the two
 //!   reconcilers over them, as `svcplane controller` runs them.
 //!
 //! Admission never releases: it cannot know whether the write it admits will happen.

@@ -1,16 +1,11 @@
-//! The machinery under the endpoint reconcilers, as client-go gives kube-controller-manager:
-//! a work queue of Service keys (deduplicated, never handed to two workers at once, with
-//! delayed adds and per-key exponential back-off), and one watch-fed store per kind whose
-//! events say which Service keys to queue.
+//! The work queue under the endpoint reconcilers, as client-go gives kube-controller-manager:
+//! Service keys deduplicated, never handed to two workers at once, with coalescing delayed adds
+//! and per-key exponential back-off. The watch-fed stores are `cache::follow`'s.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cache::follow::Source;
-use futures::StreamExt;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::Event;
 use tokio::sync::Notify;
 
 /// A Service key: namespace and name.
@@ -136,64 +131,6 @@ impl Queue {
             self.add(key.clone());
         }
     }
-}
-
-/// Keeps a store of `api`'s objects current, calling `on_event(old, new)` for each change once
-/// the store holds it (`old` is what it held before) until the process ends.
-pub fn follow<K, F>(source: Source<K>, on_event: F) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: cache::follow::Watched,
-    F: Fn(Option<&K>, Option<&K>) + Send + 'static,
-{
-    let (reader, mut writer) = reflector::store::<K>();
-    let store = reader.clone();
-    let task = tokio::spawn(async move {
-        let kind = K::kind(&());
-        let mut stream = source.events();
-        let mut listing: Vec<K> = Vec::new();
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(e) => {
-                    tracing::warn!(%kind, error = %e, "watch failed; retrying");
-                    continue;
-                }
-            };
-            // The changes this event makes, as (what the store held, what it will hold).
-            let mut changes: Vec<(Option<Arc<K>>, Option<K>)> = Vec::new();
-            match &event {
-                Event::Apply(obj) => changes.push((
-                    reader.get(&reflector::ObjectRef::from_obj(obj)),
-                    Some(obj.clone()),
-                )),
-                Event::Delete(obj) => {
-                    changes.push((reader.get(&reflector::ObjectRef::from_obj(obj)), None))
-                }
-                Event::Init => listing.clear(),
-                Event::InitApply(obj) => listing.push(obj.clone()),
-                Event::InitDone => {
-                    // A relist: every object is news (deletions show as old ones missing).
-                    let names: HashSet<_> =
-                        listing.iter().map(reflector::ObjectRef::from_obj).collect();
-                    for gone in reader.state() {
-                        if !names.contains(&reflector::ObjectRef::from_obj(gone.as_ref())) {
-                            changes.push((Some(gone), None));
-                        }
-                    }
-                    for obj in listing.drain(..) {
-                        let previous = reader.get(&reflector::ObjectRef::from_obj(&obj));
-                        changes.push((previous, Some(obj)));
-                    }
-                }
-            }
-            // The store first: a worker woken by the callback must find what woke it.
-            writer.apply_watcher_event(&event);
-            for (old, new) in &changes {
-                on_event(old.as_deref(), new.as_ref());
-            }
-        }
-    });
-    (store, task)
 }
 
 #[cfg(test)]
