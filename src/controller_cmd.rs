@@ -1,21 +1,34 @@
 //! `svcplane controller`: the Endpoints, EndpointSlice and EndpointSlice-mirroring controllers
-//! against a cluster, in place of kube-controller-manager's (`--manage=all`).
+//! against a cluster — beside kube-controller-manager for the `svcplane.io/selector`
+//! annotation (`--manage=annotated`), or in place of its three controllers (`--manage=all`) —
+//! with leader election on a Lease and the `/healthz`, `/readyz` and `/metrics` endpoint.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use controller::endpoint_controllers::{self, Settings};
+use controller::endpoint_controllers::{self, Hooks, Manage as ManageMode, Settings};
 use controller::endpointslices::UPSTREAM_CONTROLLER;
+use controller::leader::{self, Elector};
+use controller::metrics::Metrics;
+use controller::ops;
 
 use crate::etcd_flags::parse_duration;
 
 /// Which Services the controller keeps Endpoints and EndpointSlices for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Manage {
-    /// Every Service with a selector, with upstream's managed-by value: run it with
-    /// kube-controller-manager's endpoint, endpointslice and endpointslicemirroring
-    /// controllers disabled.
+    /// Only Services without `spec.selector` that carry the `svcplane.io/selector` annotation
+    /// (a set-based label selector), beside kube-controller-manager. Their slices carry
+    /// `endpointslice.kubernetes.io/managed-by: endpointslice-controller.svcplane.io`, their
+    /// Endpoints `endpointslice.kubernetes.io/skip-mirror: "true"`.
+    Annotated,
+    /// Every Service with a selector, with upstream's managed-by value, and the annotated ones:
+    /// run it with kube-controller-manager's endpoint, endpointslice and
+    /// endpointslicemirroring controllers disabled.
     All,
 }
 
@@ -25,9 +38,8 @@ pub(crate) struct ControllerArgs {
     /// kubeconfig to reach the cluster with (default: KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
-    /// Which Services to manage. Only `all` exists so far: `annotated` (svcplane's set-based
-    /// selector annotation, beside kube-controller-manager) comes in a later release.
-    #[arg(long, value_enum, default_value = "all")]
+    /// Which Services to manage.
+    #[arg(long, value_enum, default_value = "annotated")]
     manage: Manage,
     /// Services synced at once, per controller.
     #[arg(long, default_value_t = 5)]
@@ -47,12 +59,66 @@ pub(crate) struct ControllerArgs {
     /// The longest wait before a failing sync is retried.
     #[arg(long, value_name = "DURATION", default_value = "100s", value_parser = parse_duration)]
     max_sync_backoff: Duration,
+    /// Elect one leader among the replicas on a coordination.k8s.io/v1 Lease; only the
+    /// leader writes. `--leader-elect=false` for a single replica.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long followers wait, after the last renewal they saw, before taking the Lease.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it gives up (and exits).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take, and the leader to renew, the Lease.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+    /// The Lease's name.
+    #[arg(long, value_name = "NAME", default_value = "svcplane-controller")]
+    leader_elect_resource_name: String,
+    /// The Lease's namespace.
+    #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
+    leader_elect_resource_namespace: String,
+    /// Where to serve /healthz, /readyz and /metrics over plain HTTP.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10258")]
+    listen_http: SocketAddr,
+}
+
+impl ControllerArgs {
+    /// The leader election's timing must let a leader give up before followers take over.
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.leader_elect {
+            return Ok(());
+        }
+        let (lease, renew, retry) = (
+            self.leader_elect_lease_duration,
+            self.leader_elect_renew_deadline,
+            self.leader_elect_retry_period,
+        );
+        anyhow::ensure!(
+            lease > renew,
+            "--leader-elect-lease-duration ({lease:?}) must be greater than --leader-elect-renew-deadline ({renew:?})"
+        );
+        anyhow::ensure!(
+            renew.as_secs_f64() > 1.2 * retry.as_secs_f64(),
+            "--leader-elect-renew-deadline ({renew:?}) must be greater than 1.2 x --leader-elect-retry-period ({retry:?})"
+        );
+        anyhow::ensure!(
+            lease.as_secs() >= 1,
+            "--leader-elect-lease-duration must be at least 1s (the Lease counts whole seconds)"
+        );
+        Ok(())
+    }
 }
 
 pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let Manage::All = args.manage;
+    args.check()?;
     let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
+    let manage = match args.manage {
+        Manage::All => ManageMode::All,
+        Manage::Annotated => ManageMode::Annotated,
+    };
     let settings = Settings {
+        manage,
         concurrent_syncs: args.concurrent_service_endpoint_syncs,
         endpoint_batch_period: args.endpoint_updates_batch_period,
         endpointslice_batch_period: args.endpointslice_updates_batch_period,
@@ -61,19 +127,98 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         mirroring_max_endpoints_per_subset: args.mirroring_max_endpoints_per_subset,
         controller_name: UPSTREAM_CONTROLLER.to_string(),
     };
-    let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
-    let run = endpoint_controllers::run(client, settings, ready_tx);
-    tokio::pin!(run);
+    let metrics = Arc::new(Metrics::default());
+    let mut elector = args.leader_elect.then(|| {
+        let config = leader::Config {
+            namespace: args.leader_elect_resource_namespace.clone(),
+            name: args.leader_elect_resource_name.clone(),
+            identity: leader::identity(),
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+        };
+        Elector::new(client.clone(), config, metrics.clone())
+    });
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let listener = ops::bind(args.listen_http).await?;
+    let health = ops::Health {
+        synced: ready_rx.clone(),
+        leader: elector.as_ref().map(Elector::state),
+        leader_tolerance: Duration::from_secs(20),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = ops::serve(listener, health).await {
+            tracing::error!(error = %e, "the operations endpoint stopped");
+        }
+    });
+    tokio::spawn(announce_sync(ready_rx, args.manage));
+    let (lead_tx, lead_rx) = tokio::sync::oneshot::channel::<()>();
+    let hooks = Hooks {
+        ready: ready_tx,
+        shared: cache::kube_feed::Shared::default(),
+        metrics,
+        leading: Box::pin(async move {
+            let _ = lead_rx.await;
+        }),
+    };
+    let mut controllers = Box::pin(endpoint_controllers::run(client, settings, hooks));
+    let Some(elector) = elector.as_mut() else {
+        let _ = lead_tx.send(());
+        return tokio::select! {
+            result = &mut controllers => Ok(result?),
+            _ = crate::cli::shutdown_signal() => Ok(()),
+        };
+    };
     tokio::select! {
-        result = &mut run => return Ok(result?),
-        _ = ready_rx.wait_for(|r| *r) => {}
+        _ = elector.acquire() => {}
+        result = &mut controllers => return Ok(result?),
         _ = crate::cli::shutdown_signal() => return Ok(()),
     }
     eprintln!(
-        "svcplane controller: caches synced; managing Endpoints and EndpointSlices of every Service with a selector"
+        "svcplane controller: leading (Lease {}/{})",
+        args.leader_elect_resource_namespace, args.leader_elect_resource_name
     );
-    tokio::select! {
-        result = run => Ok(result?),
-        _ = crate::cli::shutdown_signal() => Ok(()),
+    let _ = lead_tx.send(());
+    enum End {
+        Lost,
+        Failed(controller::Error),
+        Shutdown,
+    }
+    let end = tokio::select! {
+        _ = elector.hold() => End::Lost,
+        result = &mut controllers => match result {
+            Ok(()) => End::Shutdown,
+            Err(e) => End::Failed(e),
+        },
+        _ = crate::cli::shutdown_signal() => End::Shutdown,
+    };
+    // Every worker stops before the Lease is released.
+    drop(controllers);
+    match end {
+        End::Lost => anyhow::bail!(
+            "leader election lost: no renewal of the Lease succeeded within --leader-elect-renew-deadline"
+        ),
+        End::Failed(e) => {
+            elector.release().await;
+            Err(e).context("the controllers stopped")
+        }
+        End::Shutdown => {
+            elector.release().await;
+            Ok(())
+        }
+    }
+}
+
+/// Says on stderr when the caches have synced (tests and operators wait for it).
+async fn announce_sync(mut ready: tokio::sync::watch::Receiver<bool>, manage: Manage) {
+    if ready.wait_for(|r| *r).await.is_ok() {
+        let what = match manage {
+            Manage::All => "every Service with a selector or the svcplane.io/selector annotation",
+            Manage::Annotated => "Services with the svcplane.io/selector annotation",
+        };
+        eprintln!(
+            "svcplane controller: caches synced; managing Endpoints and EndpointSlices of {what}"
+        );
     }
 }

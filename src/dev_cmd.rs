@@ -234,11 +234,12 @@ async fn run_with<S: Store>(
     let (controller_share, dns_share) = (share(), share());
     let shared_watches = [service_watch.start(), slice_watch.start()];
     let (controllers_ready, mut controllers_synced) = tokio::sync::watch::channel(false);
-    let mut controllers = tokio::spawn(controller::endpoint_controllers::run_with(
+    let mut hooks = controller::endpoint_controllers::Hooks::solo(controllers_ready);
+    hooks.shared = controller_share;
+    let mut controllers = tokio::spawn(controller::endpoint_controllers::run(
         client.clone(),
         controller::endpoint_controllers::Settings::default(),
-        controllers_ready,
-        controller_share,
+        hooks,
     ));
     tokio::time::timeout(
         Duration::from_secs(30),

@@ -45,30 +45,6 @@ struct Sides {
     shown: std::sync::Mutex<(usize, usize)>,
 }
 
-/// The RBAC `svcplane controller` needs, bound to its identity.
-fn controller_rbac() -> Vec<Value> {
-    let rule = |group: &str, resources: &[&str], verbs: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
-    let read = ["get", "list", "watch"];
-    let write = ["get", "list", "watch", "create", "update", "delete"];
-    vec![
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "svcplane:controller"},
-        "rules": [
-            rule("", &["services", "pods", "nodes"], &read),
-            rule("", &["endpoints"], &write),
-            rule("discovery.k8s.io", &["endpointslices"], &write),
-            rule("", &["events"], &["create", "patch", "update"]),
-            rule("events.k8s.io", &["events"], &["create", "patch", "update"]),
-        ]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "svcplane:controller"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "svcplane:controller"},
-            "subjects": [{"kind": "User", "name": "svcplane:controller",
-                          "apiGroup": "rbac.authorization.k8s.io"}]}),
-    ]
-}
-
 impl Sides {
     fn start() -> Sides {
         let max = format!("--max-endpoints-per-slice={MAX_PER_SLICE}");
@@ -87,13 +63,14 @@ impl Sides {
             ),
             ..ClusterOptions::default()
         });
-        ours.apply(&controller_rbac());
+        ours.apply(&cluster::svcplane_controller_rbac());
         let dir = tempfile::tempdir().unwrap();
         let controller = Watched::spawn(
             std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),
             vec![
                 "controller".into(),
                 "--manage=all".into(),
+                "--listen-http=127.0.0.1:0".into(),
                 format!("--max-endpoints-per-slice={MAX_PER_SLICE}").into(),
                 format!("--endpointslice-updates-batch-period={BATCH}").into(),
                 format!("--endpoint-updates-batch-period={BATCH}").into(),
@@ -822,7 +799,7 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
     // Switching over: with kube-controller-manager stopped, svcplane started on the upstream
     // cluster takes its Endpoints and slices as they are: no write, no duplicate.
     let before = world(&sides.upstream.client("admin").await, true).await;
-    sides.upstream.apply(&controller_rbac());
+    sides.upstream.apply(&cluster::svcplane_controller_rbac());
     sides
         .upstream
         .controller_manager()
@@ -834,6 +811,7 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
         vec![
             "controller".into(),
             "--manage=all".into(),
+            "--listen-http=127.0.0.1:0".into(),
             format!("--max-endpoints-per-slice={MAX_PER_SLICE}").into(),
             "--kubeconfig".into(),
             sides
@@ -857,6 +835,8 @@ async fn svcplane_controller_keeps_endpoints_and_slices_as_kube_controller_manag
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
         .filter(|e| e["user"]["username"] == "svcplane:controller")
+        // Its own leader Lease aside.
+        .filter(|e| e["objectRef"]["resource"] != "leases")
         .filter(|e| {
             matches!(
                 e["verb"].as_str(),

@@ -1057,6 +1057,9 @@ async fn check_44_endpoints_without_a_service_are_deleted_at_controller_start_un
         std::path::Path::new(env!("CARGO_BIN_EXE_svcplane")),
         vec![
             "controller".into(),
+            "--manage=all".into(),
+            "--leader-elect=false".into(),
+            "--listen-http=127.0.0.1:0".into(),
             "--kubeconfig".into(),
             server.kubeconfig().into(),
         ],
@@ -1377,4 +1380,113 @@ async fn the_controllers_warning_events_show_in_kubectl_get_events() {
         line.contains("A max of 1000 addresses can be mirrored to EndpointSlices per Endpoints subset. 1 addresses were skipped"),
         "{line}"
     );
+}
+
+/// The pods of the set-based selector tests: each named for why it is in or out of
+/// `app in (a,b),tier notin (cache),!legacy,release`, with its labels.
+fn set_based_pods() -> Vec<(&'static str, Value)> {
+    vec![
+        ("in-a", json!({"app": "a", "tier": "web", "release": "1"})),
+        // No `tier` label at all satisfies `notin`.
+        ("in-b", json!({"app": "b", "release": "2"})),
+        (
+            "out-app",
+            json!({"app": "c", "tier": "web", "release": "1"}),
+        ),
+        (
+            "out-tier",
+            json!({"app": "a", "tier": "cache", "release": "1"}),
+        ),
+        (
+            "out-legacy",
+            json!({"app": "a", "legacy": "yes", "release": "1"}),
+        ),
+        ("out-release", json!({"app": "a", "tier": "web"})),
+    ]
+}
+
+/// The annotation of the set-based selector tests.
+const SET_BASED: &str = "app in (a,b),tier notin (cache),!legacy,release";
+
+#[tokio::test]
+async fn the_selector_annotation_picks_exactly_the_pods_its_set_based_requirements_allow() {
+    let ns = namespace("set-based");
+    let mut objects: Vec<Value> = set_based_pods()
+        .into_iter()
+        .map(|(name, labels)| {
+            let mut p = pod(name, "x", &[], json!({}));
+            p["metadata"]["labels"] = labels;
+            p
+        })
+        .collect();
+    objects.push(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "picky", "annotations": {"svcplane.io/selector": SET_BASED}},
+        "spec": {"ports": [{"port": 80}]}}));
+    create(&ns, &objects);
+    let mut want = BTreeSet::new();
+    for name in ["in-a", "in-b"] {
+        want.insert(ipv4_of(
+            &until("the pod's IPs", || pod_ips(&ns, name)).await,
+        ));
+    }
+    let (ep, picked) = until("Endpoints and a slice of the two selected pods", || {
+        let ep = endpoints(&ns, "picky")?;
+        let picked: BTreeSet<String> = all_slice_endpoints(&slices(&ns, "picky"))
+            .iter()
+            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .filter(|a| !a.contains(':'))
+            .collect();
+        let addresses = subsets(&ep).first().map(|s| ips_of(s, "addresses"))?;
+        (addresses == want && picked == want).then_some((ep, picked))
+    })
+    .await;
+    assert_eq!(picked, want);
+    assert_eq!(
+        ep["metadata"]["labels"]["endpoints.kubernetes.io/managed-by"],
+        "endpoint-controller.svcplane.io"
+    );
+    assert_eq!(
+        ep["metadata"]["labels"]["endpointslice.kubernetes.io/skip-mirror"],
+        "true"
+    );
+    for slice in slices(&ns, "picky") {
+        assert_eq!(
+            slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+            "endpointslice-controller.svcplane.io",
+            "{slice}"
+        );
+    }
+    // A pod that gains `legacy` leaves both.
+    kubectl(&["-n", &ns, "label", "pod", "in-b", "legacy=now"]);
+    let in_a = ipv4_of(&pod_ips(&ns, "in-a").unwrap());
+    until("in-b gone from the Endpoints", || {
+        let ep = endpoints(&ns, "picky")?;
+        let addresses = subsets(&ep).first().map(|s| ips_of(s, "addresses"))?;
+        (addresses == BTreeSet::from([in_a.clone()])).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_selector_annotation_writes_nothing_and_describe_shows_why() {
+    let ns = namespace("malformed");
+    create(
+        &ns,
+        &[
+            pod("p", "a", &[], json!({})),
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "broken", "annotations": {"svcplane.io/selector": "app in (a"}},
+                "spec": {"ports": [{"port": 80}]}}),
+        ],
+    );
+    let described = until("the Warning event in kubectl describe svc", || {
+        let text = kubectl(&["-n", &ns, "describe", "svc", "broken"]);
+        text.contains("InvalidSelectorAnnotation").then_some(text)
+    })
+    .await;
+    assert!(described.contains("Warning"), "{described}");
+    assert!(described.contains("at column 10"), "{described}");
+    assert!(endpoints(&ns, "broken").is_none());
+    assert!(slices(&ns, "broken").is_empty());
 }

@@ -8,7 +8,7 @@
 //!   as `(old, new)` once the store holds it, so a worker woken by the report finds what woke
 //!   it; a relist reports every object again and the ones gone as deletions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -113,7 +113,7 @@ pub type ObjectKey = (String, String);
 
 /// The lean values of one kind, by namespace and name.
 pub struct LeanStore<T> {
-    values: Arc<RwLock<HashMap<ObjectKey, Arc<T>>>>,
+    values: Arc<RwLock<BTreeMap<ObjectKey, Arc<T>>>>,
     ready: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -141,12 +141,12 @@ impl<T> LeanStore<T> {
         values.values().cloned().collect()
     }
 
-    /// The values of one namespace.
+    /// The values of one namespace (a range of the ordered store, not a scan of it).
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<T>> {
         let values = self.values.read().expect("the store's lock");
         values
-            .iter()
-            .filter(|((ns, _), _)| ns == namespace)
+            .range((namespace.to_string(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -172,7 +172,7 @@ fn key_of<K: Resource>(object: &K) -> ObjectKey {
 type Changes<T> = Vec<(Option<Arc<T>>, Option<Arc<T>>)>;
 
 fn apply<K: Resource, T>(
-    values: &mut HashMap<ObjectKey, Arc<T>>,
+    values: &mut BTreeMap<ObjectKey, Arc<T>>,
     listing: &mut Vec<(ObjectKey, T)>,
     event: Event<K>,
     convert: &impl Fn(&K) -> T,
@@ -220,7 +220,7 @@ where
     C: Fn(&K) -> T + Send + 'static,
     F: Fn(Option<&T>, Option<&T>) + Send + 'static,
 {
-    let values: Arc<RwLock<HashMap<ObjectKey, Arc<T>>>> = Arc::default();
+    let values: Arc<RwLock<BTreeMap<ObjectKey, Arc<T>>>> = Arc::default();
     let (ready_tx, ready) = tokio::sync::watch::channel(false);
     let store = LeanStore {
         values: values.clone(),
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn events_keep_only_the_converted_values_and_report_each_change() {
-        let mut values = HashMap::new();
+        let mut values = BTreeMap::new();
         let mut listing = Vec::new();
         let (changes, listed) = apply(&mut values, &mut listing, Event::Init, &phase);
         assert!(changes.is_empty() && !listed);

@@ -42,21 +42,54 @@ impl LabelSelector {
     /// upstream's message, e.g. `unable to parse requirement: ...` or
     /// `found '(', expected: ...`.
     pub fn parse(s: &str) -> Result<LabelSelector, String> {
+        LabelSelector::parse_located(s).map_err(|e| e.message)
+    }
+
+    /// [`LabelSelector::parse`], with the position of the token the parser stopped at.
+    pub fn parse_located(s: &str) -> Result<LabelSelector, ParseError> {
         // Upstream's lexer reads a NUL byte as the end of the input.
         let s = s.split('\0').next().unwrap_or("");
         let mut parser = Parser {
             items: lex(s),
             pos: 0,
+            last: std::cell::Cell::new(0),
         };
-        let mut requirements = parser.parse()?;
+        let mut requirements = parser.parse().map_err(|message| ParseError {
+            message,
+            column: parser.last.get() + 1,
+        })?;
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(LabelSelector { requirements })
+    }
+
+    /// The selector of a `spec.selector`-style map: each key equal to its value. The map is
+    /// taken as given (an API server validated it).
+    pub fn from_map<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Self {
+        let mut requirements: Vec<Requirement> = pairs
+            .into_iter()
+            .map(|(k, v)| Requirement {
+                key: k.clone(),
+                op: Op::Equals,
+                values: vec![v.clone()],
+            })
+            .collect();
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        LabelSelector { requirements }
     }
 
     /// Whether `labels` (the `metadata.labels` object; pass an empty map when missing)
     /// satisfies every requirement.
     pub fn matches(&self, labels: &Map<String, Value>) -> bool {
-        self.requirements.iter().all(|r| r.matches(labels))
+        self.requirements
+            .iter()
+            .all(|r| r.matches_value(labels.get(&r.key).map(label_text).as_deref()))
+    }
+
+    /// [`LabelSelector::matches`] for labels held as strings.
+    pub fn matches_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.requirements
+            .iter()
+            .all(|r| r.matches_value(labels.get(&r.key).map(String::as_str)))
     }
 
     /// True when the selector restricts nothing.
@@ -108,13 +141,12 @@ impl fmt::Display for Requirement {
 }
 
 impl Requirement {
-    fn matches(&self, labels: &Map<String, Value>) -> bool {
-        let value = labels.get(&self.key).map(label_text);
+    /// Whether a label value (`None`: the label is absent) satisfies the requirement.
+    fn matches_value(&self, value: Option<&str>) -> bool {
+        let listed = |v: &str| self.values.iter().any(|w| w == v);
         match self.op {
-            Op::In | Op::Equals | Op::DoubleEquals => {
-                value.is_some_and(|v| self.values.contains(&v))
-            }
-            Op::NotIn | Op::NotEquals => value.is_none_or(|v| !self.values.contains(&v)),
+            Op::In | Op::Equals | Op::DoubleEquals => value.is_some_and(listed),
+            Op::NotIn | Op::NotEquals => value.is_none_or(|v| !listed(v)),
             Op::Exists => value.is_some(),
             Op::DoesNotExist => value.is_none(),
             Op::GreaterThan | Op::LessThan => {
@@ -134,6 +166,20 @@ impl Requirement {
                 }
             }
         }
+    }
+}
+
+/// Why a selector does not parse: upstream's message, and the 1-based column (in bytes) of
+/// the token the parser stopped at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub message: String,
+    pub column: usize,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at column {})", self.message, self.column)
     }
 }
 
@@ -189,8 +235,11 @@ fn is_special(b: u8) -> bool {
     matches!(b, b'=' | b'!' | b'(' | b')' | b',' | b'>' | b'<')
 }
 
+/// One token: its kind, its text and its byte offset in the input.
+type Item = (Token, String, usize);
+
 /// Splits the input into tokens, ending with `EndOfString`, exactly as upstream's `Lexer`.
-fn lex(s: &str) -> Vec<(Token, String)> {
+fn lex(s: &str) -> Vec<Item> {
     let bytes = s.as_bytes();
     let mut pos = 0;
     let mut items = Vec::new();
@@ -199,7 +248,7 @@ fn lex(s: &str) -> Vec<(Token, String)> {
             pos += 1;
         }
         if pos >= bytes.len() {
-            items.push((Token::EndOfString, String::new()));
+            items.push((Token::EndOfString, String::new(), pos));
             return items;
         }
         let start = pos;
@@ -218,11 +267,12 @@ fn lex(s: &str) -> Vec<(Token, String)> {
             match last {
                 Some((tok, end)) => {
                     pos = end;
-                    items.push((tok, s[start..end].to_string()));
+                    items.push((tok, s[start..end].to_string(), start));
                 }
                 None => items.push((
                     Token::Error,
                     format!("error expected: keyword found '{}'", &s[start..pos]),
+                    start,
                 )),
             }
         } else {
@@ -230,7 +280,11 @@ fn lex(s: &str) -> Vec<(Token, String)> {
                 pos += 1;
             }
             let word = &s[start..pos];
-            items.push((keyword(word).unwrap_or(Token::Identifier), word.to_string()));
+            items.push((
+                keyword(word).unwrap_or(Token::Identifier),
+                word.to_string(),
+                start,
+            ));
         }
     }
 }
@@ -243,13 +297,16 @@ enum Context {
 }
 
 struct Parser {
-    items: Vec<(Token, String)>,
+    items: Vec<Item>,
     pos: usize,
+    /// The offset of the token last looked at, where an error points.
+    last: std::cell::Cell<usize>,
 }
 
 impl Parser {
     fn lookahead(&self, ctx: Context) -> (Token, String) {
-        let (tok, lit) = self.items[self.pos.min(self.items.len() - 1)].clone();
+        let (tok, lit, offset) = self.items[self.pos.min(self.items.len() - 1)].clone();
+        self.last.set(offset);
         (Self::in_context(tok, ctx), lit)
     }
 
@@ -665,6 +722,42 @@ mod tests {
         assert!(sel("n<6").matches(&l));
         assert!(!sel("s>1").matches(&l));
         assert!(!sel("missing<1").matches(&l));
+    }
+
+    #[test]
+    fn a_parse_error_points_at_the_token_the_parser_stopped_at() {
+        let column = |s: &str| LabelSelector::parse_located(s).unwrap_err().column;
+        // The unclosed set ends at the end of the input.
+        assert_eq!(column("app in (a"), 10);
+        // `tier` has no operator before its value list.
+        assert_eq!(column("app=web,tier (x)"), 14);
+        // An invalid key is reported where it starts.
+        assert_eq!(column("app,-bad"), 5);
+        let e = LabelSelector::parse_located("app in (a").unwrap_err();
+        assert_eq!(e.to_string(), format!("{} (at column 10)", e.message));
+    }
+
+    #[test]
+    fn set_based_selectors_match_string_labels_and_maps_become_equalities() {
+        let l: std::collections::BTreeMap<String, String> =
+            [("app", "a"), ("tier", "web"), ("release", "1")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let s = sel("app in (a,b),tier notin (cache),!legacy,release");
+        assert!(s.matches_labels(&l));
+        let mut legacy = l.clone();
+        legacy.insert("legacy".into(), String::new());
+        assert!(!s.matches_labels(&legacy));
+        let mut cache = l.clone();
+        cache.insert("tier".into(), "cache".into());
+        assert!(!s.matches_labels(&cache));
+        let map: std::collections::BTreeMap<String, String> =
+            [("app".to_string(), "a".to_string())].into();
+        let from_map = LabelSelector::from_map(&map);
+        assert_eq!(from_map.to_string(), "app=a");
+        assert!(from_map.matches_labels(&l));
+        assert!(LabelSelector::from_map(&std::collections::BTreeMap::new()).matches_labels(&l));
     }
 
     #[test]

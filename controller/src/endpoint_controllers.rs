@@ -17,17 +17,35 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, ResourceExt};
 
-use crate::endpoints::{self, Decision};
+use crate::endpoints::{self, Decision, Selector};
 use crate::endpointslices::{self, LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
+use crate::metrics::{Metrics, Share};
 use crate::mirroring;
 use crate::runtime::{Key, Queue};
 use crate::slice_tracker::SliceTracker;
 use crate::trigger_time::TriggerTimes;
+use crate::views::SelectorAnnotation;
 use crate::{Error, Result, views};
+
+/// Which Services the controllers manage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manage {
+    /// Every Service with `spec.selector` (in place of kube-controller-manager's three
+    /// controllers, which are then disabled), and those selected by the annotation.
+    All,
+    /// Only Services without `spec.selector` that carry [`endpoints::ANNOTATION_SELECTOR`],
+    /// beside kube-controller-manager; no mirroring.
+    Annotated,
+}
+
+/// The managed-by value of the EndpointSlices svcplane writes for the annotation.
+pub const SVCPLANE_SLICE_CONTROLLER: &str = "endpointslice-controller.svcplane.io";
 
 /// The controllers' settings, as kube-controller-manager's flags name them.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Which Services to manage.
+    pub manage: Manage,
     /// `--concurrent-service-endpoint-syncs`: workers per controller.
     pub concurrent_syncs: usize,
     /// `--endpoint-updates-batch-period`: how long pod changes wait before an Endpoints sync.
@@ -40,14 +58,31 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// `--mirroring-max-endpoints-per-subset`: addresses mirrored per Endpoints subset.
     pub mirroring_max_endpoints_per_subset: usize,
-    /// The managed-by value of the slices written (upstream's in `--manage=all`).
+    /// The managed-by value of the slices written for `spec.selector` (upstream's).
     pub controller_name: String,
+}
+
+impl Settings {
+    /// The managed-by value of the slices written for a Service selected by `selector`.
+    fn slice_controller(&self, selector: &Selector) -> &str {
+        match selector {
+            Selector::Spec(_) => &self.controller_name,
+            Selector::Annotation(_) => SVCPLANE_SLICE_CONTROLLER,
+        }
+    }
+
+    /// Whether a slice's managed-by value is one this controller writes in its mode.
+    fn writes_slices_as(&self, managed_by: Option<&str>) -> bool {
+        managed_by == Some(SVCPLANE_SLICE_CONTROLLER)
+            || (self.manage == Manage::All && managed_by == Some(self.controller_name.as_str()))
+    }
 }
 
 impl Default for Settings {
     /// kube-controller-manager's defaults, with its managed-by value.
     fn default() -> Settings {
         Settings {
+            manage: Manage::All,
             concurrent_syncs: 5,
             endpoint_batch_period: Duration::ZERO,
             endpointslice_batch_period: Duration::ZERO,
@@ -81,6 +116,9 @@ pub struct Context {
     endpoints_events: Recorder,
     slice_events: Recorder,
     mirror_events: Recorder,
+    /// Events about svcplane's own annotation.
+    svcplane_events: Recorder,
+    metrics: Arc<Metrics>,
     settings: Settings,
 }
 
@@ -168,26 +206,42 @@ fn service_key(svc: &views::ServiceRecord) -> Key {
     )
 }
 
-/// Runs both reconcilers until the process ends: starts the watches, waits for every store's
-/// first list, queues every Service and every Endpoints object (so Endpoints of Services
-/// deleted while nothing ran are removed, as upstream's start-up sweep does), and runs the
-/// workers. `ready` is told once the stores have synced.
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    ready: tokio::sync::watch::Sender<bool>,
-) -> Result<()> {
-    run_with(client, settings, ready, cache::kube_feed::Shared::default()).await
+/// What the process hands the controllers besides the client and settings.
+pub struct Hooks {
+    /// Told `true` once every store has its first list.
+    pub ready: tokio::sync::watch::Sender<bool>,
+    /// Watches shared with other parts of the process (the DNS cache in `svcplane dev`).
+    pub shared: cache::kube_feed::Shared,
+    pub metrics: Arc<Metrics>,
+    /// Resolves when this process may write (it holds the leader Lease); the stores fill and
+    /// the queues collect keys before.
+    pub leading: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
-/// [`run`], reading Services and EndpointSlices from the watches of `shared` where given (in
-/// `svcplane dev`, the ones the DNS cache reads too).
-pub async fn run_with(
-    client: Client,
-    settings: Settings,
-    ready: tokio::sync::watch::Sender<bool>,
-    mut shared: cache::kube_feed::Shared,
-) -> Result<()> {
+impl Hooks {
+    /// Hooks for a process that is always the writer, with nothing shared.
+    pub fn solo(ready: tokio::sync::watch::Sender<bool>) -> Hooks {
+        Hooks {
+            ready,
+            shared: cache::kube_feed::Shared::default(),
+            metrics: Arc::default(),
+            leading: Box::pin(std::future::ready(())),
+        }
+    }
+}
+
+/// Runs the reconcilers until the process ends (or the future is dropped, which stops every
+/// task it started): starts the watches, waits for every store's first list, queues every
+/// Service and every Endpoints object (so Endpoints of Services deleted while nothing ran
+/// are removed, as upstream's start-up sweep does), and once `hooks.leading` resolves runs
+/// the workers.
+pub async fn run(client: Client, settings: Settings, hooks: Hooks) -> Result<()> {
+    let Hooks {
+        ready,
+        mut shared,
+        metrics,
+        leading,
+    } = hooks;
     let service_source = shared
         .services
         .take()
@@ -196,16 +250,19 @@ pub async fn run_with(
         .endpoint_slices
         .take()
         .unwrap_or_else(|| Source::Api(Box::new(Api::all(client.clone()))));
-    let endpoints_queue = Queue::default();
-    let slices_queue = Queue::default();
-    let mirror_queue = Queue::default();
+    let endpoints_queue = Queue::with_metrics(metrics.clone(), "endpoint");
+    let slices_queue = Queue::with_metrics(metrics.clone(), "endpoint_slice");
+    let mirror_queue = Queue::with_metrics(metrics.clone(), "endpoint_slice_mirroring");
     let (services, services_task) = {
         let (eq, sq, mq) = (
             endpoints_queue.clone(),
             slices_queue.clone(),
             mirror_queue.clone(),
         );
-        cache::follow::follow(service_source, views::service_record, move |old, new| {
+        let manage = settings.manage;
+        let convert =
+            move |svc: &k8s_openapi::api::core::v1::Service| views::service_record(svc, manage);
+        cache::follow::follow(service_source, convert, move |old, new| {
             if let Some(svc) = new.or(old) {
                 eq.add(service_key(svc));
                 sq.add(service_key(svc));
@@ -274,11 +331,7 @@ pub async fn run_with(
     let tracker: Arc<SliceTracker> = Arc::default();
     let mirror_tracker: Arc<SliceTracker> = Arc::default();
     let (slices, slices_task) = {
-        let (sq, mq, name) = (
-            slices_queue.clone(),
-            mirror_queue.clone(),
-            settings.controller_name.clone(),
-        );
+        let (sq, mq, settings) = (slices_queue.clone(), mirror_queue.clone(), settings.clone());
         let (tracker, mirror_tracker) = (tracker.clone(), mirror_tracker.clone());
         // As upstream: a change to a slice re-syncs its Service after at least a second.
         let delay = settings
@@ -289,12 +342,18 @@ pub async fn run_with(
                 s.labels().get(LABEL_MANAGED_BY).map(String::as_str)
                     == Some(mirroring::MIRRORING_CONTROLLER)
             };
-            let (sq, tracker, name) = match new.or(old) {
-                Some(s) if mirrored(s) => (&mq, &mirror_tracker, mirroring::MIRRORING_CONTROLLER),
-                _ => (&sq, &tracker, name.as_str()),
+            let managed_by = |s: &EndpointSlice| s.labels().get(LABEL_MANAGED_BY).cloned();
+            let (sq, tracker, mirror) = match new.or(old) {
+                Some(s) if mirrored(s) => (&mq, &mirror_tracker, true),
+                _ => (&sq, &tracker, false),
             };
             let ours = |s: &EndpointSlice| {
-                s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(name)
+                let by = managed_by(s);
+                if mirror {
+                    by.as_deref() == Some(mirroring::MIRRORING_CONTROLLER)
+                } else {
+                    settings.writes_slices_as(by.as_deref())
+                }
             };
             let service = |s: &EndpointSlice| {
                 s.labels()
@@ -333,6 +392,14 @@ pub async fn run_with(
             }
         })
     };
+    // The watches stop when this future is dropped (leadership lost, shutdown).
+    let _watches = AbortOnDrop(vec![
+        services_task.abort_handle(),
+        pods_task.abort_handle(),
+        nodes_task.abort_handle(),
+        endpoints_task.abort_handle(),
+        slices_task.abort_handle(),
+    ]);
     let ended = |what: &str| Error::Config {
         field: what.to_string(),
         message: "the watch ended before its first list".to_string(),
@@ -362,6 +429,8 @@ pub async fn run_with(
         endpoints_events: recorder(&client, "endpoint-controller"),
         slice_events: recorder(&client, "endpoint-slice-controller"),
         mirror_events: recorder(&client, "endpoint-slice-mirroring-controller"),
+        svcplane_events: recorder(&client, "svcplane-controller"),
+        metrics,
         settings: settings.clone(),
     });
     for svc in services.state() {
@@ -373,37 +442,68 @@ pub async fn run_with(
         let leader = ep
             .annotations()
             .contains_key("control-plane.alpha.kubernetes.io/leader");
-        if !leader {
+        if !leader && (settings.manage == Manage::All || svcplanes_endpoints(&ep)) {
             endpoints_queue.add(key_of(&ep.metadata));
         }
     }
-    let mut workers = Vec::new();
-    for _ in 0..settings.concurrent_syncs.max(1) {
-        workers.push(worker("endpoints", &endpoints_queue, &context, |k, c| {
-            Box::pin(reconcile_endpoints(k, c))
-        }));
-        workers.push(worker("endpointslices", &slices_queue, &context, |k, c| {
-            Box::pin(reconcile_slices(k, c))
-        }));
-        workers.push(worker(
-            "endpointslicemirroring",
-            &mirror_queue,
-            &context,
-            |k, c| Box::pin(reconcile_mirroring(k, c)),
-        ));
-    }
-    let tasks = [
+    // The workers stop with the JoinSet.
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in [
         services_task,
         pods_task,
         nodes_task,
         endpoints_task,
         slices_task,
-    ];
-    let _ = futures::future::select_all(tasks.into_iter().chain(workers)).await;
+    ] {
+        tasks.spawn(async move {
+            let _ = task.await;
+        });
+    }
+    tokio::select! {
+        _ = leading => {}
+        _ = tasks.join_next() => return Err(ended("a watch")),
+    }
+    for _ in 0..settings.concurrent_syncs.max(1) {
+        worker(
+            &mut tasks,
+            "endpoint",
+            &endpoints_queue,
+            &context,
+            |k, c| Box::pin(reconcile_endpoints(k, c)),
+        );
+        worker(
+            &mut tasks,
+            "endpoint_slice",
+            &slices_queue,
+            &context,
+            |k, c| Box::pin(reconcile_slices(k, c)),
+        );
+        if settings.manage == Manage::All {
+            worker(
+                &mut tasks,
+                "endpoint_slice_mirroring",
+                &mirror_queue,
+                &context,
+                |k, c| Box::pin(reconcile_mirroring(k, c)),
+            );
+        }
+    }
+    let _ = tasks.join_next().await;
     Err(Error::Config {
         field: "controller".to_string(),
         message: "a watch or worker ended".to_string(),
     })
+}
+
+/// Aborts the watch tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
 }
 
 /// One sync of a key, borrowed from its worker.
@@ -413,25 +513,47 @@ type Sync =
         &'a Context,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
-/// A worker of one controller: takes keys from `queue`, syncs them, and applies the error
-/// policy to failures.
+/// A worker of one controller (named as upstream's queue): takes keys from `queue`, syncs
+/// each in its own span, counts the EndpointSlice syncs as upstream does, and applies the
+/// error policy to failures.
 fn worker(
+    tasks: &mut tokio::task::JoinSet<()>,
     controller: &'static str,
     queue: &Queue,
     ctx: &Arc<Context>,
     sync: Sync,
-) -> tokio::task::JoinHandle<()> {
+) {
+    use tracing::Instrument;
     let (queue, ctx) = (queue.clone(), ctx.clone());
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             let key = queue.next().await;
-            match sync(&key, &ctx).await {
+            let span =
+                tracing::info_span!("reconcile", controller, namespace = %key.0, name = %key.1);
+            let started = std::time::Instant::now();
+            let result = sync(&key, &ctx).instrument(span.clone()).await;
+            if controller == "endpoint_slice" {
+                let label = match &result {
+                    Ok(()) => "success",
+                    Err(Error::Stale(_)) => "stale",
+                    Err(_) => "error",
+                };
+                ctx.metrics.syncs.inc(&[label]);
+            }
+            if controller == "endpoint_slice_mirroring" {
+                // Upstream observes whole milliseconds.
+                let ms = started.elapsed().as_millis() as f64;
+                ctx.metrics
+                    .mirroring_endpoints_sync_duration
+                    .observe(&[], ms / 1000.0);
+            }
+            match result {
                 Ok(()) => queue.forget(&key),
-                Err(e) => error_policy(controller, &key, &e, &queue, &ctx),
+                Err(e) => span.in_scope(|| error_policy(controller, &key, &e, &queue, &ctx)),
             }
             queue.done(&key);
         }
-    })
+    });
 }
 
 /// What a failed sync does: logs it and queues the key again after its back-off.
@@ -473,15 +595,33 @@ fn namespace_terminating(e: &kube::Error) -> bool {
         && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
+/// Whether svcplane wrote an Endpoints object for the annotation (its managed-by value).
+fn svcplanes_endpoints(ep: &Endpoints) -> bool {
+    ep.labels()
+        .get(endpoints::LABEL_MANAGED_BY)
+        .map(String::as_str)
+        == Some(endpoints::SVCPLANE_CONTROLLER_NAME)
+}
+
+async fn delete_endpoints(api: &Api<Endpoints>, name: &str) -> Result<()> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if not_found(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One Endpoints sync for a Service key.
 pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
     let (namespace, name) = key;
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), namespace);
+    let current = ctx.endpoints.get(namespace, name);
     let Some(svc) = ctx.services.get(namespace, name) else {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(e.into()),
+        // As upstream, the Endpoints of a gone Service go; beside kube-controller-manager,
+        // only those svcplane wrote.
+        if ctx.settings.manage == Manage::All || current.as_deref().is_some_and(svcplanes_endpoints)
+        {
+            delete_endpoints(&api, name).await?;
         }
         ctx.endpoints_triggers.forget(namespace, name);
         ctx.replaced.lock().expect("lock").remove(key);
@@ -489,10 +629,20 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
     };
     let view = &svc.slice.service;
     if view.external_name || view.selector.is_none() {
+        // What svcplane wrote for an annotation that is gone (or for a Service that became
+        // ExternalName) goes; a malformed annotation leaves everything as it is.
+        // (Beside kube-controller-manager, a Service that gained `spec.selector` keeps the
+        // object: upstream's controller takes it over.)
+        let taken_over = svc.spec_selector && !view.external_name;
+        let leftover = current.as_deref().is_some_and(svcplanes_endpoints)
+            && !matches!(svc.annotation, SelectorAnnotation::Malformed(_))
+            && !taken_over;
+        if leftover {
+            delete_endpoints(&api, name).await?;
+        }
         return Ok(());
     }
     let pods = pods_of(ctx, namespace);
-    let current = ctx.endpoints.get(namespace, name);
     if let Some(current) = &current {
         let rv = current.resource_version();
         if rv.is_some() && ctx.replaced.lock().expect("lock").get(key) == rv.as_ref() {
@@ -572,26 +722,36 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     let (namespace, name) = key;
     let Some(svc) = ctx.services.get(namespace, name) else {
         // Its slices go by garbage collection (their ownerReference).
+        ctx.metrics.slice_share(key, None, None);
         ctx.slice_triggers.forget(namespace, name);
         ctx.tracker.forget(key);
         return Ok(());
     };
     let view = &svc.slice;
-    if view.service.external_name || view.service.selector.is_none() {
+    annotation_events(ctx, &svc).await;
+    let of_service = |managed_by: &str| service_slices(ctx, key, managed_by);
+    let Some(selector) = view
+        .service
+        .selector
+        .as_ref()
+        .filter(|_| !view.service.external_name)
+    else {
+        // Slices svcplane wrote for an annotation that is gone go; a malformed annotation
+        // leaves everything as it is.
+        if !matches!(svc.annotation, SelectorAnnotation::Malformed(_)) {
+            delete_slices(ctx, key, &of_service(SVCPLANE_SLICE_CONTROLLER)).await?;
+        }
         return Ok(());
-    }
-    let existing: Vec<Arc<EndpointSlice>> = ctx
-        .slices
-        .state()
-        .into_iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|s| s.metadata.deletion_timestamp.is_none())
-        .filter(|s| {
-            let labels = s.labels();
-            labels.get(LABEL_SERVICE_NAME) == Some(name)
-                && labels.get(LABEL_MANAGED_BY) == Some(&ctx.settings.controller_name)
-        })
-        .collect();
+    };
+    let controller_name = ctx.settings.slice_controller(selector);
+    // The other controller's slices of this Service are leftovers of its former selector:
+    // upstream's when the annotation took over, svcplane's when `spec.selector` did.
+    let leftovers = match selector {
+        Selector::Annotation(_) => of_service(&ctx.settings.controller_name),
+        Selector::Spec(_) => of_service(SVCPLANE_SLICE_CONTROLLER),
+    };
+    delete_slices(ctx, key, &leftovers).await?;
+    let existing = of_service(controller_name);
     // Refuse to act on a cache that has not seen this controller's own writes.
     let seen: Vec<(String, i64)> = existing
         .iter()
@@ -620,7 +780,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
         .collect();
     let settings = endpointslices::Settings {
         max_endpoints_per_slice: ctx.settings.max_endpoints_per_slice,
-        controller_name: &ctx.settings.controller_name,
+        controller_name,
         prefer_same_traffic_distribution: true,
     };
     let Some(plan) = endpointslices::plan(
@@ -633,7 +793,20 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     ) else {
         return Ok(());
     };
+    record_plan(ctx, key, &plan);
     let written = write_slices(key, ctx, &svc, &existing, &plan).await;
+    if written.is_ok() {
+        let topology = if plan.topology_annotated {
+            "Auto"
+        } else {
+            "Disabled"
+        };
+        let traffic = plan.traffic_distribution.as_deref().unwrap_or("");
+        let changed = plan.create.len() + plan.update.len() + plan.delete.len();
+        ctx.metrics
+            .endpointslices_changed_per_sync
+            .observe(&[topology, traffic], changed as f64);
+    }
     if let Err(e) = &written {
         let note = format!(
             "Error updating Endpoint Slices for Service {namespace}/{name}: {}",
@@ -662,6 +835,86 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
     written
 }
 
+/// Records a plan's counts as upstream's reconciler does before it writes.
+fn record_plan(ctx: &Context, key: &Key, plan: &endpointslices::Plan) {
+    let m = &ctx.metrics;
+    let mut share = Share::default();
+    for stats in &plan.stats {
+        m.slices
+            .endpoints_added_per_sync
+            .observe(&[], stats.added as f64);
+        m.slices
+            .endpoints_removed_per_sync
+            .observe(&[], stats.removed as f64);
+        share.endpoints += stats.endpoints as i64;
+        share.slices += stats.slices as i64;
+        share.desired_slices += stats.desired_slices as i64;
+    }
+    m.slice_share(key, Some(share), plan.traffic_distribution.as_deref());
+}
+
+/// The slices of the Service `key` with the managed-by value `managed_by`, those being deleted
+/// left out.
+fn service_slices(ctx: &Context, key: &Key, managed_by: &str) -> Vec<Arc<EndpointSlice>> {
+    let (namespace, name) = key;
+    ctx.slices
+        .in_namespace(namespace)
+        .into_iter()
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .filter(|s| {
+            let labels = s.labels();
+            labels.get(LABEL_SERVICE_NAME) == Some(name)
+                && labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(managed_by)
+        })
+        .collect()
+}
+
+/// Deletes `slices` of the Service `key`, each recorded in the tracker.
+async fn delete_slices(ctx: &Context, key: &Key, slices: &[Arc<EndpointSlice>]) -> Result<()> {
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &key.0);
+    for slice in slices {
+        match api
+            .delete(&slice.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {
+                ctx.tracker.deleted(key, &slice.name_any());
+                ctx.metrics.slices.changed("delete");
+            }
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Warning events about the Service's selector annotation: malformed (nothing is written for
+/// it), or ignored because `spec.selector` is set.
+async fn annotation_events(ctx: &Context, svc: &views::ServiceRecord) {
+    let (reason, note) = match &svc.annotation {
+        SelectorAnnotation::Malformed(message) => ("InvalidSelectorAnnotation", message.clone()),
+        SelectorAnnotation::Ignored => (
+            "SelectorAnnotationIgnored",
+            format!(
+                "{} is ignored because spec.selector is set; remove one of them",
+                endpoints::ANNOTATION_SELECTOR
+            ),
+        ),
+        SelectorAnnotation::Absent | SelectorAnnotation::InUse => return,
+    };
+    let service = &svc.slice.service;
+    let regarding = ObjectReference {
+        api_version: Some("v1".to_string()),
+        kind: Some("Service".to_string()),
+        namespace: Some(service.namespace.clone()),
+        name: Some(service.name.clone()),
+        uid: Some(svc.slice.uid.clone()),
+        resource_version: svc.resource_version.clone(),
+        ..ObjectReference::default()
+    };
+    warn(&ctx.svcplane_events, regarding, reason, note).await;
+}
+
 /// The writes of a slice plan: creates, updates, deletes, each recorded in the tracker.
 async fn write_slices(
     key: &Key,
@@ -681,11 +934,14 @@ async fn write_slices(
             )
             .await
         {
-            Ok(created) => ctx.tracker.wrote(
-                key,
-                &created.name_any(),
-                created.metadata.generation.unwrap_or(1),
-            ),
+            Ok(created) => {
+                ctx.tracker.wrote(
+                    key,
+                    &created.name_any(),
+                    created.metadata.generation.unwrap_or(1),
+                );
+                ctx.metrics.slices.changed("create");
+            }
             Err(e) if namespace_terminating(&e) => return Ok(()),
             Err(e) => return Err(Error::from(e)),
         }
@@ -703,10 +959,14 @@ async fn write_slices(
             &updated.name_any(),
             updated.metadata.generation.unwrap_or_default(),
         );
+        ctx.metrics.slices.changed("update");
     }
     for slice in &plan.delete {
         match api.delete(slice, &DeleteParams::default()).await {
-            Ok(_) => ctx.tracker.deleted(key, slice),
+            Ok(_) => {
+                ctx.tracker.deleted(key, slice);
+                ctx.metrics.slices.changed("delete");
+            }
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(Error::from(e)),
         }
@@ -752,12 +1012,16 @@ pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
         mirroring::mirrored(ep_view.as_ref(), svc_view.as_ref()),
     ) else {
         // Not (or no longer) mirrored: its mirrored slices go.
+        ctx.metrics.mirror_share(key, None);
         for slice in &existing {
             match api
                 .delete(&slice.name_any(), &DeleteParams::default())
                 .await
             {
-                Ok(_) => ctx.mirror_tracker.deleted(key, &slice.name_any()),
+                Ok(_) => {
+                    ctx.mirror_tracker.deleted(key, &slice.name_any());
+                    ctx.metrics.mirroring.changed("delete");
+                }
                 Err(e) if not_found(&e) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -774,6 +1038,23 @@ pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
         &slice_views,
         ctx.settings.mirroring_max_endpoints_per_subset,
     );
+    let m = &ctx.metrics;
+    let skipped = (plan.invalid + plan.over_limit) as f64;
+    m.mirroring_addresses_skipped_per_sync.observe(&[], skipped);
+    m.mirroring
+        .endpoints_added_per_sync
+        .observe(&[], plan.added as f64);
+    m.mirroring_endpoints_updated_per_sync
+        .observe(&[], plan.updated as f64);
+    m.mirroring
+        .endpoints_removed_per_sync
+        .observe(&[], plan.removed as f64);
+    let share = Share {
+        endpoints: plan.endpoints as i64,
+        slices: plan.slices as i64,
+        desired_slices: plan.desired_slices as i64,
+    };
+    m.mirror_share(key, Some(share));
     if plan.invalid > 0 {
         let note = format!(
             "Skipped {} invalid IP addresses when mirroring to EndpointSlices",
@@ -805,11 +1086,14 @@ pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
             )
             .await
         {
-            Ok(created) => ctx.mirror_tracker.wrote(
-                key,
-                &created.name_any(),
-                created.metadata.generation.unwrap_or(1),
-            ),
+            Ok(created) => {
+                ctx.mirror_tracker.wrote(
+                    key,
+                    &created.name_any(),
+                    created.metadata.generation.unwrap_or(1),
+                );
+                m.mirroring.changed("create");
+            }
             Err(e) if namespace_terminating(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
@@ -825,10 +1109,14 @@ pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
             &updated.name_any(),
             updated.metadata.generation.unwrap_or_default(),
         );
+        m.mirroring.changed("update");
     }
     for slice in &plan.delete {
         match api.delete(slice, &DeleteParams::default()).await {
-            Ok(_) => ctx.mirror_tracker.deleted(key, slice),
+            Ok(_) => {
+                ctx.mirror_tracker.deleted(key, slice);
+                m.mirroring.changed("delete");
+            }
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }

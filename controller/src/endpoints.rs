@@ -8,12 +8,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::mirroring::LABEL_SKIP_MIRROR;
+
 /// Addresses (ready and not ready, over all subsets) an Endpoints object may hold.
 pub const MAX_CAPACITY: usize = 1000;
 /// Label upstream puts on every Endpoints object its controller writes.
 pub const LABEL_MANAGED_BY: &str = "endpoints.kubernetes.io/managed-by";
 /// Its value for kube-controller-manager's Endpoints controller.
 pub const CONTROLLER_NAME: &str = "endpoint-controller";
+/// The managed-by value of the Endpoints svcplane writes for [`ANNOTATION_SELECTOR`].
+pub const SVCPLANE_CONTROLLER_NAME: &str = "endpoint-controller.svcplane.io";
+/// svcplane's set-based label selector, on a Service without `spec.selector`.
+pub const ANNOTATION_SELECTOR: &str = "svcplane.io/selector";
 /// Label of objects that belong to a Service without a ClusterIP.
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Annotation set while an Endpoints object is truncated to [`MAX_CAPACITY`].
@@ -27,8 +33,10 @@ pub struct ServiceView {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// `spec.selector`; `None` (selectorless) is not the same as empty (matches every pod).
-    pub selector: Option<BTreeMap<String, String>>,
+    /// The selector this controller manages the Service by: `spec.selector` or the
+    /// [`ANNOTATION_SELECTOR`] annotation. `None` (selectorless, or not this controller's) is
+    /// not the same as an empty `spec.selector` (matches every pod).
+    pub selector: Option<Selector>,
     pub external_name: bool,
     /// `spec.clusterIP`: empty or `None` means the Service has no ClusterIP.
     pub cluster_ip: String,
@@ -36,6 +44,23 @@ pub struct ServiceView {
     pub ipv6_families: Vec<bool>,
     pub publish_not_ready_addresses: bool,
     pub ports: Vec<ServicePort>,
+}
+
+/// Which pods a Service selects, and where that comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// `spec.selector`: every key equal to its value.
+    Spec(BTreeMap<String, String>),
+    /// The [`ANNOTATION_SELECTOR`] annotation of a Service without `spec.selector`, set-based.
+    Annotation(cache::selector::LabelSelector),
+}
+
+impl Selector {
+    /// Whether the objects written for this selector are svcplane's own (the annotation's)
+    /// rather than upstream's.
+    pub fn by_annotation(&self) -> bool {
+        matches!(self, Selector::Annotation(_))
+    }
 }
 
 /// One `spec.ports` entry.
@@ -199,8 +224,11 @@ fn pod_address(service: &ServiceView, pod: &PodView) -> Option<Address> {
 }
 
 /// Whether `selector` selects `labels` (an empty selector selects everything).
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+pub fn selects(selector: &Selector, labels: &BTreeMap<String, String>) -> bool {
+    match selector {
+        Selector::Spec(map) => map.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        Selector::Annotation(set) => set.matches_labels(labels),
+    }
 }
 
 /// The subsets for `service` over the pods of its namespace (those its selector does not
@@ -405,7 +433,9 @@ pub fn truncate(subsets: &mut [Subset]) -> bool {
 }
 
 /// The labels upstream writes: the Service's, [`LABEL_HEADLESS`] without a ClusterIP, and
-/// [`LABEL_MANAGED_BY`].
+/// [`LABEL_MANAGED_BY`]; for a Service selected by [`ANNOTATION_SELECTOR`], svcplane's
+/// managed-by value and `endpointslice.kubernetes.io/skip-mirror: "true"` (so no mirroring
+/// controller copies them into slices of its own).
 pub fn labels(service: &ServiceView) -> BTreeMap<String, String> {
     let mut labels = service.labels.clone();
     if has_cluster_ip(service) {
@@ -413,20 +443,47 @@ pub fn labels(service: &ServiceView) -> BTreeMap<String, String> {
     } else {
         labels.insert(LABEL_HEADLESS.to_string(), String::new());
     }
-    labels.insert(LABEL_MANAGED_BY.to_string(), CONTROLLER_NAME.to_string());
+    let by_annotation = service
+        .selector
+        .as_ref()
+        .is_some_and(Selector::by_annotation);
+    labels.insert(
+        LABEL_MANAGED_BY.to_string(),
+        managed_by(by_annotation).to_string(),
+    );
+    if by_annotation {
+        labels.insert(LABEL_SKIP_MIRROR.to_string(), "true".to_string());
+    }
     labels
 }
 
+/// The managed-by value of the Endpoints written for a Service.
+fn managed_by(by_annotation: bool) -> &'static str {
+    if by_annotation {
+        SVCPLANE_CONTROLLER_NAME
+    } else {
+        CONTROLLER_NAME
+    }
+}
+
 /// Whether an object's labels are what the Service's give (`labelsCorrectForEndpoints`): the
-/// managed-by label set, and otherwise exactly the Service's labels, the headless label aside.
+/// managed-by label set, and otherwise exactly the Service's labels, the headless label aside
+/// (and, for the annotation, the skip-mirror label set).
 pub fn labels_correct(
     current: &BTreeMap<String, String>,
     service: &BTreeMap<String, String>,
+    by_annotation: bool,
 ) -> bool {
-    if current.get(LABEL_MANAGED_BY).map(String::as_str) != Some(CONTROLLER_NAME) {
+    if current.get(LABEL_MANAGED_BY).map(String::as_str) != Some(managed_by(by_annotation)) {
         return false;
     }
-    let own: BTreeSet<&str> = [LABEL_HEADLESS, LABEL_MANAGED_BY].into();
+    let mut own: BTreeSet<&str> = [LABEL_HEADLESS, LABEL_MANAGED_BY].into();
+    if by_annotation {
+        if current.get(LABEL_SKIP_MIRROR).map(String::as_str) != Some("true") {
+            return false;
+        }
+        own.insert(LABEL_SKIP_MIRROR);
+    }
     let rest: BTreeMap<&String, &String> = current
         .iter()
         .filter(|(k, _)| !own.contains(k.as_str()))
@@ -466,7 +523,14 @@ pub fn decide(
     };
     if let Some(current) = current
         && same_subsets(&current.subsets, &subsets)
-        && labels_correct(&current.labels, &service.labels)
+        && labels_correct(
+            &current.labels,
+            &service.labels,
+            service
+                .selector
+                .as_ref()
+                .is_some_and(Selector::by_annotation),
+        )
         && capacity_annotation_correct(current)
     {
         return Decision::Nothing;
@@ -513,7 +577,7 @@ mod tests {
             namespace: "ns".into(),
             name: name.into(),
             labels: map(&[("app", "web")]),
-            selector: Some(map(&[("app", "web")])),
+            selector: Some(Selector::Spec(map(&[("app", "web")]))),
             cluster_ip: "10.96.0.20".into(),
             ipv6_families: vec![false],
             ports: vec![ServicePort {
@@ -779,14 +843,43 @@ mod tests {
         );
         let service = svc("web");
         let written = labels(&service);
-        assert!(labels_correct(&written, &service.labels));
-        assert!(labels_correct(&labels(&headless), &service.labels));
+        assert!(labels_correct(&written, &service.labels, false));
+        assert!(labels_correct(&labels(&headless), &service.labels, false));
         let mut extra = written.clone();
         extra.insert("x".into(), "y".into());
-        assert!(!labels_correct(&extra, &service.labels));
+        assert!(!labels_correct(&extra, &service.labels, false));
         let mut unmanaged = written;
         unmanaged.remove(LABEL_MANAGED_BY);
-        assert!(!labels_correct(&unmanaged, &service.labels));
+        assert!(!labels_correct(&unmanaged, &service.labels, false));
+    }
+
+    #[test]
+    fn endpoints_of_an_annotated_service_are_svcplanes_and_skip_mirroring() {
+        let mut service = svc("web");
+        service.selector = Some(Selector::Annotation(
+            cache::selector::LabelSelector::parse("app in (web,api),!legacy").unwrap(),
+        ));
+        let written = labels(&service);
+        assert_eq!(written[LABEL_MANAGED_BY], SVCPLANE_CONTROLLER_NAME);
+        assert_eq!(written[LABEL_SKIP_MIRROR], "true");
+        assert!(labels_correct(&written, &service.labels, true));
+        assert!(!labels_correct(&written, &service.labels, false));
+        let mut mirrored = written.clone();
+        mirrored.remove(LABEL_SKIP_MIRROR);
+        assert!(!labels_correct(&mirrored, &service.labels, true));
+        // The set-based selector picks its pods; the others are left out.
+        let a = pod("a", "10.1.0.2", true);
+        let mut legacy = pod("b", "10.1.0.3", true);
+        legacy.labels.insert("legacy".into(), "yes".into());
+        let Decision::Create(created) = decide(Some(&service), &[&a, &legacy], None, None) else {
+            panic!("a missing object is created");
+        };
+        let ips: Vec<&str> = created.subsets[0]
+            .addresses
+            .iter()
+            .map(|a| a.ip.as_str())
+            .collect();
+        assert_eq!(ips, ["10.1.0.2"]);
     }
 
     #[test]
@@ -831,7 +924,7 @@ mod tests {
         assert_eq!(decide(Some(&external), &[], None, None), Decision::Nothing);
         // An empty selector selects every pod of the namespace.
         let mut everything = svc("web");
-        everything.selector = Some(BTreeMap::new());
+        everything.selector = Some(Selector::Spec(BTreeMap::new()));
         let mut db = pod("db", "10.1.0.9", true);
         db.labels = map(&[("app", "db")]);
         let Decision::Create(created) = decide(Some(&everything), &[&db], None, None) else {

@@ -146,6 +146,28 @@ pub struct Plan {
     /// Nodes pods were on that the node store does not know; their pods were skipped (unless
     /// the Service publishes not-ready addresses) and the sync should be retried.
     pub missing_nodes: Vec<String>,
+    /// Per address type, the counts upstream's metrics observe.
+    pub stats: Vec<TypeStats>,
+    /// The trafficDistribution the Service is counted under (valid and not overridden by the
+    /// topology annotation), and whether it asks for topology hints by annotation: the labels
+    /// of `endpointslices_changed_per_sync`.
+    pub traffic_distribution: Option<String>,
+    pub topology_annotated: bool,
+}
+
+/// What one address type's reconcile counted, for upstream's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStats {
+    /// Desired endpoints no existing slice held (`endpoints_added_per_sync`).
+    pub added: usize,
+    /// Endpoints dropped from existing slices (`endpoints_removed_per_sync`).
+    pub removed: usize,
+    /// Desired endpoints (`endpoints_desired`).
+    pub endpoints: usize,
+    /// Slices once the plan is written (`num_endpoint_slices`).
+    pub slices: usize,
+    /// Slices a perfect packing would need, at least one (`desired_endpoint_slices`).
+    pub desired_slices: usize,
 }
 
 /// What the plan needs besides the Service, its pods and its slices.
@@ -384,6 +406,10 @@ pub fn plan(
         );
     }
     out.delete.extend(stale_family);
+    out.topology_annotated = topology_hints_annotated(service);
+    if valid_traffic_distribution(service, settings) && !out.topology_annotated {
+        out.traffic_distribution = service.traffic_distribution.clone();
+    }
     out.missing_nodes.sort();
     out.missing_nodes.dedup();
     Some(out)
@@ -436,15 +462,24 @@ fn by_address_type(
             group.1.insert(endpoint.key(), endpoint);
         }
     }
+    let mut stats = TypeStats::default();
+    let max = settings.max_endpoints_per_slice.max(1);
     for (key, (ports, endpoints)) in desired.iter_mut() {
-        let (create, update, delete) = by_port_group(
+        let group_existing = existing_by_ports.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let wanted = endpoints.len();
+        let (create, update, delete, added, removed) = by_port_group(
             service,
-            existing_by_ports.get(key).map(Vec::as_slice).unwrap_or(&[]),
+            group_existing,
             endpoints,
             ports,
             address_type,
             settings,
         );
+        stats.added += added;
+        stats.removed += removed;
+        stats.endpoints += wanted;
+        stats.slices += group_existing.len() + create.len() - delete.len();
+        stats.desired_slices += wanted.div_ceil(max);
         to_create.extend(create);
         to_update.extend(update);
         to_delete.extend(delete);
@@ -462,7 +497,11 @@ fn by_address_type(
         } else {
             to_create.push(placeholder);
         }
+        // Upstream counts the placeholder as the port group `[]`'s one slice.
+        stats.slices = 1;
     }
+    stats.desired_slices = stats.desired_slices.max(1);
+    out.stats.push(stats);
     // Hints: trafficDistribution's, or none (topology-mode Auto is not computed).
     let unchanged: Vec<Slice> = existing
         .iter()
@@ -531,7 +570,9 @@ fn by_address_type(
     out.delete.extend(to_delete.into_iter().map(|s| s.name));
 }
 
-/// One port group (`reconcileByPortMapping`): returns slices to create, update and delete.
+/// One port group (`reconcileByPortMapping`): returns slices to create, update and delete,
+/// how many desired endpoints no existing slice held, and how many were dropped from existing
+/// slices.
 fn by_port_group(
     service: &SliceServiceView,
     existing: &[&Slice],
@@ -539,7 +580,8 @@ fn by_port_group(
     ports: &[SlicePort],
     address_type: AddressType,
     settings: &Settings<'_>,
-) -> (Vec<Slice>, Vec<Slice>, Vec<Slice>) {
+) -> (Vec<Slice>, Vec<Slice>, Vec<Slice>, usize, usize) {
+    let mut removed = 0;
     let max = settings.max_endpoints_per_slice;
     let mut by_name: BTreeMap<String, Slice> = BTreeMap::new();
     let mut unchanged: BTreeSet<String> = BTreeSet::new();
@@ -560,6 +602,7 @@ fn by_port_group(
             slice_labels(&slice.labels, &service.service, settings.controller_name);
         let mut slice = (*slice).clone();
         if endpoint_updated || kept.len() != slice.endpoints.len() {
+            removed += slice.endpoints.len() - kept.len();
             if kept.is_empty() {
                 to_delete.insert(slice.name.clone());
             } else {
@@ -575,6 +618,7 @@ fn by_port_group(
         }
         by_name.insert(slice.name.clone(), slice);
     }
+    let added = desired.len();
     let pop = |desired: &mut BTreeMap<EndpointKey, Endpoint>| desired.pop_first().map(|(_, e)| e);
     // New endpoints go first into the slices being updated, fullest first.
     if !desired.is_empty() && !to_update.is_empty() {
@@ -625,7 +669,7 @@ fn by_port_group(
     }
     let update = to_update.iter().map(|n| by_name[n].clone()).collect();
     let delete = to_delete.iter().map(|n| by_name[n].clone()).collect();
-    (to_create, update, delete)
+    (to_create, update, delete, added, removed)
 }
 
 /// Whether a slice's hints differ from what PreferClose (and PreferSameNode) give.
@@ -691,7 +735,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: "web".into(),
                 labels: map(&[("app", "web")]),
-                selector: Some(map(&[("app", "web")])),
+                selector: Some(crate::endpoints::Selector::Spec(map(&[("app", "web")]))),
                 cluster_ip: "10.96.0.20".into(),
                 ipv6_families: vec![false],
                 ports: vec![ServicePort {
@@ -771,6 +815,34 @@ mod tests {
         let counts = (plan.create.len(), plan.update.len(), plan.delete.len());
         apply(slices, plan, names);
         counts
+    }
+
+    #[test]
+    fn a_plan_counts_added_and_removed_endpoints_and_the_slices_as_upstreams_metrics_do() {
+        let stats = |pods: &[PodView], slices: &mut Vec<Slice>, names: &mut usize| {
+            let refs: Vec<&PodView> = pods.iter().collect();
+            let plan = plan(&svc(), &refs, slices, &zones(), None, &settings()).unwrap();
+            let stats = plan.stats.clone();
+            apply(slices, plan, names);
+            stats
+        };
+        let (mut slices, mut names) = (Vec::new(), 0);
+        let pods: Vec<PodView> = (0..12).map(|i| pod(i, true)).collect();
+        let s = stats(&pods, &mut slices, &mut names);
+        let expected = |added, removed, endpoints, slices, desired_slices| TypeStats {
+            added,
+            removed,
+            endpoints,
+            slices,
+            desired_slices,
+        };
+        assert_eq!(s, [expected(12, 0, 12, 2, 2)]);
+        let s = stats(&pods[..9], &mut slices, &mut names);
+        assert_eq!(s, [expected(0, 3, 9, 2, 1)]);
+        // No pods left: the placeholder is the one slice; one slice is still desired. As
+        // upstream, a port group no longer desired does not count its endpoints as removed.
+        let s = stats(&[], &mut slices, &mut names);
+        assert_eq!(s, [expected(0, 0, 0, 1, 1)]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::endpoints::{Address, ServiceView, Subset, repack};
+use crate::endpoints::{Address, Selector, ServiceView, Subset, repack};
 use crate::endpointslices::{
     AddressType, Endpoint, EndpointKey, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Slice, SlicePort,
 };
@@ -42,7 +42,7 @@ pub fn mirrored(endpoints: Option<&EndpointsView>, service: Option<&ServiceView>
     };
     endpoints.labels.get(LABEL_SKIP_MIRROR).map(String::as_str) != Some("true")
         && !endpoints.annotations.contains_key(ANNOTATION_LEADER)
-        && service.selector.is_none()
+        && !matches!(service.selector, Some(Selector::Spec(_)))
 }
 
 /// The writes of one mirroring sync, and what it skipped (for Warning events).
@@ -55,6 +55,14 @@ pub struct MirrorPlan {
     pub invalid: usize,
     /// Addresses over the per-subset limit.
     pub over_limit: usize,
+    /// Upstream's per-sync totals: endpoints added, updated and removed.
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    /// Desired endpoints, slices once written, and slices a perfect packing would need.
+    pub endpoints: usize,
+    pub slices: usize,
+    pub desired_slices: usize,
 }
 
 fn endpoint_of(address: &Address, ready: bool) -> Option<(AddressType, Endpoint)> {
@@ -157,12 +165,35 @@ pub fn plan(endpoints: &EndpointsView, existing: &[Slice], max_per_subset: usize
     let mut to_delete: Vec<Slice> = Vec::new();
     for (key, wanted) in &desired {
         let slices = existing_by_key.get(key).cloned().unwrap_or_default();
+        // Upstream's efficiency counts per key: existing + created - deleted slices.
+        out.endpoints += wanted.len();
+        out.desired_slices += wanted.len().div_ceil(max_per_subset.max(1));
+        out.slices += usize::from(!wanted.is_empty());
         if wanted.is_empty() {
+            out.removed += slices.iter().map(|s| s.endpoints.len()).sum::<usize>();
             to_delete.extend(slices.into_iter().cloned());
             continue;
         }
         let first = slices.first().copied();
         to_delete.extend(slices.iter().skip(1).map(|s| (*s).clone()));
+        match first {
+            None => out.added += wanted.len(),
+            Some(first) => {
+                let mut matches = 0;
+                for e in &first.endpoints {
+                    match wanted.get(&e.key()) {
+                        None => out.removed += 1,
+                        Some(w) => {
+                            matches += 1;
+                            if !w.equal_beyond_key(e) {
+                                out.updated += 1;
+                            }
+                        }
+                    }
+                }
+                out.added += wanted.len() - matches;
+            }
+        }
         if let Some(first) = first {
             let mut labels = first.labels.clone();
             labels.remove(LABEL_MANAGED_BY);
@@ -284,6 +315,10 @@ mod tests {
         assert_eq!(v4.endpoints_owner, Some(("manual".into(), "ep-uid".into())));
     }
 
+    fn first_totals() -> MirrorPlan {
+        plan(&manual(), &[], DEFAULT_MAX_PER_SUBSET)
+    }
+
     #[test]
     fn a_mirrored_slice_that_matches_is_left_alone_and_one_that_does_not_is_rewritten() {
         let first = plan(&manual(), &[], DEFAULT_MAX_PER_SUBSET);
@@ -297,10 +332,15 @@ mod tests {
             })
             .collect();
         let again = plan(&manual(), &existing, DEFAULT_MAX_PER_SUBSET);
+        let totals = |p: &MirrorPlan| (p.added, p.updated, p.removed, p.endpoints, p.slices);
+        assert_eq!(totals(&first_totals()), (3, 0, 0, 3, 2));
+        assert_eq!(totals(&again), (0, 0, 0, 3, 2));
         assert!(again.create.is_empty() && again.update.is_empty() && again.delete.is_empty());
         let mut changed = manual();
         changed.subsets[0].addresses.remove(1);
         let next = plan(&changed, &existing, DEFAULT_MAX_PER_SUBSET);
+        // fd00::1 went: its key's slice is deleted with its one endpoint.
+        assert_eq!((next.added, next.removed, next.slices), (0, 1, 1));
         // The IPv6 slice has nothing left: deleted; the IPv4 one is unchanged.
         assert_eq!(next.delete.len(), 1);
         assert!(next.update.is_empty());
@@ -311,10 +351,19 @@ mod tests {
         let selectorless = ServiceView::default();
         assert!(mirrored(Some(&manual()), Some(&selectorless)));
         let selected = ServiceView {
-            selector: Some(BTreeMap::new()),
+            selector: Some(Selector::Spec(BTreeMap::new())),
             ..ServiceView::default()
         };
         assert!(!mirrored(Some(&manual()), Some(&selected)));
+        // As for kube-controller-manager, only `spec.selector` counts: the Endpoints svcplane
+        // writes for the annotation carry the skip-mirror label instead.
+        let annotated = ServiceView {
+            selector: Some(Selector::Annotation(
+                cache::selector::LabelSelector::parse("app").unwrap(),
+            )),
+            ..ServiceView::default()
+        };
+        assert!(mirrored(Some(&manual()), Some(&annotated)));
         assert!(!mirrored(Some(&manual()), None));
         let mut skip = manual();
         skip.labels.insert(LABEL_SKIP_MIRROR.into(), "true".into());

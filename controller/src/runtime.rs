@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::metrics::Metrics;
+
 /// A Service key: namespace and name.
 pub type Key = (String, String);
 
@@ -22,6 +24,9 @@ struct State {
     /// Delayed adds: when each waiting key is due. One entry per key, the earliest time
     /// asked for, as client-go's delaying queue keeps it.
     waiting: HashMap<Key, tokio::time::Instant>,
+    /// When each queued key was added, and when each key being processed was taken.
+    added_at: HashMap<Key, std::time::Instant>,
+    taken_at: HashMap<Key, std::time::Instant>,
 }
 
 /// A work queue of keys with client-go's guarantees: a key waits at most once, and a key being
@@ -30,17 +35,45 @@ struct State {
 pub struct Queue {
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
+    /// client-go's `workqueue_*` metrics, under the queue's name.
+    metrics: Option<(Arc<Metrics>, &'static str)>,
 }
 
 impl Queue {
+    /// A queue reporting client-go's `workqueue_*` metrics as `name` (upstream's queue names:
+    /// `endpoint`, `endpoint_slice`, `endpoint_slice_mirroring`).
+    pub fn with_metrics(metrics: Arc<Metrics>, name: &'static str) -> Queue {
+        crate::metrics::register_queue(&metrics, name);
+        Queue {
+            metrics: Some((metrics, name)),
+            ..Queue::default()
+        }
+    }
+
+    /// Updates the depth gauge (keys added and not yet taken, as client-go counts them).
+    fn report_depth(&self, state: &State) {
+        if let Some((m, name)) = &self.metrics {
+            let depth = state.queued.len() + state.again.len();
+            m.workqueue_depth.set(&[name], depth as f64);
+        }
+    }
+
     /// Queues `key` now.
     pub fn add(&self, key: Key) {
         let mut state = self.state.lock().expect("the queue's lock");
-        if state.processing.contains(&key) {
-            state.again.insert(key);
+        let added = if state.processing.contains(&key) {
+            state.again.insert(key.clone())
         } else if state.queued.insert(key.clone()) {
-            state.ready.push_back(key);
+            state.ready.push_back(key.clone());
             self.notify.notify_one();
+            true
+        } else {
+            false
+        };
+        if added && let Some((m, name)) = &self.metrics {
+            m.workqueue_adds.inc(&[name]);
+            state.added_at.insert(key, std::time::Instant::now());
+            self.report_depth(&state);
         }
     }
 
@@ -80,6 +113,9 @@ impl Queue {
 
     /// Queues `key` again after its next back-off: 5 ms doubling per failure, at most `max`.
     pub fn retry(&self, key: Key, max: Duration) {
+        if let Some((m, name)) = &self.metrics {
+            m.workqueue_retries.inc(&[name]);
+        }
         let failures = {
             let mut state = self.state.lock().expect("the queue's lock");
             let n = state.failures.entry(key.clone()).or_default();
@@ -110,6 +146,15 @@ impl Queue {
                 if let Some(key) = state.ready.pop_front() {
                     state.queued.remove(&key);
                     state.processing.insert(key.clone());
+                    if let Some((m, name)) = &self.metrics {
+                        let now = std::time::Instant::now();
+                        if let Some(at) = state.added_at.remove(&key) {
+                            let waited = now.duration_since(at).as_secs_f64();
+                            m.workqueue_queue_duration.observe(&[name], waited);
+                        }
+                        state.taken_at.insert(key.clone(), now);
+                        self.report_depth(&state);
+                    }
                     if !state.ready.is_empty() {
                         self.notify.notify_one();
                     }
@@ -122,13 +167,17 @@ impl Queue {
 
     /// Ends the processing of `key`, queuing it again if it was added meanwhile.
     pub fn done(&self, key: &Key) {
-        let again = {
-            let mut state = self.state.lock().expect("the queue's lock");
-            state.processing.remove(key);
-            state.again.remove(key)
-        };
-        if again {
-            self.add(key.clone());
+        let mut state = self.state.lock().expect("the queue's lock");
+        state.processing.remove(key);
+        if let (Some((m, name)), Some(at)) = (&self.metrics, state.taken_at.remove(key)) {
+            m.workqueue_work_duration
+                .observe(&[name], at.elapsed().as_secs_f64());
+        }
+        if state.again.remove(key) {
+            // Counted as an add when it came; queued now.
+            state.queued.insert(key.clone());
+            state.ready.push_back(key.clone());
+            self.notify.notify_one();
         }
     }
 }
@@ -173,6 +222,31 @@ mod tests {
         // Nothing else was left waiting.
         let more = tokio::time::timeout(Duration::from_secs(10), queue.next()).await;
         assert!(more.is_err(), "one sync for the burst");
+    }
+
+    #[tokio::test]
+    async fn the_queue_reports_client_gos_metrics_under_its_name() {
+        let metrics = Arc::new(Metrics::default());
+        let queue = Queue::with_metrics(metrics.clone(), "endpoint_slice");
+        let name = ["endpoint_slice"];
+        queue.add(key("a"));
+        queue.add(key("a"));
+        queue.add(key("b"));
+        assert_eq!(metrics.workqueue_adds.value(&name), Some(2.0));
+        assert_eq!(metrics.workqueue_depth.value(&name), Some(2.0));
+        let a = queue.next().await;
+        queue.add(key("a"));
+        assert_eq!(metrics.workqueue_adds.value(&name), Some(3.0));
+        queue.done(&a);
+        queue.retry(key("c"), Duration::from_millis(1));
+        assert_eq!(metrics.workqueue_retries.value(&name), Some(1.0));
+        let text = metrics.encode();
+        assert!(
+            text.contains("workqueue_work_duration_seconds_count{name=\"endpoint_slice\"} 1\n")
+        );
+        assert!(
+            text.contains("workqueue_queue_duration_seconds_count{name=\"endpoint_slice\"} 1\n")
+        );
     }
 
     #[tokio::test]

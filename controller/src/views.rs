@@ -16,11 +16,62 @@ use k8s_openapi::api::discovery::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use cache::selector::LabelSelector;
+
+use crate::endpoint_controllers::Manage;
 use crate::endpoints::{
-    Address, ContainerPort, Endpoints, PodRef, PodView, Port, ServicePort, ServiceView, Subset,
-    TargetPort,
+    ANNOTATION_SELECTOR, Address, ContainerPort, Endpoints, PodRef, PodView, Port, Selector,
+    ServicePort, ServiceView, Subset, TargetPort,
 };
 use crate::endpointslices::{AddressType, Endpoint, Hints, Slice, SlicePort, SliceServiceView};
+
+/// What a Service's [`ANNOTATION_SELECTOR`] annotation amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectorAnnotation {
+    /// The Service has none.
+    Absent,
+    /// It selects the Service's pods.
+    InUse,
+    /// `spec.selector` is set too, and wins.
+    Ignored,
+    /// It does not parse: the message says why and where.
+    Malformed(String),
+}
+
+/// Parses a [`ANNOTATION_SELECTOR`] value: kubectl's label-selector syntax with set-based
+/// operators. An empty selector is refused (it would select every pod of the namespace).
+pub fn parse_selector_annotation(value: &str) -> Result<LabelSelector, String> {
+    let quoted = format!("{ANNOTATION_SELECTOR} {value:?}");
+    match LabelSelector::parse_located(value) {
+        Ok(selector) if selector.is_empty() => Err(format!(
+            "{quoted} is empty, which would select every pod of the namespace; write at least one requirement, e.g. \"app=web\""
+        )),
+        Ok(selector) => Ok(selector),
+        Err(e) => Err(format!(
+            "{quoted} does not parse: {e}; write a label selector as kubectl takes it, e.g. \"app in (a,b),tier notin (cache),!legacy,release\""
+        )),
+    }
+}
+
+/// The selector of a Service and what its annotation amounts to: `spec.selector` when set,
+/// else the annotation when it parses.
+fn selector_of(svc: &Service) -> (Option<Selector>, SelectorAnnotation) {
+    let spec = svc.spec.as_ref().and_then(|s| s.selector.clone());
+    let annotation = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_SELECTOR));
+    match (spec, annotation) {
+        (Some(map), None) => (Some(Selector::Spec(map)), SelectorAnnotation::Absent),
+        (Some(map), Some(_)) => (Some(Selector::Spec(map)), SelectorAnnotation::Ignored),
+        (None, None) => (None, SelectorAnnotation::Absent),
+        (None, Some(value)) => match parse_selector_annotation(value) {
+            Ok(set) => (Some(Selector::Annotation(set)), SelectorAnnotation::InUse),
+            Err(message) => (None, SelectorAnnotation::Malformed(message)),
+        },
+    }
+}
 
 /// The Endpoints controller's view of a Service.
 pub fn service(svc: &Service) -> ServiceView {
@@ -30,7 +81,7 @@ pub fn service(svc: &Service) -> ServiceView {
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
         labels: meta.labels.clone().unwrap_or_default(),
-        selector: spec.selector.clone(),
+        selector: selector_of(svc).0,
         external_name: spec.type_.as_deref() == Some("ExternalName"),
         cluster_ip: spec.cluster_ip.clone().unwrap_or_default(),
         ipv6_families: spec
@@ -148,15 +199,26 @@ pub fn pod_trigger_time(pod: &Pod) -> Option<String> {
 /// reconcilers read of it, and its creation time (the trigger time of a first sync).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRecord {
+    /// Its view; `service.selector` is `None` unless the controller manages it in its mode.
     pub slice: SliceServiceView,
     pub created_at: String,
     pub resource_version: Option<String>,
+    pub annotation: SelectorAnnotation,
+    /// Whether `spec.selector` is set (upstream's controllers manage it).
+    pub spec_selector: bool,
 }
 
-/// A Service as the controllers keep it.
-pub fn service_record(svc: &Service) -> ServiceRecord {
+/// A Service as the controllers keep it when they manage `manage`.
+pub fn service_record(svc: &Service, manage: Manage) -> ServiceRecord {
+    let mut slice = slice_service(svc);
+    let spec_selector = matches!(slice.service.selector, Some(Selector::Spec(_)));
+    if manage == Manage::Annotated && spec_selector {
+        slice.service.selector = None;
+    }
     ServiceRecord {
-        slice: slice_service(svc),
+        slice,
+        annotation: selector_of(svc).1,
+        spec_selector,
         created_at: svc
             .metadata
             .creation_timestamp
@@ -594,11 +656,67 @@ mod tests {
             .unwrap()
         };
         assert_eq!(service(&svc(json!(null))).selector, None);
-        assert_eq!(service(&svc(json!({}))).selector, Some(BTreeMap::new()));
+        assert_eq!(
+            service(&svc(json!({}))).selector,
+            Some(Selector::Spec(BTreeMap::new()))
+        );
         let ports = service(&svc(json!({}))).ports;
         assert_eq!(ports[0].target_port, TargetPort::Number(8080));
         assert_eq!(ports[1].target_port, TargetPort::Name("metrics".into()));
         assert_eq!(ports[2].target_port, TargetPort::Number(100));
+    }
+
+    #[test]
+    fn the_selector_annotation_selects_only_where_the_mode_and_spec_let_it() {
+        let svc = |selector: serde_json::Value, annotation: Option<&str>| -> Service {
+            let mut object = json!({
+                "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"selector": selector}});
+            if let Some(a) = annotation {
+                object["metadata"]["annotations"] = json!({ANNOTATION_SELECTOR: a});
+            }
+            serde_json::from_value(object).unwrap()
+        };
+        let set = "app in (a,b),tier notin (cache),!legacy,release";
+        let annotated = service_record(&svc(json!(null), Some(set)), Manage::Annotated);
+        assert_eq!(annotated.annotation, SelectorAnnotation::InUse);
+        let Some(Selector::Annotation(parsed)) = &annotated.slice.service.selector else {
+            panic!("the annotation selects");
+        };
+        assert_eq!(
+            parsed.to_string(),
+            "app in (a,b),!legacy,release,tier notin (cache)"
+        );
+        // Beside kube-controller-manager, `spec.selector` is not svcplane's.
+        let spec = service_record(&svc(json!({"app": "a"}), None), Manage::Annotated);
+        assert_eq!(spec.slice.service.selector, None);
+        assert!(spec.spec_selector);
+        let spec = service_record(&svc(json!({"app": "a"}), None), Manage::All);
+        assert!(matches!(
+            spec.slice.service.selector,
+            Some(Selector::Spec(_))
+        ));
+        // With both, `spec.selector` wins and the annotation is reported as ignored.
+        let both = service_record(&svc(json!({"app": "a"}), Some("app")), Manage::All);
+        assert!(matches!(
+            both.slice.service.selector,
+            Some(Selector::Spec(_))
+        ));
+        assert_eq!(both.annotation, SelectorAnnotation::Ignored);
+        // A malformed or empty annotation selects nothing and says why and where.
+        let bad = service_record(&svc(json!(null), Some("app in (a")), Manage::All);
+        assert_eq!(bad.slice.service.selector, None);
+        let SelectorAnnotation::Malformed(message) = bad.annotation else {
+            panic!("a malformed annotation is reported");
+        };
+        assert!(message.starts_with("svcplane.io/selector \"app in (a\" does not parse: "));
+        assert!(message.contains("(at column 10)"), "{message}");
+        let SelectorAnnotation::Malformed(empty) =
+            service_record(&svc(json!(null), Some(" ")), Manage::All).annotation
+        else {
+            panic!("an empty annotation is refused");
+        };
+        assert!(empty.contains("would select every pod"), "{empty}");
     }
 
     #[test]
@@ -622,7 +740,7 @@ mod tests {
         .unwrap();
         let view = slice(&api);
         assert_eq!(view.service_owner_uid.as_deref(), Some("svc-uid"));
-        let svc = service_record(&svc);
+        let svc = service_record(&svc, Manage::All);
         let back = slice_to_api(&svc, &view, Some(&api));
         assert_eq!(back, api);
         // A slice to create gets generateName and the Service as controller owner.

@@ -42,6 +42,8 @@ pub const IDENTITIES: &[(&str, &str, &str)] = &[
     ("svcplane-dns", "svcplane:dns", ""),
     ("svcplane-dns-limited", "svcplane:dns-limited", ""),
     ("svcplane-controller", "svcplane:controller", ""),
+    // A second replica, so tests can tell the writers apart in the audit log.
+    ("svcplane-controller-2", "svcplane:controller-2", ""),
     ("svcplane-kubelet", "svcplane:kubelet", ""),
 ];
 
@@ -335,6 +337,34 @@ pub async fn create_nodes(client: &kube::Client, nodes: &[(&str, &str)]) {
     }
 }
 
+/// The RBAC `svcplane controller` needs (what its Helm chart grants), bound to both of its
+/// identities: read Services, pods and nodes; write Endpoints, EndpointSlices and events; and
+/// hold its leader Lease.
+pub fn svcplane_controller_rbac() -> Vec<serde_json::Value> {
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
+    let read = ["get", "list", "watch"];
+    let write = ["get", "list", "watch", "create", "update", "delete"];
+    let subject =
+        |user: &str| json!({"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"});
+    vec![
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "svcplane:controller"},
+        "rules": [
+            rule("", &["services", "pods", "nodes"], &read),
+            rule("", &["endpoints"], &write),
+            rule("discovery.k8s.io", &["endpointslices"], &write),
+            rule("", &["events"], &["create", "patch", "update"]),
+            rule("events.k8s.io", &["events"], &["create", "patch", "update"]),
+            rule("coordination.k8s.io", &["leases"], &["get", "create", "update"]),
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "svcplane:controller"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "svcplane:controller"},
+            "subjects": [subject("svcplane:controller"), subject("svcplane:controller-2")]}),
+    ]
+}
+
 /// The IPs the harness gives a pod: an IPv4 address in 10.244.0.0/16 and an IPv6 address in
 /// fd00:10:244::/112, both a function of the pod's namespace and name (FNV-1a), never a
 /// network or broadcast address.
@@ -474,7 +504,10 @@ fn write_identities(dir: &Path, port: u16, ca: &Path) {
     std::fs::write(dir.join("tokens.csv"), tokens).expect("write the token file");
     std::fs::write(
         dir.join("audit-policy.yaml"),
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
+        // Leases with their request bodies, so tests can read who held one when.
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n\
+         - level: Request\n  resources:\n  - group: coordination.k8s.io\n    resources: [leases]\n\
+         - level: Metadata\n",
     )
     .expect("write the audit policy");
 }

@@ -19,7 +19,7 @@ pub struct Watched {
 }
 
 const WATCHDOG: &str = r#""$PROGRAM" "$@" & p=$!
-trap 'kill -9 $p 2>/dev/null; exit 0' TERM INT
+trap 'kill -TERM $p 2>/dev/null; wait $p; exit $?' TERM INT
 while kill -0 "$WATCHED_PID" 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 0.2; done
 kill -9 $p 2>/dev/null; wait $p; status=$?
 # The test process is gone: its scratch directory (often in /dev/shm, in memory) goes too.
@@ -124,7 +124,8 @@ impl Watched {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends `signal` to the process and its watchdog (e.g. SIGSTOP to freeze a peer).
+    /// Sends `signal` to the process and its watchdog (e.g. SIGSTOP to freeze a peer). On
+    /// SIGTERM or SIGINT the watchdog waits for the process to end as it chooses.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
             let group = nix::unistd::Pid::from_raw(child.id() as i32);
