@@ -28,8 +28,9 @@ enum Command {
     /// Serve cluster DNS (a drop-in for kube-dns / CoreDNS's kubernetes plugin) from manifests
     /// or the Kubernetes API.
     Dns(DnsArgs),
-    /// Keep Endpoints and EndpointSlices of Services in step with their pods, in place of
-    /// kube-controller-manager's endpoint controllers.
+    /// Keep Endpoints and EndpointSlices of Services in step with their pods: beside
+    /// kube-controller-manager for Services with the set-based `svcplane.io/selector`
+    /// annotation, or in place of its endpoint controllers (`--manage=all`).
     Controller(Box<ControllerArgs>),
     /// Serve a Kubernetes-compatible API (namespaces, services, endpoints, pods, nodes,
     /// events, endpointslices, leases) from memory or etcd, for kubectl and kube-rs clients.

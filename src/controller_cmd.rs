@@ -78,6 +78,10 @@ pub(crate) struct ControllerArgs {
     /// The Lease's namespace.
     #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
     leader_elect_resource_namespace: String,
+    /// How long past its lease a leader that failed to renew may be before /healthz fails
+    /// (kube-controller-manager's fixed 20 s).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    leader_elect_healthz_tolerance: Duration,
     /// Where to serve /healthz, /readyz and /metrics over plain HTTP.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10258")]
     listen_http: SocketAddr,
@@ -144,7 +148,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let health = ops::Health {
         synced: ready_rx.clone(),
         leader: elector.as_ref().map(Elector::state),
-        leader_tolerance: Duration::from_secs(20),
+        leader_tolerance: args.leader_elect_healthz_tolerance,
         metrics: metrics.clone(),
     };
     tokio::spawn(async move {

@@ -171,6 +171,35 @@ impl Cluster {
         )
     }
 
+    /// Stops kube-apiserver and etcd (SIGKILL), keeping etcd's data directory, so a benchmark
+    /// can save it or put a saved one back ([`Cluster::etcd`]'s `data_path`).
+    pub fn stop_store(&mut self) {
+        self.apiserver.kill();
+        self.etcd.kill();
+    }
+
+    /// Starts etcd and kube-apiserver again on their data and ports, and waits until the API
+    /// server is ready (it has loaded what etcd holds).
+    pub fn start_store(&mut self) {
+        self.etcd.restart();
+        self.apiserver.start();
+        self.wait_ready();
+    }
+
+    /// Starts a kube-controller-manager of `controllers` (upstream's names, e.g. `endpoint`)
+    /// with kubeadm's flags plus `extra`, logging to `log`; the caller owns and stops it.
+    pub fn spawn_controller_manager(
+        &self,
+        controllers: &[&str],
+        extra: &[String],
+        log: &Path,
+    ) -> Watched {
+        let controllers: Vec<String> = controllers.iter().map(|c| c.to_string()).collect();
+        let mut args = controller_manager_args(self.dir.path(), &controllers);
+        args.extend(extra.iter().map(Into::into));
+        Watched::spawn(&peer("kube-controller-manager"), args, &[], log, None)
+    }
+
     /// kube-controller-manager's process, when it runs (to freeze it with SIGSTOP).
     pub fn controller_manager(&self) -> Option<&Watched> {
         self.controller_manager.as_ref()
@@ -432,32 +461,34 @@ pub async fn set_pod_state(
 ) -> Pod {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let (v4, v6) = pod_ips(namespace, name);
-    let mut ips = vec![json!({"ip": v4.to_string()})];
+    let mut ips = vec![v4.to_string()];
     if dual_stack {
-        ips.push(json!({"ip": v6.to_string()}));
+        ips.push(v6.to_string());
     }
-    let ready = if state == PodState::Ready {
-        "True"
-    } else {
-        "False"
-    };
-    let now = "2026-01-01T00:00:00Z";
-    let status = json!({"status": {
-        "phase": "Running",
-        "hostIP": "192.0.2.10",
-        "podIP": v4.to_string(),
-        "podIPs": ips,
-        "startTime": now,
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
-            {"type": "Ready", "status": ready, "lastTransitionTime": now},
-        ],
-    }});
+    let status = running_status(&ips, state == PodState::Ready, "2026-01-01T00:00:00Z");
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap_or_else(|e| panic!("set the status of pod {namespace}/{name}: {e}"))
+}
+
+/// A Running pod's status as a kubelet writes it: `ips` (the first is `podIP`), the Ready and
+/// ContainersReady conditions as `ready`, every transition at `at` (RFC 3339).
+pub fn running_status(ips: &[String], ready: bool, at: &str) -> serde_json::Value {
+    let ready = if ready { "True" } else { "False" };
+    let pod_ips: Vec<serde_json::Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    json!({"status": {
+        "phase": "Running",
+        "hostIP": "192.0.2.10",
+        "podIP": ips.first(),
+        "podIPs": pod_ips,
+        "startTime": at,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": at},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": at},
+            {"type": "ContainersReady", "status": ready, "lastTransitionTime": at},
+            {"type": "Ready", "status": ready, "lastTransitionTime": at},
+        ],
+    }})
 }
 
 /// The address a pod's [`pod_ips`] gives for one family.

@@ -143,6 +143,11 @@ impl Etcd {
         self.process.as_ref().and_then(Watched::process_group)
     }
 
+    /// The data directory etcd runs on (to save and restore it while etcd is stopped).
+    pub fn data_path(&self) -> std::path::PathBuf {
+        self.data_dir.path().join("data")
+    }
+
     /// Kills etcd at once (SIGKILL), as a crash would; the data directory is kept.
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
