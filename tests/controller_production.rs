@@ -683,7 +683,12 @@ async fn metrics_have_kube_controller_managers_names_and_move_by_exactly_a_known
         ),
         ("workqueue_adds_total{name=\"endpoint_slice\"}", 1.0),
     ] {
-        assert_eq!(delta(&after, series), want, "{series}");
+        assert_eq!(
+            delta(&after, series),
+            want,
+            "{series}: {}",
+            controller.process.log()
+        );
     }
 
     // Another: a pod both Services select is relabelled out of them (one watch event); each

@@ -119,6 +119,12 @@ pub struct Context {
     /// Events about svcplane's own annotation.
     svcplane_events: Recorder,
     metrics: Arc<Metrics>,
+    /// The queues, for a Service whose slice event arrived while its writes were in flight
+    /// and turned out not to be theirs; and how long a slice event waits (upstream's
+    /// max(1 s, batch period)).
+    slice_queue: Queue,
+    mirror_queue: Queue,
+    slice_event_delay: Duration,
     settings: Settings,
 }
 
@@ -366,7 +372,7 @@ pub async fn run(client: Client, settings: Settings, hooks: Hooks) -> Result<()>
                         old.is_some_and(|o| service(o) != service(new) || ours(o) != ours(new));
                     let changed = ours(new)
                         && service(new).is_some_and(|svc| {
-                            tracker.should_sync(
+                            tracker.on_event(
                                 &svc,
                                 &new.name_any(),
                                 new.metadata.generation.unwrap_or_default(),
@@ -383,7 +389,7 @@ pub async fn run(client: Client, settings: Settings, hooks: Hooks) -> Result<()>
                     // re-syncs the Service — also for slices written before a restart, which
                     // upstream's tracker does not know and leaves missing.
                     if let Some(svc) = service(gone)
-                        && !tracker.handle_deletion(&svc, &gone.name_any())
+                        && tracker.on_deletion(&svc, &gone.name_any())
                     {
                         sq.add_after(svc, delay);
                     }
@@ -431,6 +437,11 @@ pub async fn run(client: Client, settings: Settings, hooks: Hooks) -> Result<()>
         mirror_events: recorder(&client, "endpoint-slice-mirroring-controller"),
         svcplane_events: recorder(&client, "svcplane-controller"),
         metrics,
+        slice_queue: slices_queue.clone(),
+        mirror_queue: mirror_queue.clone(),
+        slice_event_delay: settings
+            .endpointslice_batch_period
+            .max(Duration::from_secs(1)),
         settings: settings.clone(),
     });
     for svc in services.state() {
@@ -532,6 +543,13 @@ fn worker(
                 tracing::info_span!("reconcile", controller, namespace = %key.0, name = %key.1);
             let started = std::time::Instant::now();
             let result = sync(&key, &ctx).instrument(span.clone()).await;
+            span.in_scope(|| {
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    ok = result.is_ok(),
+                    "synced"
+                )
+            });
             if controller == "endpoint_slice" {
                 let label = match &result {
                     Ok(()) => "success",
@@ -593,6 +611,34 @@ fn not_found(e: &kube::Error) -> bool {
 fn namespace_terminating(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 403
         && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
+/// Writes `object` over `base` (the stored object it was built from) as a JSON Patch from one
+/// to the other that also sets the base's resourceVersion, so a stale base gives 409 Conflict
+/// exactly as a replace does: the same result as upstream's update, in the bytes of what
+/// changed rather than the whole object.
+async fn write_over<K>(api: &Api<K>, name: &str, base: &K, object: &K) -> kube::Result<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let (from, to) = (
+        serde_json::to_value(base).map_err(kube::Error::SerdeError)?,
+        serde_json::to_value(object).map_err(kube::Error::SerdeError)?,
+    );
+    let mut ops = json_patch::diff(&from, &to).0;
+    if let Some(rv) = base.meta().resource_version.clone() {
+        ops.insert(
+            0,
+            json_patch::PatchOperation::Replace(json_patch::ReplaceOperation {
+                path: json_patch::jsonptr::PointerBuf::parse("/metadata/resourceVersion")
+                    .expect("a valid pointer"),
+                value: serde_json::Value::String(rv),
+            }),
+        );
+    }
+    let patch = kube::api::Patch::Json::<()>(json_patch::Patch(ops));
+    api.patch(name, &kube::api::PatchParams::default(), &patch)
+        .await
 }
 
 /// Whether svcplane wrote an Endpoints object for the annotation (its managed-by value).
@@ -688,7 +734,11 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
         Decision::Update(object) => {
             let base = current.as_deref();
             let object = views::endpoints_to_api(namespace, name, &object, base);
-            let updated = match api.replace(name, &PostParams::default(), &object).await {
+            let written = match base {
+                Some(base) => write_over(&api, name, base, &object).await,
+                None => api.replace(name, &PostParams::default(), &object).await,
+            };
+            let updated = match written {
                 Ok(updated) => updated,
                 Err(e) => {
                     let note = format!(
@@ -871,6 +921,18 @@ fn service_slices(ctx: &Context, key: &Key, managed_by: &str) -> Vec<Arc<Endpoin
 
 /// Deletes `slices` of the Service `key`, each recorded in the tracker.
 async fn delete_slices(ctx: &Context, key: &Key, slices: &[Arc<EndpointSlice>]) -> Result<()> {
+    if slices.is_empty() {
+        return Ok(());
+    }
+    let deletes = delete_slices_in_flight(ctx, key, slices);
+    in_flight(ctx, &ctx.tracker, &ctx.slice_queue, key, deletes).await
+}
+
+async fn delete_slices_in_flight(
+    ctx: &Context,
+    key: &Key,
+    slices: &[Arc<EndpointSlice>],
+) -> Result<()> {
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &key.0);
     for slice in slices {
         match api
@@ -915,8 +977,37 @@ async fn annotation_events(ctx: &Context, svc: &views::ServiceRecord) {
     warn(&ctx.svcplane_events, regarding, reason, note).await;
 }
 
+/// Runs `writes` of the Service `key`'s slices with `tracker` told they are in flight, so their
+/// watch events are not mistaken for someone else's; queues the Service when an event that
+/// arrived meanwhile was someone else's after all.
+async fn in_flight<T>(
+    ctx: &Context,
+    tracker: &SliceTracker,
+    queue: &Queue,
+    key: &Key,
+    writes: impl std::future::Future<Output = T>,
+) -> T {
+    tracker.writing(key);
+    let out = writes.await;
+    if tracker.written(key) {
+        queue.add_after(key.clone(), ctx.slice_event_delay);
+    }
+    out
+}
+
 /// The writes of a slice plan: creates, updates, deletes, each recorded in the tracker.
 async fn write_slices(
+    key: &Key,
+    ctx: &Context,
+    svc: &views::ServiceRecord,
+    existing: &[Arc<EndpointSlice>],
+    plan: &endpointslices::Plan,
+) -> Result<()> {
+    let writes = write_slices_in_flight(key, ctx, svc, existing, plan);
+    in_flight(ctx, &ctx.tracker, &ctx.slice_queue, key, writes).await
+}
+
+async fn write_slices_in_flight(
     key: &Key,
     ctx: &Context,
     svc: &views::ServiceRecord,
@@ -949,9 +1040,13 @@ async fn write_slices(
     for slice in &plan.update {
         let base = existing.iter().find(|s| s.name_any() == slice.name);
         let object = views::slice_to_api(svc, slice, base.map(|b| b.as_ref()));
-        let updated = api
-            .replace(&slice.name, &PostParams::default(), &object)
-            .await?;
+        let updated = match base {
+            Some(base) => write_over(&api, &slice.name, base, &object).await?,
+            None => {
+                api.replace(&slice.name, &PostParams::default(), &object)
+                    .await?
+            }
+        };
         tracing::debug!(service = %format!("{namespace}/{name}"), slice = %slice.name,
             endpoints = slice.endpoints.len(), "updated an EndpointSlice");
         ctx.tracker.wrote(
@@ -979,6 +1074,12 @@ async fn write_slices(
 
 /// One EndpointSlice mirroring sync for an Endpoints key.
 pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
+    let sync = mirror(key, ctx);
+    in_flight(ctx, &ctx.mirror_tracker, &ctx.mirror_queue, key, sync).await
+}
+
+/// [`reconcile_mirroring`], its writes in flight for the tracker.
+async fn mirror(key: &Key, ctx: &Context) -> Result<()> {
     let (namespace, name) = key;
     let endpoints = ctx.endpoints.get(namespace, name);
     let service = ctx.services.get(namespace, name);
@@ -1101,9 +1202,13 @@ pub async fn reconcile_mirroring(key: &Key, ctx: &Context) -> Result<()> {
     for slice in &plan.update {
         let base = existing.iter().find(|s| s.name_any() == slice.name);
         let object = views::mirrored_slice_to_api(ep, slice, base.map(|b| b.as_ref()));
-        let updated = api
-            .replace(&slice.name, &PostParams::default(), &object)
-            .await?;
+        let updated = match base {
+            Some(base) => write_over(&api, &slice.name, base, &object).await?,
+            None => {
+                api.replace(&slice.name, &PostParams::default(), &object)
+                    .await?
+            }
+        };
         ctx.mirror_tracker.wrote(
             key,
             &updated.name_any(),

@@ -367,12 +367,14 @@ pub async fn create_nodes(client: &kube::Client, nodes: &[(&str, &str)]) {
 }
 
 /// The RBAC `svcplane controller` needs (what its Helm chart grants), bound to both of its
-/// identities: read Services, pods and nodes; write Endpoints, EndpointSlices and events; and
-/// hold its leader Lease.
+/// identities: read Services, pods and nodes; write (create, update, patch, delete) Endpoints
+/// and EndpointSlices, and events; and hold its leader Lease.
 pub fn svcplane_controller_rbac() -> Vec<serde_json::Value> {
     let rule = |group: &str, resources: &[&str], verbs: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
     let read = ["get", "list", "watch"];
-    let write = ["get", "list", "watch", "create", "update", "delete"];
+    let write = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
     let subject =
         |user: &str| json!({"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"});
     vec![
