@@ -433,6 +433,7 @@ mod tests {
 
     fn create(object: Value) -> AdmissionRequest {
         AdmissionRequest {
+            uid: "3b1a9e1c-0d7e-4b43-9d4c-5f0f2a1e7c11".into(),
             operation: Operation::Create,
             namespace: "shop".into(),
             name: "web".into(),

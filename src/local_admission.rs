@@ -28,9 +28,11 @@ impl<S: Store> ServiceAdmission for LocalAdmission<S> {
     fn admit(&self, request: AdmissionRequest) -> BoxFuture<'_, Result<Value, Denial>> {
         Box::pin(async move {
             let request = AllocationRequest {
+                uid: request.uid,
                 object: request.object,
                 old_object: request.old_object,
                 dry_run: request.dry_run,
+                deadline: None,
             };
             match self.allocator.admit(&request).await {
                 Ok(admitted) => Ok(admitted.object),
@@ -46,9 +48,7 @@ impl<S: Store> ServiceAdmission for LocalAdmission<S> {
 
     fn abandon(&self, request: AdmissionRequest) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.allocator
-                .abandon(&request.object, request.old_object.as_ref())
-                .await;
+            self.allocator.abandon(&request.uid).await;
         })
     }
 }

@@ -28,6 +28,9 @@ impl Operation {
 /// One Service write, after defaulting and validation of the client's fields.
 #[derive(Debug, Clone)]
 pub struct AdmissionRequest {
+    /// Identifies this admission: the AdmissionReview's `uid`, and what
+    /// [`ServiceAdmission::abandon`] is given back for the same write.
+    pub uid: String,
     pub operation: Operation,
     pub namespace: String,
     pub name: String,
@@ -59,9 +62,10 @@ pub trait ServiceAdmission: Send + Sync {
     fn admit(&self, request: AdmissionRequest) -> BoxFuture<'_, Result<Value, Denial>>;
 
     /// The write this admission admitted did not happen (a later admission denied it, it was
-    /// invalid, or the storage refused it): `request.object` is the object as admitted. An
-    /// admission that took something for it may give it back. Webhooks cannot be told, so the
-    /// default does nothing.
+    /// invalid, or the storage refused it): `request.uid` is the admission's, `request.object`
+    /// the object as admitted. An admission that took something for that request may give it
+    /// back (only what that request took: the object may carry values another write of it
+    /// stored). Webhooks cannot be told, so the default does nothing.
     fn abandon(&self, request: AdmissionRequest) -> BoxFuture<'_, ()> {
         let _ = request;
         Box::pin(async {})

@@ -395,8 +395,10 @@ impl Registry {
                     &wanted,
                 ));
             }
+            let uid = object::new_uid();
             let candidate = self
                 .admit(
+                    &uid,
                     resource,
                     Operation::Create,
                     candidate,
@@ -425,7 +427,7 @@ impl Registry {
                     self.storage.delete(&key, revision).await?;
                     if resource.is_service() {
                         let count = self.config.admission.len();
-                        self.abandon(Operation::Create, &candidate, None, count)
+                        self.abandon(&uid, Operation::Create, &candidate, None, count)
                             .await;
                     }
                     return Err(e);
@@ -437,7 +439,7 @@ impl Registry {
             }
             if resource.is_service() {
                 let count = self.config.admission.len();
-                self.abandon(Operation::Create, &candidate, None, count)
+                self.abandon(&uid, Operation::Create, &candidate, None, count)
                     .await;
             }
             match result? {
@@ -485,6 +487,7 @@ impl Registry {
 
     async fn admit(
         &self,
+        uid: &str,
         resource: &Resource,
         operation: Operation,
         mut object: Value,
@@ -498,6 +501,7 @@ impl Registry {
         let mut failure = None;
         for admission in &self.config.admission {
             let request = AdmissionRequest {
+                uid: uid.to_string(),
                 operation,
                 namespace: meta_str(&object, "namespace").to_string(),
                 name: meta_str(&object, "name").to_string(),
@@ -529,7 +533,8 @@ impl Registry {
         };
         if let Some(e) = failure {
             if !dry_run {
-                self.abandon(operation, &object, old, admitted_by).await;
+                self.abandon(uid, operation, &object, old, admitted_by)
+                    .await;
             }
             return Err(e);
         }
@@ -540,6 +545,7 @@ impl Registry {
     /// happen.
     async fn abandon(
         &self,
+        uid: &str,
         operation: Operation,
         object: &Value,
         old: Option<&Value>,
@@ -547,6 +553,7 @@ impl Registry {
     ) {
         for admission in self.config.admission.iter().take(count).rev() {
             let request = AdmissionRequest {
+                uid: uid.to_string(),
                 operation,
                 namespace: meta_str(object, "namespace").to_string(),
                 name: meta_str(object, "name").to_string(),
@@ -599,6 +606,7 @@ impl Registry {
                 ));
             }
             let mut next = self.merge_update(resource, &current, desired, part)?;
+            let uid = object::new_uid();
             if part == Part::Main {
                 object::patch_allocated_values(resource, &current, &mut next);
                 object::drop_type_dependent_fields(resource, &current, &mut next);
@@ -607,6 +615,7 @@ impl Registry {
                 self.validate(resource, &next, Some(&current))?;
                 next = self
                     .admit(
+                        &uid,
                         resource,
                         Operation::Update,
                         next,
@@ -647,7 +656,7 @@ impl Registry {
             }
             if part == Part::Main && resource.is_service() {
                 let count = self.config.admission.len();
-                self.abandon(Operation::Update, &next, Some(&current), count)
+                self.abandon(&uid, Operation::Update, &next, Some(&current), count)
                     .await;
             }
             // Somebody wrote in between (a failed compare): start over from their write.

@@ -2,10 +2,19 @@
 //! from the ipam pools (requests exactly or not at all, the rest picked in the upper band
 //! first) and the patched Service with its JSONPatch out — or a denial in kube-apiserver's
 //! words. All or nothing: when any value of a request fails, the ones it took are freed.
-//! Dry runs allocate nothing. Nothing is ever released here; the releaser does that.
+//! Dry runs allocate nothing. Nothing is ever released here, except what a request that the
+//! API server then abandoned took (the in-process admission of `svcplane dev` is told); the
+//! releaser and repair do the rest.
+//!
+//! Owners: a value is taken for `namespace/name`. kube-apiserver admits a `generateName`
+//! create before it picks the name, so such a request takes its values for
+//! `namespace/<generateName>…<request uid>`, which no Service is called; the releaser re-keys
+//! them to the Service that appears carrying them, and repair frees them if none does.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ipam::store::Store;
 use ipam::{Allocation, Allocator, Owner, Refusal, Release, Value};
@@ -17,12 +26,22 @@ use crate::service::Svc;
 /// One admission of a Service write.
 #[derive(Debug, Clone)]
 pub struct AllocationRequest {
+    /// The admission's identity (an AdmissionReview's `uid`): what [`ServiceAllocator::abandon`]
+    /// is given, and the owner of what a `generateName` create takes.
+    pub uid: String,
     /// The Service as it would be stored.
     pub object: Json,
     /// The stored Service an update replaces.
     pub old_object: Option<Json>,
     pub dry_run: bool,
+    /// When the caller stops waiting: no value is taken after it, and what was taken is given
+    /// back, so nothing is allocated for an answer nobody reads.
+    pub deadline: Option<Instant>,
 }
+
+/// How long what a request took is remembered for [`ServiceAllocator::abandon`]: the API
+/// server abandons a write right after admitting it, so this only bounds the memory.
+const ABANDON_WINDOW: Duration = Duration::from_secs(60);
 
 /// The Service to store, and the JSONPatch from the request's object to it.
 #[derive(Debug, Clone)]
@@ -67,6 +86,32 @@ fn internal(message: impl std::fmt::Display) -> Denial {
 pub struct ServiceAllocator<S: Store> {
     allocator: Arc<Allocator<S>>,
     cluster: Cluster,
+    /// What each recent request took, by its uid, oldest first.
+    recent: Mutex<Recent>,
+}
+
+/// What recent requests took, for [`ServiceAllocator::abandon`].
+#[derive(Default)]
+struct Recent {
+    taken: HashMap<String, (String, Vec<Taken>)>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Recent {
+    fn remember(&mut self, uid: &str, owner: &str, taken: Vec<Taken>, now: Instant) {
+        while let Some((at, _)) = self.order.front()
+            && now.duration_since(*at) > ABANDON_WINDOW
+        {
+            let (_, old) = self.order.pop_front().expect("peeked");
+            self.taken.remove(&old);
+        }
+        if taken.is_empty() || uid.is_empty() {
+            return;
+        }
+        self.order.push_back((now, uid.to_string()));
+        self.taken
+            .insert(uid.to_string(), (owner.to_string(), taken));
+    }
 }
 
 /// What one value of the plan is, for messages.
@@ -91,7 +136,11 @@ impl<S: Store> ServiceAllocator<S> {
     /// An allocator for a cluster with these service IP families (primary first); their pools
     /// (`ipv4`, `ipv6`) and the `nodeport` pool must exist in the allocator's store.
     pub fn new(allocator: Arc<Allocator<S>>, cluster: Cluster) -> ServiceAllocator<S> {
-        ServiceAllocator { allocator, cluster }
+        ServiceAllocator {
+            allocator,
+            cluster,
+            recent: Mutex::default(),
+        }
     }
 
     pub fn allocator(&self) -> &Arc<Allocator<S>> {
@@ -107,10 +156,10 @@ impl<S: Store> ServiceAllocator<S> {
             None => new,
         };
         let plan = plan(&self.cluster, old.as_ref(), &new)?;
-        let owner_key = new.key();
+        let owner_key = owner_key(&new, &request.object, &request.uid);
         let mut taken: Vec<Taken> = Vec::new();
         let result = self
-            .carry_out(&plan, &new, &owner_key, request.dry_run, &mut taken)
+            .carry_out(&plan, &new, &owner_key, request, &mut taken)
             .await;
         let values = match result {
             Ok(values) => values,
@@ -119,30 +168,29 @@ impl<S: Store> ServiceAllocator<S> {
                 return Err(denial);
             }
         };
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remember(&request.uid, &owner_key, taken, Instant::now());
         let object = render(&request.object, &new, &plan, &values);
         let patch = json_patch::diff(&request.object, &object);
         Ok(Admitted { object, patch })
     }
 
-    /// The write of `object` (admitted over `old_object`) did not happen: gives back what it
-    /// carries that the stored Service did not, with the pool's hold, so that no other Service
-    /// can take it meanwhile. (A concurrent write of the same Service may have stored one of
-    /// them; the releaser records what stored Services carry.)
-    pub async fn abandon(&self, object: &Json, old_object: Option<&Json>) {
-        let new = Svc::from_json(object);
-        let before = old_object
-            .map(|o| crate::plan::carried(&Svc::from_json(o)))
-            .unwrap_or_default();
-        let taken: Vec<Taken> = crate::plan::carried(&new)
-            .into_iter()
-            .filter(|v| !before.contains(v))
-            .map(|(pool, value)| Taken {
-                pool,
-                value,
-                release: Release::Hold,
-            })
-            .collect();
-        self.roll_back(&new.key(), &taken).await;
+    /// The write admitted by request `uid` did not happen: gives back what that request took —
+    /// values that were free are freed, values that were held for the Service are held again —
+    /// and nothing else, whatever the object carries (a value it requested that a stored
+    /// Service of the same name already had was not taken by this request).
+    pub async fn abandon(&self, uid: &str) {
+        let entry = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .taken
+            .remove(uid);
+        if let Some((owner, taken)) = entry {
+            self.roll_back(&owner, &taken).await;
+        }
     }
 
     /// Gives back what a failed request took: values that were free are freed, values that
@@ -164,9 +212,10 @@ impl<S: Store> ServiceAllocator<S> {
         plan: &Plan,
         new: &Svc,
         owner_key: &str,
-        dry_run: bool,
+        request: &AllocationRequest,
         taken: &mut Vec<Taken>,
     ) -> Result<Chosen, Denial> {
+        let (dry_run, deadline) = (request.dry_run, request.deadline);
         let mut chosen = Chosen::default();
         for (i, want) in plan.cluster_ips.iter().enumerate() {
             let pool = pool_of(plan.ip_families[i]);
@@ -182,7 +231,7 @@ impl<S: Store> ServiceAllocator<S> {
                     owner_key,
                     Purpose::ClusterIp,
                     new,
-                    dry_run,
+                    (dry_run, deadline),
                     taken,
                 )
                 .await?;
@@ -205,7 +254,7 @@ impl<S: Store> ServiceAllocator<S> {
                     owner_key,
                     purpose,
                     new,
-                    dry_run,
+                    (dry_run, deadline),
                     taken,
                 )
                 .await?;
@@ -226,7 +275,7 @@ impl<S: Store> ServiceAllocator<S> {
                     owner_key,
                     Purpose::HealthCheck,
                     new,
-                    dry_run,
+                    (dry_run, deadline),
                     taken,
                 )
                 .await?;
@@ -245,7 +294,7 @@ impl<S: Store> ServiceAllocator<S> {
         owner_key: &str,
         purpose: Purpose,
         new: &Svc,
-        dry_run: bool,
+        (dry_run, deadline): (bool, Option<Instant>),
         taken: &mut Vec<Taken>,
     ) -> Result<Option<Value>, Denial> {
         let requested = match want {
@@ -281,6 +330,11 @@ impl<S: Store> ServiceAllocator<S> {
             }
             return Ok(requested);
         }
+        if let Some(deadline) = deadline
+            && Instant::now() >= deadline
+        {
+            return Err(timed_out());
+        }
         // A requested value the object already has allocated (a create of a name that exists,
         // a retried write) was not taken by this request: a failure must not give it back. One
         // held for the object goes back to being held.
@@ -289,7 +343,15 @@ impl<S: Store> ServiceAllocator<S> {
             None => Prior::Free,
         };
         let owner = Owner::new(owner_key, purpose.owner_purpose());
-        match self.allocator.allocate(pool, &owner, requested).await {
+        let allocation = match deadline {
+            Some(deadline) => {
+                self.allocator
+                    .allocate_until(pool, &owner, requested, deadline)
+                    .await
+            }
+            None => self.allocator.allocate(pool, &owner, requested).await,
+        };
+        match allocation {
             Ok(Allocation::Allocated(v)) => {
                 match prior {
                     Prior::Ours => {}
@@ -307,6 +369,9 @@ impl<S: Store> ServiceAllocator<S> {
                 Ok(Some(v))
             }
             Ok(Allocation::Refused(refusal)) => Err(refused(purpose, requested, &refusal, new)),
+            Err(e) if e.is_transient() && deadline.is_some_and(|d| Instant::now() >= d) => {
+                Err(timed_out())
+            }
             Err(e) => Err(internal(format!(
                 "failed to allocate from the {pool} pool: {e}"
             ))),
@@ -344,6 +409,29 @@ struct Taken {
     pool: &'static str,
     value: Value,
     release: Release,
+}
+
+/// The owner of what a request takes: the Service's `namespace/name`, or for a `generateName`
+/// create (named only after admission) `namespace/<generateName>…<uid>`.
+fn owner_key(new: &Svc, object: &Json, uid: &str) -> String {
+    if !new.name.is_empty() {
+        return new.key();
+    }
+    let generate = object
+        .pointer("/metadata/generateName")
+        .and_then(Json::as_str)
+        .unwrap_or("");
+    format!("{}/{generate}…{uid}", new.namespace)
+}
+
+/// The answer when the caller's deadline passed before every value was taken.
+fn timed_out() -> Denial {
+    Denial {
+        code: 504,
+        reason: "Timeout".into(),
+        message: "Timeout: the ipam store did not answer within the allocation deadline (--allocation-timeout); nothing was allocated".into(),
+        field: None,
+    }
 }
 
 fn port_of(v: Value) -> u16 {
@@ -462,4 +550,108 @@ fn render(original: &Json, new: &Svc, plan: &Plan, chosen: &Chosen) -> Json {
         None => {}
     }
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipam::Family;
+    use ipam::store::memory::MemoryStore;
+
+    async fn allocator(hold: Duration) -> ServiceAllocator<MemoryStore> {
+        let store = MemoryStore::new();
+        let specs =
+            ipam::spec::specs_from_flags(&["10.96.0.0/24".into()], Some("30000-30099"), hold)
+                .unwrap();
+        ipam::apply::apply(&store, &specs).await.unwrap();
+        let allocator = Allocator::start(store, Default::default()).await.unwrap();
+        ServiceAllocator::new(
+            Arc::new(allocator),
+            Cluster {
+                families: vec![Family::IPv4],
+            },
+        )
+    }
+
+    fn request(uid: &str, object: Json) -> AllocationRequest {
+        AllocationRequest {
+            uid: uid.into(),
+            object,
+            old_object: None,
+            dry_run: false,
+            deadline: None,
+        }
+    }
+
+    fn web(cluster_ip: Option<&str>) -> Json {
+        let mut object = json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80, "protocol": "TCP"}]},
+        });
+        if let Some(ip) = cluster_ip {
+            object["spec"]["clusterIP"] = json!(ip);
+        }
+        object
+    }
+
+    fn owner_of(a: &ServiceAllocator<MemoryStore>, ip: &str) -> Option<String> {
+        let value = Value::Ip(ip.parse().unwrap());
+        let record = a.allocator().view().record("ipv4", value).unwrap()?;
+        record.is_allocated().then_some(record.owner.object)
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_create_of_a_name_that_exists_frees_nothing_the_live_service_carries() {
+        let a = allocator(Duration::ZERO).await;
+        a.admit(&request("first", web(Some("10.96.0.50"))))
+            .await
+            .unwrap();
+        // A second create of the same name asks for the same IP: it is the object's already, so
+        // this request takes nothing; the storage then refuses the name.
+        a.admit(&request("second", web(Some("10.96.0.50"))))
+            .await
+            .unwrap();
+        a.abandon("second").await;
+        assert_eq!(owner_of(&a, "10.96.0.50").as_deref(), Some("shop/web"));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_gives_back_exactly_what_it_took() {
+        let a = allocator(Duration::ZERO).await;
+        let admitted = a.admit(&request("one", web(None))).await.unwrap();
+        let ip = admitted.object["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(owner_of(&a, &ip).as_deref(), Some("shop/web"));
+        a.abandon("one").await;
+        assert_eq!(owner_of(&a, &ip), None);
+        // Abandoning twice, or a request never seen, does nothing.
+        a.abandon("one").await;
+        a.abandon("unknown").await;
+    }
+
+    #[tokio::test]
+    async fn a_generate_name_create_takes_its_values_for_a_name_no_service_has() {
+        let a = allocator(Duration::ZERO).await;
+        let object = json!({
+            "metadata": {"generateName": "web-", "namespace": "shop"},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80, "protocol": "TCP"}]},
+        });
+        let admitted = a.admit(&request("7f3c", object)).await.unwrap();
+        let ip = admitted.object["spec"]["clusterIP"].as_str().unwrap();
+        assert_eq!(owner_of(&a, ip).as_deref(), Some("shop/web-…7f3c"));
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_a_timeout_that_takes_nothing() {
+        let a = allocator(Duration::ZERO).await;
+        let late = AllocationRequest {
+            deadline: Some(Instant::now()),
+            ..request("late", web(Some("10.96.0.60")))
+        };
+        let denial = a.admit(&late).await.unwrap_err();
+        assert_eq!((denial.code, denial.reason.as_str()), (504, "Timeout"));
+        assert_eq!(owner_of(&a, "10.96.0.60"), None);
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use ipam::store::Store;
-use ipam::{Allocation, Allocator, Owner, Release, Released, Value};
+use ipam::{Allocator, Claimed, Owner, Release, Released, Value};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -43,6 +43,13 @@ impl Actions {
 }
 
 impl Carried {
+    /// Whether the Service `key`, as last seen, carries `value` of `pool`.
+    pub fn carries(&self, key: &str, pool: &str, value: Value) -> bool {
+        self.known
+            .get(key)
+            .is_some_and(|values| values.iter().any(|(p, v)| *p == pool && *v == value))
+    }
+
     /// Records the Service `key`'s new state (None: deleted) and says what to do.
     pub fn update(&mut self, key: &str, now: Option<Values>) -> Actions {
         let before = self.known.remove(key).unwrap_or_default();
@@ -109,7 +116,7 @@ pub async fn run<S: Store>(
             },
             _ = retry.tick() => {
                 for (key, actions) in std::mem::take(&mut pending) {
-                    if let Err(left) = act(&allocator, &api, &key, actions).await {
+                    if let Err(left) = act(&allocator, &api, &state, &key, actions).await {
                         pending.insert(key, left);
                     }
                 }
@@ -146,7 +153,7 @@ pub async fn run<S: Store>(
         for (key, actions) in actions {
             // A newer state supersedes what was pending for the Service.
             pending.remove(&key);
-            if let Err(left) = act(&allocator, &api, &key, actions).await {
+            if let Err(left) = act(&allocator, &api, &state, &key, actions).await {
                 pending.insert(key, left);
             }
         }
@@ -164,6 +171,7 @@ pub async fn run<S: Store>(
 async fn act<S: Store>(
     allocator: &Allocator<S>,
     api: &Api<Service>,
+    state: &Carried,
     key: &str,
     actions: Actions,
 ) -> Result<(), Actions> {
@@ -173,13 +181,25 @@ async fn act<S: Store>(
         if recorded.is_some_and(|r| r.owner.object == key && r.is_allocated()) {
             continue;
         }
+        // The value becomes this Service's, whoever the pool records (a hold, a request's
+        // placeholder, an object gone), unless another live Service carries it too.
         let owner = Owner::new(key, "carried");
-        match allocator.allocate(pool, &owner, Some(*value)).await {
-            Ok(Allocation::Allocated(_)) => {
-                tracing::info!(key, pool, %value, "recorded a value the Service carries")
+        let live_elsewhere = |recorded: &Owner| {
+            recorded.object != key && state.carries(&recorded.object, pool, *value)
+        };
+        match allocator.claim(pool, &owner, *value, live_elsewhere).await {
+            Ok(Claimed::Already) => {}
+            Ok(Claimed::Recorded { from }) => {
+                let from = from
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "nobody".into());
+                tracing::info!(key, pool, %value, %from, "recorded a value the Service carries")
             }
-            Ok(Allocation::Refused(r)) => {
-                tracing::warn!(key, pool, %value, refusal = %r, "a value the Service carries belongs to another object; recreate one of them")
+            Ok(Claimed::Kept(other)) => {
+                tracing::warn!(key, pool, %value, other = %other.object, "a value the Service carries belongs to another Service too; recreate one of them")
+            }
+            Ok(Claimed::OutOfRange) => {
+                tracing::warn!(key, pool, %value, "a value the Service carries lies outside the pool")
             }
             Err(e) => {
                 tracing::warn!(key, pool, %value, error = %e, "cannot record a carried value; will retry");

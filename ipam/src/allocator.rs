@@ -30,6 +30,9 @@ pub struct AllocatorOptions {
     pub retry_timeout: Duration,
     /// Longest pause between retries (they start at 50 ms and double).
     pub max_backoff: Duration,
+    /// How often at most a pool that looks full is relisted to be sure (the watch keeps the
+    /// index current; the relist only guards against a lagging one).
+    pub full_relist_interval: Duration,
 }
 
 impl Default for AllocatorOptions {
@@ -37,6 +40,7 @@ impl Default for AllocatorOptions {
         AllocatorOptions {
             retry_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(1),
+            full_relist_interval: Duration::from_secs(1),
         }
     }
 }
@@ -79,6 +83,21 @@ pub enum Released {
     NotAllocated,
     /// It belongs to another object and was left alone.
     OwnedBy(Owner),
+}
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The store already recorded the value as allocated to the claimant.
+    Already,
+    /// Now recorded for the claimant, replacing `from` (a hold, a request's placeholder, an
+    /// object that no longer carries it), or no record.
+    Recorded { from: Option<Owner> },
+    /// Left to its recorded owner, which the caller said to keep (another live object
+    /// carrying the same value: a duplicate).
+    Kept(Owner),
+    /// The value lies outside the pool.
+    OutOfRange,
 }
 
 /// One pool's state: its spec's revision and its index.
@@ -284,6 +303,8 @@ pub struct Allocator<S: Store> {
     state: PoolsView,
     options: AllocatorOptions,
     watch: tokio::task::JoinHandle<()>,
+    /// When a full-looking pool was last relisted; held while one is relisting.
+    full_relist: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl<S: Store> Drop for Allocator<S> {
@@ -317,6 +338,7 @@ impl<S: Store> Allocator<S> {
             state,
             options,
             watch,
+            full_relist: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -335,6 +357,9 @@ impl<S: Store> Allocator<S> {
     /// A requested value is judged on a fresh read of its key, never on the index alone, so a
     /// lagging watch cannot make the allocator say "yours" or "taken" wrongly. Before answering
     /// "full", the allocator relists the store once: the values it lacks may have been freed.
+    /// Under a flood of requests to a full pool that relist is shared: one per
+    /// [`AllocatorOptions::full_relist_interval`] at most, and none when another request
+    /// relisted after this one looked.
     pub async fn allocate(
         &self,
         pool: &str,
@@ -342,6 +367,17 @@ impl<S: Store> Allocator<S> {
         want: Option<Value>,
     ) -> Result<Allocation> {
         let deadline = Instant::now() + self.options.retry_timeout;
+        self.allocate_until(pool, owner, want, deadline).await
+    }
+
+    /// [`Allocator::allocate`], retrying an unreachable store only until `deadline`.
+    pub async fn allocate_until(
+        &self,
+        pool: &str,
+        owner: &Owner,
+        want: Option<Value>,
+        deadline: Instant,
+    ) -> Result<Allocation> {
         let mut relisted = false;
         loop {
             let (raw, value, expect, pool_rev) = match want {
@@ -364,7 +400,9 @@ impl<S: Store> Allocator<S> {
                         Some(pick) => pick,
                         None if relisted => return Ok(Allocation::Refused(Refusal::Full)),
                         None => {
-                            self.relist(deadline).await?;
+                            if !self.relist_when_full(pool, deadline).await? {
+                                return Ok(Allocation::Refused(Refusal::Full));
+                            }
                             relisted = true;
                             continue;
                         }
@@ -438,6 +476,54 @@ impl<S: Store> Allocator<S> {
             Decision::Refuse(r) => Err(Allocation::Refused(r)),
             Decision::Take(expect) => Ok((raw, value, expect, ps.rev)),
         })
+    }
+
+    /// Records `value` as allocated to `owner` whatever the store records for it now, unless
+    /// `keep` says the recorded owner keeps it. What a live object carries is that object's:
+    /// a value kube-apiserver handed out while admission was bypassed, or one a request took
+    /// under a placeholder owner, is claimed by the object that appears carrying it.
+    pub async fn claim(
+        &self,
+        pool: &str,
+        owner: &Owner,
+        value: Value,
+        keep: impl Fn(&Owner) -> bool,
+    ) -> Result<Claimed> {
+        let deadline = Instant::now() + self.options.retry_timeout;
+        let raw = {
+            let mut state = self.state.lock();
+            let p = state.pool_mut(pool)?.occ.pool();
+            match p.raw(value) {
+                Some(raw) if p.contains(raw) => raw,
+                _ => return Ok(Claimed::OutOfRange),
+            }
+        };
+        let text = value.to_string();
+        loop {
+            let (current, _) = self.retry(deadline, || self.store.get(pool, &text)).await?;
+            let (expect, from) = match current {
+                Some((record, _))
+                    if record.owner.object == owner.object && record.is_allocated() =>
+                {
+                    return Ok(Claimed::Already);
+                }
+                Some((record, _)) if keep(&record.owner) => return Ok(Claimed::Kept(record.owner)),
+                Some((record, rev)) => (Expect::Rev(rev), Some(record.owner)),
+                None => (Expect::Absent, None),
+            };
+            let record = Record::allocated(owner.clone());
+            let write = Write::Put {
+                record: record.clone(),
+                ttl: None,
+            };
+            match self.cas(pool, None, &text, expect, write, deadline).await? {
+                (Cas::Done(rev), _) => {
+                    self.observe(pool, raw, rev, Some(record));
+                    return Ok(Claimed::Recorded { from });
+                }
+                (Cas::Failed { current, .. }, _) => self.learn(pool, raw, expect, current),
+            }
+        }
     }
 
     /// Releases `value` of `pool` if it belongs to `object` (`namespace/name`).
@@ -549,6 +635,34 @@ impl<S: Store> Allocator<S> {
             }
         }
         Ok(())
+    }
+
+    /// A pool looked full: relists, unless another request relisted since this one looked (its
+    /// relist is as good) or the last relist for a full pool is more recent than
+    /// `full_relist_interval`; then only the pool's spec is read again (one key), so a widened
+    /// pool is never answered "full". True when the index is fresher than when this request
+    /// looked. (Within the interval, a value freed by another process in the last moments, whose
+    /// watch event has not arrived yet, can be missed: the price of not rereading the pool per
+    /// request under a flood.)
+    async fn relist_when_full(&self, pool: &str, deadline: Instant) -> Result<bool> {
+        let looked = Instant::now();
+        let mut last = self.full_relist.lock().await;
+        if last.is_some_and(|at| at >= looked) {
+            return Ok(true);
+        }
+        if last.is_some_and(|at| looked.duration_since(at) < self.options.full_relist_interval) {
+            drop(last);
+            let known = self.state.lock().pool_mut(pool)?.rev;
+            let fresh = self.retry(deadline, || self.store.pool(pool)).await?;
+            if fresh.as_ref().is_some_and(|(_, rev)| *rev == known) {
+                return Ok(false);
+            }
+            self.refresh_pool(pool, known, deadline).await?;
+            return Ok(true);
+        }
+        self.relist(deadline).await?;
+        *last = Some(Instant::now());
+        Ok(true)
     }
 
     /// Replaces the whole index with a fresh read of the store.

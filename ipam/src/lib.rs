@@ -25,7 +25,7 @@ pub mod repair;
 pub mod spec;
 pub mod store;
 
-pub use allocator::{Allocation, Allocator, AllocatorOptions, Release, Released};
+pub use allocator::{Allocation, Allocator, AllocatorOptions, Claimed, Release, Released};
 pub use error::{Error, Result};
 pub use occupancy::{Counts, Record, Rev};
 pub use pool::{Family, Owner, Pool, PoolKind, Refusal, Value};

@@ -10,7 +10,8 @@ use common::*;
 use ipam::apply::{Applied, apply};
 use ipam::store::memory::MemoryStore;
 use ipam::{
-    Allocation, Allocator, AllocatorOptions, Error, Owner, Refusal, Release, Released, Value,
+    Allocation, Allocator, AllocatorOptions, Claimed, Error, Owner, Refusal, Release, Released,
+    Value,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -619,6 +620,7 @@ async fn writes_whose_replies_are_lost_neither_duplicate_nor_leak_a_value() {
     let options = AllocatorOptions {
         retry_timeout: Duration::from_secs(5),
         max_backoff: Duration::from_millis(1),
+        ..AllocatorOptions::default()
     };
     let a = Allocator::start(lossy, options).await.unwrap();
     let mut mine = std::collections::BTreeMap::new();
@@ -660,4 +662,77 @@ async fn writes_whose_replies_are_lost_neither_duplicate_nor_leak_a_value() {
         .map(|v| (ip(&v.value), v.record.owner.object.clone()))
         .collect();
     assert_eq!(stored, mine);
+}
+
+#[tokio::test]
+async fn a_claim_takes_a_value_from_a_placeholder_or_a_hold_but_not_from_a_kept_owner() {
+    let store = MemoryStore::new();
+    create(&store, &[ip_pool(&["10.96.0.0/24"], HOUR)]).await;
+    let a = Allocator::start(store, AllocatorOptions::default())
+        .await
+        .unwrap();
+    let x = ip("10.96.0.20");
+    let placeholder = svc("shop/gen-…7f3c");
+    allocated(a.allocate("ipv4", &placeholder, Some(x)).await.unwrap());
+    let live = svc("shop/gen-k2x9q");
+    let nobody_else = |_: &Owner| false;
+    assert_eq!(
+        a.claim("ipv4", &live, x, nobody_else).await.unwrap(),
+        Claimed::Recorded {
+            from: Some(placeholder)
+        }
+    );
+    assert_eq!(
+        a.claim("ipv4", &live, x, nobody_else).await.unwrap(),
+        Claimed::Already
+    );
+    // Another Service carrying the same value leaves it to the recorded one (a duplicate).
+    let keep_live = |o: &Owner| o.object == "shop/gen-k2x9q";
+    assert_eq!(
+        a.claim("ipv4", &svc("shop/copy"), x, keep_live)
+            .await
+            .unwrap(),
+        Claimed::Kept(live.clone())
+    );
+    // A value held for another object after its release is claimed too.
+    a.release("ipv4", x, "shop/gen-k2x9q", Release::Hold)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.claim("ipv4", &svc("shop/copy"), x, nobody_else)
+            .await
+            .unwrap(),
+        Claimed::Recorded { from: Some(live) }
+    );
+    assert_eq!(
+        a.claim("ipv4", &svc("shop/far"), ip("10.97.0.1"), nobody_else)
+            .await
+            .unwrap(),
+        Claimed::OutOfRange
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_requests_to_a_full_pool_relists_it_once_per_interval() {
+    let store = MemoryStore::new();
+    create(&store, &[ip_pool(&["10.96.0.0/30"], HOUR)]).await;
+    let options = AllocatorOptions {
+        full_relist_interval: HOUR,
+        ..AllocatorOptions::default()
+    };
+    let a = Allocator::start(store, options).await.unwrap();
+    fill(&a, "ipv4", 2).await;
+    let before = a.view().relists();
+    let flood = (0..50).map(|i| {
+        let a = &a;
+        async move {
+            a.allocate("ipv4", &svc(&format!("default/f{i}")), None)
+                .await
+                .unwrap()
+        }
+    });
+    for answer in futures::future::join_all(flood).await {
+        assert_eq!(answer, Allocation::Refused(Refusal::Full));
+    }
+    assert_eq!(a.view().relists() - before, 1);
 }

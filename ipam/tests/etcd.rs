@@ -366,3 +366,40 @@ async fn the_tls_flags_reach_an_etcd_that_requires_client_certificates() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_released_together_share_one_etcd_lease() {
+    let prefix = testkit::unique_prefix("hold-lease");
+    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()]).with_prefix(&prefix);
+    let store = connect(&config).await.unwrap();
+    create(
+        &store,
+        &[ip_pool(&["10.96.0.0/28"], Duration::from_secs(60))],
+    )
+    .await;
+    let a = Allocator::start(store, AllocatorOptions::default())
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for i in 0..8 {
+        let owner = format!("default/s{i}");
+        let v = allocated(a.allocate("ipv4", &svc(&owner), None).await.unwrap());
+        a.release("ipv4", v, &owner, Release::Hold).await.unwrap();
+        values.push(v);
+    }
+    let mut client = etcd_client::Client::connect([testkit::Etcd::shared().endpoint()], None)
+        .await
+        .unwrap();
+    let mut leases = std::collections::BTreeSet::new();
+    for v in &values {
+        let resp = client
+            .get(format!("{prefix}values/ipv4/{v}"), None)
+            .await
+            .unwrap();
+        let kv = resp.kvs().first().expect("the held key exists");
+        assert_ne!(kv.lease(), 0, "{v} is held without a lease");
+        leases.insert(kv.lease());
+    }
+    // One lease per hold window (6 s for a 60 s hold), not one per hold.
+    assert_eq!(leases.len(), 1, "{leases:?}");
+}

@@ -46,9 +46,11 @@ impl ServiceAdmission for Allocation {
     ) -> BoxFuture<'_, Result<serde_json::Value, apiserver::Denial>> {
         Box::pin(async move {
             let request = AllocationRequest {
+                uid: request.uid,
                 object: request.object,
                 old_object: request.old_object,
                 dry_run: request.dry_run,
+                deadline: None,
             };
             self.0
                 .admit(&request)
@@ -65,9 +67,7 @@ impl ServiceAdmission for Allocation {
 
     fn abandon(&self, request: AdmissionRequest) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.0
-                .abandon(&request.object, request.old_object.as_ref())
-                .await;
+            self.0.abandon(&request.uid).await;
         })
     }
 }

@@ -6,8 +6,10 @@
 //! - `pools/<pool>` → the pool spec (JSON)
 //! - `values/<pool>/<value>` → the allocation record (JSON), e.g. `values/ipv4/10.96.0.10`
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -157,6 +159,15 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// The lease current holds are put under, per hold length in seconds: (lease, granted).
+    hold_leases: Arc<Mutex<HashMap<i64, (i64, Instant)>>>,
+}
+
+/// How long one lease keeps being used for new holds of one length (each such hold then lasts
+/// up to this much longer than asked): one lease per window, not one per hold, and a lost
+/// compare-and-swap orphans no lease.
+fn hold_lease_window(secs: i64) -> i64 {
+    (secs / 10).max(1)
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -188,7 +199,36 @@ impl EtcdStore {
             client,
             prefix: config.prefix.clone(),
             endpoints,
+            hold_leases: Arc::default(),
         })
+    }
+
+    /// A lease that ends no sooner than `secs` from now and at most a window later: the one
+    /// granted for this hold length within the window, or a fresh one.
+    async fn hold_lease(&self, secs: i64) -> Result<i64> {
+        let window = hold_lease_window(secs);
+        let now = Instant::now();
+        {
+            let leases = self.hold_leases.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((id, granted)) = leases.get(&secs)
+                && now.duration_since(*granted) < Duration::from_secs(window as u64)
+            {
+                return Ok(*id);
+            }
+        }
+        // Timed from before the grant: etcd's countdown starts later, so the lease lasts at
+        // least `secs + window` from `now`.
+        let lease = self
+            .client
+            .lease_client()
+            .grant(secs + window, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.hold_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(secs, (lease.id(), now));
+        Ok(lease.id())
     }
 
     fn pool_key(&self, pool: &str) -> String {
@@ -394,13 +434,8 @@ impl Store for EtcdStore {
                     Some(ttl) => {
                         // etcd leases count whole seconds; round up so a hold is never shorter.
                         let secs = ttl.as_secs() as i64 + i64::from(ttl.subsec_nanos() > 0);
-                        let lease = self
-                            .client
-                            .lease_client()
-                            .grant(secs.max(1), None)
-                            .await
-                            .map_err(|e| self.err(e))?;
-                        Some(PutOptions::new().with_lease(lease.id()))
+                        let lease = self.hold_lease(secs.max(1)).await?;
+                        Some(PutOptions::new().with_lease(lease))
                     }
                     None => None,
                 };
