@@ -1,7 +1,9 @@
 //! `svcplane controller`: the Endpoints, EndpointSlice and EndpointSlice-mirroring controllers
 //! against a cluster — beside kube-controller-manager for the `svcplane.io/selector`
 //! annotation (`--manage=annotated`), or in place of its three controllers (`--manage=all`) —
-//! with leader election on a Lease and the `/healthz`, `/readyz` and `/metrics` endpoint.
+//! with leader election on a Lease and the `/healthz`, `/readyz` and `/metrics` endpoint; and,
+//! given a serving certificate, the Service admission webhook that allocates ClusterIPs and
+//! NodePorts from the pools in etcd (every replica), with the releaser on the leader.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,8 +17,10 @@ use controller::endpointslices::UPSTREAM_CONTROLLER;
 use controller::leader::{self, Elector};
 use controller::metrics::Metrics;
 use controller::ops;
+use controller::{ServiceAllocator, webhook};
 
-use crate::etcd_flags::parse_duration;
+use crate::etcd_flags::{EtcdFlags, parse_duration};
+use crate::pool_flags::PoolFlags;
 
 /// Which Services the controller keeps Endpoints and EndpointSlices for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +89,27 @@ pub(crate) struct ControllerArgs {
     /// Where to serve /healthz, /readyz and /metrics over plain HTTP.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10258")]
     listen_http: SocketAddr,
+    /// Where to serve the Service admission webhook over HTTPS (path /mutate-services), when
+    /// --tls-cert-file and --tls-key-file are given.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:9443")]
+    listen_webhook: SocketAddr,
+    /// The webhook's serving certificate (PEM, chain first); read again when it changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM); read again when it changes.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// How long an admission may take: past it, the webhook answers with a timeout and leaves
+    /// nothing allocated. Keep it well below the webhook configuration's timeoutSeconds.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    allocation_timeout: Duration,
+    /// How often the releaser retries releases and records that failed (API or pools away).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    release_retry_interval: Duration,
+    #[command(flatten)]
+    pools: PoolFlags,
+    #[command(flatten)]
+    etcd: EtcdFlags,
 }
 
 impl ControllerArgs {
@@ -114,6 +139,59 @@ impl ControllerArgs {
     }
 }
 
+/// The allocation side: the webhook's pools, allocator and metrics.
+struct Allocation {
+    allocator: Arc<ipam::Allocator<ipam::store::etcd::EtcdStore>>,
+}
+
+/// Starts the webhook on every replica when a serving certificate is given: the pools applied
+/// to etcd, the allocator following them, the HTTPS server.
+async fn start_webhook(
+    args: &ControllerArgs,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Allocation>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
+        return Ok(None);
+    };
+    let certs = webhook::CertFiles::load(cert, key).map_err(anyhow::Error::msg)?;
+    let listener = webhook::bind(args.listen_webhook).await?;
+    anyhow::ensure!(
+        !args.etcd.endpoints.is_empty(),
+        "--tls-cert-file: the webhook allocates from pools in etcd, shared by every replica; give --etcd-endpoints"
+    );
+    let specs = args.pools.specs()?;
+    let cluster = args.pools.cluster(&specs)?;
+    let store = args.etcd.connect().await?;
+    for (name, applied) in ipam::apply::apply(&store, &specs).await? {
+        tracing::info!(pool = %name, %applied, "pool");
+    }
+    let allocator =
+        Arc::new(ipam::Allocator::start(store, ipam::AllocatorOptions::default()).await?);
+    let _ = metrics.pools.set(allocator.view());
+    let hook = webhook::Webhook {
+        allocator: Arc::new(ServiceAllocator::new(allocator.clone(), cluster)),
+        allocation_timeout: args.allocation_timeout,
+        metrics: metrics.clone(),
+    };
+    let tls = webhook::tls_config(Arc::new(certs));
+    tokio::spawn(webhook::serve(listener, tls, hook));
+    eprintln!(
+        "svcplane controller: serving the Service admission webhook on https://{}{}",
+        args.listen_webhook,
+        webhook::WEBHOOK_PATH
+    );
+    Ok(Some(Allocation { allocator }))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     args.check()?;
     let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
@@ -132,6 +210,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         controller_name: UPSTREAM_CONTROLLER.to_string(),
     };
     let metrics = Arc::new(Metrics::default());
+    let allocation = start_webhook(&args, &metrics).await?;
     let mut elector = args.leader_elect.then(|| {
         let config = leader::Config {
             namespace: args.leader_elect_resource_namespace.clone(),
@@ -157,18 +236,34 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(announce_sync(ready_rx, args.manage));
-    let (lead_tx, lead_rx) = tokio::sync::oneshot::channel::<()>();
+    let (lead_tx, lead_rx) = tokio::sync::watch::channel(false);
+    let leading = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|l| *l).await;
+    };
+    // The releaser follows the Service watch on the leader only: one writer of releases.
+    let releaser = allocation.map(|a| {
+        let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone());
+        let lead = leading(lead_rx.clone());
+        let retry = args.release_retry_interval;
+        AbortOnDrop(tokio::spawn(async move {
+            lead.await;
+            if let Err(e) =
+                controller::releaser::run(a.allocator, services, Default::default(), retry, None)
+                    .await
+            {
+                tracing::error!(error = %e, "the releaser stopped");
+            }
+        }))
+    });
     let hooks = Hooks {
         ready: ready_tx,
         shared: cache::kube_feed::Shared::default(),
         metrics,
-        leading: Box::pin(async move {
-            let _ = lead_rx.await;
-        }),
+        leading: Box::pin(leading(lead_rx)),
     };
     let mut controllers = Box::pin(endpoint_controllers::run(client, settings, hooks));
     let Some(elector) = elector.as_mut() else {
-        let _ = lead_tx.send(());
+        let _ = lead_tx.send(true);
         return tokio::select! {
             result = &mut controllers => Ok(result?),
             _ = crate::cli::shutdown_signal() => Ok(()),
@@ -183,7 +278,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         "svcplane controller: leading (Lease {}/{})",
         args.leader_elect_resource_namespace, args.leader_elect_resource_name
     );
-    let _ = lead_tx.send(());
+    let _ = lead_tx.send(true);
     enum End {
         Lost,
         Failed(controller::Error),
@@ -199,6 +294,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     // Every worker stops before the Lease is released.
     drop(controllers);
+    drop(releaser);
     match end {
         End::Lost => anyhow::bail!(
             "leader election lost: no renewal of the Lease succeeded within --leader-elect-renew-deadline"

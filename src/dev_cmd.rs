@@ -20,6 +20,7 @@ use crate::apiserver_cmd::{ServeFlags, StorageFlags};
 use crate::etcd_flags::parse_duration;
 use crate::kubelet_flags::KubeletFlags;
 use crate::local_admission::LocalAdmission;
+use crate::pool_flags::PoolFlags;
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
@@ -29,24 +30,8 @@ pub(crate) struct DevArgs {
     /// Address of cluster DNS (UDP and TCP); 1053 keeps clear of port 53 and of mDNS's 5353.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1053")]
     dns: SocketAddr,
-    /// Service ClusterIP ranges, one CIDR per family, the primary (default) family first.
-    #[arg(
-        long,
-        value_name = "CIDR",
-        value_delimiter = ',',
-        default_value = "10.96.0.0/12"
-    )]
-    service_cluster_ip_range: Vec<String>,
-    /// NodePort range.
-    #[arg(long, value_name = "FIRST-LAST", default_value = ipam::spec::DEFAULT_NODE_PORT_RANGE)]
-    service_node_port_range: String,
-    /// A pools file (several CIDRs per family, reservations, holds: see docs/ipam.md) instead of
-    /// the two range flags and --hold.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["service_cluster_ip_range", "service_node_port_range", "hold"])]
-    pools: Option<PathBuf>,
-    /// How long a released ClusterIP or NodePort stays held for its Service (0: freed at once).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
-    hold: Duration,
+    #[command(flatten)]
+    pools: PoolFlags,
     /// How often the releaser retries releases and records that failed (API or pools away).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     release_retry_interval: Duration,
@@ -87,19 +72,8 @@ pub(crate) async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     std::net::UdpSocket::bind(args.dns)
         .and_then(|_| std::net::TcpListener::bind(args.dns))
         .with_context(|| format!("--dns: cannot serve DNS on {}", args.dns))?;
-    let specs = match &args.pools {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--pools: cannot read {}", path.display()))?;
-            ipam::spec::parse_pools_file(&text)?
-        }
-        None => ipam::spec::specs_from_flags(
-            &args.service_cluster_ip_range,
-            Some(&args.service_node_port_range),
-            args.hold,
-        )?,
-    };
-    let cluster = cluster_of(&args, &specs)?;
+    let specs = args.pools.specs()?;
+    let cluster = args.pools.cluster(&specs)?;
     if args.storage.etcd_endpoints().is_empty() {
         run_with(
             args,
@@ -116,41 +90,6 @@ pub(crate) async fn run(mut args: DevArgs) -> anyhow::Result<()> {
         let store = ipam::store::etcd::EtcdStore::connect(&config).await?;
         run_with(args, store, specs, cluster).await
     }
-}
-
-/// The service IP families, primary first: the order of --service-cluster-ip-range, or with a
-/// pools file IPv4 before IPv6.
-fn cluster_of(args: &DevArgs, specs: &[ipam::PoolSpec]) -> anyhow::Result<Cluster> {
-    let mut families = Vec::new();
-    if args.pools.is_some() {
-        for (name, family) in [
-            (ipam::spec::IPV4, Family::IPv4),
-            (ipam::spec::IPV6, Family::IPv6),
-        ] {
-            if specs.iter().any(|s| s.name == name) {
-                families.push(family);
-            }
-        }
-    } else {
-        for text in &args.service_cluster_ip_range {
-            families.push(if text.contains(':') {
-                Family::IPv6
-            } else {
-                Family::IPv4
-            });
-        }
-    }
-    if families.is_empty() {
-        anyhow::bail!(
-            "--pools: no clusterIP pool (ipv4 or ipv6) is defined; Services would get no ClusterIP"
-        );
-    }
-    if !specs.iter().any(|s| s.name == ipam::spec::NODEPORT) {
-        anyhow::bail!(
-            "--pools: no nodePort pool is defined; NodePort Services could not be created"
-        );
-    }
-    Ok(Cluster { families })
 }
 
 async fn run_with<S: Store>(

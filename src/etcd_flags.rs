@@ -10,12 +10,7 @@ use ipam::store::etcd::{EtcdConfig, EtcdStore};
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EtcdFlags {
     /// etcd client URLs (repeat the flag or separate with commas), e.g. http://127.0.0.1:2379.
-    #[arg(
-        long = "etcd-endpoints",
-        value_name = "URL",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long = "etcd-endpoints", value_name = "URL", value_delimiter = ',')]
     pub(crate) endpoints: Vec<String>,
     /// CA bundle that signed etcd's serving certificate (enables TLS).
     #[arg(long = "etcd-cafile", value_name = "FILE")]
@@ -46,7 +41,14 @@ impl EtcdFlags {
         }
     }
 
+    /// Connects; without `--etcd-endpoints`, an error saying to give it.
     pub(crate) async fn connect(&self) -> ipam::Result<EtcdStore> {
+        if self.endpoints.is_empty() {
+            return Err(ipam::Error::InvalidSpec {
+                field: "--etcd-endpoints".into(),
+                message: "required: the etcd client URLs of the pools, e.g. --etcd-endpoints=http://127.0.0.1:2379".into(),
+            });
+        }
         EtcdStore::connect(&self.config()).await
     }
 }

@@ -10,6 +10,7 @@ mod etcd_flags;
 mod ipam_cmd;
 mod kubelet_flags;
 mod local_admission;
+mod pool_flags;
 
 use clap::Parser;
 

@@ -6,6 +6,8 @@
 //!   and the values a Service carries.
 //! - [`allocation`]: carries out a plan against the ipam pools, all or nothing, and answers
 //!   with the patched Service and its JSONPatch, or a denial in upstream's words.
+//! - [`webhook`]: the mutating admission webhook kube-apiserver calls for Services, over
+//!   HTTPS, with [`allocation`] behind it.
 //! - [`releaser`]: follows the Service watch and releases, with the pool's hold, the values an
 //!   update dropped or a delete left behind.
 //!
@@ -36,6 +38,7 @@ pub mod service;
 pub mod slice_tracker;
 pub mod trigger_time;
 pub mod views;
+pub mod webhook;
 
 pub use allocation::{Admitted, AllocationRequest, Denial, ServiceAllocator};
 pub use error::{Error, Result};

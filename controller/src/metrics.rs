@@ -83,6 +83,16 @@ impl Family {
             .insert(key, Value::Gauge(to));
     }
 
+    /// Moves a gauge by `by` (up or down).
+    pub fn add_gauge(&self, labels: &[&str], by: f64) {
+        let key = self.labels(labels);
+        let mut values = self.values.lock().expect("metrics lock");
+        match values.entry(key).or_insert(Value::Gauge(0.0)) {
+            Value::Gauge(v) => *v += by,
+            other => unreachable!("{} is not a gauge: {other:?}", self.name),
+        }
+    }
+
     /// Observes a histogram sample.
     pub fn observe(&self, labels: &[&str], sample: f64) {
         let key = self.labels(labels);
@@ -282,6 +292,14 @@ pub struct Metrics {
     pub workqueue_retries: Family,
     pub leader_status: Family,
     pub leader_slowpath: Family,
+    /// The admission webhook's, under controller-runtime's names.
+    pub webhook_requests: Family,
+    pub webhook_latency: Family,
+    pub webhook_in_flight: Family,
+    /// Admissions denied, by the denial's reason (`Invalid`, `InternalError`, `Timeout`).
+    pub webhook_denials: Family,
+    /// The ipam pools the webhook allocates from, exposed as `svcplane_ipam_pool_*`.
+    pub pools: std::sync::OnceLock<ipam::allocator::PoolsView>,
     slice_efficiency: Mutex<Efficiency>,
     mirror_efficiency: Mutex<Efficiency>,
 }
@@ -383,6 +401,35 @@ impl Default for Metrics {
                 &["name"],
                 Vec::new(),
             ),
+            webhook_requests: Family::new(
+                "controller_runtime_webhook_requests_total".into(),
+                "Total number of admission requests by HTTP status code.",
+                "counter",
+                &["code", "webhook"],
+                Vec::new(),
+            ),
+            webhook_latency: Family::new(
+                "controller_runtime_webhook_latency_seconds".into(),
+                "Histogram of the latency of processing admission requests",
+                "histogram",
+                &["webhook"],
+                default_buckets(),
+            ),
+            webhook_in_flight: Family::new(
+                "controller_runtime_webhook_requests_in_flight".into(),
+                "Current number of admission requests being served.",
+                "gauge",
+                &["webhook"],
+                Vec::new(),
+            ),
+            webhook_denials: Family::new(
+                "svcplane_webhook_denials_total".into(),
+                "Service admissions denied, by the denial's reason.",
+                "counter",
+                &["reason"],
+                Vec::new(),
+            ),
+            pools: std::sync::OnceLock::new(),
             slice_efficiency: Mutex::default(),
             mirror_efficiency: Mutex::default(),
         }
@@ -451,10 +498,17 @@ impl Metrics {
             &self.workqueue_retries,
             &self.leader_status,
             &self.leader_slowpath,
+            &self.webhook_requests,
+            &self.webhook_latency,
+            &self.webhook_in_flight,
+            &self.webhook_denials,
         ]);
         let mut out = String::new();
         for family in families {
             family.encode(&mut out);
+        }
+        if let Some(pools) = self.pools.get() {
+            out.push_str(&ipam::metrics::text(pools));
         }
         out
     }

@@ -16,6 +16,20 @@ pub fn register(registry: &mut Registry, view: PoolsView) {
     registry.register_collector(Box::new(PoolCollector(view)));
 }
 
+/// The pool gauges of `view` as Prometheus text (without OpenMetrics' `# EOF`), for a process
+/// that exposes other metrics of its own on the same endpoint.
+pub fn text(view: &PoolsView) -> String {
+    let mut registry = Registry::default();
+    register(&mut registry, view.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    text.lines()
+        .filter(|line| *line != "# EOF")
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 #[derive(Debug)]
 struct PoolCollector(PoolsView);
 

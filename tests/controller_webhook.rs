@@ -1,0 +1,433 @@
+//! `svcplane controller`'s Service admission webhook behind kube-apiserver v1.37.2, registered
+//! as a cluster registers it: a `MutatingWebhookConfiguration` with `clientConfig.url` on
+//! loopback (as envtest does), `sideEffects: NoneOnDryRun`, `admissionReviewVersions: [v1]`,
+//! `failurePolicy: Fail` and a namespace selector leaving out the controller's namespace. The
+//! cluster is dual-stack with kube-apiserver's ranges equal to svcplane's pools
+//! (`10.96.0.0/24`, `fd00:10:96::/120`, `30000-32767`); svcplane pre-chooses every value and
+//! kube-apiserver allocates it as a requested one (ClusterIPs as IPAddress objects). Values are
+//! read from the pools' records in etcd, as stored. Each test works in its own namespace.
+
+mod support;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use serde_json::{Value, json};
+use testkit::cluster::{self, Cluster, ClusterOptions};
+use testkit::process::Watched;
+
+/// The bound of every wait.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// kube-apiserver's ranges and svcplane's pools.
+const CIDRS: &str = "10.96.0.0/24,fd00:10:96::/120";
+
+/// Where svcplane keeps its pools in the cluster's etcd.
+const PREFIX: &str = "/svcplane-webhook-test/";
+
+/// The namespace the webhook configuration leaves out (where the controller would run).
+const CONTROLLER_NAMESPACE: &str = "svcplane-system";
+
+struct Setup {
+    cluster: Cluster,
+    controller: Watched,
+    http_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// One cluster, one webhook-serving controller and its configuration, for the whole binary.
+fn shared() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let cluster = Cluster::start(ClusterOptions {
+            controllers: Some(vec!["namespace".into(), "serviceaccount".into()]),
+            service_cidrs: Some(CIDRS.into()),
+            controller_manager_args: Vec::new(),
+        });
+        cluster.apply(&cluster::svcplane_controller_rbac());
+        let dir = tempfile::tempdir().unwrap();
+        let certs = testkit::make_certs(dir.path());
+        let (http_port, webhook_port) = (testkit::free_port(), testkit::free_port());
+        let args: Vec<std::ffi::OsString> = vec![
+            "controller".into(),
+            "--kubeconfig".into(),
+            cluster.kubeconfig("svcplane-controller").into_os_string(),
+            "--leader-elect=false".into(),
+            format!("--listen-http=127.0.0.1:{http_port}").into(),
+            format!("--listen-webhook=127.0.0.1:{webhook_port}").into(),
+            "--tls-cert-file".into(),
+            certs.server_cert.clone().into_os_string(),
+            "--tls-key-file".into(),
+            certs.server_key.clone().into_os_string(),
+            format!("--etcd-endpoints={}", cluster.etcd().endpoint()).into(),
+            format!("--etcd-prefix={PREFIX}").into(),
+            format!("--service-cluster-ip-range={CIDRS}").into(),
+            "--service-node-port-range=30000-32767".into(),
+            "--release-retry-interval=1s".into(),
+        ];
+        let controller = Watched::spawn(
+            Path::new(env!("CARGO_BIN_EXE_svcplane")),
+            args,
+            &[("RUST_LOG", "info")],
+            &dir.path().join("controller.log"),
+            None,
+        );
+        let started = Instant::now();
+        while !controller
+            .log()
+            .contains("serving the Service admission webhook")
+        {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the webhook never started:\n{}",
+                controller.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ca = std::fs::read(&certs.ca).unwrap();
+        cluster.apply(&[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}}),
+            webhook_configuration(webhook_port, &ca),
+        ]);
+        let setup = Setup {
+            cluster,
+            controller,
+            http_port,
+            _dir: dir,
+        };
+        setup.wait_until_called();
+        setup
+    })
+}
+
+/// The registration, as a cluster's operator writes it.
+fn webhook_configuration(port: u16, ca: &[u8]) -> Value {
+    use base64::Engine as _;
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "svcplane-allocation"},
+        "webhooks": [{
+            "name": "allocation.svcplane.io",
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/mutate-services"),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
+            },
+            "rules": [{
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": ["services"],
+                "scope": "Namespaced",
+            }],
+            "sideEffects": "NoneOnDryRun",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+            "failurePolicy": "Fail",
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": [CONTROLLER_NAMESPACE],
+            }]},
+        }],
+    })
+}
+
+impl Setup {
+    /// kube-apiserver picks up a new webhook configuration a moment after it is stored: waits
+    /// until a Service create reaches the webhook.
+    fn wait_until_called(&self) {
+        let started = Instant::now();
+        let namespace = "webhook-probe";
+        self.kubectl(&["create", "namespace", namespace]);
+        for i in 0.. {
+            let name = format!("probe-{i}");
+            self.kubectl(&[
+                "-n",
+                namespace,
+                "create",
+                "service",
+                "clusterip",
+                &name,
+                "--tcp=80:80",
+            ]);
+            if self.metric("controller_runtime_webhook_requests_total") > 0.0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "kube-apiserver never called the webhook:\n{}",
+                self.controller.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        self.cluster.kubectl("admin", args)
+    }
+
+    /// kubectl, which must succeed; its stdout.
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\ncontroller:\n{}",
+            support::stderr(&out),
+            self.controller.log()
+        );
+        support::stdout(&out)
+    }
+
+    /// A kubectl-created namespace of the test's own.
+    fn namespace(&self, name: &str) -> &'static str {
+        self.kubectl_ok(&["create", "namespace", name]);
+        Box::leak(name.to_string().into_boxed_str())
+    }
+
+    /// The sum of the controller's series whose line starts with `prefix`.
+    fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) =
+            support::http(self.http_port, "GET", "/metrics", &[], None).unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The Service as stored.
+    fn service(&self, namespace: &str, name: &str) -> Value {
+        let out = self.kubectl_ok(&["-n", namespace, "get", "service", name, "-o", "json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+/// The pool record of `value` in `pool`, as etcd holds it.
+async fn record(pool: &str, value: &str) -> Option<Value> {
+    let mut client = etcd_client::Client::connect([shared().cluster.etcd().endpoint()], None)
+        .await
+        .unwrap();
+    let key = format!("{PREFIX}values/{pool}/{value}");
+    let resp = client.get(key, None).await.unwrap();
+    resp.kvs()
+        .first()
+        .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+}
+
+/// What the pool's record of `value` says it was taken for.
+async fn taken_for(pool: &str, value: &str) -> String {
+    let found = record(pool, value).await.expect("recorded");
+    found["owner"]["purpose"].as_str().unwrap_or("").to_string()
+}
+
+/// Waits until the pool records `value` as allocated to `owner` (`namespace/name`).
+async fn recorded_for(pool: &str, value: &str, owner: &str) {
+    let started = Instant::now();
+    loop {
+        let found = record(pool, value).await;
+        if found.as_ref().is_some_and(|r| {
+            r["owner"]["object"] == owner && r.get("heldUntilMs").is_none_or(Value::is_null)
+        }) {
+            return;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{pool} {value} is not recorded for {owner}: {found:?}\n{}",
+            shared().controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_dual_stack_node_port_service_gets_svcplanes_values_and_kube_apiserver_allocates_the_same()
+ {
+    let setup = shared();
+    let ns = setup.namespace("webhook-values");
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {
+            "type": "NodePort",
+            "ipFamilyPolicy": "PreferDualStack",
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+        },
+    });
+    setup.cluster.apply(&[service]);
+    let stored = setup.service(ns, "web");
+    let ips = strings(&stored["spec"]["clusterIPs"]);
+    assert_eq!(ips.len(), 2, "{stored}");
+    assert!(ips[0].starts_with("10.96.0.") && ips[1].starts_with("fd00:10:96::"));
+    // The webhook took them (its records say what for; values the releaser imports from
+    // Services say `carried`).
+    let owner = format!("{ns}/web");
+    recorded_for("ipv4", &ips[0], &owner).await;
+    recorded_for("ipv6", &ips[1], &owner).await;
+    assert_eq!(taken_for("ipv4", &ips[0]).await, "clusterIP");
+    assert_eq!(taken_for("ipv6", &ips[1]).await, "clusterIP");
+    for port in stored["spec"]["ports"].as_array().unwrap() {
+        let node_port = port["nodePort"].as_u64().unwrap();
+        // The upper band of 30000-32767 starts at 30086 and has room: dynamic values come from it.
+        assert!((30086..=32767).contains(&node_port), "{port}");
+        recorded_for("nodeport", &node_port.to_string(), &owner).await;
+        assert_eq!(
+            taken_for("nodeport", &node_port.to_string()).await,
+            "nodePort"
+        );
+    }
+    // kube-apiserver allocated the same IPs as requested ones: its IPAddress objects name them
+    // and point at the Service.
+    for ip in &ips {
+        let out = setup.kubectl_ok(&["get", "ipaddress", ip, "-o", "json"]);
+        let address: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            address["spec"]["parentRef"],
+            json!({"resource": "services", "namespace": ns, "name": "web"}),
+            "{address}"
+        );
+    }
+    // kube-apiserver's repair finds nothing to mend: no value it holds that the Service lacks,
+    // none twice.
+    let events = setup.kubectl_ok(&["-n", ns, "get", "events", "-o", "json"]);
+    for reason in [
+        "ClusterIPNotAllocated",
+        "ClusterIPAlreadyAllocated",
+        "ClusterIPOutOfRange",
+        "PortNotAllocated",
+        "PortAlreadyAllocated",
+    ] {
+        assert!(!events.contains(reason), "{reason} in {events}");
+    }
+}
+
+#[tokio::test]
+async fn a_generate_name_service_gets_values_that_the_created_service_claims() {
+    let setup = shared();
+    let ns = setup.namespace("webhook-generate");
+    let dir = tempfile::tempdir().unwrap();
+    let file = support::write(
+        dir.path(),
+        "svc.json",
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"generateName": "gen-", "namespace": ns},
+            "spec": {"type": "NodePort", "ports": [{"port": 80}]},
+        })
+        .to_string(),
+    );
+    let out = setup.kubectl_ok(&["create", "-f", &file.display().to_string(), "-o", "json"]);
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let name = created["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("gen-"), "{name}");
+    let ip = created["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let node_port = created["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    // Taken before the name existed, the values are the Service's once its watch event arrives.
+    let owner = format!("{ns}/{name}");
+    recorded_for("ipv4", &ip, &owner).await;
+    recorded_for("nodeport", &node_port.to_string(), &owner).await;
+    // And stay its own: the Service still carries them.
+    let stored = setup.service(ns, &name);
+    assert_eq!(stored["spec"]["clusterIP"], json!(ip));
+}
+
+#[tokio::test]
+async fn a_server_side_dry_run_allocates_nothing() {
+    let setup = shared();
+    let ns = setup.namespace("webhook-dry-run");
+    let dir = tempfile::tempdir().unwrap();
+    let file = support::write(
+        dir.path(),
+        "svc.json",
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "dry", "namespace": ns},
+            "spec": {"clusterIP": "10.96.0.230", "type": "NodePort", "ports": [{"port": 80, "nodePort": 30230}]},
+        })
+        .to_string(),
+    );
+    let out = setup.kubectl_ok(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &file.display().to_string(),
+        "-o",
+        "json",
+    ]);
+    let answered: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answered["spec"]["clusterIP"], "10.96.0.230", "{answered}");
+    assert_eq!(record("ipv4", "10.96.0.230").await, None);
+    assert_eq!(record("nodeport", "30230").await, None);
+    let services = Api::<Service>::namespaced(setup.cluster.client("admin").await, ns);
+    assert!(services.get_opt("dry").await.unwrap().is_none());
+    let out = setup.kubectl(&["get", "ipaddress", "10.96.0.230"]);
+    assert!(!out.status.success(), "an IPAddress exists for a dry run");
+}
+
+#[tokio::test]
+async fn a_requested_cluster_ip_that_is_taken_is_refused_with_upstreams_text() {
+    let setup = shared();
+    let ns = setup.namespace("webhook-taken");
+    setup.kubectl_ok(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        "first",
+        "--tcp=80:80",
+        "--clusterip=10.96.0.200",
+    ]);
+    recorded_for("ipv4", "10.96.0.200", &format!("{ns}/first")).await;
+    let out = setup.kubectl(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        "second",
+        "--tcp=80:80",
+        "--clusterip=10.96.0.200",
+    ]);
+    assert!(!out.status.success());
+    let said = support::stderr(&out);
+    assert!(
+        said.contains(
+            "admission webhook \"allocation.svcplane.io\" denied the request: spec.clusterIPs: Invalid value: []string{\"10.96.0.200\"}: failed to allocate IP 10.96.0.200: provided IP is already allocated"
+        ),
+        "{said}"
+    );
+    // Out of range, in upstream's words too.
+    let out = setup.kubectl(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        "third",
+        "--tcp=80:80",
+        "--clusterip=10.97.0.5",
+    ]);
+    assert!(!out.status.success());
+    let said = support::stderr(&out);
+    assert!(
+        said.contains("failed to allocate IP 10.97.0.5: the provided IP (10.97.0.5) is not in the valid range. The range of valid IPs is 10.96.0.0/24"),
+        "{said}"
+    );
+    // The refusals are counted by reason.
+    assert!(setup.metric("svcplane_webhook_denials_total{reason=\"Invalid\"}") >= 2.0);
+}
