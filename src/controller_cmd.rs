@@ -106,6 +106,10 @@ pub(crate) struct ControllerArgs {
     /// How often the releaser retries releases and records that failed (API or pools away).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     release_retry_interval: Duration,
+    /// How often the pools are compared with the live Services (missing values recorded,
+    /// leaks freed after three runs, duplicates and strays reported), on the leader.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    repair_interval: Duration,
     #[command(flatten)]
     pools: PoolFlags,
     #[command(flatten)]
@@ -240,18 +244,32 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let leading = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|l| *l).await;
     };
-    // The releaser follows the Service watch on the leader only: one writer of releases.
-    let releaser = allocation.map(|a| {
+    // The releaser (following the Service watch) and repair run on the leader only: one
+    // writer of releases.
+    let leader_work = allocation.map(|a| {
         let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone());
         let lead = leading(lead_rx.clone());
         let retry = args.release_retry_interval;
+        let repair = controller::repair::Context::new(
+            a.allocator.clone(),
+            client.clone(),
+            metrics.clone(),
+            controller::repair::Settings {
+                interval: args.repair_interval,
+                leak_grace: args.allocation_timeout,
+            },
+        );
         AbortOnDrop(tokio::spawn(async move {
             lead.await;
-            if let Err(e) =
-                controller::releaser::run(a.allocator, services, Default::default(), retry, None)
-                    .await
-            {
-                tracing::error!(error = %e, "the releaser stopped");
+            let releaser =
+                controller::releaser::run(a.allocator, services, Default::default(), retry, None);
+            tokio::select! {
+                result = releaser => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "the releaser stopped");
+                    }
+                }
+                () = controller::repair::run(repair) => {}
             }
         }))
     });
@@ -294,7 +312,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     // Every worker stops before the Lease is released.
     drop(controllers);
-    drop(releaser);
+    drop(leader_work);
     match end {
         End::Lost => anyhow::bail!(
             "leader election lost: no renewal of the Lease succeeded within --leader-elect-renew-deadline"

@@ -67,6 +67,8 @@ fn shared() -> &'static Setup {
             format!("--service-cluster-ip-range={CIDRS}").into(),
             "--service-node-port-range=30000-32767".into(),
             "--release-retry-interval=1s".into(),
+            "--repair-interval=1s".into(),
+            "--allocation-timeout=2s".into(),
         ];
         let controller = Watched::spawn(
             Path::new(env!("CARGO_BIN_EXE_svcplane")),
@@ -430,4 +432,71 @@ async fn a_requested_cluster_ip_that_is_taken_is_refused_with_upstreams_text() {
     );
     // The refusals are counted by reason.
     assert!(setup.metric("svcplane_webhook_denials_total{reason=\"Invalid\"}") >= 2.0);
+}
+
+#[tokio::test]
+async fn repair_records_a_value_missing_from_the_pool_and_frees_a_planted_leak() {
+    let setup = shared();
+    let ns = setup.namespace("webhook-repair");
+    setup.kubectl_ok(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        "mended",
+        "--tcp=80:80",
+        "--clusterip=10.96.0.210",
+    ]);
+    let owner = format!("{ns}/mended");
+    recorded_for("ipv4", "10.96.0.210", &owner).await;
+    // Behind svcplane's back: the Service's record removed, and a record planted for a Service
+    // that was never written (as a create that failed after admission leaves one).
+    let mut etcd = etcd_client::Client::connect([setup.cluster.etcd().endpoint()], None)
+        .await
+        .unwrap();
+    etcd.delete(format!("{PREFIX}values/ipv4/10.96.0.210"), None)
+        .await
+        .unwrap();
+    let planted = json!({"owner": {"object": format!("{ns}/never-written"), "purpose": "clusterIP"}, "nonce": "planted"});
+    etcd.put(
+        format!("{PREFIX}values/ipv4/10.96.0.211"),
+        planted.to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+    // The next runs record the first again and, after three runs and the allocation deadline,
+    // free the second.
+    recorded_for("ipv4", "10.96.0.210", &owner).await;
+    let started = Instant::now();
+    while record("ipv4", "10.96.0.211").await.is_some() {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the planted leak was never freed:\n{}",
+            setup.controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The repair is told as upstream's repair tells it, on the Service.
+    let started = Instant::now();
+    loop {
+        let events = setup.kubectl_ok(&["-n", ns, "get", "events", "-o", "json"]);
+        let events: Value = serde_json::from_str(&events).unwrap();
+        let told = events["items"].as_array().unwrap().iter().any(|e| {
+            e["reason"] == "ClusterIPNotAllocated"
+                && e["type"] == "Warning"
+                && e["involvedObject"]["name"] == "mended"
+                && e["message"] == "Cluster IP [IPv4]:10.96.0.210 is not allocated; repairing"
+        });
+        if told {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no ClusterIPNotAllocated event: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(setup.metric("svcplane_ipam_repair_errors_total{pool=\"ipv4\",type=\"leak\"}") >= 1.0);
 }

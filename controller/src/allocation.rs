@@ -424,6 +424,12 @@ fn owner_key(new: &Svc, object: &Json, uid: &str) -> String {
     format!("{}/{generate}…{uid}", new.namespace)
 }
 
+/// Whether `object` is the placeholder owner of a `generateName` create's values (see
+/// [`owner_key`]): the Service that appears carrying them claims them as a matter of course.
+pub fn is_placeholder(object: &str) -> bool {
+    object.contains('…')
+}
+
 /// The answer when the caller's deadline passed before every value was taken.
 fn timed_out() -> Denial {
     Denial {

@@ -8,6 +8,8 @@
 //!   with the patched Service and its JSONPatch, or a denial in upstream's words.
 //! - [`webhook`]: the mutating admission webhook kube-apiserver calls for Services, over
 //!   HTTPS, with [`allocation`] behind it.
+//! - [`repair`]: the periodic comparison of the pools with the live Services: missing values
+//!   recorded, leaks freed, duplicates and strays reported with upstream's events.
 //! - [`releaser`]: follows the Service watch and releases, with the pool's hold, the values an
 //!   update dropped or a delete left behind.
 //!
@@ -33,6 +35,7 @@ pub mod mirroring;
 pub mod ops;
 pub mod plan;
 pub mod releaser;
+pub mod repair;
 pub mod runtime;
 pub mod service;
 pub mod slice_tracker;

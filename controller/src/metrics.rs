@@ -298,6 +298,11 @@ pub struct Metrics {
     pub webhook_in_flight: Family,
     /// Admissions denied, by the denial's reason (`Invalid`, `InternalError`, `Timeout`).
     pub webhook_denials: Family,
+    /// Repair runs by result (`success`, `error`).
+    pub repair_runs: Family,
+    /// What repair found, by pool and upstream's `type` (`leak`, `repair`, `duplicate`,
+    /// `outOfRange`).
+    pub repair_errors: Family,
     /// The ipam pools the webhook allocates from, exposed as `svcplane_ipam_pool_*`.
     pub pools: std::sync::OnceLock<ipam::allocator::PoolsView>,
     slice_efficiency: Mutex<Efficiency>,
@@ -429,6 +434,20 @@ impl Default for Metrics {
                 &["reason"],
                 Vec::new(),
             ),
+            repair_runs: Family::new(
+                "svcplane_ipam_repair_runs_total".into(),
+                "Repair runs comparing the pools with the live Services, by result.",
+                "counter",
+                &["result"],
+                Vec::new(),
+            ),
+            repair_errors: Family::new(
+                "svcplane_ipam_repair_errors_total".into(),
+                "What repair found, by pool and type: leak, repair, duplicate, outOfRange.",
+                "counter",
+                &["pool", "type"],
+                Vec::new(),
+            ),
             pools: std::sync::OnceLock::new(),
             slice_efficiency: Mutex::default(),
             mirror_efficiency: Mutex::default(),
@@ -502,6 +521,8 @@ impl Metrics {
             &self.webhook_latency,
             &self.webhook_in_flight,
             &self.webhook_denials,
+            &self.repair_runs,
+            &self.repair_errors,
         ]);
         let mut out = String::new();
         for family in families {
