@@ -152,6 +152,7 @@ struct Allocation {
 /// to etcd, the allocator following them, the HTTPS server.
 async fn start_webhook(
     args: &ControllerArgs,
+    client: &kube::Client,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Allocation>> {
     let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
@@ -165,6 +166,12 @@ async fn start_webhook(
     );
     let specs = args.pools.specs()?;
     let cluster = args.pools.cluster(&specs)?;
+    let ip_pools: Vec<(String, String)> = specs
+        .iter()
+        .filter(|s| s.name != ipam::spec::NODEPORT)
+        .flat_map(|s| s.cidrs.iter().map(|c| (s.name.clone(), c.clone())))
+        .collect();
+    controller::service_cidrs::check(client, &ip_pools).await?;
     let store = args.etcd.connect().await?;
     for (name, applied) in ipam::apply::apply(&store, &specs).await? {
         tracing::info!(pool = %name, %applied, "pool");
@@ -214,7 +221,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         controller_name: UPSTREAM_CONTROLLER.to_string(),
     };
     let metrics = Arc::new(Metrics::default());
-    let allocation = start_webhook(&args, &metrics).await?;
+    let allocation = start_webhook(&args, &client, &metrics).await?;
     let mut elector = args.leader_elect.then(|| {
         let config = leader::Config {
             namespace: args.leader_elect_resource_namespace.clone(),

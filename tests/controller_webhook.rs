@@ -44,6 +44,7 @@ fn shared() -> &'static Setup {
     SETUP.get_or_init(|| {
         let cluster = Cluster::start(ClusterOptions {
             controllers: Some(vec!["namespace".into(), "serviceaccount".into()]),
+            node_port_range: None,
             service_cidrs: Some(CIDRS.into()),
             controller_manager_args: Vec::new(),
         });

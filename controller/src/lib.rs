@@ -38,6 +38,7 @@ pub mod releaser;
 pub mod repair;
 pub mod runtime;
 pub mod service;
+pub mod service_cidrs;
 pub mod slice_tracker;
 pub mod trigger_time;
 pub mod views;

@@ -32,6 +32,7 @@ async fn main() {
     }
     let cluster = Cluster::start(ClusterOptions {
         controllers: None,
+        node_port_range: None,
         service_cidrs: Some(cidr),
         controller_manager_args: Vec::new(),
     });

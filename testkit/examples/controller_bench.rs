@@ -121,6 +121,7 @@ impl Contender {
 fn start_cluster() -> Cluster {
     let cluster = Cluster::start(ClusterOptions {
         controllers: None,
+        node_port_range: None,
         service_cidrs: Some("10.96.0.0/12".to_string()),
         controller_manager_args: Vec::new(),
     });

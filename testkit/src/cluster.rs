@@ -56,6 +56,8 @@ pub struct ClusterOptions {
     pub controllers: Option<Vec<String>>,
     /// kube-apiserver's `--service-cluster-ip-range`, if not [`SERVICE_CIDRS`].
     pub service_cidrs: Option<String>,
+    /// kube-apiserver's `--service-node-port-range`, if not [`NODE_PORT_RANGE`].
+    pub node_port_range: Option<String>,
     /// More kube-controller-manager flags (`--name=value`), e.g. `--max-endpoints-per-slice=10`.
     pub controller_manager_args: Vec<String>,
 }
@@ -77,6 +79,7 @@ impl ClusterOptions {
                 .to_vec(),
             ),
             service_cidrs: None,
+            node_port_range: None,
             controller_manager_args: Vec::new(),
         }
     }
@@ -119,6 +122,10 @@ impl Cluster {
                 port,
                 &etcd,
                 options.service_cidrs.as_deref().unwrap_or(SERVICE_CIDRS),
+                options
+                    .node_port_range
+                    .as_deref()
+                    .unwrap_or(NODE_PORT_RANGE),
             ),
             &[],
             &dir.path().join("kube-apiserver.log"),
@@ -368,7 +375,8 @@ pub async fn create_nodes(client: &kube::Client, nodes: &[(&str, &str)]) {
 
 /// The RBAC `svcplane controller` needs (what its Helm chart grants), bound to both of its
 /// identities: read Services, pods and nodes; write (create, update, patch, delete) Endpoints
-/// and EndpointSlices, and events; and hold its leader Lease.
+/// and EndpointSlices, and events; hold its leader Lease; and read ServiceCIDRs (the webhook
+/// compares its pools with them).
 pub fn svcplane_controller_rbac() -> Vec<serde_json::Value> {
     let rule = |group: &str, resources: &[&str], verbs: &[&str]| json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
     let read = ["get", "list", "watch"];
@@ -387,6 +395,7 @@ pub fn svcplane_controller_rbac() -> Vec<serde_json::Value> {
             rule("", &["events"], &["create", "patch", "update"]),
             rule("events.k8s.io", &["events"], &["create", "patch", "update"]),
             rule("coordination.k8s.io", &["leases"], &["get", "create", "update"]),
+            rule("networking.k8s.io", &["servicecidrs"], &read),
         ]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "svcplane:controller"},
@@ -558,6 +567,7 @@ fn apiserver_args(
     port: u16,
     etcd: &Etcd,
     service_cidrs: &str,
+    node_port_range: &str,
 ) -> Vec<OsString> {
     vec![
         flag("advertise-address", "127.0.0.1"),
@@ -578,7 +588,7 @@ fn apiserver_args(
         flag("service-account-key-file", dir.join("sa.pub")),
         flag("service-account-signing-key-file", dir.join("sa.key")),
         flag("service-cluster-ip-range", service_cidrs),
-        flag("service-node-port-range", NODE_PORT_RANGE),
+        flag("service-node-port-range", node_port_range),
         flag("endpoint-reconciler-type", "none"),
         flag("audit-log-path", dir.join("audit.log")),
         flag("audit-policy-file", dir.join("audit-policy.yaml")),

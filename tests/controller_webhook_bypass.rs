@@ -1,0 +1,250 @@
+//! `svcplane controller`'s allocation webhook on a single-stack kube-apiserver v1.37.2 with a
+//! small range (`10.97.0.0/28`, `30000-30015`), registered with `failurePolicy: Ignore`: while
+//! the controller is down kube-apiserver allocates on its own; when it comes up it imports those
+//! values and never hands them out (shown by filling the rest of the /28 through the webhook).
+//! And pools that lie outside the cluster's ServiceCIDR stop the controller with both named.
+
+mod support;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testkit::cluster::{self, Cluster, ClusterOptions};
+use testkit::process::Watched;
+
+/// The bound of every wait.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+const CIDR: &str = "10.97.0.0/28";
+const NODE_PORTS: &str = "30000-30015";
+
+fn shared() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = Cluster::start(ClusterOptions {
+            controllers: Some(vec!["namespace".into(), "serviceaccount".into()]),
+            service_cidrs: Some(CIDR.into()),
+            node_port_range: Some(NODE_PORTS.into()),
+            controller_manager_args: Vec::new(),
+        });
+        cluster.apply(&cluster::svcplane_controller_rbac());
+        cluster
+    })
+}
+
+/// A `svcplane controller` serving the webhook on `webhook_port` with pools in `prefix`.
+fn start_controller(
+    dir: &Path,
+    webhook_port: u16,
+    prefix: &str,
+    cidr: &str,
+    certs: &testkit::TlsFiles,
+) -> Watched {
+    let cluster = shared();
+    let args: Vec<std::ffi::OsString> = vec![
+        "controller".into(),
+        "--kubeconfig".into(),
+        cluster.kubeconfig("svcplane-controller").into_os_string(),
+        "--leader-elect=false".into(),
+        format!("--listen-http=127.0.0.1:{}", testkit::free_port()).into(),
+        format!("--listen-webhook=127.0.0.1:{webhook_port}").into(),
+        "--tls-cert-file".into(),
+        certs.server_cert.clone().into_os_string(),
+        "--tls-key-file".into(),
+        certs.server_key.clone().into_os_string(),
+        format!("--etcd-endpoints={}", cluster.etcd().endpoint()).into(),
+        format!("--etcd-prefix={prefix}").into(),
+        format!("--service-cluster-ip-range={cidr}").into(),
+        format!("--service-node-port-range={NODE_PORTS}").into(),
+    ];
+    Watched::spawn(
+        Path::new(env!("CARGO_BIN_EXE_svcplane")),
+        args,
+        &[("RUST_LOG", "info")],
+        &dir.join(format!("controller-{webhook_port}.log")),
+        None,
+    )
+}
+
+/// The pool record of `value`, as etcd holds it.
+async fn record(prefix: &str, pool: &str, value: &str) -> Option<Value> {
+    let mut client = etcd_client::Client::connect([shared().etcd().endpoint()], None)
+        .await
+        .unwrap();
+    let resp = client
+        .get(format!("{prefix}values/{pool}/{value}"), None)
+        .await
+        .unwrap();
+    resp.kvs()
+        .first()
+        .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+}
+
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = shared().kubectl("admin", args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        support::stderr(&out)
+    );
+    support::stdout(&out)
+}
+
+#[tokio::test]
+async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_handed_out() {
+    let cluster = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = testkit::make_certs(dir.path());
+    let webhook_port = testkit::free_port();
+    let prefix = "/svcplane-bypass/";
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&certs.ca).unwrap());
+    cluster.apply(&[json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "svcplane-allocation"},
+        "webhooks": [{
+            "name": "allocation.svcplane.io",
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{webhook_port}/mutate-services"),
+                "caBundle": ca,
+            },
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["services"], "scope": "Namespaced"}],
+            "sideEffects": "NoneOnDryRun",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+            "failurePolicy": "Ignore",
+        }],
+    })]);
+    kubectl_ok(&["create", "namespace", "bypass"]);
+    // The controller is down: kube-apiserver ignores the unreachable webhook and allocates.
+    let mut bypassed: Vec<(String, u64)> = Vec::new();
+    for i in 0..4 {
+        let name = format!("early-{i}");
+        let out = kubectl_ok(&[
+            "-n",
+            "bypass",
+            "create",
+            "service",
+            "nodeport",
+            &name,
+            "--tcp=80:80",
+            "-o",
+            "json",
+        ]);
+        let svc: Value = serde_json::from_str(&out).unwrap();
+        bypassed.push((
+            svc["spec"]["clusterIP"].as_str().unwrap().to_string(),
+            svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap(),
+        ));
+    }
+    // It comes up and imports them from the Service watch.
+    let controller = start_controller(dir.path(), webhook_port, prefix, CIDR, &certs);
+    for (i, (ip, port)) in bypassed.iter().enumerate() {
+        let owner = format!("bypass/early-{i}");
+        let started = Instant::now();
+        loop {
+            let ip_record = record(prefix, "ipv4", ip).await;
+            let port_record = record(prefix, "nodeport", &port.to_string()).await;
+            let imported = |r: &Option<Value>| {
+                r.as_ref()
+                    .is_some_and(|r| r["owner"]["object"] == owner.as_str())
+            };
+            if imported(&ip_record) && imported(&port_record) {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{owner}'s {ip} and {port} were not imported:\n{}",
+                controller.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Fill the rest of the /28 through the webhook: 14 usable addresses, 10.97.0.1 is
+    // default/kubernetes's, 4 are the imported ones, so 9 Services get one and the next is
+    // refused as full. kube-apiserver refusing one as "already allocated" would mean svcplane
+    // handed out an imported value.
+    let mut given: Vec<String> = Vec::new();
+    let refusal = loop {
+        let name = format!("fill-{}", given.len());
+        let out = cluster.kubectl(
+            "admin",
+            &[
+                "-n",
+                "bypass",
+                "create",
+                "service",
+                "nodeport",
+                &name,
+                "--tcp=80:80",
+                "-o",
+                "json",
+            ],
+        );
+        if !out.status.success() {
+            break support::stderr(&out);
+        }
+        let svc: Value = serde_json::from_str(&support::stdout(&out)).unwrap();
+        let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+        let port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+        assert!(
+            !bypassed.iter().any(|(i, _)| *i == ip),
+            "{ip} handed out twice"
+        );
+        assert!(
+            !bypassed.iter().any(|(_, p)| *p == port),
+            "{port} handed out twice"
+        );
+        // The webhook took it (an imported value's record says `carried`).
+        let taken = record(prefix, "ipv4", &ip).await.expect("recorded");
+        assert_eq!(taken["owner"]["purpose"], "clusterIP", "{taken}");
+        given.push(ip);
+        assert!(given.len() <= 9, "more than the /28 holds: {given:?}");
+    };
+    assert_eq!(given.len(), 9, "{given:?}\n{refusal}");
+    assert!(
+        refusal.contains("admission webhook \"allocation.svcplane.io\" denied the request")
+            && refusal.contains("failed to allocate a serviceIP: range is full"),
+        "{refusal}"
+    );
+}
+
+#[tokio::test]
+async fn pools_outside_the_clusters_service_cidr_stop_the_controller_naming_both() {
+    shared();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = testkit::make_certs(dir.path());
+    let mut controller = start_controller(
+        dir.path(),
+        testkit::free_port(),
+        "/svcplane-mismatch/",
+        "10.96.0.0/24",
+        &certs,
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = controller.exited() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the controller kept running:\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let log = controller.log();
+    assert!(
+        log.contains("pool ipv4 10.96.0.0/24 lies outside every Ready ServiceCIDR of the cluster (kubernetes: 10.97.0.0/28)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("serving the Service admission webhook"),
+        "{log}"
+    );
+}
