@@ -171,7 +171,10 @@ pub fn tls_config(certs: Arc<CertFiles>) -> Arc<rustls::ServerConfig> {
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only, as controller-runtime's webhook servers by default (HTTP/2's rapid reset,
+    // CVE-2023-44487): kube-apiserver then opens a connection per concurrent admission, which
+    // a Service in front of several replicas spreads over them.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
 
@@ -222,6 +225,7 @@ pub async fn serve<S: Store>(
                 };
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
+                .http1_only()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

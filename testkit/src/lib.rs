@@ -1,12 +1,13 @@
 //! Test harness: the real upstream peers that `peers/build.sh` builds (etcd, kube-apiserver,
 //! kube-controller-manager, CoreDNS, kubectl, Helm), started on free loopback ports and never
-//! outliving their test binary, and an HTTPS admission webhook.
+//! outliving their test binary, an HTTPS admission webhook, and a round-robin TCP proxy.
 
 mod certs;
 pub mod cluster;
 pub mod coredns;
 mod etcd;
 pub mod process;
+pub mod proxy;
 pub mod webhook;
 
 pub use certs::{TlsFiles, make_certs};
