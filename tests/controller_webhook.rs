@@ -501,3 +501,96 @@ async fn repair_records_a_value_missing_from_the_pool_and_frees_a_planted_leak()
     }
     assert!(setup.metric("svcplane_ipam_repair_errors_total{pool=\"ipv4\",type=\"leak\"}") >= 1.0);
 }
+
+/// Whether a TLS handshake with 127.0.0.1:`port`, trusting only the CA in `ca`, succeeds.
+fn handshake(port: u16, ca: &Path) -> bool {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut tcp).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_rotated_serving_certificate_is_served_without_a_restart() {
+    let setup = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let pair = |name: &str| {
+        let at = dir.path().join(name);
+        std::fs::create_dir(&at).unwrap();
+        testkit::make_certs(&at)
+    };
+    let (first, second) = (pair("first"), pair("second"));
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+    std::fs::copy(&first.server_cert, &cert).unwrap();
+    std::fs::copy(&first.server_key, &key).unwrap();
+    let port = testkit::free_port();
+    let args: Vec<std::ffi::OsString> = vec![
+        "controller".into(),
+        "--kubeconfig".into(),
+        setup
+            .cluster
+            .kubeconfig("svcplane-controller")
+            .into_os_string(),
+        "--leader-elect=false".into(),
+        format!("--listen-http=127.0.0.1:{}", testkit::free_port()).into(),
+        format!("--listen-webhook=127.0.0.1:{port}").into(),
+        "--tls-cert-file".into(),
+        cert.clone().into_os_string(),
+        "--tls-key-file".into(),
+        key.clone().into_os_string(),
+        format!("--etcd-endpoints={}", setup.cluster.etcd().endpoint()).into(),
+        "--etcd-prefix=/svcplane-rotation/".into(),
+        format!("--service-cluster-ip-range={CIDRS}").into(),
+    ];
+    let controller = Watched::spawn(
+        Path::new(env!("CARGO_BIN_EXE_svcplane")),
+        args,
+        &[("RUST_LOG", "info")],
+        &dir.path().join("controller.log"),
+        None,
+    );
+    let started = Instant::now();
+    while !controller
+        .log()
+        .contains("serving the Service admission webhook")
+    {
+        assert!(started.elapsed() < PATIENCE, "{}", controller.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(handshake(port, &first.ca));
+    assert!(!handshake(port, &second.ca));
+    // Rotated in place, as a kubelet updates a mounted Secret.
+    std::fs::copy(&second.server_key, &key).unwrap();
+    std::fs::copy(&second.server_cert, &cert).unwrap();
+    let started = Instant::now();
+    while !handshake(port, &second.ca) {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the new certificate was never served:\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!handshake(port, &first.ca));
+    assert!(controller.log().contains("serving certificate reloaded"));
+}
