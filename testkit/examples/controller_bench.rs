@@ -35,6 +35,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
+use testkit::bench::{self, percentile, range};
 use testkit::cluster::{self, Cluster, ClusterOptions};
 use testkit::process::Watched;
 
@@ -77,44 +78,14 @@ impl Contender {
         Contender { process }
     }
 
-    /// The program's pid (the watchdog's child).
-    fn pid(&self) -> u32 {
-        let group = self.process.process_group().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let children = std::fs::read_to_string(format!("/proc/{group}/task/{group}/children"))
-                .unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next() {
-                return pid.parse().expect("a pid");
-            }
-            assert!(Instant::now() < deadline, "the contender never started");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// CPU seconds used so far (user + system).
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
+        bench::cpu_seconds(bench::pid_of(&self.process))
     }
 
     /// Peak resident memory so far, in MiB.
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        bench::peak_rss_mib(bench::pid_of(&self.process))
     }
 }
 
@@ -190,39 +161,6 @@ async fn create_service(client: &kube::Client, ns: &str, svc: Value) {
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("create service: {e}"),
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    }
-}
-
-fn range(values: &[f64], digits: usize) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!(
-        "{:.d$} ({:.d$}–{:.d$})",
-        median(values),
-        min,
-        max,
-        d = digits
-    )
 }
 
 /// A DNS A query for `name` (no EDNS), as bytes.

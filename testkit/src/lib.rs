@@ -2,6 +2,7 @@
 //! kube-controller-manager, CoreDNS, kubectl, Helm), started on free loopback ports and never
 //! outliving their test binary, an HTTPS admission webhook, and a round-robin TCP proxy.
 
+pub mod bench;
 mod certs;
 pub mod cluster;
 pub mod coredns;
