@@ -257,6 +257,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone());
         let lead = leading(lead_rx.clone());
         let retry = args.release_retry_interval;
+        let releaser_metrics = metrics.clone();
         let repair = controller::repair::Context::new(
             a.allocator.clone(),
             client.clone(),
@@ -268,15 +269,29 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         );
         AbortOnDrop(tokio::spawn(async move {
             lead.await;
-            let releaser =
-                controller::releaser::run(a.allocator, services, Default::default(), retry, None);
+            // Repair starts once the releaser has imported what the Services carry, so values
+            // kube-apiserver allocated on its own are imports, not repairs with Warning events.
+            let (imported_tx, imported) = tokio::sync::oneshot::channel();
+            let releaser = controller::releaser::run(
+                a.allocator,
+                services,
+                Default::default(),
+                retry,
+                Some(imported_tx),
+                Some(releaser_metrics),
+            );
+            let repair = async move {
+                if imported.await.is_ok() {
+                    controller::repair::run(repair).await;
+                }
+            };
             tokio::select! {
                 result = releaser => {
                     if let Err(e) = result {
                         tracing::error!(error = %e, "the releaser stopped");
                     }
                 }
-                () = controller::repair::run(repair) => {}
+                () = repair => {}
             }
         }))
     });

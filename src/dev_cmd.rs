@@ -157,6 +157,7 @@ async fn run_with<S: Store>(
         Default::default(),
         args.release_retry_interval,
         Some(synced_tx),
+        None,
     ));
     tokio::time::timeout(Duration::from_secs(30), synced)
         .await

@@ -307,6 +307,7 @@ async fn a_dual_stack_node_port_service_gets_svcplanes_values_and_kube_apiserver
     // kube-apiserver's repair finds nothing to mend: no value it holds that the Service lacks,
     // none twice.
     let events = setup.kubectl_ok(&["-n", ns, "get", "events", "-o", "json"]);
+    let before = setup.metric("svcplane_ipam_releases_total");
     for reason in [
         "ClusterIPNotAllocated",
         "ClusterIPAlreadyAllocated",
@@ -316,6 +317,16 @@ async fn a_dual_stack_node_port_service_gets_svcplanes_values_and_kube_apiserver
     ] {
         assert!(!events.contains(reason), "{reason} in {events}");
     }
+    // Deleted, its two addresses and two ports are held for it (the pools' hold), and counted.
+    setup.kubectl_ok(&["-n", ns, "delete", "service", "web"]);
+    let started = Instant::now();
+    while setup.metric("svcplane_ipam_releases_total{pool=") < before + 4.0 {
+        assert!(started.elapsed() < PATIENCE, "{}", setup.controller.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = record("ipv4", &ips[0]).await.expect("held");
+    assert!(held["heldUntilMs"].is_u64(), "{held}");
+    assert_eq!(held["owner"]["object"], json!(owner));
 }
 
 #[tokio::test]

@@ -41,14 +41,15 @@ fn start_controller(
     prefix: &str,
     cidr: &str,
     certs: &testkit::TlsFiles,
-) -> Watched {
+) -> (Watched, u16) {
     let cluster = shared();
+    let http_port = testkit::free_port();
     let args: Vec<std::ffi::OsString> = vec![
         "controller".into(),
         "--kubeconfig".into(),
         cluster.kubeconfig("svcplane-controller").into_os_string(),
         "--leader-elect=false".into(),
-        format!("--listen-http=127.0.0.1:{}", testkit::free_port()).into(),
+        format!("--listen-http=127.0.0.1:{http_port}").into(),
         format!("--listen-webhook=127.0.0.1:{webhook_port}").into(),
         "--tls-cert-file".into(),
         certs.server_cert.clone().into_os_string(),
@@ -59,13 +60,14 @@ fn start_controller(
         format!("--service-cluster-ip-range={cidr}").into(),
         format!("--service-node-port-range={NODE_PORTS}").into(),
     ];
-    Watched::spawn(
+    let process = Watched::spawn(
         Path::new(env!("CARGO_BIN_EXE_svcplane")),
         args,
         &[("RUST_LOG", "info")],
         &dir.join(format!("controller-{webhook_port}.log")),
         None,
-    )
+    );
+    (process, http_port)
 }
 
 /// The pool record of `value`, as etcd holds it.
@@ -142,7 +144,7 @@ async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_ha
         ));
     }
     // It comes up and imports them from the Service watch.
-    let controller = start_controller(dir.path(), webhook_port, prefix, CIDR, &certs);
+    let (controller, http) = start_controller(dir.path(), webhook_port, prefix, CIDR, &certs);
     for (i, (ip, port)) in bypassed.iter().enumerate() {
         let owner = format!("bypass/early-{i}");
         let started = Instant::now();
@@ -164,6 +166,15 @@ async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_ha
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Counted as imports.
+    let (_, metrics) = support::http(http, "GET", "/metrics", &[], None).unwrap_or_default();
+    let imported: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("svcplane_ipam_imports_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // 4 ClusterIPs, 4 NodePorts and default/kubernetes's 10.97.0.1.
+    assert!(imported >= 9.0, "{metrics}");
     // Fill the rest of the /28 through the webhook: 14 usable addresses, 10.97.0.1 is
     // default/kubernetes's, 4 are the imported ones, so 9 Services get one and the next is
     // refused as full. kube-apiserver refusing one as "already allocated" would mean svcplane
@@ -218,7 +229,7 @@ async fn pools_outside_the_clusters_service_cidr_stop_the_controller_naming_both
     shared();
     let dir = tempfile::tempdir().unwrap();
     let certs = testkit::make_certs(dir.path());
-    let mut controller = start_controller(
+    let (mut controller, _) = start_controller(
         dir.path(),
         testkit::free_port(),
         "/svcplane-mismatch/",

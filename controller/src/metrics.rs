@@ -298,6 +298,10 @@ pub struct Metrics {
     pub webhook_in_flight: Family,
     /// Admissions denied, by the denial's reason (`Invalid`, `InternalError`, `Timeout`).
     pub webhook_denials: Family,
+    /// Values the releaser gave back, by pool and how (`held`, `freed`).
+    pub releases: Family,
+    /// Values the releaser recorded for the Service carrying them (imported), by pool.
+    pub imports: Family,
     /// Repair runs by result (`success`, `error`).
     pub repair_runs: Family,
     /// What repair found, by pool and upstream's `type` (`leak`, `repair`, `duplicate`,
@@ -434,6 +438,20 @@ impl Default for Metrics {
                 &["reason"],
                 Vec::new(),
             ),
+            releases: Family::new(
+                "svcplane_ipam_releases_total".into(),
+                "Values given back after their Service dropped them, by pool and how: held, freed.",
+                "counter",
+                &["pool", "how"],
+                Vec::new(),
+            ),
+            imports: Family::new(
+                "svcplane_ipam_imports_total".into(),
+                "Values recorded for the Service carrying them (allocated without the webhook, or taken for a generateName create), by pool.",
+                "counter",
+                &["pool"],
+                Vec::new(),
+            ),
             repair_runs: Family::new(
                 "svcplane_ipam_repair_runs_total".into(),
                 "Repair runs comparing the pools with the live Services, by result.",
@@ -521,6 +539,8 @@ impl Metrics {
             &self.webhook_latency,
             &self.webhook_in_flight,
             &self.webhook_denials,
+            &self.releases,
+            &self.imports,
             &self.repair_runs,
             &self.repair_errors,
         ]);

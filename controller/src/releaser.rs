@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
+use crate::metrics::Metrics;
 use crate::plan::carried;
 use crate::service::Svc;
 
@@ -102,7 +103,9 @@ pub async fn run<S: Store>(
     config: watcher::Config,
     retry_interval: std::time::Duration,
     mut synced: Option<tokio::sync::oneshot::Sender<()>>,
+    metrics: Option<Arc<Metrics>>,
 ) -> crate::Result<()> {
+    let metrics = metrics.as_deref();
     let mut state = Carried::default();
     let mut listing: Option<HashMap<String, Values>> = None;
     let mut pending: HashMap<String, Actions> = HashMap::new();
@@ -116,7 +119,7 @@ pub async fn run<S: Store>(
             },
             _ = retry.tick() => {
                 for (key, actions) in std::mem::take(&mut pending) {
-                    if let Err(left) = act(&allocator, &api, &state, &key, actions).await {
+                    if let Err(left) = act(&allocator, &api, &state, metrics, &key, actions).await {
                         pending.insert(key, left);
                     }
                 }
@@ -153,7 +156,7 @@ pub async fn run<S: Store>(
         for (key, actions) in actions {
             // A newer state supersedes what was pending for the Service.
             pending.remove(&key);
-            if let Err(left) = act(&allocator, &api, &state, &key, actions).await {
+            if let Err(left) = act(&allocator, &api, &state, metrics, &key, actions).await {
                 pending.insert(key, left);
             }
         }
@@ -172,6 +175,7 @@ async fn act<S: Store>(
     allocator: &Allocator<S>,
     api: &Api<Service>,
     state: &Carried,
+    metrics: Option<&Metrics>,
     key: &str,
     actions: Actions,
 ) -> Result<(), Actions> {
@@ -190,6 +194,9 @@ async fn act<S: Store>(
         match allocator.claim(pool, &owner, *value, live_elsewhere).await {
             Ok(Claimed::Already) => {}
             Ok(Claimed::Recorded { from }) => {
+                if let Some(m) = metrics {
+                    m.imports.inc(&[pool]);
+                }
                 let from = from
                     .map(|o| o.to_string())
                     .unwrap_or_else(|| "nobody".into());
@@ -233,7 +240,17 @@ async fn act<S: Store>(
             Ok(Released::OwnedBy(owner)) => {
                 tracing::warn!(key, pool, %value, owner = %owner.object, "not released: it belongs to another object");
             }
-            Ok(outcome) => tracing::info!(key, pool, %value, ?outcome, "released"),
+            Ok(outcome) => {
+                let how = match outcome {
+                    Released::Held => Some("held"),
+                    Released::Freed => Some("freed"),
+                    _ => None,
+                };
+                if let (Some(m), Some(how)) = (metrics, how) {
+                    m.releases.inc(&[pool, how]);
+                }
+                tracing::info!(key, pool, %value, ?outcome, "released")
+            }
             Err(e) => {
                 tracing::warn!(key, pool, %value, error = %e, "release failed; will retry");
                 left.release.push((pool, value));

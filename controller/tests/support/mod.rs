@@ -265,6 +265,7 @@ impl Harness {
             watcher::Config::default(),
             Duration::from_millis(200),
             None,
+            None,
         );
         tasks.push(tokio::spawn(async move {
             releaser.await.unwrap();
