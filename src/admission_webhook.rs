@@ -221,6 +221,11 @@ impl ServiceAdmission for WebhookAdmission {
         &self.url
     }
 
+    /// Called as kube-apiserver calls webhooks: before naming, UID and validation.
+    fn before_naming(&self) -> bool {
+        true
+    }
+
     fn admit(&self, request: AdmissionRequest) -> BoxFuture<'_, Result<Value, Denial>> {
         Box::pin(self.review(request))
     }

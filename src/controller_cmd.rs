@@ -194,15 +194,6 @@ async fn start_webhook(
     Ok(Some(Allocation { allocator }))
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     args.check()?;
     let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
@@ -267,7 +258,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 leak_grace: args.allocation_timeout,
             },
         );
-        AbortOnDrop(tokio::spawn(async move {
+        crate::cli::AbortOnDrop(tokio::spawn(async move {
             lead.await;
             // Repair starts once the releaser has imported what the Services carry, so values
             // kube-apiserver allocated on its own are imports, not repairs with Warning events.

@@ -32,6 +32,20 @@ pub(crate) struct DevArgs {
     dns: SocketAddr,
     #[command(flatten)]
     pools: PoolFlags,
+    /// How Services get their ClusterIPs and NodePorts: `local`, the allocation module called
+    /// in-process after validation (and told of writes that fail); or `webhook`, the allocation
+    /// webhook of `svcplane controller` served on loopback and called over HTTPS as
+    /// kube-apiserver calls it (before naming and validation, never told of failed writes).
+    #[arg(long, value_enum, default_value = "local")]
+    allocation: AllocationMode,
+    /// With `--allocation=webhook`: how long an admission may take before it is answered with
+    /// a timeout, leaving nothing allocated.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    allocation_timeout: Duration,
+    /// With `--allocation=webhook`: how often the pools are compared with the Services (leaks
+    /// of writes that failed after admission freed after three runs), as `svcplane controller`.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    repair_interval: Duration,
     /// How often the releaser retries releases and records that failed (API or pools away).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     release_retry_interval: Duration,
@@ -44,6 +58,13 @@ pub(crate) struct DevArgs {
     serve: ServeFlags,
     #[command(flatten)]
     kubelet: KubeletFlags,
+}
+
+/// How `svcplane dev` allocates at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AllocationMode {
+    Local,
+    Webhook,
 }
 
 /// Where the kubeconfig goes when --kubeconfig-out is not given.
@@ -104,8 +125,28 @@ async fn run_with<S: Store>(
     let allocator = Arc::new(Allocator::start(store, AllocatorOptions::default()).await?);
     let primary = primary_cidr(&specs, &cluster)?;
     let service_allocator = Arc::new(ServiceAllocator::new(allocator.clone(), cluster));
-    let mut admission: Vec<Arc<dyn apiserver::ServiceAdmission>> =
-        vec![Arc::new(LocalAdmission::new(service_allocator))];
+    let mut admission: Vec<Arc<dyn apiserver::ServiceAdmission>> = match args.allocation {
+        AllocationMode::Local => vec![Arc::new(LocalAdmission::new(service_allocator))],
+        AllocationMode::Webhook => {
+            // Beside the kubeconfig, in the dev state directory.
+            let dir = args
+                .serve
+                .kubeconfig_out
+                .as_deref()
+                .and_then(|p| p.parent())
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(|d| d.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from("."));
+            let webhook = crate::dev_webhook::start(
+                service_allocator,
+                &dir,
+                args.allocation_timeout,
+                Arc::new(controller::metrics::Metrics::default()),
+            )
+            .await?;
+            vec![Arc::new(webhook)]
+        }
+    };
     admission.extend(args.serve.admission()?);
 
     let config = args
@@ -163,6 +204,20 @@ async fn run_with<S: Store>(
         .await
         .context("the releaser did not list the Services within 30 s")?
         .context("the releaser stopped before listing the Services")?;
+    // A webhook is not told of writes that fail after it admitted them: repair frees what they
+    // took, as `svcplane controller` does.
+    let repair = (args.allocation == AllocationMode::Webhook).then(|| {
+        tokio::spawn(controller::repair::run(controller::repair::Context::new(
+            allocator.clone(),
+            client.clone(),
+            Arc::new(controller::metrics::Metrics::default()),
+            controller::repair::Settings {
+                interval: args.repair_interval,
+                leak_grace: args.allocation_timeout,
+            },
+        )))
+    });
+    let _stop_repair = repair.map(crate::cli::AbortOnDrop);
     // The endpoint controllers in `all` mode, as kube-controller-manager's would run; they and
     // the DNS cache share one watch of Services and one of EndpointSlices.
     let mut service_watch = cache::follow::SharedWatch::new(kube::Api::all(client.clone()));

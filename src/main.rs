@@ -5,6 +5,7 @@ mod apiserver_cmd;
 mod cli;
 mod controller_cmd;
 mod dev_cmd;
+mod dev_webhook;
 mod dns_cmd;
 mod etcd_flags;
 mod ipam_cmd;

@@ -58,6 +58,14 @@ pub trait ServiceAdmission: Send + Sync {
     /// A short name for logs and error messages.
     fn name(&self) -> &str;
 
+    /// Whether this admission runs where kube-apiserver runs mutating admission webhooks: on a
+    /// create, before the name is generated from `generateName`, before the UID and creation
+    /// timestamp are set and before validation. The in-process allocation of `svcplane dev`
+    /// (false, the default) runs after them, on a validated, named object.
+    fn before_naming(&self) -> bool {
+        false
+    }
+
     /// The object to store (the request's object, possibly changed) or a denial.
     fn admit(&self, request: AdmissionRequest) -> BoxFuture<'_, Result<Value, Denial>>;
 

@@ -356,17 +356,40 @@ impl Registry {
         ] {
             meta.remove(field);
         }
+        object::prepare_create(resource, &mut object);
+        object::apply_defaults(resource, &mut object);
+        if resource.namespaced {
+            self.check_namespace(namespace.unwrap_or("")).await?;
+        }
+        // Admissions that run as kube-apiserver's webhooks see the object before it has a
+        // generated name, a UID and a creation timestamp, and before validation: once.
+        let uid = object::new_uid();
+        let early =
+            resource.is_service() && self.config.admission.iter().any(|a| a.before_naming());
+        if early {
+            // Validated once it has its name, in the loop below.
+            object = self
+                .admit(
+                    &uid,
+                    resource,
+                    Operation::Create,
+                    object,
+                    None,
+                    AdmitRun {
+                        dry_run: options.dry_run,
+                        validate: false,
+                    },
+                )
+                .await?;
+        }
+        let uid = &uid;
+        let meta = meta_mut(&mut object);
         meta.insert("uid".into(), json!(object::new_uid()));
         meta.insert("creationTimestamp".into(), json!(object::now()));
         if object.get("spec").is_some()
             || matches!(resource.kind, "Service" | "Pod" | "EndpointSlice")
         {
             meta_mut(&mut object).insert("generation".into(), json!(1));
-        }
-        object::prepare_create(resource, &mut object);
-        object::apply_defaults(resource, &mut object);
-        if resource.namespaced {
-            self.check_namespace(namespace.unwrap_or("")).await?;
         }
         for attempt in 0..GENERATE_NAME_ATTEMPTS {
             let mut candidate = object.clone();
@@ -378,8 +401,24 @@ impl Registry {
                 let name = meta_str(&candidate, "name").to_string();
                 candidate["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
             }
-            self.validate(resource, &candidate, None)?;
-            // An existing name fails before admission allocates anything for it.
+            // Admitted early, the write that will not happen is given back to the admissions
+            // that can be told.
+            let abandon_early = |candidate: &Value| {
+                let candidate = candidate.clone();
+                async move {
+                    if early && !options.dry_run {
+                        let count = self.config.admission.len();
+                        self.abandon(uid, Operation::Create, &candidate, None, count)
+                            .await;
+                    }
+                }
+            };
+            if let Err(e) = self.validate(resource, &candidate, None) {
+                abandon_early(&candidate).await;
+                return Err(e);
+            }
+            // An existing name fails before admission allocates anything for it (unless it
+            // ran early, as kube-apiserver's webhooks do).
             let wanted = meta_str(&candidate, "name").to_string();
             let (existing, _) = self
                 .storage
@@ -389,23 +428,29 @@ impl Registry {
                 if given_name.is_empty() && attempt + 1 < GENERATE_NAME_ATTEMPTS {
                     continue;
                 }
+                abandon_early(&candidate).await;
                 return Err(ApiError::already_exists(
                     resource.group,
                     resource.plural,
                     &wanted,
                 ));
             }
-            let uid = object::new_uid();
-            let candidate = self
-                .admit(
-                    &uid,
+            let candidate = if early {
+                candidate
+            } else {
+                self.admit(
+                    uid,
                     resource,
                     Operation::Create,
                     candidate,
                     None,
-                    options.dry_run,
+                    AdmitRun {
+                        dry_run: options.dry_run,
+                        validate: true,
+                    },
                 )
-                .await?;
+                .await?
+            };
             let name = meta_str(&candidate, "name").to_string();
             if options.dry_run {
                 return Ok(Written {
@@ -427,7 +472,7 @@ impl Registry {
                     self.storage.delete(&key, revision).await?;
                     if resource.is_service() {
                         let count = self.config.admission.len();
-                        self.abandon(&uid, Operation::Create, &candidate, None, count)
+                        self.abandon(uid, Operation::Create, &candidate, None, count)
                             .await;
                     }
                     return Err(e);
@@ -439,7 +484,7 @@ impl Registry {
             }
             if resource.is_service() {
                 let count = self.config.admission.len();
-                self.abandon(&uid, Operation::Create, &candidate, None, count)
+                self.abandon(uid, Operation::Create, &candidate, None, count)
                     .await;
             }
             match result? {
@@ -492,8 +537,9 @@ impl Registry {
         operation: Operation,
         mut object: Value,
         old: Option<&Value>,
-        dry_run: bool,
+        run: AdmitRun,
     ) -> Result<Value, ApiError> {
+        let AdmitRun { dry_run, validate } = run;
         if !resource.is_service() {
             return Ok(object);
         }
@@ -529,7 +575,8 @@ impl Registry {
         // What admission added must be valid too.
         let failure = match failure {
             Some(e) => Some(e),
-            None => self.validate(resource, &object, old).err(),
+            None if validate => self.validate(resource, &object, old).err(),
+            None => None,
         };
         if let Some(e) = failure {
             if !dry_run {
@@ -620,7 +667,10 @@ impl Registry {
                         Operation::Update,
                         next,
                         Some(&current),
-                        options.dry_run,
+                        AdmitRun {
+                            dry_run: options.dry_run,
+                            validate: true,
+                        },
                     )
                     .await?;
             } else {
@@ -1207,6 +1257,14 @@ fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
 }
 
 /// The Status a denial becomes.
+/// How one admission run goes: for real or as a dry run, and whether what the admissions
+/// returned is validated (not yet, when they run before the object is named).
+#[derive(Debug, Clone, Copy)]
+struct AdmitRun {
+    dry_run: bool,
+    validate: bool,
+}
+
 fn denied(resource: &Resource, object: &Value, denial: crate::admission::Denial) -> ApiError {
     let name = meta_str(object, "name");
     let reason: &'static str = match (denial.reason.as_str(), denial.code) {

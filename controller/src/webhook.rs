@@ -281,8 +281,29 @@ async fn answer<S: Store>(webhook: &Webhook<S>, body: &[u8]) -> (StatusCode, Res
     let response = admit(webhook, &request, &raw["request"]).await;
     (
         StatusCode::OK,
-        axum::Json(response.into_review()).into_response(),
+        axum::Json(canonical(response.into_review())).into_response(),
     )
+}
+
+/// The review as JSON, its patch base64-encoded as admission.k8s.io/v1 has it (kube's types
+/// serialize the bytes as an array of numbers, which Go's decoder happens to accept and other
+/// clients need not).
+fn canonical(review: AdmissionReview<DynamicObject>) -> Json {
+    use base64::Engine as _;
+    let mut body = serde_json::to_value(review).unwrap_or_default();
+    if let Some(bytes) = body
+        .pointer("/response/patch")
+        .and_then(Json::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Vec<u8>>()
+        })
+    {
+        body["response"]["patch"] =
+            Json::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    body
 }
 
 /// The answer to one request: Services' creates and updates are allocated for; anything else
