@@ -2,7 +2,9 @@
 //! small range (`10.97.0.0/28`, `30000-30015`), registered with `failurePolicy: Ignore`: while
 //! the controller is down kube-apiserver allocates on its own; when it comes up it imports those
 //! values and never hands them out (shown by filling the rest of the /28 through the webhook).
-//! And pools that lie outside the cluster's ServiceCIDR stop the controller with both named.
+//! After a restart, repair mends a leak planted in etcd and a record removed from it, with
+//! upstream's event. And pools that lie outside the cluster's ServiceCIDR stop the controller
+//! with both named.
 
 mod support;
 
@@ -49,6 +51,8 @@ fn start_controller(
         "--kubeconfig".into(),
         cluster.kubeconfig("svcplane-controller").into_os_string(),
         "--leader-elect=false".into(),
+        "--repair-interval=1s".into(),
+        "--allocation-timeout=1s".into(),
         format!("--listen-http=127.0.0.1:{http_port}").into(),
         format!("--listen-webhook=127.0.0.1:{webhook_port}").into(),
         "--tls-cert-file".into(),
@@ -144,7 +148,7 @@ async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_ha
         ));
     }
     // It comes up and imports them from the Service watch.
-    let (controller, http) = start_controller(dir.path(), webhook_port, prefix, CIDR, &certs);
+    let (mut controller, http) = start_controller(dir.path(), webhook_port, prefix, CIDR, &certs);
     for (i, (ip, port)) in bypassed.iter().enumerate() {
         let owner = format!("bypass/early-{i}");
         let started = Instant::now();
@@ -222,6 +226,52 @@ async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_ha
             && refusal.contains("failed to allocate a serviceIP: range is full"),
         "{refusal}"
     );
+
+    // Down again: a record removed from etcd behind its back, and a leak planted (the /28 is
+    // full, so it takes a port: 30015 if free, else the first free one).
+    controller.kill();
+    let mut etcd = etcd_client::Client::connect([cluster.etcd().endpoint()], None)
+        .await
+        .unwrap();
+    let (lost_ip, _) = &bypassed[0];
+    etcd.delete(format!("{prefix}values/ipv4/{lost_ip}"), None)
+        .await
+        .unwrap();
+    let mut leaked = 30015;
+    while record(prefix, "nodeport", &leaked.to_string())
+        .await
+        .is_some()
+    {
+        leaked -= 1;
+    }
+    let planted = json!({"owner": {"object": "bypass/never-written", "purpose": "nodePort"}, "nonce": "planted"});
+    etcd.put(
+        format!("{prefix}values/nodeport/{leaked}"),
+        planted.to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+    // Up again: the runs after the restart mend both.
+    controller.start();
+    let started = Instant::now();
+    loop {
+        let back = record(prefix, "ipv4", lost_ip)
+            .await
+            .is_some_and(|r| r["owner"]["object"] == "bypass/early-0");
+        let freed = record(prefix, "nodeport", &leaked.to_string())
+            .await
+            .is_none();
+        if back && freed {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "not mended (record back: {back}, leak freed: {freed}):\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
