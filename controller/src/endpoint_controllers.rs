@@ -698,6 +698,7 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
             )));
         }
     }
+    let saved = ctx.endpoints_triggers.save(namespace, name);
     let trigger = ctx.endpoints_triggers.compute(
         namespace,
         name,
@@ -715,6 +716,7 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
                 Ok(_) => Ok(()),
                 Err(e) if namespace_terminating(&e) => Ok(()),
                 Err(e) => {
+                    ctx.endpoints_triggers.restore(saved);
                     let note = format!(
                         "Failed to create endpoint for service {namespace}/{name}: {}",
                         message(&e)
@@ -741,6 +743,7 @@ pub async fn reconcile_endpoints(key: &Key, ctx: &Context) -> Result<()> {
             let updated = match written {
                 Ok(updated) => updated,
                 Err(e) => {
+                    ctx.endpoints_triggers.restore(saved);
                     let note = format!(
                         "Failed to update endpoint {namespace}/{name}: {}",
                         message(&e)
@@ -813,6 +816,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
         )));
     }
     let pods = pods_of(ctx, namespace);
+    let saved = ctx.slice_triggers.save(namespace, name);
     let trigger = ctx.slice_triggers.compute(
         namespace,
         name,
@@ -858,6 +862,7 @@ pub async fn reconcile_slices(key: &Key, ctx: &Context) -> Result<()> {
             .observe(&[topology, traffic], changed as f64);
     }
     if let Err(e) = &written {
+        ctx.slice_triggers.restore(saved);
         let note = format!(
             "Error updating Endpoint Slices for Service {namespace}/{name}: {}",
             match e {

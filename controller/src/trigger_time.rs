@@ -16,6 +16,13 @@ struct State {
 /// One tracker per controller, shared by its workers. Times are RFC 3339 strings in UTC,
 /// which order as the times they spell when they have the same precision (the API server's
 /// seconds).
+/// The tracker's knowledge of one Service before a sync.
+#[derive(Debug)]
+pub struct Saved {
+    key: (String, String),
+    state: Option<State>,
+}
+
 #[derive(Debug, Default)]
 pub struct TriggerTimes {
     services: Mutex<BTreeMap<(String, String), State>>,
@@ -72,6 +79,29 @@ impl TriggerTimes {
     }
 
     /// Forgets a deleted Service.
+    /// What the tracker knows of the Service now, to [`TriggerTimes::restore`] if the sync's
+    /// write fails: its retry then carries the trigger time the failed write would have (upstream
+    /// consumes it in the failed sync, so a write that loses a race goes out without one).
+    pub fn save(&self, namespace: &str, name: &str) -> Saved {
+        let key = (namespace.to_string(), name.to_string());
+        let state = self
+            .services
+            .lock()
+            .expect("the tracker's lock")
+            .get(&key)
+            .cloned();
+        Saved { key, state }
+    }
+
+    /// Puts back what [`TriggerTimes::save`] saw.
+    pub fn restore(&self, saved: Saved) {
+        let mut services = self.services.lock().expect("the tracker's lock");
+        match saved.state {
+            Some(state) => services.insert(saved.key, state),
+            None => services.remove(&saved.key),
+        };
+    }
+
     pub fn forget(&self, namespace: &str, name: &str) {
         self.services
             .lock()
@@ -88,6 +118,25 @@ mod tests {
         list.iter()
             .map(|(n, t)| (n.to_string(), t.map(str::to_string)))
             .collect()
+    }
+
+    #[test]
+    fn a_sync_whose_write_failed_is_undone_so_its_retry_carries_the_trigger_time() {
+        let t = TriggerTimes::default();
+        let created = "2026-01-01T00:00:00Z";
+        t.compute("ns", "web", created, &[]);
+        let a = pods(&[("a", Some("2026-01-01T00:00:05Z"))]);
+        let saved = t.save("ns", "web");
+        assert_eq!(
+            t.compute("ns", "web", created, &a).as_deref(),
+            Some("2026-01-01T00:00:05Z")
+        );
+        t.restore(saved);
+        assert_eq!(
+            t.compute("ns", "web", created, &a).as_deref(),
+            Some("2026-01-01T00:00:05Z")
+        );
+        assert_eq!(t.compute("ns", "web", created, &a), None);
     }
 
     #[test]
