@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use serde_json::{Value, json};
-use testkit::cluster::{self, Cluster, ClusterOptions};
+use testkit::cluster::{self, Cluster, ClusterOptions, WebhookController};
 use testkit::process::Watched;
 
 /// The bound of every wait.
@@ -52,25 +52,23 @@ fn shared() -> &'static Setup {
         let dir = tempfile::tempdir().unwrap();
         let certs = testkit::make_certs(dir.path());
         let (http_port, webhook_port) = (testkit::free_port(), testkit::free_port());
-        let args: Vec<std::ffi::OsString> = vec![
-            "controller".into(),
-            "--kubeconfig".into(),
-            cluster.kubeconfig("svcplane-controller").into_os_string(),
-            "--leader-elect=false".into(),
-            format!("--listen-http=127.0.0.1:{http_port}").into(),
-            format!("--listen-webhook=127.0.0.1:{webhook_port}").into(),
-            "--tls-cert-file".into(),
-            certs.server_cert.clone().into_os_string(),
-            "--tls-key-file".into(),
-            certs.server_key.clone().into_os_string(),
-            format!("--etcd-endpoints={}", cluster.etcd().endpoint()).into(),
-            format!("--etcd-prefix={PREFIX}").into(),
-            format!("--service-cluster-ip-range={CIDRS}").into(),
-            "--service-node-port-range=30000-32767".into(),
-            "--release-retry-interval=1s".into(),
-            "--repair-interval=1s".into(),
-            "--allocation-timeout=2s".into(),
-        ];
+        let mut args = cluster.webhook_controller_args(&WebhookController {
+            identity: "svcplane-controller",
+            http_port,
+            webhook_port,
+            certs: &certs,
+            prefix: PREFIX,
+            cidrs: CIDRS,
+        });
+        args.extend(
+            [
+                "--leader-elect=false",
+                "--release-retry-interval=1s",
+                "--repair-interval=1s",
+                "--allocation-timeout=2s",
+            ]
+            .map(Into::into),
+        );
         let controller = Watched::spawn(
             Path::new(env!("CARGO_BIN_EXE_svcplane")),
             args,
@@ -90,10 +88,19 @@ fn shared() -> &'static Setup {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let ca = std::fs::read(&certs.ca).unwrap();
+        let selector = json!({"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": [CONTROLLER_NAMESPACE],
+        }]});
         cluster.apply(&[
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}}),
-            webhook_configuration(webhook_port, &ca),
+            cluster::allocation_webhook_configuration(
+                &format!("https://127.0.0.1:{webhook_port}/mutate-services"),
+                &certs.ca,
+                "Fail",
+                Some(selector),
+            ),
         ]);
         let setup = Setup {
             cluster,
@@ -103,39 +110,6 @@ fn shared() -> &'static Setup {
         };
         setup.wait_until_called();
         setup
-    })
-}
-
-/// The registration, as a cluster's operator writes it.
-fn webhook_configuration(port: u16, ca: &[u8]) -> Value {
-    use base64::Engine as _;
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "svcplane-allocation"},
-        "webhooks": [{
-            "name": "allocation.svcplane.io",
-            "clientConfig": {
-                "url": format!("https://127.0.0.1:{port}/mutate-services"),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
-            },
-            "rules": [{
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"],
-                "resources": ["services"],
-                "scope": "Namespaced",
-            }],
-            "sideEffects": "NoneOnDryRun",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10,
-            "failurePolicy": "Fail",
-            "namespaceSelector": {"matchExpressions": [{
-                "key": "kubernetes.io/metadata.name",
-                "operator": "NotIn",
-                "values": [CONTROLLER_NAMESPACE],
-            }]},
-        }],
     })
 }
 
@@ -555,24 +529,20 @@ async fn a_rotated_serving_certificate_is_served_without_a_restart() {
     std::fs::copy(&first.server_cert, &cert).unwrap();
     std::fs::copy(&first.server_key, &key).unwrap();
     let port = testkit::free_port();
-    let args: Vec<std::ffi::OsString> = vec![
-        "controller".into(),
-        "--kubeconfig".into(),
-        setup
-            .cluster
-            .kubeconfig("svcplane-controller")
-            .into_os_string(),
-        "--leader-elect=false".into(),
-        format!("--listen-http=127.0.0.1:{}", testkit::free_port()).into(),
-        format!("--listen-webhook=127.0.0.1:{port}").into(),
-        "--tls-cert-file".into(),
-        cert.clone().into_os_string(),
-        "--tls-key-file".into(),
-        key.clone().into_os_string(),
-        format!("--etcd-endpoints={}", setup.cluster.etcd().endpoint()).into(),
-        "--etcd-prefix=/svcplane-rotation/".into(),
-        format!("--service-cluster-ip-range={CIDRS}").into(),
-    ];
+    let live_certs = testkit::TlsFiles {
+        server_cert: cert.clone(),
+        server_key: key.clone(),
+        ..first.clone()
+    };
+    let mut args = setup.cluster.webhook_controller_args(&WebhookController {
+        identity: "svcplane-controller",
+        http_port: testkit::free_port(),
+        webhook_port: port,
+        certs: &live_certs,
+        prefix: "/svcplane-rotation/",
+        cidrs: CIDRS,
+    });
+    args.push("--leader-elect=false".into());
     let controller = Watched::spawn(
         Path::new(env!("CARGO_BIN_EXE_svcplane")),
         args,

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use testkit::cluster::{self, Cluster, ClusterOptions};
+use testkit::cluster::{self, Cluster, ClusterOptions, WebhookController};
 use testkit::process::Watched;
 
 /// The bound of every wait.
@@ -46,24 +46,23 @@ fn start_controller(
 ) -> (Watched, u16) {
     let cluster = shared();
     let http_port = testkit::free_port();
-    let args: Vec<std::ffi::OsString> = vec![
-        "controller".into(),
-        "--kubeconfig".into(),
-        cluster.kubeconfig("svcplane-controller").into_os_string(),
-        "--leader-elect=false".into(),
-        "--repair-interval=1s".into(),
-        "--allocation-timeout=1s".into(),
-        format!("--listen-http=127.0.0.1:{http_port}").into(),
-        format!("--listen-webhook=127.0.0.1:{webhook_port}").into(),
-        "--tls-cert-file".into(),
-        certs.server_cert.clone().into_os_string(),
-        "--tls-key-file".into(),
-        certs.server_key.clone().into_os_string(),
-        format!("--etcd-endpoints={}", cluster.etcd().endpoint()).into(),
-        format!("--etcd-prefix={prefix}").into(),
-        format!("--service-cluster-ip-range={cidr}").into(),
-        format!("--service-node-port-range={NODE_PORTS}").into(),
-    ];
+    let mut args = cluster.webhook_controller_args(&WebhookController {
+        identity: "svcplane-controller",
+        http_port,
+        webhook_port,
+        certs,
+        prefix,
+        cidrs: cidr,
+    });
+    args.extend(
+        [
+            "--leader-elect=false",
+            "--repair-interval=1s",
+            "--allocation-timeout=1s",
+        ]
+        .map(Into::into),
+    );
+    args.push(format!("--service-node-port-range={NODE_PORTS}").into());
     let process = Watched::spawn(
         Path::new(env!("CARGO_BIN_EXE_svcplane")),
         args,
@@ -105,26 +104,12 @@ async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_ha
     let certs = testkit::make_certs(dir.path());
     let webhook_port = testkit::free_port();
     let prefix = "/svcplane-bypass/";
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&certs.ca).unwrap());
-    cluster.apply(&[json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "svcplane-allocation"},
-        "webhooks": [{
-            "name": "allocation.svcplane.io",
-            "clientConfig": {
-                "url": format!("https://127.0.0.1:{webhook_port}/mutate-services"),
-                "caBundle": ca,
-            },
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                       "resources": ["services"], "scope": "Namespaced"}],
-            "sideEffects": "NoneOnDryRun",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 5,
-            "failurePolicy": "Ignore",
-        }],
-    })]);
+    cluster.apply(&[cluster::allocation_webhook_configuration(
+        &format!("https://127.0.0.1:{webhook_port}/mutate-services"),
+        &certs.ca,
+        "Ignore",
+        None,
+    )]);
     kubectl_ok(&["create", "namespace", "bypass"]);
     // The controller is down: kube-apiserver ignores the unreachable webhook and allocates.
     let mut bypassed: Vec<(String, u64)> = Vec::new();

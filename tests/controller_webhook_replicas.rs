@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
-use testkit::cluster::{self, Cluster, ClusterOptions};
+use testkit::cluster::{self, Cluster, ClusterOptions, WebhookController};
 use testkit::process::Watched;
 
 /// The bound of every wait.
@@ -32,24 +32,23 @@ fn start_controller(
     webhook_port: u16,
     certs: &testkit::TlsFiles,
 ) -> Watched {
-    let args: Vec<std::ffi::OsString> = vec![
-        "controller".into(),
-        "--kubeconfig".into(),
-        cluster.kubeconfig(identity).into_os_string(),
-        "--leader-elect-lease-duration=6s".into(),
-        "--leader-elect-renew-deadline=4s".into(),
-        "--leader-elect-retry-period=1s".into(),
-        format!("--listen-http=127.0.0.1:{http_port}").into(),
-        format!("--listen-webhook=127.0.0.1:{webhook_port}").into(),
-        "--tls-cert-file".into(),
-        certs.server_cert.clone().into_os_string(),
-        "--tls-key-file".into(),
-        certs.server_key.clone().into_os_string(),
-        format!("--etcd-endpoints={}", cluster.etcd().endpoint()).into(),
-        format!("--etcd-prefix={PREFIX}").into(),
-        format!("--service-cluster-ip-range={CIDRS}").into(),
-        "--hold=0s".into(),
-    ];
+    let mut args = cluster.webhook_controller_args(&WebhookController {
+        identity,
+        http_port,
+        webhook_port,
+        certs,
+        prefix: PREFIX,
+        cidrs: CIDRS,
+    });
+    args.extend(
+        [
+            "--leader-elect-lease-duration=6s",
+            "--leader-elect-renew-deadline=4s",
+            "--leader-elect-retry-period=1s",
+            "--hold=0s",
+        ]
+        .map(Into::into),
+    );
     Watched::spawn(
         Path::new(env!("CARGO_BIN_EXE_svcplane")),
         args,
@@ -131,23 +130,12 @@ async fn two_replicas_behind_a_proxy_fill_the_range_with_every_address_handed_ou
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&certs.ca).unwrap());
-    cluster.apply(&[json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "svcplane-allocation"},
-        "webhooks": [{
-            "name": "allocation.svcplane.io",
-            "clientConfig": {"url": format!("https://{}/mutate-services", proxy.addr()), "caBundle": ca},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                       "resources": ["services"], "scope": "Namespaced"}],
-            "sideEffects": "NoneOnDryRun",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10,
-            "failurePolicy": "Fail",
-        }],
-    })]);
+    cluster.apply(&[cluster::allocation_webhook_configuration(
+        &format!("https://{}/mutate-services", proxy.addr()),
+        &certs.ca,
+        "Fail",
+        None,
+    )]);
     let client = cluster.client("admin").await;
     cluster.create_namespace(&client, "flood").await;
     let services = Api::<Service>::namespaced(client, "flood");

@@ -73,7 +73,8 @@ impl From<FieldError> for Denial {
     }
 }
 
-fn internal(message: impl std::fmt::Display) -> Denial {
+/// A 500 InternalError denial, as kube-apiserver words one.
+pub(crate) fn internal(message: impl std::fmt::Display) -> Denial {
     Denial {
         code: 500,
         reason: "InternalError".into(),

@@ -35,7 +35,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde_json::Value as Json;
 
-use crate::allocation::{AllocationRequest, Denial, ServiceAllocator};
+use crate::allocation::{AllocationRequest, Denial, ServiceAllocator, internal};
 use crate::metrics::Metrics;
 
 /// Where kube-apiserver posts Service AdmissionReviews (the `clientConfig` path).
@@ -351,24 +351,14 @@ async fn admit<S: Store>(
             Err(e) => deny(
                 &webhook.metrics,
                 allowed,
-                Denial {
-                    code: 500,
-                    reason: "InternalError".into(),
-                    message: format!("Internal error occurred: cannot encode the patch: {e}"),
-                    field: None,
-                },
+                internal(format!("cannot encode the patch: {e}")),
             ),
         },
         Ok(Err(denial)) => deny(&webhook.metrics, allowed, denial),
         Err(e) => deny(
             &webhook.metrics,
             allowed,
-            Denial {
-                code: 500,
-                reason: "InternalError".into(),
-                message: format!("Internal error occurred: the admission failed: {e}"),
-                field: None,
-            },
+            internal(format!("the admission failed: {e}")),
         ),
     }
 }

@@ -17,13 +17,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
 use testkit::bench::{self, percentile, range};
-use testkit::cluster::{self, Cluster, ClusterOptions};
+use testkit::cluster::{self, Cluster, ClusterOptions, WebhookController};
 use testkit::process::Watched;
 use testkit::proxy::RoundRobin;
 
@@ -96,22 +95,25 @@ fn start_replicas(cluster: &Cluster, dir: &Path, n: usize, certs: &testkit::TlsF
             http_ports.push(http);
             Watched::spawn(
                 &svcplane_binary(),
-                vec![
-                    "controller".into(),
-                    "--kubeconfig".into(),
-                    cluster.kubeconfig(identities[i]).into_os_string(),
-                    "--leader-elect-lease-duration=6s".into(),
-                    "--leader-elect-renew-deadline=4s".into(),
-                    "--leader-elect-retry-period=1s".into(),
-                    format!("--listen-http=127.0.0.1:{http}").into(),
-                    format!("--listen-webhook=127.0.0.1:{port}").into(),
-                    "--tls-cert-file".into(),
-                    certs.server_cert.clone().into_os_string(),
-                    "--tls-key-file".into(),
-                    certs.server_key.clone().into_os_string(),
-                    format!("--etcd-endpoints={}", cluster.etcd().endpoint()).into(),
-                    format!("--service-cluster-ip-range={CIDR}").into(),
-                ],
+                {
+                    let mut args = cluster.webhook_controller_args(&WebhookController {
+                        identity: identities[i],
+                        http_port: http,
+                        webhook_port: port,
+                        certs,
+                        prefix: "/svcplane/ipam/",
+                        cidrs: CIDR,
+                    });
+                    args.extend(
+                        [
+                            "--leader-elect-lease-duration=6s",
+                            "--leader-elect-renew-deadline=4s",
+                            "--leader-elect-retry-period=1s",
+                        ]
+                        .map(Into::into),
+                    );
+                    args
+                },
                 &[("RUST_LOG", "warn")],
                 &dir.join(format!("svcplane-{n}-{i}.log")),
                 None,
@@ -142,22 +144,13 @@ fn start_replicas(cluster: &Cluster, dir: &Path, n: usize, certs: &testkit::TlsF
 
 /// Registers the webhook of `replicas` and waits until kube-apiserver calls it (a probe create
 /// reaches a replica).
-async fn register(cluster: &Cluster, replicas: &Replicas, ca: &str, services: &Api<Service>) {
-    cluster.apply(&[json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "svcplane-allocation"},
-        "webhooks": [{
-            "name": "allocation.svcplane.io",
-            "clientConfig": {"url": replicas.url, "caBundle": ca},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                       "resources": ["services"], "scope": "Namespaced"}],
-            "sideEffects": "NoneOnDryRun",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10,
-            "failurePolicy": "Fail",
-        }],
-    })]);
+async fn register(cluster: &Cluster, replicas: &Replicas, ca: &Path, services: &Api<Service>) {
+    cluster.apply(&[cluster::allocation_webhook_configuration(
+        &replicas.url,
+        ca,
+        "Fail",
+        None,
+    )]);
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0.. {
         services
@@ -250,7 +243,6 @@ async fn main() {
     let concurrency: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(16);
     let dir = tempfile::tempdir().unwrap();
     let certs = testkit::make_certs(dir.path());
-    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&certs.ca).unwrap());
     // (contender → runs of [creates/s, p50, p99, p99.9, CPU kube-apiserver, CPU svcplane])
     let mut runs: BTreeMap<&str, Vec<[f64; 6]>> = BTreeMap::new();
     let mut duplicates = 0;
@@ -274,7 +266,7 @@ async fn main() {
                 n => Some(start_replicas(&cluster, dir.path(), n, &certs)),
             };
             if let Some(r) = &replicas {
-                register(&cluster, r, &ca, &services).await;
+                register(&cluster, r, &certs.ca, &services).await;
             }
             let svcplane_cpu = |r: &Option<Replicas>| -> f64 {
                 r.as_ref().map_or(0.0, |r| {

@@ -373,6 +373,74 @@ pub async fn create_nodes(client: &kube::Client, nodes: &[(&str, &str)]) {
     }
 }
 
+/// Where a `svcplane controller` serving the allocation webhook listens and keeps its pools.
+#[derive(Debug, Clone)]
+pub struct WebhookController<'a> {
+    /// A kubeconfig of the cluster ([`IDENTITIES`]).
+    pub identity: &'a str,
+    pub http_port: u16,
+    pub webhook_port: u16,
+    /// The serving certificate ([`crate::make_certs`]).
+    pub certs: &'a TlsFiles,
+    /// The pools' key prefix in the cluster's etcd.
+    pub prefix: &'a str,
+    /// `--service-cluster-ip-range`.
+    pub cidrs: &'a str,
+}
+
+impl Cluster {
+    /// The flags of a `svcplane controller` serving the allocation webhook against this cluster
+    /// (pools in its etcd); more flags follow them.
+    pub fn webhook_controller_args(&self, c: &WebhookController<'_>) -> Vec<OsString> {
+        vec![
+            "controller".into(),
+            "--kubeconfig".into(),
+            self.kubeconfig(c.identity).into_os_string(),
+            format!("--listen-http=127.0.0.1:{}", c.http_port).into(),
+            format!("--listen-webhook=127.0.0.1:{}", c.webhook_port).into(),
+            "--tls-cert-file".into(),
+            c.certs.server_cert.clone().into_os_string(),
+            "--tls-key-file".into(),
+            c.certs.server_key.clone().into_os_string(),
+            format!("--etcd-endpoints={}", self.etcd.endpoint()).into(),
+            format!("--etcd-prefix={}", c.prefix).into(),
+            format!("--service-cluster-ip-range={}", c.cidrs).into(),
+        ]
+    }
+}
+
+/// A `MutatingWebhookConfiguration` for svcplane's allocation webhook at `url` (Service creates
+/// and updates, `sideEffects: NoneOnDryRun`, AdmissionReview v1), trusting the CA in `ca`, with
+/// `failure_policy` and, if given, a namespace selector.
+pub fn allocation_webhook_configuration(
+    url: &str,
+    ca: &Path,
+    failure_policy: &str,
+    namespace_selector: Option<serde_json::Value>,
+) -> serde_json::Value {
+    use base64::Engine as _;
+    let ca = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+    let mut webhook = json!({
+        "name": "allocation.svcplane.io",
+        "clientConfig": {"url": url, "caBundle": base64::engine::general_purpose::STANDARD.encode(ca)},
+        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                   "resources": ["services"], "scope": "Namespaced"}],
+        "sideEffects": "NoneOnDryRun",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 10,
+        "failurePolicy": failure_policy,
+    });
+    if let Some(selector) = namespace_selector {
+        webhook["namespaceSelector"] = selector;
+    }
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "svcplane-allocation"},
+        "webhooks": [webhook],
+    })
+}
+
 /// The RBAC `svcplane controller` needs (what its Helm chart grants), bound to both of its
 /// identities: read Services, pods and nodes; write (create, update, patch, delete) Endpoints
 /// and EndpointSlices, and events; hold its leader Lease; and read ServiceCIDRs (the webhook
