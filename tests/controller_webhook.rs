@@ -307,18 +307,12 @@ async fn a_dual_stack_node_port_service_gets_svcplanes_values_and_kube_apiserver
 async fn a_generate_name_service_gets_values_that_the_created_service_claims() {
     let setup = shared();
     let ns = setup.namespace("webhook-generate");
-    let dir = tempfile::tempdir().unwrap();
-    let file = support::write(
-        dir.path(),
-        "svc.json",
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"generateName": "gen-", "namespace": ns},
-            "spec": {"type": "NodePort", "ports": [{"port": 80}]},
-        })
-        .to_string(),
-    );
-    let out = setup.kubectl_ok(&["create", "-f", &file.display().to_string(), "-o", "json"]);
+    let (_dir, file) = support::manifest(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"generateName": "gen-", "namespace": ns},
+        "spec": {"type": "NodePort", "ports": [{"port": 80}]},
+    }));
+    let out = setup.kubectl_ok(&["create", "-f", &file, "-o", "json"]);
     let created: Value = serde_json::from_str(&out).unwrap();
     let name = created["metadata"]["name"].as_str().unwrap().to_string();
     assert!(name.starts_with("gen-"), "{name}");
@@ -337,25 +331,12 @@ async fn a_generate_name_service_gets_values_that_the_created_service_claims() {
 async fn a_server_side_dry_run_allocates_nothing() {
     let setup = shared();
     let ns = setup.namespace("webhook-dry-run");
-    let dir = tempfile::tempdir().unwrap();
-    let file = support::write(
-        dir.path(),
-        "svc.json",
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "dry", "namespace": ns},
-            "spec": {"clusterIP": "10.96.0.230", "type": "NodePort", "ports": [{"port": 80, "nodePort": 30230}]},
-        })
-        .to_string(),
-    );
-    let out = setup.kubectl_ok(&[
-        "apply",
-        "--dry-run=server",
-        "-f",
-        &file.display().to_string(),
-        "-o",
-        "json",
-    ]);
+    let (_dir, file) = support::manifest(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "dry", "namespace": ns},
+        "spec": {"clusterIP": "10.96.0.230", "type": "NodePort", "ports": [{"port": 80, "nodePort": 30230}]},
+    }));
+    let out = setup.kubectl_ok(&["apply", "--dry-run=server", "-f", &file, "-o", "json"]);
     let answered: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answered["spec"]["clusterIP"], "10.96.0.230", "{answered}");
     assert_eq!(record("ipv4", "10.96.0.230").await, None);

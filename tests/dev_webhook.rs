@@ -51,18 +51,12 @@ fn create_with_ip(ns: &str, name: &str, ip: &str) -> std::process::Output {
 #[test]
 fn a_generate_name_service_keeps_the_values_the_webhook_chose_and_nobody_else_gets_them() {
     kubectl_ok(&["create", "namespace", "wh-generate"]);
-    let dir = tempfile::tempdir().unwrap();
-    let file = support::write(
-        dir.path(),
-        "svc.json",
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"generateName": "gen-", "namespace": "wh-generate"},
-            "spec": {"ports": [{"port": 80}]},
-        })
-        .to_string(),
-    );
-    let out = kubectl_ok(&["create", "-f", &file.display().to_string(), "-o", "json"]);
+    let (_dir, file) = support::manifest(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"generateName": "gen-", "namespace": "wh-generate"},
+        "spec": {"ports": [{"port": 80}]},
+    }));
+    let out = kubectl_ok(&["create", "-f", &file, "-o", "json"]);
     let created: Value = serde_json::from_str(&out).unwrap();
     let ip = created["spec"]["clusterIP"].as_str().unwrap().to_string();
     assert!(ip.starts_with("10.96.0."), "{created}");
@@ -95,23 +89,12 @@ fn a_requested_ip_that_is_taken_is_refused_by_the_webhook_in_upstreams_words() {
 #[test]
 fn a_server_side_dry_run_allocates_nothing() {
     kubectl_ok(&["create", "namespace", "wh-dry"]);
-    let dir = tempfile::tempdir().unwrap();
-    let file = support::write(
-        dir.path(),
-        "svc.json",
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "dry", "namespace": "wh-dry"},
-            "spec": {"clusterIP": "10.96.0.210", "ports": [{"port": 80}]},
-        })
-        .to_string(),
-    );
-    kubectl_ok(&[
-        "apply",
-        "--dry-run=server",
-        "-f",
-        &file.display().to_string(),
-    ]);
+    let (_dir, file) = support::manifest(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "dry", "namespace": "wh-dry"},
+        "spec": {"clusterIP": "10.96.0.210", "ports": [{"port": 80}]},
+    }));
+    kubectl_ok(&["apply", "--dry-run=server", "-f", &file]);
     // Nothing was taken: another Service gets the address at once.
     let out = create_with_ip("wh-dry", "real", "10.96.0.210");
     assert!(out.status.success(), "{}", support::stderr(&out));

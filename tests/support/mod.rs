@@ -316,6 +316,14 @@ pub fn stderr(output: &Output) -> String {
 }
 
 /// Writes a file in `dir` and returns its path.
+/// `object` written as a JSON manifest in a directory of its own, for `kubectl -f`: the
+/// directory (kept alive by the caller) and the file's path.
+pub fn manifest(object: &serde_json::Value) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "manifest.json", &object.to_string());
+    (dir, path.display().to_string())
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
