@@ -30,7 +30,9 @@ enum Command {
     Dns(DnsArgs),
     /// Keep Endpoints and EndpointSlices of Services in step with their pods: beside
     /// kube-controller-manager for Services with the set-based `svcplane.io/selector`
-    /// annotation, or in place of its endpoint controllers (`--manage=all`).
+    /// annotation, or in place of its endpoint controllers (`--manage=all`); with a serving
+    /// certificate, also allocate ClusterIPs and NodePorts as kube-apiserver's mutating
+    /// admission webhook, from pools in etcd.
     Controller(Box<ControllerArgs>),
     /// Serve a Kubernetes-compatible API (namespaces, services, endpoints, pods, nodes,
     /// events, endpointslices, leases) from memory or etcd, for kubectl and kube-rs clients.
