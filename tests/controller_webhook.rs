@@ -159,6 +159,21 @@ impl Setup {
         support::stdout(&out)
     }
 
+    /// `kubectl create service clusterip NAME` in `ns`, asking for `ip`.
+    fn create_with_ip(&self, ns: &str, name: &str, ip: &str) -> std::process::Output {
+        let ip = format!("--clusterip={ip}");
+        self.kubectl(&[
+            "-n",
+            ns,
+            "create",
+            "service",
+            "clusterip",
+            name,
+            "--tcp=80:80",
+            &ip,
+        ])
+    }
+
     /// A kubectl-created namespace of the test's own.
     fn namespace(&self, name: &str) -> &'static str {
         self.kubectl_ok(&["create", "namespace", name]);
@@ -351,46 +366,20 @@ async fn a_server_side_dry_run_allocates_nothing() {
 async fn a_requested_cluster_ip_that_is_taken_is_refused_with_upstreams_text() {
     let setup = shared();
     let ns = setup.namespace("webhook-taken");
-    setup.kubectl_ok(&[
-        "-n",
-        ns,
-        "create",
-        "service",
-        "clusterip",
-        "first",
-        "--tcp=80:80",
-        "--clusterip=10.96.0.200",
-    ]);
+    let out = setup.create_with_ip(ns, "first", "10.96.0.200");
+    assert!(out.status.success(), "{}", support::stderr(&out));
     recorded_for("ipv4", "10.96.0.200", &format!("{ns}/first")).await;
-    let out = setup.kubectl(&[
-        "-n",
-        ns,
-        "create",
-        "service",
-        "clusterip",
-        "second",
-        "--tcp=80:80",
-        "--clusterip=10.96.0.200",
-    ]);
+    let out = setup.create_with_ip(ns, "second", "10.96.0.200");
     assert!(!out.status.success());
     let said = support::stderr(&out);
     assert!(
         said.contains(
-            "admission webhook \"allocation.svcplane.io\" denied the request: spec.clusterIPs: Invalid value: []string{\"10.96.0.200\"}: failed to allocate IP 10.96.0.200: provided IP is already allocated"
+            "admission webhook \"allocation.svcplane.io\" denied the request: spec.clusterIPs: Invalid value: [\"10.96.0.200\"]: failed to allocate IP 10.96.0.200: provided IP is already allocated"
         ),
         "{said}"
     );
     // Out of range, in upstream's words too.
-    let out = setup.kubectl(&[
-        "-n",
-        ns,
-        "create",
-        "service",
-        "clusterip",
-        "third",
-        "--tcp=80:80",
-        "--clusterip=10.97.0.5",
-    ]);
+    let out = setup.create_with_ip(ns, "third", "10.97.0.5");
     assert!(!out.status.success());
     let said = support::stderr(&out);
     assert!(
@@ -405,16 +394,8 @@ async fn a_requested_cluster_ip_that_is_taken_is_refused_with_upstreams_text() {
 async fn repair_records_a_value_missing_from_the_pool_and_frees_a_planted_leak() {
     let setup = shared();
     let ns = setup.namespace("webhook-repair");
-    setup.kubectl_ok(&[
-        "-n",
-        ns,
-        "create",
-        "service",
-        "clusterip",
-        "mended",
-        "--tcp=80:80",
-        "--clusterip=10.96.0.210",
-    ]);
+    let out = setup.create_with_ip(ns, "mended", "10.96.0.210");
+    assert!(out.status.success(), "{}", support::stderr(&out));
     let owner = format!("{ns}/mended");
     recorded_for("ipv4", "10.96.0.210", &owner).await;
     // Behind svcplane's back: the Service's record removed, and a record planted for a Service

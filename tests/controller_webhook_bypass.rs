@@ -87,6 +87,28 @@ async fn record(prefix: &str, pool: &str, value: &str) -> Option<Value> {
         .map(|kv| serde_json::from_slice(kv.value()).unwrap())
 }
 
+/// `kubectl create service` in namespace `bypass`: a NodePort Service `name`, or with `ip` a
+/// ClusterIP one asking for that address (`create service nodeport` takes no `--clusterip`).
+fn create_service(name: &str, ip: Option<&str>) -> std::process::Output {
+    let (kind, ip) = match ip {
+        Some(ip) => ("clusterip", Some(format!("--clusterip={ip}"))),
+        None => ("nodeport", None),
+    };
+    let mut args = vec![
+        "-n",
+        "bypass",
+        "create",
+        "service",
+        kind,
+        name,
+        "--tcp=80:80",
+        "-o",
+        "json",
+    ];
+    args.extend(ip.as_deref());
+    shared().kubectl("admin", &args)
+}
+
 fn kubectl_ok(args: &[&str]) -> String {
     let out = shared().kubectl("admin", args);
     assert!(
@@ -114,24 +136,19 @@ async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_ha
     // The controller is down: kube-apiserver ignores the unreachable webhook and allocates.
     let mut bypassed: Vec<(String, u64)> = Vec::new();
     for i in 0..4 {
-        let name = format!("early-{i}");
-        let out = kubectl_ok(&[
-            "-n",
-            "bypass",
-            "create",
-            "service",
-            "nodeport",
-            &name,
-            "--tcp=80:80",
-            "-o",
-            "json",
-        ]);
-        let svc: Value = serde_json::from_str(&out).unwrap();
+        let out = create_service(&format!("early-{i}"), None);
+        assert!(out.status.success(), "{}", support::stderr(&out));
+        let svc: Value = serde_json::from_str(&support::stdout(&out)).unwrap();
         bypassed.push((
             svc["spec"]["clusterIP"].as_str().unwrap().to_string(),
             svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap(),
         ));
     }
+    // kube-apiserver's own refusal of a taken address, to hold the webhook's against below.
+    let taken_ip = bypassed[0].0.clone();
+    let upstream = create_service("dup-upstream", Some(&taken_ip));
+    assert!(!upstream.status.success());
+    let upstream = support::stderr(&upstream);
     // It comes up and imports them from the Service watch.
     let (mut controller, http) = start_controller(dir.path(), webhook_port, prefix, CIDR, &certs);
     for (i, (ip, port)) in bypassed.iter().enumerate() {
@@ -164,27 +181,26 @@ async fn values_kube_apiserver_allocated_while_the_webhook_was_down_are_never_ha
         .sum();
     // 4 ClusterIPs, 4 NodePorts and default/kubernetes's 10.97.0.1.
     assert!(imported >= 9.0, "{metrics}");
+    // The same request through the webhook is refused in the same words (after kubectl's and
+    // kube-apiserver's framing: "The Service ... is invalid:" against "admission webhook ...
+    // denied the request:").
+    let ours = create_service("dup-webhook", Some(&taken_ip));
+    assert!(!ours.status.success());
+    let ours = support::stderr(&ours);
+    assert!(ours.contains("denied the request"), "{ours}");
+    let field_error = |said: &str| {
+        said.find("spec.clusterIPs:")
+            .map(|at| said[at..].trim().to_string())
+            .unwrap_or_else(|| panic!("no spec.clusterIPs error in {said}"))
+    };
+    assert_eq!(field_error(&ours), field_error(&upstream));
     // Fill the rest of the /28 through the webhook: 14 usable addresses, 10.97.0.1 is
     // default/kubernetes's, 4 are the imported ones, so 9 Services get one and the next is
     // refused as full. kube-apiserver refusing one as "already allocated" would mean svcplane
     // handed out an imported value.
     let mut given: Vec<String> = Vec::new();
     let refusal = loop {
-        let name = format!("fill-{}", given.len());
-        let out = cluster.kubectl(
-            "admin",
-            &[
-                "-n",
-                "bypass",
-                "create",
-                "service",
-                "nodeport",
-                &name,
-                "--tcp=80:80",
-                "-o",
-                "json",
-            ],
-        );
+        let out = create_service(&format!("fill-{}", given.len()), None);
         if !out.status.success() {
             break support::stderr(&out);
         }

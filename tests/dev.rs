@@ -182,7 +182,7 @@ async fn a_requested_cluster_ip_that_is_taken_is_refused_with_422() {
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     assert_eq!(
         status.message,
-        "Service \"second\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.20\"}: failed to allocate IP 10.96.0.20: provided IP is already allocated"
+        "Service \"second\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.20\"]: failed to allocate IP 10.96.0.20: provided IP is already allocated"
     );
     let outside = api_error(
         api.create(

@@ -2,7 +2,7 @@
 //!
 //! Every [`Cause`] carries upstream's `field.Error.Error()` text: `<field>: <Type>: <detail>`, or
 //! `<field>: Invalid value: <value>: <detail>` with the value rendered the way Go's `%v`/`%#v`
-//! renders it (strings in double quotes, numbers bare, string slices as `[]string{"a", "b"}`).
+//! renders it (strings in double quotes, numbers bare, string slices as JSON, `["a","b"]`).
 //! The name, label and annotation rules are those of `k8s.io/apimachinery/pkg/util/validation`
 //! and `pkg/api/validate/content`; the Service rules are `ValidateService` and
 //! `ValidateServiceUpdate` of `pkg/apis/core/validation`, plus the dual-stack checks the
@@ -18,7 +18,7 @@
 //! Deliberate differences from upstream:
 //! - an IP that changes on update is reported with the new value, e.g.
 //!   `spec.clusterIPs[0]: Invalid value: "10.0.0.2": may not change once set`; upstream renders
-//!   the whole list (`[]string{"10.0.0.2"}`). `spec.ipFamilies[i]` is reported the same way;
+//!   the whole list (`["10.0.0.2"]`). `spec.ipFamilies[i]` is reported the same way;
 //! - the cluster IPs are read as upstream's strategy syncs them before validating: `clusterIPs`
 //!   when set, otherwise `[clusterIP]`. Only a `clusterIP` that disagrees with a set
 //!   `clusterIPs[0]` is reported;
@@ -202,14 +202,12 @@ fn render_opt(v: Option<&Value>) -> String {
     v.map_or_else(|| "null".to_string(), render)
 }
 
-/// A Go `[]string` rendered with `%#v`; `None` is a nil slice.
+/// A Go `[]string` as apimachinery's field errors render it (JSON since v0.31); `None` is a nil
+/// slice (`null`).
 fn go_string_slice(v: Option<&[String]>) -> String {
     match v {
-        None => "[]string(nil)".to_string(),
-        Some(items) => {
-            let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
-            format!("[]string{{{}}}", quoted.join(", "))
-        }
+        None => "null".to_string(),
+        Some(items) => serde_json::to_string(items).unwrap_or_default(),
     }
 }
 
@@ -1519,7 +1517,7 @@ mod tests {
         let causes = validate_service(&service(), Some(&old));
         assert_eq!(
             only(&causes).message,
-            "spec.clusterIPs[0]: Invalid value: []string(nil): primary clusterIP can not be unset"
+            "spec.clusterIPs[0]: Invalid value: null: primary clusterIP can not be unset"
         );
 
         let new = json!({
@@ -1727,7 +1725,7 @@ mod tests {
         let causes = validate_service(&svc, None);
         assert_eq!(
             only(&causes).message,
-            r#"spec.clusterIPs: Invalid value: []string{"10.0.0.1", "10.0.0.2"}: may specify no more than one IP for each IP family"#
+            r#"spec.clusterIPs: Invalid value: ["10.0.0.1","10.0.0.2"]: may specify no more than one IP for each IP family"#
         );
 
         svc["spec"]["clusterIPs"] = json!(["10.0.0.1", "nope"]);

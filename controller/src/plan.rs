@@ -103,16 +103,9 @@ fn quoted(text: &str) -> String {
     format!("{text:?}")
 }
 
-/// Go's `%#v` of a string slice, as upstream prints list values.
+/// A string slice as apimachinery's field errors print it: JSON (`["a","b"]`), since v0.31.
 pub fn go_strings(items: &[String]) -> String {
-    format!(
-        "[]string{{{}}}",
-        items
-            .iter()
-            .map(|s| quoted(s))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    serde_json::to_string(items).unwrap_or_default()
 }
 
 /// Upstream's `patchAllocatedValues`: an update that omits values the Service already has

@@ -174,11 +174,7 @@ pub async fn run_once<S: Store>(ctx: &Context<S>, leaks: &mut Leaks) -> crate::R
             .filter(|v| v.pool == spec.name)
             .filter_map(|v| Some((pool.parse_value(&v.value)?, v.record.clone())))
             .collect();
-        let carriers = live
-            .iter()
-            .find(|(p, _)| **p == name)
-            .map(|(_, l)| l.as_slice())
-            .unwrap_or_default();
+        let carriers = live.get(name).map(Vec::as_slice).unwrap_or_default();
         let report = ipam::repair::diff(&pool, &stored, carriers, ipam::allocator::now_ms());
         let ip = name != ipam::spec::NODEPORT;
         let mut count = |kind: &'static str, n: usize| {

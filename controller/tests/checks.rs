@@ -79,7 +79,7 @@ async fn check_02_the_network_and_broadcast_addresses_are_never_allocated() {
             422,
             "Invalid",
             &format!(
-                "Service \"edge\" is invalid: spec.clusterIPs: Invalid value: []string{{\"{bad}\"}}: failed to allocate IP {bad}: the provided IP ({bad}) is not in the valid range. The range of valid IPs is 10.96.0.0/24"
+                "Service \"edge\" is invalid: spec.clusterIPs: Invalid value: [\"{bad}\"]: failed to allocate IP {bad}: the provided IP ({bad}) is not in the valid range. The range of valid IPs is 10.96.0.0/24"
             ),
         );
         assert_eq!(cause_field(&status), "spec.clusterIPs");
@@ -306,7 +306,7 @@ async fn check_07_a_second_service_requesting_a_taken_ip_gets_422_on_cluster_ips
         &status,
         422,
         "Invalid",
-        "Service \"b\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.10\"}: failed to allocate IP 10.96.0.10: provided IP is already allocated",
+        "Service \"b\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.10\"]: failed to allocate IP 10.96.0.10: provided IP is already allocated",
     );
     assert_eq!(cause_field(&status), "spec.clusterIPs");
     assert!(h.allocated_to(IPV4, ip("10.96.0.10"), "default/a"));
@@ -646,7 +646,7 @@ async fn check_17_a_failed_create_leaves_nothing_it_allocated() {
         &status,
         422,
         "Invalid",
-        "Service \"victim\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.50\", \"fd00:10:96::10\"}: failed to allocate IP fd00:10:96::10: provided IP is already allocated",
+        "Service \"victim\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.50\",\"fd00:10:96::10\"]: failed to allocate IP fd00:10:96::10: provided IP is already allocated",
     );
     assert_eq!(h.record(IPV4, ip("10.96.0.50")), None);
     assert_eq!(h.values_of(IPV4, "default/victim"), []);
@@ -844,7 +844,7 @@ async fn a_hold_keeps_an_ip_for_the_same_service_and_refuses_it_to_another() {
         422,
         "Invalid",
         &format!(
-            "Service \"thief\" is invalid: spec.clusterIPs: Invalid value: []string{{\"{kept}\"}}: failed to allocate IP {kept}: provided IP is already allocated"
+            "Service \"thief\" is invalid: spec.clusterIPs: Invalid value: [\"{kept}\"]: failed to allocate IP {kept}: provided IP is already allocated"
         ),
     );
 
@@ -879,7 +879,7 @@ async fn a_named_reservation_gives_its_value_only_to_its_object() {
         &status,
         422,
         "Invalid",
-        "Service \"other\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.10\"}: failed to allocate IP 10.96.0.10: provided IP is already allocated (reserved for default/dns)",
+        "Service \"other\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.10\"]: failed to allocate IP 10.96.0.10: provided IP is already allocated (reserved for default/dns)",
     );
     // Dynamic allocation never hands it out: 13 others fill the rest.
     for i in 0..13 {
