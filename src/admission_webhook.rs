@@ -38,7 +38,8 @@ pub(crate) enum FailurePolicy {
 pub(crate) struct WebhookAdmission {
     url: String,
     uri: hyper::Uri,
-    /// The URL's host, naming the webhook in messages as upstream names it by configuration.
+    /// The webhook's name in messages (upstream's `webhooks[].name`): the URL's host unless
+    /// [`WebhookAdmission::named`].
     host: String,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     failure_policy: FailurePolicy,
@@ -46,6 +47,12 @@ pub(crate) struct WebhookAdmission {
 }
 
 impl WebhookAdmission {
+    /// The webhook named `name` in messages, as a `MutatingWebhookConfiguration` names it.
+    pub(crate) fn named(mut self, name: &str) -> WebhookAdmission {
+        self.host = name.to_string();
+        self
+    }
+
     /// A client of the webhook at `url` (https only), trusting only the certificates of the PEM
     /// bundle `ca_file` (required), waiting at most `timeout` for each call (upstream's default is
     /// 10 s).
@@ -181,11 +188,17 @@ impl WebhookAdmission {
             .and_then(|cause| cause["field"].as_str())
             .filter(|field| !field.is_empty())
             .map(str::to_string);
+        // kube-apiserver passes the Status's details on as they are.
+        let details = status
+            .get("details")
+            .filter(|d| d.as_object().is_some_and(|d| !d.is_empty()))
+            .cloned();
         Denial {
             code,
             reason,
             message,
             field,
+            details,
         }
     }
 
@@ -201,6 +214,7 @@ impl WebhookAdmission {
                     self.host
                 ),
                 field: None,
+                details: None,
             }),
             FailurePolicy::Ignore => {
                 tracing::warn!(
@@ -572,6 +586,11 @@ mod tests {
                           the test webhook refuses Services labelled webhook=deny"
                     .into(),
                 field: Some("metadata.labels".into()),
+                details: Some(json!({"causes": [{
+                    "reason": "FieldValueForbidden",
+                    "field": "metadata.labels",
+                    "message": "the test webhook refuses Services labelled webhook=deny",
+                }]})),
             }
         );
     }
@@ -731,6 +750,7 @@ mod tests {
                 message: "admission webhook \"127.0.0.1\" denied the request without explanation"
                     .into(),
                 field: None,
+                details: None,
             }
         );
         let denial = admission.denial(&json!({"code": 200, "reason": "NotToday"}));

@@ -55,7 +55,11 @@ pub(crate) async fn start<S: Store>(
         FailurePolicy::Fail,
         CALL_TIMEOUT,
     )
+    .map(|client| client.named(WEBHOOK_NAME))
 }
+
+/// The name `svcplane dev` gives the webhook, as the Helm chart's configuration names it.
+const WEBHOOK_NAME: &str = "allocation.svcplane.io";
 
 /// A CA and a serving certificate for 127.0.0.1 signed by it, as PEM files.
 fn write_certs(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {

@@ -41,6 +41,7 @@ impl<S: Store> ServiceAdmission for LocalAdmission<S> {
                     reason: d.reason,
                     message: d.message,
                     field: d.field,
+                    details: None,
                 }),
             }
         })

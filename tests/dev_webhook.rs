@@ -81,7 +81,7 @@ fn a_requested_ip_that_is_taken_is_refused_by_the_webhook_in_upstreams_words() {
     assert!(!out.status.success());
     let said = support::stderr(&out);
     assert!(
-        said.contains("denied the request: spec.clusterIPs: Invalid value: [\"10.96.0.200\"]: failed to allocate IP 10.96.0.200: provided IP is already allocated"),
+        said.contains("denied the request: Service \"second\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.200\"]: failed to allocate IP 10.96.0.200: provided IP is already allocated"),
         "{said}"
     );
 }

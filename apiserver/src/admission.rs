@@ -51,6 +51,9 @@ pub struct Denial {
     pub message: String,
     /// The field at fault, e.g. `spec.clusterIPs`.
     pub field: Option<String>,
+    /// A webhook's Status details (name, kind, field causes), passed on as given, as
+    /// kube-apiserver passes them.
+    pub details: Option<Value>,
 }
 
 /// Mutating admission for Services.

@@ -34,7 +34,7 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, details: Value) -> ApiError {
+    pub(crate) fn with_details(mut self, details: Value) -> ApiError {
         self.details = Some(details);
         self
     }

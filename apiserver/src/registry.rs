@@ -659,7 +659,14 @@ impl Registry {
                 object::drop_type_dependent_fields(resource, &current, &mut next);
                 object::trim_for_single_stack(resource, &current, &mut next);
                 object::apply_defaults(resource, &mut next);
-                self.validate(resource, &next, Some(&current))?;
+                // kube-apiserver runs mutating webhooks, then its allocator, then validation:
+                // an admission in a webhook's place sees the update unvalidated (and the
+                // allocator's refusals come before validation's). Validated after, either way.
+                let early = resource.is_service()
+                    && self.config.admission.iter().any(|a| a.before_naming());
+                if !early {
+                    self.validate(resource, &next, Some(&current))?;
+                }
                 next = self
                     .admit(
                         &uid,
@@ -1302,6 +1309,11 @@ fn denied(resource: &Resource, object: &Value, denial: crate::admission::Denial)
         reason,
         denial.message,
     );
+    // A webhook's details (its field causes) go on as given, as kube-apiserver passes them:
+    // kubectl then prints `The Service "web" is invalid: <field>: <cause>` from them.
+    if let Some(details) = denial.details {
+        return e.with_details(details);
+    }
     // No details: kubectl then prints the denial's message as it is ("Error from server
     // (Invalid): ... admission webhook ... denied the request: ...") rather than a list of
     // field causes the webhook may not have spelled out.

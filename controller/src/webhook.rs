@@ -324,6 +324,7 @@ async fn admit<S: Store>(
         return deny(
             &webhook.metrics,
             allowed,
+            &request.name,
             Denial {
                 code: 400,
                 reason: "BadRequest".into(),
@@ -351,35 +352,53 @@ async fn admit<S: Store>(
             Err(e) => deny(
                 &webhook.metrics,
                 allowed,
+                &request.name,
                 internal(format!("cannot encode the patch: {e}")),
             ),
         },
-        Ok(Err(denial)) => deny(&webhook.metrics, allowed, denial),
+        Ok(Err(denial)) => deny(&webhook.metrics, allowed, &request.name, denial),
         Err(e) => deny(
             &webhook.metrics,
             allowed,
+            &request.name,
             internal(format!("the admission failed: {e}")),
         ),
     }
 }
 
-/// A refusal as kube-apiserver passes it on: the Status's code, reason and message, with the
-/// field as a cause.
-fn deny(metrics: &Metrics, response: AdmissionResponse, denial: Denial) -> AdmissionResponse {
+/// A refusal as kube-apiserver's own validation words it, which kube-apiserver passes on with
+/// `admission webhook "<name>" denied the request: ` before the message: a field error is
+/// `Service "<name>" is invalid: <field>: <body>` with the field and body as a cause (kubectl
+/// prints `The Service "<name>" is invalid: <field>: <body>` from them, as it does for
+/// kube-apiserver's own refusal); anything else is the code, reason and message.
+fn deny(
+    metrics: &Metrics,
+    response: AdmissionResponse,
+    name: &str,
+    denial: Denial,
+) -> AdmissionResponse {
     metrics
         .webhook_denials
         .inc(&[bounded_reason(&denial.reason)]);
-    let mut response = response.deny(&denial.message);
-    let mut status = Status::failure(&denial.message, &denial.reason).with_code(denial.code);
-    if let Some(field) = denial.field {
+    let cause = denial.field.as_deref().and_then(|field| {
+        let body = denial.message.strip_prefix(field)?.strip_prefix(": ")?;
+        Some((field.to_string(), body.to_string()))
+    });
+    let message = match &cause {
+        Some(_) => format!("Service {name:?} is invalid: {}", denial.message),
+        None => denial.message.clone(),
+    };
+    let mut response = response.deny(&message);
+    let mut status = Status::failure(&message, &denial.reason).with_code(denial.code);
+    if let Some((field, body)) = cause {
         status = status.with_details(StatusDetails {
-            name: String::new(),
+            name: name.to_string(),
             group: String::new(),
             kind: "Service".into(),
             uid: String::new(),
             causes: vec![StatusCause {
                 reason: "FieldValueInvalid".into(),
-                message: denial.message.clone(),
+                message: body,
                 field,
             }],
             retry_after_seconds: 0,

@@ -181,7 +181,11 @@ async fn review(
                 "code": 422,
                 "reason": "Invalid",
                 "message": "the test webhook refuses Services labelled webhook=deny",
-                "details": {"causes": [{"field": "metadata.labels"}]},
+                "details": {"causes": [{
+                    "reason": "FieldValueForbidden",
+                    "field": "metadata.labels",
+                    "message": "the test webhook refuses Services labelled webhook=deny",
+                }]},
             },
         }),
         "forbid" => json!({

@@ -61,6 +61,7 @@ impl ServiceAdmission for Allocation {
                     reason: d.reason,
                     message: d.message,
                     field: d.field,
+                    details: None,
                 })
         })
     }
