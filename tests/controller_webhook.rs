@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use serde_json::{Value, json};
-use testkit::cluster::{self, Cluster, ClusterOptions, WebhookController};
+use support::webhook::{PATIENCE, WebhookCluster};
+use testkit::cluster::WebhookController;
 use testkit::process::Watched;
-
-/// The bound of every wait.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// kube-apiserver's ranges and svcplane's pools.
 const CIDRS: &str = "10.96.0.0/24,fd00:10:96::/120";
@@ -28,137 +26,25 @@ const CIDRS: &str = "10.96.0.0/24,fd00:10:96::/120";
 /// Where svcplane keeps its pools in the cluster's etcd.
 const PREFIX: &str = "/svcplane-webhook-test/";
 
-/// The namespace the webhook configuration leaves out (where the controller would run).
-const CONTROLLER_NAMESPACE: &str = "svcplane-system";
-
-struct Setup {
-    cluster: Cluster,
-    controller: Watched,
-    http_port: u16,
-    _dir: tempfile::TempDir,
-}
-
 /// One cluster, one webhook-serving controller and its configuration, for the whole binary.
-fn shared() -> &'static Setup {
-    static SETUP: OnceLock<Setup> = OnceLock::new();
+fn shared() -> &'static WebhookCluster {
+    static SETUP: OnceLock<WebhookCluster> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let cluster = Cluster::start(ClusterOptions {
-            controllers: Some(vec!["namespace".into(), "serviceaccount".into()]),
-            node_port_range: None,
-            service_cidrs: Some(CIDRS.into()),
-            controller_manager_args: Vec::new(),
-        });
-        cluster.apply(&cluster::svcplane_controller_rbac());
-        let dir = tempfile::tempdir().unwrap();
-        let certs = testkit::make_certs(dir.path());
-        let (http_port, webhook_port) = (testkit::free_port(), testkit::free_port());
-        let mut args = cluster.webhook_controller_args(&WebhookController {
-            identity: "svcplane-controller",
-            http_port,
-            webhook_port,
-            certs: &certs,
-            prefix: PREFIX,
-            cidrs: CIDRS,
-        });
-        args.extend(
-            [
+        WebhookCluster::start(
+            CIDRS,
+            None,
+            PREFIX,
+            &[
                 "--leader-elect=false",
                 "--release-retry-interval=1s",
                 "--repair-interval=1s",
                 "--allocation-timeout=2s",
-            ]
-            .map(Into::into),
-        );
-        let controller = Watched::spawn(
-            Path::new(env!("CARGO_BIN_EXE_svcplane")),
-            args,
-            &[("RUST_LOG", "info")],
-            &dir.path().join("controller.log"),
-            None,
-        );
-        let started = Instant::now();
-        while !controller
-            .log()
-            .contains("serving the Service admission webhook")
-        {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the webhook never started:\n{}",
-                controller.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let selector = json!({"matchExpressions": [{
-            "key": "kubernetes.io/metadata.name",
-            "operator": "NotIn",
-            "values": [CONTROLLER_NAMESPACE],
-        }]});
-        cluster.apply(&[
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}}),
-            cluster::allocation_webhook_configuration(
-                &format!("https://127.0.0.1:{webhook_port}/mutate-services"),
-                &certs.ca,
-                "Fail",
-                Some(selector),
-            ),
-        ]);
-        let setup = Setup {
-            cluster,
-            controller,
-            http_port,
-            _dir: dir,
-        };
-        setup.wait_until_called();
-        setup
+            ],
+        )
     })
 }
 
-impl Setup {
-    /// kube-apiserver picks up a new webhook configuration a moment after it is stored: waits
-    /// until a Service create reaches the webhook.
-    fn wait_until_called(&self) {
-        let started = Instant::now();
-        let namespace = "webhook-probe";
-        self.kubectl(&["create", "namespace", namespace]);
-        for i in 0.. {
-            let name = format!("probe-{i}");
-            self.kubectl(&[
-                "-n",
-                namespace,
-                "create",
-                "service",
-                "clusterip",
-                &name,
-                "--tcp=80:80",
-            ]);
-            if self.metric("controller_runtime_webhook_requests_total") > 0.0 {
-                return;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "kube-apiserver never called the webhook:\n{}",
-                self.controller.log()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        self.cluster.kubectl("admin", args)
-    }
-
-    /// kubectl, which must succeed; its stdout.
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}\ncontroller:\n{}",
-            support::stderr(&out),
-            self.controller.log()
-        );
-        support::stdout(&out)
-    }
-
+impl WebhookCluster {
     /// `kubectl create service clusterip NAME` in `ns`, asking for `ip`.
     fn create_with_ip(&self, ns: &str, name: &str, ip: &str) -> std::process::Output {
         let ip = format!("--clusterip={ip}");
@@ -178,22 +64,6 @@ impl Setup {
     fn namespace(&self, name: &str) -> &'static str {
         self.kubectl_ok(&["create", "namespace", name]);
         Box::leak(name.to_string().into_boxed_str())
-    }
-
-    /// The sum of the controller's series whose line starts with `prefix`.
-    fn metric(&self, prefix: &str) -> f64 {
-        let (_, body) =
-            support::http(self.http_port, "GET", "/metrics", &[], None).unwrap_or_default();
-        body.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// The Service as stored.
-    fn service(&self, namespace: &str, name: &str) -> Value {
-        let out = self.kubectl_ok(&["-n", namespace, "get", "service", name, "-o", "json"]);
-        serde_json::from_str(&out).unwrap()
     }
 }
 
@@ -374,7 +244,7 @@ async fn a_requested_cluster_ip_that_is_taken_is_refused_with_upstreams_text() {
     let said = support::stderr(&out);
     assert!(
         said.contains(
-            "admission webhook \"allocation.svcplane.io\" denied the request: spec.clusterIPs: Invalid value: [\"10.96.0.200\"]: failed to allocate IP 10.96.0.200: provided IP is already allocated"
+            "admission webhook \"allocation.svcplane.io\" denied the request: Service \"second\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.200\"]: failed to allocate IP 10.96.0.200: provided IP is already allocated"
         ),
         "{said}"
     );

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod dns_compare;
+pub mod webhook;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
