@@ -42,8 +42,9 @@ pub(crate) struct DevArgs {
     /// a timeout, leaving nothing allocated.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     allocation_timeout: Duration,
-    /// With `--allocation=webhook`: how often the pools are compared with the Services (leaks
-    /// of writes that failed after admission freed after three runs), as `svcplane controller`.
+    /// How often the pools are compared with the Services, as kube-apiserver's repair
+    /// controllers and `svcplane controller` do: values missing from the pools are recorded
+    /// (with upstream's events), leaks freed after three runs and the allocation timeout.
     #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
     repair_interval: Duration,
     /// How often the releaser retries releases and records that failed (API or pools away).
@@ -204,10 +205,11 @@ async fn run_with<S: Store>(
         .await
         .context("the releaser did not list the Services within 30 s")?
         .context("the releaser stopped before listing the Services")?;
-    // A webhook is not told of writes that fail after it admitted them: repair frees what they
-    // took, as `svcplane controller` does.
-    let repair = (args.allocation == AllocationMode::Webhook).then(|| {
-        tokio::spawn(controller::repair::run(controller::repair::Context::new(
+    // Repair, as kube-apiserver's repair controllers run beside its allocator and `svcplane
+    // controller` beside its webhook: values the pools lack are recorded again, with upstream's
+    // events; leaks are freed (a webhook is not told of writes that fail after it admitted them).
+    let _stop_repair = crate::cli::AbortOnDrop(tokio::spawn(controller::repair::run(
+        controller::repair::Context::new(
             allocator.clone(),
             client.clone(),
             Arc::new(controller::metrics::Metrics::default()),
@@ -215,9 +217,8 @@ async fn run_with<S: Store>(
                 interval: args.repair_interval,
                 leak_grace: args.allocation_timeout,
             },
-        )))
-    });
-    let _stop_repair = repair.map(crate::cli::AbortOnDrop);
+        ),
+    )));
     // The endpoint controllers in `all` mode, as kube-controller-manager's would run; they and
     // the DNS cache share one watch of Services and one of EndpointSlices.
     let mut service_watch = cache::follow::SharedWatch::new(kube::Api::all(client.clone()));

@@ -660,11 +660,9 @@ impl Registry {
                 object::trim_for_single_stack(resource, &current, &mut next);
                 object::apply_defaults(resource, &mut next);
                 // kube-apiserver runs mutating webhooks, then its allocator, then validation:
-                // an admission in a webhook's place sees the update unvalidated (and the
-                // allocator's refusals come before validation's). Validated after, either way.
-                let early = resource.is_service()
-                    && self.config.admission.iter().any(|a| a.before_naming());
-                if !early {
+                // a Service update reaches admission unvalidated (so the allocator's refusals
+                // come before validation's) and is validated after it.
+                if !resource.is_service() {
                     self.validate(resource, &next, Some(&current))?;
                 }
                 next = self
