@@ -12,9 +12,9 @@ use apiserver::server::{Server, ServerConfig};
 use apiserver::storage::{Storage, etcd::EtcdStorage, memory::MemoryStorage};
 use clap::Args;
 
-use crate::admission_webhook::{FailurePolicy, WebhookAdmission};
 use crate::etcd_flags::parse_duration;
 use crate::kubelet_flags::KubeletFlags;
+use apiserver::admission_webhook::{FailurePolicy, WebhookAdmission};
 
 /// Where the API server keeps its objects.
 #[derive(Debug, Clone, Args)]
@@ -142,7 +142,7 @@ pub(crate) struct ServeFlags {
     admission_ca: Option<PathBuf>,
     /// What a webhook that cannot be reached means: Fail refuses the write, Ignore stores the
     /// Service as it is.
-    #[arg(long, value_name = "POLICY", value_enum, default_value = "fail")]
+    #[arg(long, value_name = "POLICY", default_value = "Fail")]
     admission_failure_policy: FailurePolicy,
     /// Per-call webhook timeout.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]

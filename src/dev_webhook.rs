@@ -14,7 +14,7 @@ use controller::metrics::Metrics;
 use controller::webhook::{self, CertFiles, Webhook};
 use ipam::store::Store;
 
-use crate::admission_webhook::{FailurePolicy, WebhookAdmission};
+use apiserver::admission_webhook::{FailurePolicy, WebhookAdmission};
 
 /// How long the API server waits for the webhook (kube-apiserver's default `timeoutSeconds`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +56,7 @@ pub(crate) async fn start<S: Store>(
         CALL_TIMEOUT,
     )
     .map(|client| client.named(WEBHOOK_NAME))
+    .map_err(Into::into)
 }
 
 /// The name `svcplane dev` gives the webhook, as the Helm chart's configuration names it.

@@ -1,6 +1,5 @@
 //! The `svcplane` binary: parses the command line, sets up logging and runs the command.
 
-mod admission_webhook;
 mod apiserver_cmd;
 mod cli;
 mod controller_cmd;

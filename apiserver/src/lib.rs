@@ -4,10 +4,12 @@
 //! events.k8s.io/v1 events over REST and watch, from memory or etcd, faithfully enough that
 //! kube-rs and kubectl cannot tell it apart from kube-apiserver where it matters.
 //!
-//! Services pass through a [`ServiceAdmission`] after the plain defaults; the API server itself
-//! allocates nothing.
+//! Services pass through a [`ServiceAdmission`] after the plain defaults — in process, or a
+//! mutating admission webhook called over HTTPS as kube-apiserver calls one
+//! ([`admission_webhook`]); the API server itself allocates nothing.
 
 pub mod admission;
+pub mod admission_webhook;
 pub mod discovery;
 pub mod error;
 pub mod event_conversion;

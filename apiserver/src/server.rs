@@ -45,7 +45,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn config_error(flag: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn config_error(flag: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         flag,
         message: message.into(),

@@ -9,8 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use apiserver::{AdmissionRequest, Denial, Operation, ServiceAdmission};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -22,20 +20,38 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
+use crate::admission::{AdmissionRequest, Denial, Operation, ServiceAdmission};
+use crate::server::{ConfigError, config_error};
+
 /// The largest webhook response read.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// What to do when the webhook cannot be called or its answer cannot be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum FailurePolicy {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
     /// Refuse the write with a 500 InternalError.
     Fail,
     /// Log a warning and admit the Service unchanged.
     Ignore,
 }
 
+impl std::str::FromStr for FailurePolicy {
+    type Err = String;
+
+    /// `Fail` or `Ignore`, as a webhook configuration spells them (any case).
+    fn from_str(text: &str) -> Result<FailurePolicy, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "fail" => Ok(FailurePolicy::Fail),
+            "ignore" => Ok(FailurePolicy::Ignore),
+            _ => Err(format!(
+                "{text:?} is not a failure policy; use Fail or Ignore"
+            )),
+        }
+    }
+}
+
 /// A mutating admission webhook called over HTTPS.
-pub(crate) struct WebhookAdmission {
+pub struct WebhookAdmission {
     url: String,
     uri: hyper::Uri,
     /// The webhook's name in messages (upstream's `webhooks[].name`): the URL's host unless
@@ -48,7 +64,7 @@ pub(crate) struct WebhookAdmission {
 
 impl WebhookAdmission {
     /// The webhook named `name` in messages, as a `MutatingWebhookConfiguration` names it.
-    pub(crate) fn named(mut self, name: &str) -> WebhookAdmission {
+    pub fn named(mut self, name: &str) -> WebhookAdmission {
         self.host = name.to_string();
         self
     }
@@ -56,37 +72,45 @@ impl WebhookAdmission {
     /// A client of the webhook at `url` (https only), trusting only the certificates of the PEM
     /// bundle `ca_file` (required), waiting at most `timeout` for each call (upstream's default is
     /// 10 s).
-    pub(crate) fn new(
+    pub fn new(
         url: &str,
         ca_file: Option<&Path>,
         failure_policy: FailurePolicy,
         timeout: Duration,
-    ) -> anyhow::Result<WebhookAdmission> {
+    ) -> Result<WebhookAdmission, ConfigError> {
+        const FLAG: &str = "--service-admission-webhook";
         let uri: hyper::Uri = url
             .parse()
-            .with_context(|| format!("--service-admission-webhook {url:?} is not a URL"))?;
+            .map_err(|e| config_error(FLAG, format!("{url:?} is not a URL: {e}")))?;
         if uri.scheme_str() != Some("https") {
-            bail!("--service-admission-webhook {url:?} must be an https:// URL");
+            return Err(config_error(
+                FLAG,
+                format!("{url:?} must be an https:// URL"),
+            ));
         }
         let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
-            bail!("--service-admission-webhook {url:?} has no host");
+            return Err(config_error(FLAG, format!("{url:?} has no host")));
         };
         let host = host.to_string();
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            bail!("--service-admission-webhook {url:?} must not carry user information");
+            return Err(config_error(
+                FLAG,
+                format!("{url:?} must not carry user information"),
+            ));
         }
         let Some(ca_file) = ca_file else {
-            bail!(
-                "--admission-ca is required with --service-admission-webhook: \
-                 the PEM bundle of the CA that signed the webhook's certificate"
-            );
+            return Err(config_error(
+                "--admission-ca",
+                "required with --service-admission-webhook: \
+                 the PEM bundle of the CA that signed the webhook's certificate",
+            ));
         };
         let roots = load_roots(ca_file)?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions for the admission webhook client")?
+        .map_err(|e| config_error(FLAG, format!("TLS protocol versions: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -254,20 +278,21 @@ enum Verdict {
     Denied(Value),
 }
 
-fn load_roots(ca_file: &Path) -> anyhow::Result<rustls::RootCertStore> {
+fn load_roots(ca_file: &Path) -> Result<rustls::RootCertStore, ConfigError> {
     let shown = ca_file.display();
+    let refused = |what: String| config_error("--admission-ca", format!("{shown}: {what}"));
     let certs = CertificateDer::pem_file_iter(ca_file)
-        .with_context(|| format!("--admission-ca {shown}: cannot read it"))?
+        .map_err(|e| refused(format!("cannot read it: {e}")))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("--admission-ca {shown}: not a PEM bundle"))?;
+        .map_err(|e| refused(format!("not a PEM bundle: {e}")))?;
     if certs.is_empty() {
-        bail!("--admission-ca {shown}: no certificate in it");
+        return Err(refused("no certificate in it".into()));
     }
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
         roots
             .add(cert)
-            .with_context(|| format!("--admission-ca {shown}: an unusable certificate"))?;
+            .map_err(|e| refused(format!("an unusable certificate: {e}")))?;
     }
     Ok(roots)
 }
@@ -719,7 +744,7 @@ mod tests {
         .err()
         .unwrap()
         .to_string();
-        assert!(err.contains("--admission-ca is required"), "{err}");
+        assert!(err.contains("--admission-ca: required"), "{err}");
     }
 
     #[test]
@@ -735,7 +760,7 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(format!("{err:#}").contains("--admission-ca"), "{err:#}");
+        assert!(err.to_string().contains("--admission-ca"), "{err}");
     }
 
     #[test]
