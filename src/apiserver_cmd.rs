@@ -12,26 +12,16 @@ use apiserver::server::{Server, ServerConfig};
 use apiserver::storage::{Storage, etcd::EtcdStorage, memory::MemoryStorage};
 use clap::Args;
 
-use crate::etcd_flags::parse_duration;
+use crate::etcd_flags::{EtcdConnection, parse_duration};
 use crate::kubelet_flags::KubeletFlags;
 use apiserver::admission_webhook::{FailurePolicy, WebhookAdmission};
 
-/// Where the API server keeps its objects.
+/// Where the API server keeps its objects: etcd (the shared etcd flags) or, without
+/// `--etcd-endpoints`, memory, lost at exit.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct StorageFlags {
-    /// etcd client URLs (repeat or separate with commas); without them objects live in memory
-    /// and are lost at exit.
-    #[arg(long = "etcd-endpoints", value_name = "URL", value_delimiter = ',')]
-    etcd_endpoints: Vec<String>,
-    /// CA bundle that signed etcd's serving certificate (enables TLS).
-    #[arg(long = "etcd-cafile", value_name = "FILE")]
-    etcd_ca_file: Option<PathBuf>,
-    /// Client certificate for etcd (with --etcd-keyfile).
-    #[arg(long = "etcd-certfile", value_name = "FILE")]
-    etcd_cert_file: Option<PathBuf>,
-    /// Private key of the client certificate.
-    #[arg(long = "etcd-keyfile", value_name = "FILE")]
-    etcd_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdConnection,
     /// Key prefix of the objects in etcd; must start and end with '/'.
     #[arg(
         long = "etcd-prefix",
@@ -39,9 +29,6 @@ pub(crate) struct StorageFlags {
         default_value = "/svcplane/registry/"
     )]
     etcd_prefix: String,
-    /// etcd dial and per-request timeout.
-    #[arg(long = "etcd-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    etcd_timeout: Duration,
     /// etcd: history older than this is compacted, as kube-apiserver does (0 disables).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     etcd_compaction_interval: Duration,
@@ -53,44 +40,28 @@ pub(crate) struct StorageFlags {
 
 impl StorageFlags {
     pub(crate) fn etcd_endpoints(&self) -> &[String] {
-        &self.etcd_endpoints
+        &self.etcd.endpoints
     }
 
     pub(crate) fn etcd_compaction_interval(&self) -> Duration {
         self.etcd_compaction_interval
     }
 
-    /// The etcd connection settings (with the registry's prefix).
-    pub(crate) fn etcd_config(&self) -> ipam::store::etcd::EtcdConfig {
-        ipam::store::etcd::EtcdConfig {
-            endpoints: self.etcd_endpoints.clone(),
-            prefix: self.etcd_prefix.clone(),
-            ca_file: self.etcd_ca_file.clone(),
-            cert_file: self.etcd_cert_file.clone(),
-            key_file: self.etcd_key_file.clone(),
-            timeout: self.etcd_timeout,
-        }
+    /// The etcd connection, with keys under `prefix`.
+    pub(crate) fn etcd_config(&self, prefix: &str) -> etcdconf::EtcdConfig {
+        self.etcd.config(prefix)
     }
 
     /// Connects to etcd, or makes the memory store.
     pub(crate) async fn open(&self) -> anyhow::Result<(Storage, String)> {
-        if self.etcd_endpoints.is_empty() {
+        if self.etcd.endpoints.is_empty() {
             return Ok((
                 Storage::Memory(MemoryStorage::new(self.watch_history)),
                 "/registry/".into(),
             ));
         }
-        if !self.etcd_prefix.starts_with('/') || !self.etcd_prefix.ends_with('/') {
-            anyhow::bail!(
-                "--etcd-prefix: {:?} must start and end with '/', e.g. /svcplane/registry/",
-                self.etcd_prefix
-            );
-        }
-        let (client, _) = self.etcd_config().connect_client().await?;
-        Ok((
-            Storage::Etcd(Box::new(EtcdStorage::new(client))),
-            self.etcd_prefix.clone(),
-        ))
+        let (storage, prefix) = EtcdStorage::connect(&self.etcd_config(&self.etcd_prefix)).await?;
+        Ok((Storage::Etcd(Box::new(storage)), prefix))
     }
 }
 

@@ -161,7 +161,7 @@ async fn start_webhook(
     let certs = webhook::CertFiles::load(cert, key).map_err(anyhow::Error::msg)?;
     let listener = webhook::bind(args.listen_webhook).await?;
     anyhow::ensure!(
-        !args.etcd.endpoints.is_empty(),
+        !args.etcd.connection.endpoints.is_empty(),
         "--tls-cert-file: the webhook allocates from pools in etcd, shared by every replica; give --etcd-endpoints"
     );
     let specs = args.pools.specs()?;

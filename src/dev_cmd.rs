@@ -105,10 +105,7 @@ pub(crate) async fn run(mut args: DevArgs) -> anyhow::Result<()> {
         )
         .await
     } else {
-        let config = ipam::store::etcd::EtcdConfig {
-            prefix: args.ipam_etcd_prefix.clone(),
-            ..args.storage.etcd_config()
-        };
+        let config = args.storage.etcd_config(&args.ipam_etcd_prefix);
         let store = ipam::store::etcd::EtcdStore::connect(&config).await?;
         run_with(args, store, specs, cluster).await
     }

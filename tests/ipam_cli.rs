@@ -195,10 +195,9 @@ fn four_bench_processes_allocate_concurrently_without_duplicates_and_a_later_pro
     assert_eq!(reported.len(), 4000);
     // etcd holds exactly these values, owner by owner.
     let stored = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store =
-            EtcdStore::connect(&EtcdConfig::new(vec![etcd.clone()]).with_prefix(prefix.clone()))
-                .await
-                .unwrap();
+        let store = EtcdStore::connect(&EtcdConfig::new(vec![etcd.clone()], prefix.clone()))
+            .await
+            .unwrap();
         store.snapshot().await.unwrap().values
     });
     let stored: BTreeMap<String, ipam::Owner> = stored

@@ -48,6 +48,20 @@ pub enum Error {
     Conflict,
 }
 
+impl From<etcdconf::Error> for Error {
+    fn from(e: etcdconf::Error) -> Error {
+        match e {
+            etcdconf::Error::Invalid { flag, message } => Error::InvalidSpec {
+                field: flag,
+                message,
+            },
+            etcdconf::Error::Unavailable { endpoints, message } => {
+                Error::Unavailable { endpoints, message }
+            }
+        }
+    }
+}
+
 impl Error {
     /// True for failures worth retrying: the store was unreachable or timed out.
     pub fn is_transient(&self) -> bool {

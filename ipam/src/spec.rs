@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use etcdconf::parse_duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -404,16 +405,6 @@ pub fn specs_from_flags(
     Ok(specs)
 }
 
-/// Parses a duration such as `5m`, `30s`, `1500ms` or `0`.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 5m, 30s or 0"))
-}
-
 /// Serialises durations as `5m`, `1s 500ms`, `0s`.
 mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -425,7 +416,7 @@ mod duration_text {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
+        etcdconf::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 

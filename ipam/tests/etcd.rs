@@ -22,8 +22,10 @@ async fn connect(config: &EtcdConfig) -> ipam::Result<EtcdStore> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_allocators_with_their_own_clients_take_4000_values_from_a_slash_20_without_duplicates()
  {
-    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()])
-        .with_prefix(testkit::unique_prefix("four"));
+    let config = EtcdConfig::new(
+        vec![testkit::Etcd::shared().endpoint()],
+        testkit::unique_prefix("four"),
+    );
     create(
         &connect(&config).await.unwrap(),
         &[ip_pool(&["10.96.0.0/20"], HOUR)],
@@ -57,7 +59,7 @@ async fn four_allocators_with_their_own_clients_take_4000_values_from_a_slash_20
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocations_resume_after_etcd_is_killed_and_restarted_and_nothing_is_lost_or_leaked() {
     let mut etcd = testkit::Etcd::start();
-    let config = EtcdConfig::new(vec![etcd.endpoint()]).with_prefix("/svcplane/ipam/".to_string());
+    let config = EtcdConfig::new(vec![etcd.endpoint()], "/svcplane/ipam/".to_string());
     let mut config_fast = config.clone();
     config_fast.timeout = Duration::from_secs(2);
     create(
@@ -123,8 +125,10 @@ async fn allocations_resume_after_etcd_is_killed_and_restarted_and_nothing_is_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allocator_started_later_sees_every_existing_allocation_and_follows_new_ones() {
-    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()])
-        .with_prefix(testkit::unique_prefix("late"));
+    let config = EtcdConfig::new(
+        vec![testkit::Etcd::shared().endpoint()],
+        testkit::unique_prefix("late"),
+    );
     let first_store = connect(&config).await.unwrap();
     create(
         &first_store,
@@ -218,7 +222,10 @@ async fn an_unreachable_etcd_is_reported_with_the_endpoint_and_the_fix() {
         .local_addr()
         .unwrap()
         .port();
-    let mut config = EtcdConfig::new(vec![format!("127.0.0.1:{port}")]);
+    let mut config = EtcdConfig::new(
+        vec![format!("127.0.0.1:{port}")],
+        ipam::store::DEFAULT_PREFIX,
+    );
     config.timeout = Duration::from_millis(500);
     let err = connect(&config).await.unwrap_err();
     let text = err.to_string();
@@ -230,8 +237,10 @@ async fn an_unreachable_etcd_is_reported_with_the_endpoint_and_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_in_etcd_return_a_value_to_its_owner_and_free_it_for_anyone_after_the_lease() {
-    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()])
-        .with_prefix(testkit::unique_prefix("hold"));
+    let config = EtcdConfig::new(
+        vec![testkit::Etcd::shared().endpoint()],
+        testkit::unique_prefix("hold"),
+    );
     let store = connect(&config).await.unwrap();
     create(
         &store,
@@ -301,8 +310,10 @@ async fn holds_in_etcd_return_a_value_to_its_owner_and_free_it_for_anyone_after_
 
 #[tokio::test]
 async fn a_watch_from_a_compacted_revision_reports_the_compaction() {
-    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()])
-        .with_prefix(testkit::unique_prefix("compact"));
+    let config = EtcdConfig::new(
+        vec![testkit::Etcd::shared().endpoint()],
+        testkit::unique_prefix("compact"),
+    );
     let store = connect(&config).await.unwrap();
     create(&store, &[ip_pool(&["10.96.0.0/24"], HOUR)]).await;
     let a = Allocator::start(connect(&config).await.unwrap(), AllocatorOptions::default())
@@ -332,7 +343,7 @@ async fn a_watch_from_a_compacted_revision_reports_the_compaction() {
 async fn the_tls_flags_reach_an_etcd_that_requires_client_certificates() {
     let etcd = testkit::Etcd::start_tls();
     let tls = etcd.tls().unwrap().clone();
-    let mut config = EtcdConfig::new(vec![etcd.endpoint()]);
+    let mut config = EtcdConfig::new(vec![etcd.endpoint()], ipam::store::DEFAULT_PREFIX);
     config.timeout = Duration::from_secs(2);
     // Without a client certificate etcd turns the client away.
     let mut no_cert = config.clone();
@@ -370,7 +381,7 @@ async fn the_tls_flags_reach_an_etcd_that_requires_client_certificates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_released_together_share_one_etcd_lease() {
     let prefix = testkit::unique_prefix("hold-lease");
-    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()]).with_prefix(&prefix);
+    let config = EtcdConfig::new(vec![testkit::Etcd::shared().endpoint()], &prefix);
     let store = connect(&config).await.unwrap();
     create(
         &store,

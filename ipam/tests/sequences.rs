@@ -211,7 +211,7 @@ proptest! {
     fn random_sequences_on_etcd_keep_every_invariant(case in case_strategy(40)) {
         let etcd = testkit::Etcd::shared();
         block_on(async {
-            let config = EtcdConfig::new(vec![etcd.endpoint()]).with_prefix(testkit::unique_prefix("seq"));
+            let config = EtcdConfig::new(vec![etcd.endpoint()], testkit::unique_prefix("seq"));
             run_case(EtcdStore::connect(&config).await.unwrap(), &case).await
         })?;
     }

@@ -45,6 +45,16 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {
 }
 
 impl EtcdStorage {
+    /// Connects to the etcd `config` names and checks that it answers; the objects go under
+    /// its (checked) prefix, which comes back with the storage.
+    pub async fn connect(
+        config: &etcdconf::EtcdConfig,
+    ) -> Result<(EtcdStorage, String), etcdconf::Error> {
+        let prefix = config.checked_prefix("/svcplane/registry/")?.to_string();
+        let (client, _) = config.connect_client().await?;
+        Ok((EtcdStorage::new(client), prefix))
+    }
+
     pub fn new(client: Client) -> EtcdStorage {
         EtcdStorage { client }
     }

@@ -7,14 +7,14 @@
 //! - `values/<pool>/<value>` → the allocation record (JSON), e.g. `values/ipv4/10.96.0.10`
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
+pub use etcdconf::EtcdConfig;
 use futures::StreamExt;
 
 use super::{
@@ -23,135 +23,6 @@ use super::{
 use crate::occupancy::{Expect, Record, Rev};
 use crate::spec::PoolSpec;
 use crate::{Error, Result};
-
-/// How to reach etcd.
-#[derive(Debug, Clone)]
-pub struct EtcdConfig {
-    /// Client URLs (`http://host:port`, `https://host:port`, or `host:port`).
-    pub endpoints: Vec<String>,
-    /// Key prefix of all pools; ends with `/`.
-    pub prefix: String,
-    /// CA bundle to verify etcd's serving certificate (`--etcd-cafile`).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key (`--etcd-certfile`, `--etcd-keyfile`).
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Dial and per-request timeout.
-    pub timeout: Duration,
-}
-
-impl EtcdConfig {
-    /// Endpoints on loopback etc. with the default prefix and a 5 s timeout.
-    pub fn new(endpoints: Vec<String>) -> EtcdConfig {
-        EtcdConfig {
-            endpoints,
-            prefix: super::DEFAULT_PREFIX.to_string(),
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            timeout: Duration::from_secs(5),
-        }
-    }
-
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> EtcdConfig {
-        self.prefix = prefix.into();
-        self
-    }
-
-    fn tls(&self) -> Result<Option<TlsOptions>> {
-        if self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() {
-            return Ok(None);
-        }
-        let read = |flag: &str, p: &PathBuf| {
-            std::fs::read(p).map_err(|e| Error::InvalidSpec {
-                field: flag.to_string(),
-                message: format!("cannot read {}: {e}", p.display()),
-            })
-        };
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &self.ca_file {
-            tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-cafile", ca)?));
-        }
-        match (&self.cert_file, &self.key_file) {
-            (Some(c), Some(k)) => {
-                tls = tls.identity(Identity::from_pem(
-                    read("--etcd-certfile", c)?,
-                    read("--etcd-keyfile", k)?,
-                ));
-            }
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err(Error::InvalidSpec {
-                    field: "--etcd-keyfile".into(),
-                    message: "--etcd-certfile needs --etcd-keyfile (the client certificate's private key)".into(),
-                });
-            }
-            (None, Some(_)) => {
-                return Err(Error::InvalidSpec {
-                    field: "--etcd-certfile".into(),
-                    message: "--etcd-keyfile needs --etcd-certfile (the client certificate)".into(),
-                });
-            }
-        }
-        Ok(Some(tls))
-    }
-
-    /// Connects a client with these endpoints and TLS files and checks that etcd answers;
-    /// returns it with the endpoints joined for messages.
-    pub async fn connect_client(&self) -> Result<(Client, String)> {
-        let tls = self.tls()?;
-        let urls = self.urls(tls.is_some())?;
-        let endpoints = urls.join(",");
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(self.timeout)
-            .with_timeout(self.timeout)
-            .with_keep_alive(Duration::from_secs(10), self.timeout);
-        if let Some(tls) = tls {
-            options = options.with_tls(tls);
-        }
-        let unavailable = |e: etcd_client::Error| Error::Unavailable {
-            endpoints: endpoints.clone(),
-            message: e.to_string(),
-        };
-        let mut client = Client::connect(&urls, Some(options))
-            .await
-            .map_err(unavailable)?;
-        client.status().await.map_err(unavailable)?;
-        Ok((client, endpoints))
-    }
-
-    /// Endpoints with a scheme: `https://` when TLS is configured, else `http://`.
-    fn urls(&self, tls: bool) -> Result<Vec<String>> {
-        if self.endpoints.is_empty() {
-            return Err(Error::InvalidSpec {
-                field: "--etcd-endpoints".into(),
-                message: "no etcd endpoint given; e.g. --etcd-endpoints http://127.0.0.1:2379"
-                    .into(),
-            });
-        }
-        self.endpoints
-            .iter()
-            .map(|e| {
-                let e = e.trim();
-                if e.starts_with("http://") && tls {
-                    Err(Error::InvalidSpec {
-                        field: "--etcd-endpoints".into(),
-                        message: format!("{e} is plain http but TLS flags are set; use https://"),
-                    })
-                } else if e.starts_with("http://") || e.starts_with("https://") {
-                    Ok(e.to_string())
-                } else if e.contains("://") || e.is_empty() {
-                    Err(Error::InvalidSpec {
-                        field: "--etcd-endpoints".into(),
-                        message: format!("{e:?} is not an etcd client URL; write http://host:port or https://host:port"),
-                    })
-                } else {
-                    Ok(format!("{}://{e}", if tls { "https" } else { "http" }))
-                }
-            })
-            .collect()
-    }
-}
 
 /// A store in etcd.
 #[derive(Clone)]
@@ -185,19 +56,11 @@ const PAGE: i64 = 5_000;
 impl EtcdStore {
     /// Connects and checks that etcd answers.
     pub async fn connect(config: &EtcdConfig) -> Result<EtcdStore> {
-        if !config.prefix.starts_with('/') || !config.prefix.ends_with('/') {
-            return Err(Error::InvalidSpec {
-                field: "--etcd-prefix".into(),
-                message: format!(
-                    "{:?} must start and end with '/', e.g. /svcplane/ipam/",
-                    config.prefix
-                ),
-            });
-        }
+        let prefix = config.checked_prefix(super::DEFAULT_PREFIX)?.to_string();
         let (client, endpoints) = config.connect_client().await?;
         Ok(EtcdStore {
             client,
-            prefix: config.prefix.clone(),
+            prefix,
             endpoints,
             hold_leases: Arc::default(),
         })
