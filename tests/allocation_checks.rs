@@ -64,110 +64,97 @@ struct Target {
     room: RwLock<()>,
 }
 
-fn upstream_dual() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| upstream(DUAL_CIDRS, None, "/checks-dual/"))
+/// `fn $name() -> &'static Target`: the target, started by its first caller.
+macro_rules! target {
+    ($name:ident, $start:expr) => {
+        fn $name() -> &'static Target {
+            static T: OnceLock<Target> = OnceLock::new();
+            T.get_or_init(|| $start)
+        }
+    };
 }
 
-fn upstream_single() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| upstream(SINGLE_CIDR, Some(SINGLE_NODE_PORTS), "/checks-single/"))
-}
+target!(upstream_dual, upstream(DUAL_CIDRS, None, "/checks-dual/"));
 
-fn dev_dual() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        dev(
-            "webhook",
-            &ranges(DUAL_CIDRS, "30000-32767"),
-            "/checks-dev-dual/",
-        )
-    })
-}
+target!(
+    upstream_single,
+    upstream(SINGLE_CIDR, Some(SINGLE_NODE_PORTS), "/checks-single/")
+);
 
-fn dev_single() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        dev(
-            "webhook",
-            &ranges(SINGLE_CIDR, SINGLE_NODE_PORTS),
-            "/checks-dev-single/",
-        )
-    })
-}
+target!(dev_dual, {
+    dev(
+        "webhook",
+        &ranges(DUAL_CIDRS, "30000-32767"),
+        "/checks-dev-dual/",
+    )
+});
 
-fn dev_wide() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        dev(
-            "webhook",
-            &ranges("10.96.0.0/12", "30000-32767"),
-            "/checks-dev-wide/",
-        )
-    })
-}
+target!(dev_single, {
+    dev(
+        "webhook",
+        &ranges(SINGLE_CIDR, SINGLE_NODE_PORTS),
+        "/checks-dev-single/",
+    )
+});
 
-fn local_dual() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        dev(
-            "local",
-            &ranges(DUAL_CIDRS, "30000-32767"),
-            "/checks-local-dual/",
-        )
-    })
-}
+target!(dev_wide, {
+    dev(
+        "webhook",
+        &ranges("10.96.0.0/12", "30000-32767"),
+        "/checks-dev-wide/",
+    )
+});
 
-fn local_single() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        dev(
-            "local",
-            &ranges(SINGLE_CIDR, SINGLE_NODE_PORTS),
-            "/checks-local-single/",
-        )
-    })
-}
+target!(local_dual, {
+    dev(
+        "local",
+        &ranges(DUAL_CIDRS, "30000-32767"),
+        "/checks-local-dual/",
+    )
+});
 
-fn local_wide() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        dev(
-            "local",
-            &ranges("10.96.0.0/12", "30000-32767"),
-            "/checks-local-wide/",
-        )
-    })
-}
+target!(local_single, {
+    dev(
+        "local",
+        &ranges(SINGLE_CIDR, SINGLE_NODE_PORTS),
+        "/checks-local-single/",
+    )
+});
 
-/// A /28 whose released addresses are held for their Service, as svcplane's pools hold them
-/// by default.
-fn local_held() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        let mut flags = vec![
-            "--service-cluster-ip-range=10.96.0.0/28".to_string(),
-            "--hold=5m".to_string(),
-        ];
-        flags.push("--service-node-port-range=30000-32767".into());
-        dev("local", &flags, "/checks-local-held/")
-    })
-}
+target!(local_wide, {
+    dev(
+        "local",
+        &ranges("10.96.0.0/12", "30000-32767"),
+        "/checks-local-wide/",
+    )
+});
 
-/// A /28 with 10.96.0.5 reserved for `reserved/dns`, from a pools file.
-fn local_reserved() -> &'static Target {
-    static T: OnceLock<Target> = OnceLock::new();
-    T.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let file = dir.join("pools.yaml");
-        std::fs::write(
+// A /28 whose released addresses are held for their Service, as svcplane's pools hold them
+// by default.
+target!(local_held, {
+    let mut flags = vec![
+        "--service-cluster-ip-range=10.96.0.0/28".to_string(),
+        "--hold=5m".to_string(),
+    ];
+    flags.push("--service-node-port-range=30000-32767".into());
+    dev("local", &flags, "/checks-local-held/")
+});
+
+// A /28 with 10.96.0.5 reserved for `reserved/dns`, from a pools file.
+target!(local_reserved, {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let file = dir.join("pools.yaml");
+    std::fs::write(
             &file,
             "clusterIP:\n  ipv4:\n    cidrs: [10.96.0.0/28]\n    hold: 0s\n    reservations:\n      reserved/dns: 10.96.0.5\nnodePort:\n  range: 30000-32767\n  hold: 0s\n",
         )
         .unwrap();
-        dev("local", &[format!("--pools={}", file.display())], "/checks-local-reserved/")
-    })
-}
+    dev(
+        "local",
+        &[format!("--pools={}", file.display())],
+        "/checks-local-reserved/",
+    )
+});
 
 /// The range flags of a pool-per-range dev target, with no hold (upstream frees at once).
 fn ranges(cidrs: &str, node_ports: &str) -> Vec<String> {
@@ -579,23 +566,12 @@ fn is_allocated(record: &Value) -> bool {
     record.get("heldUntilMs").is_none_or(Value::is_null)
 }
 
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn cluster_ip(svc: &Value) -> String {
     svc["spec"]["clusterIP"].as_str().unwrap_or("").to_string()
 }
 
 fn cluster_ips(svc: &Value) -> Vec<String> {
-    strings(&svc["spec"]["clusterIPs"])
+    support::strings(&svc["spec"]["clusterIPs"])
 }
 
 fn node_ports(svc: &Value) -> Vec<Option<i64>> {

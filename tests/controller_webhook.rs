@@ -18,7 +18,6 @@ use kube::Api;
 use serde_json::{Value, json};
 use support::webhook::{PATIENCE, WebhookCluster};
 use testkit::cluster::WebhookController;
-use testkit::process::Watched;
 
 /// kube-apiserver's ranges and svcplane's pools.
 const CIDRS: &str = "10.96.0.0/24,fd00:10:96::/120";
@@ -104,17 +103,6 @@ async fn recorded_for(pool: &str, value: &str, owner: &str) {
     }
 }
 
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn a_dual_stack_node_port_service_gets_svcplanes_values_and_kube_apiserver_allocates_the_same()
  {
@@ -132,7 +120,7 @@ async fn a_dual_stack_node_port_service_gets_svcplanes_values_and_kube_apiserver
     });
     setup.cluster.apply(&[service]);
     let stored = setup.service(ns, "web");
-    let ips = strings(&stored["spec"]["clusterIPs"]);
+    let ips = support::strings(&stored["spec"]["clusterIPs"]);
     assert_eq!(ips.len(), 2, "{stored}");
     assert!(ips[0].starts_with("10.96.0.") && ips[1].starts_with("fd00:10:96::"));
     // The webhook took them (its records say what for; values the releaser imports from
@@ -375,21 +363,7 @@ async fn a_rotated_serving_certificate_is_served_without_a_restart() {
         cidrs: CIDRS,
     });
     args.push("--leader-elect=false".into());
-    let controller = Watched::spawn(
-        Path::new(env!("CARGO_BIN_EXE_svcplane")),
-        args,
-        &[("RUST_LOG", "info")],
-        &dir.path().join("controller.log"),
-        None,
-    );
-    let started = Instant::now();
-    while !controller
-        .log()
-        .contains("serving the Service admission webhook")
-    {
-        assert!(started.elapsed() < PATIENCE, "{}", controller.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let controller = support::webhook::spawn_controller(args, &dir.path().join("controller.log"));
     assert!(handshake(port, &first.ca));
     assert!(!handshake(port, &second.ca));
     // Rotated in place, as a kubelet updates a mounted Secret.

@@ -325,6 +325,18 @@ pub fn manifest(object: &serde_json::Value) -> (tempfile::TempDir, String) {
     (dir, path.display().to_string())
 }
 
+/// The strings of a JSON array (none for anything else).
+pub fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();

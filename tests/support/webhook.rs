@@ -57,25 +57,7 @@ impl WebhookCluster {
             args.push(format!("--service-node-port-range={range}").into());
         }
         args.extend(extra.iter().map(Into::into));
-        let controller = Watched::spawn(
-            Path::new(env!("CARGO_BIN_EXE_svcplane")),
-            args,
-            &[("RUST_LOG", "info")],
-            &dir.path().join("controller.log"),
-            None,
-        );
-        let started = Instant::now();
-        while !controller
-            .log()
-            .contains("serving the Service admission webhook")
-        {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the webhook never started:\n{}",
-                controller.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let controller = spawn_controller(args, &dir.path().join("controller.log"));
         let selector = json!({"matchExpressions": [{
             "key": "kubernetes.io/metadata.name",
             "operator": "NotIn",
@@ -166,6 +148,31 @@ impl WebhookCluster {
         let out = self.kubectl_ok(&["-n", namespace, "get", "service", name, "-o", "json"]);
         serde_json::from_str(&out).unwrap()
     }
+}
+
+/// Starts `svcplane` with `args` (a webhook-serving `controller`), logging to `log`; returns
+/// once it serves the webhook.
+pub fn spawn_controller(args: Vec<std::ffi::OsString>, log: &Path) -> Watched {
+    let controller = Watched::spawn(
+        Path::new(env!("CARGO_BIN_EXE_svcplane")),
+        args,
+        &[("RUST_LOG", "info")],
+        log,
+        None,
+    );
+    let started = Instant::now();
+    while !controller
+        .log()
+        .contains("serving the Service admission webhook")
+    {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the webhook never started:\n{}",
+            controller.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    controller
 }
 
 /// The sum of the Prometheus text's samples whose line starts with `prefix`.
