@@ -22,7 +22,8 @@ use apiserver::admission_webhook::{FailurePolicy, WebhookAdmission};
 pub(crate) struct StorageFlags {
     #[command(flatten)]
     etcd: EtcdConnection,
-    /// Key prefix of the objects in etcd; must start and end with '/'.
+    /// Key prefix of the objects in etcd; must start and end with '/'. Without
+    /// --etcd-endpoints the objects live in memory and are lost at exit.
     #[arg(
         long = "etcd-prefix",
         value_name = "PREFIX",
