@@ -368,6 +368,47 @@ fn malformed_packets_never_stop_the_server() {
 }
 
 #[test]
+fn a_reply_whose_questions_alone_exceed_512_bytes_still_fits_and_kills_no_worker() {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let dns = start(&["--manifests", &fixture().display().to_string()]);
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    // No EDNS, so a UDP reply may have 512 bytes; four questions of ~150 bytes each echo to
+    // more than that before any record.
+    let mut query = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    for i in 0..4 {
+        let label = format!("{}{i}", "q".repeat(60));
+        let name = Name::from_ascii(format!("{label}.{label}.svc.cluster.local.")).unwrap();
+        query.queries.push(Query::query(name, RecordType::A));
+    }
+    let packet = query.to_vec().unwrap();
+    assert!(packet.len() > 512, "{}", packet.len());
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    // More times than there are UDP workers: a worker that panicked would be gone for good.
+    for _ in 0..8 {
+        socket.send_to(&packet, ("127.0.0.1", dns.port)).unwrap();
+        let (n, _) = socket.recv_from(&mut buf).expect("a reply");
+        assert!(n <= 512, "a {n}-byte reply to a 512-byte client");
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(reply.metadata.id, 0x4242);
+        assert_eq!(reply.metadata.message_type, MessageType::Response);
+        assert!(
+            reply.metadata.truncation,
+            "TC must be set when the reply was cut"
+        );
+        assert_eq!(buf[3] & 0x0f, 1, "several questions: FORMERR");
+    }
+    assert_eq!(
+        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
+    );
+}
+
+#[test]
 fn bad_flags_and_manifests_exit_non_zero_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");

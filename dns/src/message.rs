@@ -118,15 +118,57 @@ fn encode_within(mut reply: Message, limit: usize) -> Option<Vec<u8>> {
         }
         m.to_vec().ok()
     };
-    // The largest prefix of the records that fits (0 always does: header, question, OPT).
-    let (mut lo, mut hi) = (0usize, all.len() - 1);
+    let fits = |keep: usize| with(keep).filter(|b| b.len() <= limit);
+    // The largest prefix of the records that fits (the whole does not).
+    let (mut lo, mut hi) = (0usize, all.len());
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        if with(mid).is_some_and(|b| b.len() <= limit) {
+        if fits(mid).is_some() {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
-    with(lo)
+    if let Some(bytes) = fits(lo) {
+        return Some(bytes);
+    }
+    // Not even the header and questions fit (several long ones, no EDNS): the header alone,
+    // with TC, so the client asks again over TCP.
+    let mut bare = reply;
+    bare.queries.clear();
+    bare.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn query_with(questions: usize) -> Message {
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        for i in 0..questions {
+            let label = format!("{}{i}", "q".repeat(60));
+            let name = Name::from_ascii(format!("{label}.{label}.example.")).unwrap();
+            m.queries.push(Query::query(name, RecordType::A));
+        }
+        m
+    }
+
+    #[test]
+    fn a_reply_of_questions_alone_too_long_keeps_only_the_header_with_tc() {
+        let bytes = encode_within(query_with(4), 512).expect("encoded");
+        assert!(bytes.len() <= 512, "{}", bytes.len());
+        let reply = Message::from_vec(&bytes).unwrap();
+        assert!(reply.metadata.truncation);
+        assert!(reply.queries.is_empty());
+        assert_eq!(reply.metadata.id, 7);
+    }
+
+    #[test]
+    fn a_reply_that_fits_is_left_whole() {
+        let message = query_with(1);
+        let whole = message.to_vec().unwrap();
+        assert_eq!(encode_within(message, 512), Some(whole));
+    }
 }
