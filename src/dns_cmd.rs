@@ -75,6 +75,22 @@ pub(crate) struct DnsArgs {
     /// Idle TCP connections are closed after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     tcp_idle_timeout: Duration,
+    /// A Corefile to run instead of the flags above. Supported so far: one server block (its
+    /// port) with a `kubernetes` directive (zones; ttl, pods, endpoint_pod_names, noendpoints,
+    /// ignore empty_service, namespaces, fallthrough, kubeconfig, startup_timeout, and
+    /// svcplane's `manifests FILE...`); any other directive is refused with its line.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "zones", "ttl", "pods", "endpoint_pod_names", "ignore_empty_service", "noendpoints", "namespaces", "fallthrough", "kubeconfig", "manifests", "startup_timeout"])]
+    conf: Option<PathBuf>,
+    /// With --conf: check the Corefile and exit, 0 if svcplane runs it, 1 (naming the file and
+    /// line) if not.
+    #[arg(long, requires = "conf")]
+    check: bool,
+    /// With --conf: the port of every server block instead of the Corefile's.
+    #[arg(long, value_name = "N", requires = "conf")]
+    dns_port: Option<u16>,
+    /// With --conf: the address the server binds instead of every address.
+    #[arg(long, value_name = "ADDR", requires = "conf")]
+    bind: Option<IpAddr>,
 }
 
 impl DnsArgs {
@@ -120,8 +136,51 @@ impl DnsArgs {
     }
 }
 
-pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: DnsArgs) -> anyhow::Result<()> {
+    if let Some(path) = args.conf.clone() {
+        let server = read_corefile(&path)?;
+        if args.check {
+            eprintln!("{}: svcplane dns runs this Corefile", path.display());
+            return Ok(());
+        }
+        args.use_corefile(server);
+    }
     run_with(args, cache::kube_feed::Shared::default()).await
+}
+
+/// The server a Corefile describes, read with the process's environment for `{$VAR}`.
+fn read_corefile(path: &std::path::Path) -> anyhow::Result<dns::corefile::Server> {
+    let shown = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--conf {shown}: cannot read it"))?;
+    let corefile = dns::corefile::parse(&text, &shown, |name| std::env::var(name).ok())?;
+    Ok(corefile.server(&shown)?)
+}
+
+impl DnsArgs {
+    /// Takes the Corefile's server in place of the flags it stands for, `--dns-port` and
+    /// `--bind` overriding its port and address.
+    fn use_corefile(&mut self, server: dns::corefile::Server) {
+        let ip = self.bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        self.listen = vec![SocketAddr::new(ip, self.dns_port.unwrap_or(server.port))];
+        let k = server.kubernetes;
+        fn text(names: &[impl ToString]) -> Vec<String> {
+            names.iter().map(ToString::to_string).collect()
+        }
+        self.zones = text(&k.zones);
+        self.ttl = k.ttl.unwrap_or(5);
+        self.pods = k.pods.unwrap_or_default();
+        self.endpoint_pod_names = k.endpoint_pod_names;
+        self.ignore_empty_service = k.ignore_empty_service;
+        self.noendpoints = k.noendpoints;
+        self.namespaces = k.namespaces;
+        self.fallthrough = k.fallthrough.map(|zones| text(&zones));
+        self.kubeconfig = k.kubeconfig;
+        self.manifests = k.manifests;
+        if let Some(timeout) = k.startup_timeout {
+            self.startup_timeout = timeout;
+        }
+    }
 }
 
 /// [`run`], reading the kinds of `shared` from watches another part of the process shares.

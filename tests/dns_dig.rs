@@ -409,6 +409,65 @@ fn a_reply_whose_questions_alone_exceed_512_bytes_still_fits_and_kills_no_worker
 }
 
 #[test]
+fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            "# a Corefile of svcplane's own\n.:53 {{\n    kubernetes cluster.local in-addr.arpa {{\n        ttl {{$TEST_TTL}}\n        manifests {}\n    }}\n}}\n",
+            fixture().display()
+        ),
+    )
+    .unwrap();
+    let conf = corefile.to_str().unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args(["dns", "--conf", conf, "--check"])
+        .env("TEST_TTL", "30")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args(["dns", "--conf", conf, "--bind", "127.0.0.1"])
+        .args(["--dns-port", &port.to_string()])
+        .env("TEST_TTL", "30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dns = Dns { child, port };
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    // The Corefile's ttl, through its environment placeholder.
+    assert_eq!(
+        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+        ["svc1.testns.svc.cluster.local. 30 IN A 10.0.0.1"]
+    );
+    // kubeadm's Corefile: refused at its first directive svcplane does not run yet.
+    std::fs::write(
+        &corefile,
+        ".:53 {\n    errors\n    kubernetes cluster.local\n}\n",
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args(["dns", "--conf", conf, "--check"])
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        said.contains(&format!(
+            "{conf}:2: errors is not supported yet (supported: kubernetes)"
+        )),
+        "{said}"
+    );
+}
+
+#[test]
 fn bad_flags_and_manifests_exit_non_zero_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");

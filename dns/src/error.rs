@@ -9,6 +9,14 @@ pub enum Error {
     #[error("{flag}: {message}")]
     Config { flag: String, message: String },
 
+    /// A Corefile cannot be read: the file, the line (0 for the whole file) and why.
+    #[error("{file}:{line}: {message}")]
+    Corefile {
+        file: String,
+        line: usize,
+        message: String,
+    },
+
     /// A socket could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -8,6 +8,7 @@
 
 pub mod answer;
 pub mod config;
+pub mod corefile;
 mod error;
 pub mod index;
 pub mod message;
