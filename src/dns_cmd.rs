@@ -88,9 +88,22 @@ pub(crate) struct DnsArgs {
     /// With --conf: the port of every server block instead of the Corefile's.
     #[arg(long, value_name = "N", requires = "conf")]
     dns_port: Option<u16>,
-    /// With --conf: the address the server binds instead of every address.
+    /// With --conf: the address every listener binds (DNS, health, ready) instead of the
+    /// Corefile's.
     #[arg(long, value_name = "ADDR", requires = "conf")]
     bind: Option<IpAddr>,
+    /// With --conf: the port of the `health` endpoint instead of the Corefile's.
+    #[arg(long, value_name = "N", requires = "conf")]
+    health_port: Option<u16>,
+    /// With --conf: the port of the `ready` endpoint instead of the Corefile's.
+    #[arg(long, value_name = "N", requires = "conf")]
+    ready_port: Option<u16>,
+    /// The Corefile's `health`: where `/health` is served, and the lameduck period.
+    #[arg(skip)]
+    health: Option<dns::corefile::Health>,
+    /// The Corefile's `ready`: where `/ready` is served.
+    #[arg(skip)]
+    ready: Option<SocketAddr>,
 }
 
 impl DnsArgs {
@@ -180,6 +193,14 @@ impl DnsArgs {
         if let Some(timeout) = k.startup_timeout {
             self.startup_timeout = timeout;
         }
+        let moved = |addr: SocketAddr, port: Option<u16>| {
+            SocketAddr::new(self.bind.unwrap_or(addr.ip()), port.unwrap_or(addr.port()))
+        };
+        self.health = server.health.map(|h| dns::corefile::Health {
+            addr: moved(h.addr, self.health_port),
+            lameduck: h.lameduck,
+        });
+        self.ready = server.ready.map(|addr| moved(addr, self.ready_port));
     }
 }
 
@@ -222,6 +243,8 @@ pub(crate) async fn run_with(
                 .context("cannot load --manifests")
         })
     };
+    // The probes answer from the start: `/ready` says 503 until the first sync.
+    let (readiness, _probes) = probes(&args, &cache).await?;
     // Like CoreDNS, wait up to --startup-timeout for the first sync before answering; after it,
     // serve anyway (names that would not exist get SERVFAIL until the sync).
     let mut synced = cache.subscribe();
@@ -245,9 +268,58 @@ pub(crate) async fn run_with(
         result = feed => result??,
         _ = crate::cli::shutdown_signal() => {}
     }
+    // As CoreDNS's health plugin: not ready at once, DNS answering through the lameduck period.
+    readiness.send_replace(dns::probes::Readiness::ShuttingDown);
+    if let Some(health) = args.health.filter(|h| !h.lameduck.is_zero()) {
+        tracing::info!(lameduck = ?health.lameduck, "shutting down: still answering for the lameduck period");
+        tokio::time::sleep(health.lameduck).await;
+    }
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(())
+}
+
+/// The `health` and `ready` endpoints the Corefile asks for; the readiness to report (ready
+/// once the cache has synced) and the tasks serving them, stopped when dropped.
+async fn probes(
+    args: &DnsArgs,
+    cache: &Arc<Cache>,
+) -> anyhow::Result<(
+    tokio::sync::watch::Sender<dns::probes::Readiness>,
+    Vec<crate::cli::AbortOnDrop>,
+)> {
+    use dns::probes::Readiness;
+    let (readiness, state) = tokio::sync::watch::channel(Readiness::Starting);
+    let mut tasks = Vec::new();
+    if let Some(health) = args.health {
+        let listener = tokio::net::TcpListener::bind(health.addr)
+            .await
+            .with_context(|| format!("health: cannot listen on {}", health.addr))?;
+        tasks.push(crate::cli::AbortOnDrop(tokio::spawn(
+            dns::probes::serve_health(listener),
+        )));
+    }
+    if let Some(addr) = args.ready {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("ready: cannot listen on {addr}"))?;
+        tasks.push(crate::cli::AbortOnDrop(tokio::spawn(
+            dns::probes::serve_ready(listener, state),
+        )));
+    }
+    let (mut synced, ready) = (cache.subscribe(), readiness.clone());
+    tasks.push(crate::cli::AbortOnDrop(tokio::spawn(async move {
+        if synced.wait_for(|s| s.synced).await.is_ok() {
+            ready.send_if_modified(|now| {
+                let starting = *now == Readiness::Starting;
+                if starting {
+                    *now = Readiness::Ready;
+                }
+                starting
+            });
+        }
+    })));
+    Ok((readiness, tasks))
 }
 
 /// The addresses this server is reached at: the listen addresses, with an unspecified one

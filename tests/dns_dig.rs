@@ -461,9 +461,134 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
     let said = String::from_utf8_lossy(&check.stderr);
     assert!(
         said.contains(&format!(
-            "{conf}:2: errors is not supported yet (supported: kubernetes)"
+            "{conf}:2: errors is not supported yet (supported: kubernetes, health, ready)"
         )),
         "{said}"
+    );
+}
+
+/// A plain HTTP GET on loopback: the status and the body, or None while nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// `svcplane dns --conf` with every port moved to a free one on loopback: DNS, health, ready.
+fn start_conf(corefile: &std::path::Path) -> (Dns, u16, u16) {
+    let (port, health, ready) = (free_port(), free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args([
+            "dns",
+            "--conf",
+            corefile.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--dns-port", &port.to_string()])
+        .args([
+            "--health-port",
+            &health.to_string(),
+            "--ready-port",
+            &ready.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (Dns { child, port }, health, ready)
+}
+
+fn wait_for_http(port: u16, path: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(answer) = get(port, path) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing answered {path} on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn health_and_ready_answer_as_coredns_and_a_sigterm_keeps_dns_answering_for_the_lameduck() {
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            ".:53 {{\n  health :8080 {{\n    lameduck 3s\n  }}\n  ready\n  kubernetes cluster.local {{\n    manifests {}\n  }}\n}}\n",
+            fixture().display()
+        ),
+    )
+    .unwrap();
+    let (mut dns, health, ready) = start_conf(&corefile);
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    assert_eq!(wait_for_http(health, "/health"), (200, "OK".to_string()));
+    assert_eq!(wait_for_http(ready, "/ready"), (200, "OK".to_string()));
+    let pid = nix::unistd::Pid::from_raw(dns.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // At once not ready; still live and still answering, until the lameduck period is over.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while get(ready, "/ready") != Some((503, "Shutting down".to_string())) {
+        assert!(Instant::now() < deadline, "/ready never turned 503");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(health, "/health"), Some((200, "OK".to_string())));
+    assert_eq!(
+        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = dns.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after the lameduck period"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn ready_names_kubernetes_until_the_cache_has_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cluster that never answers: the watch never syncs.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\nusers: [{name: u, user: {}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            ".:53 {{\n  health\n  ready\n  kubernetes cluster.local {{\n    kubeconfig {}\n    startup_timeout 1s\n  }}\n}}\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let (_dns, health, ready) = start_conf(&corefile);
+    assert_eq!(wait_for_http(health, "/health"), (200, "OK".to_string()));
+    assert_eq!(
+        wait_for_http(ready, "/ready"),
+        (503, "kubernetes".to_string())
     );
 }
 

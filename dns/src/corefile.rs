@@ -3,7 +3,7 @@
 //! their arguments, nested lines and line numbers. What a directive means is the command's
 //! business; this module only knows the shape, so every error names the file and the line.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -426,6 +426,18 @@ fn join(tokens: &[Token]) -> String {
 pub struct Server {
     pub port: u16,
     pub kubernetes: Kubernetes,
+    /// `health [ADDR] { lameduck D }`: liveness on `/health`, and how long DNS keeps answering
+    /// after a SIGTERM.
+    pub health: Option<Health>,
+    /// `ready [ADDR]`: readiness on `/ready`.
+    pub ready: Option<SocketAddr>,
+}
+
+/// The `health` directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub addr: SocketAddr,
+    pub lameduck: Duration,
 }
 
 /// The `kubernetes` directive: its zones (the block's when it names none) and options.
@@ -447,7 +459,7 @@ pub struct Kubernetes {
 }
 
 /// Directives `svcplane dns` runs. The rest of CoreDNS's are refused by name, not ignored.
-pub const SUPPORTED: &[&str] = &["kubernetes"];
+pub const SUPPORTED: &[&str] = &["kubernetes", "health", "ready"];
 
 /// What to use instead of a CoreDNS directive svcplane will not have.
 fn instead_of(directive: &str) -> Option<&'static str> {
@@ -484,8 +496,27 @@ impl Corefile {
             ));
         }
         let mut kubernetes = None;
+        let (mut health, mut ready) = (None, None);
         for d in &block.directives {
+            let once = |seen: bool| {
+                if seen {
+                    Err(fail(
+                        d.line,
+                        format!("{}: only one per server block", d.name),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
             match d.name.as_str() {
+                "health" => {
+                    once(health.is_some())?;
+                    health = Some(self::health(d).map_err(|(l, m)| fail(l, m))?);
+                }
+                "ready" => {
+                    once(ready.is_some())?;
+                    ready = Some(http_address(d, ":8181").map_err(|m| fail(d.line, m))?);
+                }
                 "kubernetes" if kubernetes.is_some() => {
                     return Err(fail(d.line, "kubernetes: only one per server block".into()));
                 }
@@ -510,8 +541,56 @@ impl Corefile {
                 "no kubernetes directive: nothing to answer from".into(),
             ));
         };
-        Ok(Server { port, kubernetes })
+        Ok(Server {
+            port,
+            kubernetes,
+            health,
+            ready,
+        })
     }
+}
+
+/// The address of an HTTP directive (`:8080`, `127.0.0.1:8080`), `default` without one.
+fn http_address(d: &Directive, default: &str) -> Result<SocketAddr, String> {
+    let text = match d.args.as_slice() {
+        [] => default,
+        [one] => one.as_str(),
+        _ => return Err(format!("{}: takes at most one address", d.name)),
+    };
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    full.parse().map_err(|_| {
+        format!(
+            "{}: {text:?} is not an address such as :8080 or 127.0.0.1:8080",
+            d.name
+        )
+    })
+}
+
+/// `health [ADDR] { lameduck D }`.
+fn health(d: &Directive) -> Result<Health, (usize, String)> {
+    let addr = http_address(d, ":8080").map_err(|m| (d.line, m))?;
+    let mut lameduck = Duration::ZERO;
+    for option in &d.block {
+        match (option.name.as_str(), option.args.as_slice()) {
+            ("lameduck", [value]) => {
+                lameduck = go_duration(value)
+                    .map_err(|m| (option.line, format!("health lameduck: {m}")))?
+            }
+            ("lameduck", _) => {
+                return Err((option.line, "health lameduck: takes one duration".into()));
+            }
+            (other, _) => {
+                return Err((
+                    option.line,
+                    format!("health: {other} is not an option of health (lameduck)"),
+                ));
+            }
+        }
+    }
+    Ok(Health { addr, lameduck })
 }
 
 /// The `kubernetes` directive of `block`, or the line and what is wrong there.
@@ -837,7 +916,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "Corefile:2: errors is not supported yet (supported: kubernetes)"
+            "Corefile:2: errors is not supported yet (supported: kubernetes, health, ready)"
         );
         let err = read(".:53 {\n  kubernetes\n  autopath @kubernetes\n}\n")
             .unwrap()
@@ -861,6 +940,39 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("Corefile:4: several server blocks"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn health_and_ready_take_addresses_and_a_lameduck() {
+        let server = read(
+            ".:53 {\n  health {\n    lameduck 5s\n  }\n  ready 127.0.0.1:9181\n  kubernetes\n}\n",
+        )
+        .unwrap()
+        .server("Corefile")
+        .unwrap();
+        assert_eq!(
+            server.health,
+            Some(Health {
+                addr: "0.0.0.0:8080".parse().unwrap(),
+                lameduck: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(server.ready, Some("127.0.0.1:9181".parse().unwrap()));
+        let err = read(".:53 {\n  kubernetes\n  ready\n  ready\n}\n")
+            .unwrap()
+            .server("Corefile")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "Corefile:4: ready: only one per server block");
+        let err = read(".:53 {\n  kubernetes\n  health {\n    lameduck soon\n  }\n}\n")
+            .unwrap()
+            .server("Corefile")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("Corefile:4: health lameduck: \"soon\" is not a duration"),
             "{err}"
         );
     }

@@ -13,6 +13,7 @@ mod error;
 pub mod index;
 pub mod message;
 pub mod name;
+pub mod probes;
 pub mod server;
 
 pub use error::{Error, Result};
