@@ -24,10 +24,10 @@ pub(crate) struct Cli {
 enum Command {
     /// Manage and inspect the ClusterIP and NodePort pools in etcd.
     #[command(subcommand)]
-    Ipam(IpamCommand),
+    Ipam(Box<IpamCommand>),
     /// Serve cluster DNS (a drop-in for kube-dns / CoreDNS's kubernetes plugin) from manifests
     /// or the Kubernetes API.
-    Dns(DnsArgs),
+    Dns(Box<DnsArgs>),
     /// Keep Endpoints and EndpointSlices of Services in step with their pods: beside
     /// kube-controller-manager for Services with the set-based `svcplane.io/selector`
     /// annotation, or in place of its endpoint controllers (`--manage=all`); with a serving
@@ -44,8 +44,8 @@ enum Command {
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ipam(cmd) => crate::ipam_cmd::run(cmd).await,
-        Command::Dns(args) => crate::dns_cmd::run(args).await,
+        Command::Ipam(cmd) => crate::ipam_cmd::run(*cmd).await,
+        Command::Dns(args) => crate::dns_cmd::run(*args).await,
         Command::Controller(args) => crate::controller_cmd::run(*args).await,
         Command::Apiserver(args) => crate::apiserver_cmd::run(*args).await,
         Command::Dev(args) => crate::dev_cmd::run(*args).await,

@@ -104,6 +104,13 @@ pub(crate) struct DnsArgs {
     /// The Corefile's `ready`: where `/ready` is served.
     #[arg(skip)]
     ready: Option<SocketAddr>,
+    /// With --conf: this file stands for /etc/resolv.conf wherever the Corefile names it;
+    /// `nameserver IP:PORT` lines are accepted (svcplane's extension, for a loopback upstream).
+    #[arg(long, value_name = "FILE", requires = "conf")]
+    resolv_conf: Option<PathBuf>,
+    /// The Corefile's `forward`.
+    #[arg(skip)]
+    forward: Option<dns::forward::Forward>,
 }
 
 impl DnsArgs {
@@ -151,7 +158,7 @@ impl DnsArgs {
 
 pub(crate) async fn run(mut args: DnsArgs) -> anyhow::Result<()> {
     if let Some(path) = args.conf.clone() {
-        let server = read_corefile(&path)?;
+        let server = read_corefile(&path, args.resolv_conf.as_deref())?;
         if args.check {
             eprintln!("{}: svcplane dns runs this Corefile", path.display());
             return Ok(());
@@ -161,13 +168,26 @@ pub(crate) async fn run(mut args: DnsArgs) -> anyhow::Result<()> {
     run_with(args, cache::kube_feed::Shared::default()).await
 }
 
-/// The server a Corefile describes, read with the process's environment for `{$VAR}`.
-fn read_corefile(path: &std::path::Path) -> anyhow::Result<dns::corefile::Server> {
+/// The server a Corefile describes, read with the process's environment for `{$VAR}`, and
+/// `resolv_conf` standing for /etc/resolv.conf.
+fn read_corefile(
+    path: &std::path::Path,
+    resolv_conf: Option<&std::path::Path>,
+) -> anyhow::Result<dns::corefile::Server> {
     let shown = path.display().to_string();
     let text =
         std::fs::read_to_string(path).with_context(|| format!("--conf {shown}: cannot read it"))?;
     let corefile = dns::corefile::parse(&text, &shown, |name| std::env::var(name).ok())?;
-    Ok(corefile.server(&shown)?)
+    let nameservers = |file: &str| {
+        let file = match resolv_conf {
+            Some(instead) if file == "/etc/resolv.conf" => instead.to_path_buf(),
+            _ => PathBuf::from(file),
+        };
+        std::fs::read_to_string(&file)
+            .map(|text| dns::forward::resolv_conf_nameservers(&text))
+            .map_err(|e| format!("{}: cannot read it ({e})", file.display()))
+    };
+    Ok(corefile.server(&shown, &nameservers)?)
 }
 
 impl DnsArgs {
@@ -201,6 +221,7 @@ impl DnsArgs {
             lameduck: h.lameduck,
         });
         self.ready = server.ready.map(|addr| moved(addr, self.ready_port));
+        self.forward = server.forward;
     }
 }
 
@@ -257,7 +278,13 @@ pub(crate) async fn run_with(
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let addrs = bound.local_addrs();
-    let server = tokio::spawn(server::serve(bound, index, config, limits, stop_rx));
+    let forwarder = args
+        .forward
+        .clone()
+        .map(|f| Arc::new(dns::forward::Forwarder::new(f)));
+    let server = tokio::spawn(server::serve(
+        bound, index, config, forwarder, limits, stop_rx,
+    ));
     let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     eprintln!(
         "svcplane dns: serving {} on {} (udp, tcp)",

@@ -461,7 +461,7 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
     let said = String::from_utf8_lossy(&check.stderr);
     assert!(
         said.contains(&format!(
-            "{conf}:2: errors is not supported yet (supported: kubernetes, health, ready)"
+            "{conf}:2: errors is not supported yet (supported: kubernetes, forward, health, ready)"
         )),
         "{said}"
     );
@@ -589,6 +589,91 @@ fn ready_names_kubernetes_until_the_cache_has_synced() {
     assert_eq!(
         wait_for_http(ready, "/ready"),
         (503, "kubernetes".to_string())
+    );
+}
+
+#[test]
+fn other_names_are_forwarded_to_the_resolv_conf_upstream_and_fail_as_servfail_once_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    // The upstream: CoreDNS serving example.org from a zone file.
+    let zone = dir.path().join("db.example.org");
+    std::fs::write(
+        &zone,
+        "$ORIGIN example.org.\n@ 3600 IN SOA ns.example.org. admin.example.org. 1 7200 3600 1209600 3600\n@ 3600 IN NS ns.example.org.\nns 3600 IN A 192.0.2.53\nwww 300 IN A 192.0.2.1\n@ 300 IN MX 10 mail.example.org.\n@ 300 IN TXT \"hello\"\n",
+    )
+    .unwrap();
+    let upstream = testkit::CoreDns::start(&format!(
+        ".:{{port}} {{\n  bind 127.0.0.1\n  ready 127.0.0.1:{{ready}}\n  file {} example.org\n}}\n",
+        zone.display()
+    ));
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver 127.0.0.1:{}\n", upstream.port)).unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            ".:53 {{\n  kubernetes cluster.local {{\n    manifests {}\n  }}\n  forward . /etc/resolv.conf {{\n    max_concurrent 1000\n  }}\n}}\n",
+            fixture().display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args([
+            "dns",
+            "--conf",
+            corefile.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--dns-port", &port.to_string()])
+        .args(["--resolv-conf", resolv.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dns = Dns { child, port };
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    // The same answers as the upstream's own, through svcplane.
+    for (name, qtype) in [
+        ("www.example.org", "A"),
+        ("example.org", "MX"),
+        ("example.org", "TXT"),
+        ("nope.example.org", "A"),
+    ] {
+        let ours = dig(dns.port, &["+rec", name, qtype]);
+        let theirs = dig(upstream.port, &["+rec", name, qtype]);
+        assert_eq!(ours.status, theirs.status, "{name} {qtype}");
+        assert_eq!(ours.answer, theirs.answer, "{name} {qtype}");
+    }
+    assert_eq!(
+        dig(dns.port, &["www.example.org", "A"]).answer,
+        ["www.example.org. 300 IN A 192.0.2.1"]
+    );
+    assert_eq!(dig(dns.port, &["nope.example.org", "A"]).status, "NXDOMAIN");
+    // The cluster zone is still answered from the cache.
+    assert_eq!(
+        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
+    );
+    // The upstream gone: SERVFAIL after the timeout, while cluster names answer at once.
+    drop(upstream);
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &dns.port.to_string(),
+            "+time=8",
+            "+tries=1",
+        ])
+        .args(["www.example.org", "A"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status: SERVFAIL"), "{text}");
+    assert_eq!(
+        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
     );
 }
 

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use crate::config::PodsMode;
 use crate::error::Error;
+use crate::forward::{Forward, MAX_UPSTREAMS, Policy};
 
 /// A parsed Corefile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,6 +432,8 @@ pub struct Server {
     pub health: Option<Health>,
     /// `ready [ADDR]`: readiness on `/ready`.
     pub ready: Option<SocketAddr>,
+    /// `forward FROM TO...`: where names the cluster zones do not answer go.
+    pub forward: Option<Forward>,
 }
 
 /// The `health` directive.
@@ -459,7 +462,7 @@ pub struct Kubernetes {
 }
 
 /// Directives `svcplane dns` runs. The rest of CoreDNS's are refused by name, not ignored.
-pub const SUPPORTED: &[&str] = &["kubernetes", "health", "ready"];
+pub const SUPPORTED: &[&str] = &["kubernetes", "forward", "health", "ready"];
 
 /// What to use instead of a CoreDNS directive svcplane will not have.
 fn instead_of(directive: &str) -> Option<&'static str> {
@@ -473,7 +476,12 @@ fn instead_of(directive: &str) -> Option<&'static str> {
 
 impl Corefile {
     /// The one server this Corefile describes, or why `svcplane dns` cannot run it (yet).
-    pub fn server(&self, file: &str) -> Result<Server, Error> {
+    /// `resolv_conf` reads the nameservers of a resolv.conf a `forward` names.
+    pub fn server(
+        &self,
+        file: &str,
+        resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
+    ) -> Result<Server, Error> {
         let fail = |line: usize, message: String| Error::Corefile {
             file: file.to_string(),
             line,
@@ -496,7 +504,7 @@ impl Corefile {
             ));
         }
         let mut kubernetes = None;
-        let (mut health, mut ready) = (None, None);
+        let (mut health, mut ready, mut forward) = (None, None, None);
         for d in &block.directives {
             let once = |seen: bool| {
                 if seen {
@@ -512,6 +520,10 @@ impl Corefile {
                 "health" => {
                     once(health.is_some())?;
                     health = Some(self::health(d).map_err(|(l, m)| fail(l, m))?);
+                }
+                "forward" => {
+                    once(forward.is_some())?;
+                    forward = Some(self::forward(d, resolv_conf).map_err(|(l, m)| fail(l, m))?);
                 }
                 "ready" => {
                     once(ready.is_some())?;
@@ -546,6 +558,7 @@ impl Corefile {
             kubernetes,
             health,
             ready,
+            forward,
         })
     }
 }
@@ -567,6 +580,137 @@ fn http_address(d: &Directive, default: &str) -> Result<SocketAddr, String> {
             d.name
         )
     })
+}
+
+/// `forward FROM TO... { options }`: TO an address (`dns://` allowed, port 53 by default) or
+/// a resolv.conf file.
+fn forward(
+    d: &Directive,
+    resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
+) -> Result<Forward, (usize, String)> {
+    let at = |line: usize| move |m: String| (line, format!("forward: {m}"));
+    let [from, to @ ..] = d.args.as_slice() else {
+        return Err((
+            d.line,
+            "forward: needs the zone and at least one upstream, e.g. `forward . /etc/resolv.conf`"
+                .into(),
+        ));
+    };
+    if to.is_empty() {
+        return Err((d.line, "forward: needs at least one upstream".into()));
+    }
+    let zone = |text: &str| -> Result<Name, String> {
+        let fqdn = if text.ends_with('.') {
+            text.to_ascii_lowercase()
+        } else {
+            format!("{}.", text.to_ascii_lowercase())
+        };
+        Name::from_ascii(&fqdn).map_err(|e| format!("{text} is not a zone ({e})"))
+    };
+    let from = zone(from).map_err(at(d.line))?;
+    let mut upstreams = Vec::new();
+    for target in to {
+        if target.contains('/') && !target.contains("://") {
+            upstreams.extend(resolv_conf(target).map_err(at(d.line))?);
+            continue;
+        }
+        let addr = match target.split_once("://") {
+            Some(("dns", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err((
+                    d.line,
+                    format!("forward: {scheme}:// upstreams are not supported yet; use dns://"),
+                ));
+            }
+            None => target.as_str(),
+        };
+        let parsed = addr
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| {
+                let bare = addr.trim_start_matches('[').trim_end_matches(']');
+                bare.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .ok_or_else(|| {
+                (
+                    d.line,
+                    format!("forward: {target} is not an upstream address or a resolv.conf file"),
+                )
+            })?;
+        upstreams.push(parsed);
+    }
+    if upstreams.is_empty() {
+        return Err((
+            d.line,
+            "forward: no upstream (the resolv.conf names no nameserver)".into(),
+        ));
+    }
+    if upstreams.len() > MAX_UPSTREAMS {
+        return Err((
+            d.line,
+            format!(
+                "forward: {} upstreams; at most {MAX_UPSTREAMS}",
+                upstreams.len()
+            ),
+        ));
+    }
+    let mut forward = Forward {
+        from,
+        upstreams,
+        policy: Policy::Random,
+        max_concurrent: None,
+        force_tcp: false,
+        prefer_udp: false,
+        except: Vec::new(),
+        timeout: Duration::from_secs(2),
+    };
+    for option in &d.block {
+        let fail = |m: &str| (option.line, format!("forward {}: {m}", option.name));
+        match (option.name.as_str(), option.args.as_slice()) {
+            ("policy", [p]) => {
+                forward.policy = match p.as_str() {
+                    "random" => Policy::Random,
+                    "round_robin" => Policy::RoundRobin,
+                    "sequential" => Policy::Sequential,
+                    _ => return Err(fail("is random, round_robin or sequential")),
+                }
+            }
+            ("max_concurrent", [n]) => {
+                forward.max_concurrent = Some(
+                    n.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| fail("takes a positive number"))?,
+                )
+            }
+            ("force_tcp", []) => forward.force_tcp = true,
+            ("prefer_udp", []) => forward.prefer_udp = true,
+            ("except", zones) if !zones.is_empty() => {
+                for z in zones {
+                    forward.except.push(zone(z).map_err(|m| fail(&m))?);
+                }
+            }
+            ("policy" | "max_concurrent" | "except", _) => return Err(fail("takes one value")),
+            ("force_tcp" | "prefer_udp", _) => return Err(fail("takes no value")),
+            (other, _) => {
+                return Err((
+                    option.line,
+                    format!(
+                        "forward {other} is not supported yet (supported: policy, max_concurrent, force_tcp, prefer_udp, except)"
+                    ),
+                ));
+            }
+        }
+    }
+    if forward.force_tcp && forward.prefer_udp {
+        return Err((
+            d.line,
+            "forward: force_tcp and prefer_udp exclude each other".into(),
+        ));
+    }
+    Ok(forward)
 }
 
 /// `health [ADDR] { lameduck D }`.
@@ -733,6 +877,13 @@ mod tests {
 }
 "#;
 
+    fn no_resolv(path: &str) -> Result<Vec<SocketAddr>, String> {
+        match path {
+            "/etc/resolv.conf" => Ok(vec!["10.0.0.2:53".parse().unwrap()]),
+            _ => Err(format!("{path}: cannot read it")),
+        }
+    }
+
     fn read(text: &str) -> Result<Corefile, Error> {
         parse(text, "Corefile", |_| None)
     }
@@ -895,7 +1046,7 @@ mod tests {
             "cluster.local:1053 in-addr.arpa:1053 {\n  kubernetes {\n    pods verified\n    ttl 30\n    endpoint_pod_names\n    noendpoints\n    ignore empty_service\n    namespaces a b\n    fallthrough in-addr.arpa\n    manifests /m.yaml\n    startup_timeout 1m30s\n  }\n}\n",
         )
         .unwrap();
-        let server = corefile.server("Corefile").unwrap();
+        let server = corefile.server("Corefile", &no_resolv).unwrap();
         assert_eq!(server.port, 1053);
         let k = server.kubernetes;
         assert_eq!(k.zones, [name("cluster.local."), name("in-addr.arpa.")]);
@@ -911,16 +1062,16 @@ mod tests {
     fn what_svcplane_does_not_run_is_refused_with_file_line_and_the_supported_list() {
         let err = read(KUBEADM)
             .unwrap()
-            .server("Corefile")
+            .server("Corefile", &no_resolv)
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            "Corefile:2: errors is not supported yet (supported: kubernetes, health, ready)"
+            "Corefile:2: errors is not supported yet (supported: kubernetes, forward, health, ready)"
         );
         let err = read(".:53 {\n  kubernetes\n  autopath @kubernetes\n}\n")
             .unwrap()
-            .server("Corefile")
+            .server("Corefile", &no_resolv)
             .unwrap_err()
             .to_string();
         assert!(
@@ -929,13 +1080,13 @@ mod tests {
         );
         let err = read(".:53 {\n  kubernetes {\n    ttl 4000\n  }\n}\n")
             .unwrap()
-            .server("Corefile")
+            .server("Corefile", &no_resolv)
             .unwrap_err()
             .to_string();
         assert_eq!(err, "Corefile:3: kubernetes ttl: 4000 is above 3600");
         let err = read(".:53 {\n  errors\n}\n.:54 {\n  errors\n}\n")
             .unwrap()
-            .server("Corefile")
+            .server("Corefile", &no_resolv)
             .unwrap_err()
             .to_string();
         assert!(
@@ -950,7 +1101,7 @@ mod tests {
             ".:53 {\n  health {\n    lameduck 5s\n  }\n  ready 127.0.0.1:9181\n  kubernetes\n}\n",
         )
         .unwrap()
-        .server("Corefile")
+        .server("Corefile", &no_resolv)
         .unwrap();
         assert_eq!(
             server.health,
@@ -962,18 +1113,57 @@ mod tests {
         assert_eq!(server.ready, Some("127.0.0.1:9181".parse().unwrap()));
         let err = read(".:53 {\n  kubernetes\n  ready\n  ready\n}\n")
             .unwrap()
-            .server("Corefile")
+            .server("Corefile", &no_resolv)
             .unwrap_err()
             .to_string();
         assert_eq!(err, "Corefile:4: ready: only one per server block");
         let err = read(".:53 {\n  kubernetes\n  health {\n    lameduck soon\n  }\n}\n")
             .unwrap()
-            .server("Corefile")
+            .server("Corefile", &no_resolv)
             .unwrap_err()
             .to_string();
         assert!(
             err.starts_with("Corefile:4: health lameduck: \"soon\" is not a duration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn forward_takes_addresses_resolv_conf_and_its_options() {
+        let server = read(".:53 {\n  kubernetes cluster.local\n  forward . dns://127.0.0.1:5300 /etc/resolv.conf [::1] {\n    policy sequential\n    max_concurrent 1000\n    except example.com\n  }\n}\n")
+            .unwrap()
+            .server("Corefile", &no_resolv)
+            .unwrap();
+        let f = server.forward.unwrap();
+        assert_eq!(f.from, Name::root());
+        assert_eq!(
+            f.upstreams,
+            [
+                "127.0.0.1:5300".parse().unwrap(),
+                "10.0.0.2:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (f.policy, f.max_concurrent),
+            (Policy::Sequential, Some(1000))
+        );
+        assert_eq!(f.except, [name("example.com.")]);
+        let err =
+            read(".:53 {\n  kubernetes\n  forward . 10.0.0.1 {\n    health_check 1s\n  }\n}\n")
+                .unwrap()
+                .server("Corefile", &no_resolv)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with("Corefile:4: forward health_check is not supported yet"),
+            "{err}"
+        );
+        let err = read(".:53 {\n  kubernetes\n  forward . /nowhere\n}\n")
+            .unwrap()
+            .server("Corefile", &no_resolv)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "Corefile:3: forward: /nowhere: cannot read it");
     }
 }

@@ -10,6 +10,7 @@ pub mod answer;
 pub mod config;
 pub mod corefile;
 mod error;
+pub mod forward;
 pub mod index;
 pub mod message;
 pub mod name;

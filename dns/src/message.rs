@@ -21,19 +21,44 @@ const TCP_LIMIT: usize = 65535;
 /// The EDNS buffer size this server advertises.
 const OUR_PAYLOAD: u16 = 1232;
 
-/// The reply to `request`, or `None` to drop it (not a query, or too short to answer).
+/// The reply to `request`, or `None` to drop it (not a query, or too short to answer). Names
+/// outside the served zones are REFUSED.
 pub fn respond(
     index: &Index,
     config: &Config,
     request: &[u8],
     transport: Transport,
 ) -> Option<Vec<u8>> {
+    match handle(index, config, request, transport, &|_| false) {
+        Handled::Reply(bytes) => bytes,
+        Handled::Forward(req) => encode_within(refused(&req), limit_of(&req, transport)),
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Handled {
+    /// This reply, or nothing (`None`: drop the request).
+    Reply(Option<Vec<u8>>),
+    /// A name the cluster zones do not answer (or pass on with `fallthrough`): send it upstream.
+    Forward(Box<Message>),
+}
+
+/// Answers `request` from the cluster zones, or hands it on when `forwards` takes its name
+/// and the zones have no answer (not served, or NXDOMAIN in a `fallthrough` zone).
+pub fn handle(
+    index: &Index,
+    config: &Config,
+    request: &[u8],
+    transport: Transport,
+    forwards: &dyn Fn(&hickory_proto::rr::Name) -> bool,
+) -> Handled {
     let req = match Message::from_vec(request) {
         Ok(m) => m,
-        Err(_) => return format_error(request),
+        Err(_) => return Handled::Reply(format_error(request)),
     };
     if req.metadata.message_type != MessageType::Query {
-        return None;
+        return Handled::Reply(None);
     }
     let mut reply = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
     reply.metadata = Metadata::response_from_request(&req.metadata);
@@ -43,10 +68,7 @@ pub fn respond(
         edns.set_max_payload(OUR_PAYLOAD);
         reply.edns = Some(edns);
     }
-    let limit = match transport {
-        Transport::Tcp => TCP_LIMIT,
-        Transport::Udp => usize::from(req.max_payload()),
-    };
+    let limit = limit_of(&req, transport);
     let rcode = |mut m: Message, code: ResponseCode| {
         m.metadata.response_code = code;
         m
@@ -61,8 +83,16 @@ pub fn respond(
         rcode(reply, ResponseCode::Refused)
     } else {
         let q = &req.queries[0];
+        let falls_through = |rcode: ResponseCode| {
+            rcode == ResponseCode::NXDomain
+                && config.fallthrough.iter().any(|z| z.zone_of(q.name()))
+        };
         match answer(index, config, q.name(), q.query_type()) {
-            // Not a served zone: refused until forwarding exists.
+            None if forwards(q.name()) => return Handled::Forward(Box::new(req)),
+            Some(a) if falls_through(a.rcode) && forwards(q.name()) => {
+                return Handled::Forward(Box::new(req));
+            }
+            // Not a served zone, and nothing to forward to.
             None => rcode(reply, ResponseCode::Refused),
             Some(a) if a.rcode == ResponseCode::Refused => rcode(reply, ResponseCode::Refused),
             Some(a) => {
@@ -75,7 +105,33 @@ pub fn respond(
             }
         }
     };
-    encode_within(reply, limit)
+    Handled::Reply(encode_within(reply, limit))
+}
+
+/// The largest reply `request` may get over `transport`.
+pub(crate) fn limit_of(request: &Message, transport: Transport) -> usize {
+    match transport {
+        Transport::Tcp => TCP_LIMIT,
+        Transport::Udp => usize::from(request.max_payload()),
+    }
+}
+
+/// A REFUSED reply to `request`.
+fn refused(request: &Message) -> Message {
+    let mut reply = Message::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
+    reply.metadata = Metadata::response_from_request(&request.metadata);
+    reply.metadata.response_code = ResponseCode::Refused;
+    reply.queries = request.queries.clone();
+    if request.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(OUR_PAYLOAD);
+        reply.edns = Some(edns);
+    }
+    reply
 }
 
 /// A FORMERR reply to bytes that do not parse, when at least the header can be read.
@@ -92,7 +148,7 @@ fn format_error(request: &[u8]) -> Option<Vec<u8>> {
 
 /// Encodes `reply` within `limit` bytes, dropping records from the end (additional, then
 /// authority, then answers) and setting TC when anything is dropped. The OPT record stays.
-fn encode_within(mut reply: Message, limit: usize) -> Option<Vec<u8>> {
+pub(crate) fn encode_within(mut reply: Message, limit: usize) -> Option<Vec<u8>> {
     let full = reply.to_vec().ok()?;
     if full.len() <= limit {
         return Some(full);

@@ -12,8 +12,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::forward::Forwarder;
 use crate::index::Index;
-use crate::message::{Transport, respond};
+use crate::message::{Handled, Transport, handle};
 use crate::{Error, Result};
 
 /// Limits of the server; each is a flag of `svcplane dns`.
@@ -124,13 +125,19 @@ pub async fn serve(
     bound: Bound,
     index: watch::Receiver<Arc<Index>>,
     config: Arc<Config>,
+    forwarder: Option<Arc<Forwarder>>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
     for socket in bound.udp {
         for _ in 0..limits.udp_workers.max(1) {
-            tasks.spawn(udp_loop(socket.clone(), index.clone(), config.clone()));
+            tasks.spawn(udp_loop(
+                socket.clone(),
+                index.clone(),
+                config.clone(),
+                forwarder.clone(),
+            ));
         }
     }
     let connections = Arc::new(Semaphore::new(limits.max_tcp_connections.max(1)));
@@ -139,6 +146,7 @@ pub async fn serve(
             listener,
             index.clone(),
             config.clone(),
+            forwarder.clone(),
             connections.clone(),
             limits.tcp_idle_timeout,
         ));
@@ -147,7 +155,12 @@ pub async fn serve(
     tasks.abort_all();
 }
 
-async fn udp_loop(socket: Arc<UdpSocket>, index: watch::Receiver<Arc<Index>>, config: Arc<Config>) {
+async fn udp_loop(
+    socket: Arc<UdpSocket>,
+    index: watch::Receiver<Arc<Index>>,
+    config: Arc<Config>,
+    forwarder: Option<Arc<Forwarder>>,
+) {
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
@@ -158,8 +171,23 @@ async fn udp_loop(socket: Arc<UdpSocket>, index: watch::Receiver<Arc<Index>>, co
             }
         };
         let current = index.borrow().clone();
-        if let Some(reply) = respond(&current, &config, &buf[..n], Transport::Udp) {
-            let _ = socket.send_to(&reply, peer).await;
+        let forwards =
+            |name: &hickory_proto::rr::Name| forwarder.as_ref().is_some_and(|f| f.handles(name));
+        match handle(&current, &config, &buf[..n], Transport::Udp, &forwards) {
+            Handled::Reply(Some(reply)) => {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+            Handled::Reply(None) => {}
+            // Upstream in a task of its own: this worker goes back to the cluster's queries.
+            Handled::Forward(request) => {
+                let (socket, forwarder) = (socket.clone(), forwarder.clone());
+                tokio::spawn(async move {
+                    let Some(forwarder) = forwarder else { return };
+                    if let Some(reply) = forwarder.resolve(&request, Transport::Udp).await {
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
+                });
+            }
         }
     }
 }
@@ -168,6 +196,7 @@ async fn tcp_loop(
     listener: TcpListener,
     index: watch::Receiver<Arc<Index>>,
     config: Arc<Config>,
+    forwarder: Option<Arc<Forwarder>>,
     connections: Arc<Semaphore>,
     idle: Duration,
 ) {
@@ -187,9 +216,9 @@ async fn tcp_loop(
                 continue;
             }
         };
-        let (index, config) = (index.clone(), config.clone());
+        let (index, config, forwarder) = (index.clone(), config.clone(), forwarder.clone());
         open.spawn(async move {
-            let _ = tcp_connection(stream, index, config, idle).await;
+            let _ = tcp_connection(stream, index, config, forwarder, idle).await;
             drop(permit);
         });
     }
@@ -201,6 +230,7 @@ async fn tcp_connection(
     mut stream: TcpStream,
     index: watch::Receiver<Arc<Index>>,
     config: Arc<Config>,
+    forwarder: Option<Arc<Forwarder>>,
     idle: Duration,
 ) -> std::io::Result<()> {
     loop {
@@ -213,7 +243,15 @@ async fn tcp_connection(
             return Ok(());
         };
         let current = index.borrow().clone();
-        let Some(reply) = respond(&current, &config, &request, Transport::Tcp) else {
+        let forwards =
+            |name: &hickory_proto::rr::Name| forwarder.as_ref().is_some_and(|f| f.handles(name));
+        let handled = handle(&current, &config, &request, Transport::Tcp, &forwards);
+        let reply = match (handled, &forwarder) {
+            (Handled::Reply(reply), _) => reply,
+            (Handled::Forward(request), Some(f)) => f.resolve(&request, Transport::Tcp).await,
+            (Handled::Forward(_), None) => None,
+        };
+        let Some(reply) = reply else {
             continue;
         };
         let mut framed = Vec::with_capacity(reply.len() + 2);
