@@ -677,6 +677,138 @@ fn other_names_are_forwarded_to_the_resolv_conf_upstream_and_fail_as_servfail_on
     );
 }
 
+/// A fake upstream on a loopback UDP port, answering every query with `answer(query)`: the
+/// datagrams to send back, in order.
+fn fake_upstream(
+    answer: impl Fn(&hickory_proto::op::Message) -> Vec<Vec<u8>> + Send + 'static,
+) -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let Ok(query) = hickory_proto::op::Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            for datagram in answer(&query) {
+                let _ = socket.send_to(&datagram, peer);
+            }
+        }
+    });
+    port
+}
+
+/// `svcplane dns` with the fixture's cluster zone and `forward . 127.0.0.1:UPSTREAM { OPTIONS }`.
+fn forwarding_to(upstream: u16, options: &str) -> (Dns, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            ".:53 {{\n  kubernetes cluster.local {{\n    manifests {}\n  }}\n  forward . 127.0.0.1:{upstream} {{\n{options}\n  }}\n}}\n",
+            fixture().display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args([
+            "dns",
+            "--conf",
+            corefile.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--dns-port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dns = Dns { child, port };
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    (dns, dir)
+}
+
+#[test]
+fn a_reply_with_another_id_or_question_is_ignored() {
+    use hickory_proto::op::{Message, MessageType, Query};
+    use hickory_proto::rr::{Name, RData, Record, rdata::A};
+    let upstream = fake_upstream(|query| {
+        let reply = |id: u16, name: &str| {
+            let mut m = Message::new(id, MessageType::Response, query.metadata.op_code);
+            m.metadata.recursion_desired = query.metadata.recursion_desired;
+            let name = Name::from_ascii(name).unwrap();
+            m.queries
+                .push(Query::query(name.clone(), query.queries[0].query_type()));
+            m.answers
+                .push(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
+            m.to_vec().unwrap()
+        };
+        let (id, asked) = (query.metadata.id, query.queries[0].name().to_ascii());
+        vec![
+            reply(id.wrapping_add(1), &asked), // another ID
+            reply(id, "spoofed.example.net."), // another question
+            reply(id, &asked),                 // the reply
+        ]
+    });
+    let (dns, _dir) = forwarding_to(upstream, "");
+    let reply = dig(dns.port, &["+rec", "www.example.org", "A"]);
+    assert_eq!(reply.status, "NOERROR");
+    assert_eq!(reply.answer, ["www.example.org. 60 IN A 192.0.2.7"]);
+}
+
+#[test]
+fn a_hanging_upstream_never_slows_cluster_names_and_max_concurrent_refuses_the_rest() {
+    let upstream = fake_upstream(|_| Vec::new()); // answers nothing
+    let (dns, _dir) = forwarding_to(upstream, "    max_concurrent 2");
+    let time_cluster_name = || {
+        let started = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(
+                dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+                ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
+            );
+        }
+        started.elapsed()
+    };
+    let calm = time_cluster_name();
+    // Two forwarded queries hang (the limit); a third is REFUSED at once.
+    let hanging: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &dns.port.to_string(),
+                    "+time=8",
+                    "+tries=1",
+                ])
+                .arg(format!("hang{i}.example.org"))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        dig(dns.port, &["+rec", "third.example.org", "A"]).status,
+        "REFUSED"
+    );
+    let busy = time_cluster_name();
+    // The cluster path does not wait for the upstream: 20 cluster answers while two forwarded
+    // queries hang take no more than a few times as long as without them (a hanging
+    // upstream would add seconds per query).
+    assert!(
+        busy < calm * 5 + Duration::from_millis(500),
+        "cluster names took {busy:?} beside a hanging upstream, {calm:?} without"
+    );
+    for child in hanging {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("status: SERVFAIL"), "{text}");
+    }
+}
+
 #[test]
 fn bad_flags_and_manifests_exit_non_zero_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
