@@ -30,6 +30,11 @@ pub(crate) struct DevArgs {
     /// Address of cluster DNS (UDP and TCP); 1053 keeps clear of port 53 and of mDNS's 5353.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1053")]
     dns: SocketAddr,
+    /// The nameservers cluster DNS forwards other names to, as kubeadm's Corefile forwards to
+    /// the node's resolv.conf (`nameserver IP:PORT` accepted); a file without any forwards
+    /// nothing.
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     #[command(flatten)]
     pools: PoolFlags,
     /// How Services get their ClusterIPs and NodePorts: `local`, the allocation module called
@@ -244,7 +249,7 @@ async fn run_with<S: Store>(
     args.serve.write_kubeconfig(&config, local)?;
     let kubeconfig = args.serve.kubeconfig_out.clone().expect("defaulted above");
 
-    let dns_args = crate::dns_cmd::DnsArgs::from_args(&[
+    let mut dns_args = crate::dns_cmd::DnsArgs::from_args(&[
         "--listen".into(),
         args.dns.to_string(),
         "--kubeconfig".into(),
@@ -253,7 +258,9 @@ async fn run_with<S: Store>(
         "cluster.local,in-addr.arpa,ip6.arpa".into(),
         "--pods".into(),
         "insecure".into(),
+        "--fallthrough=in-addr.arpa,ip6.arpa".into(),
     ])?;
+    dns_args.forward_as_kubeadm(&args.resolv_conf)?;
     let mut dns = tokio::spawn(crate::dns_cmd::run_with(dns_args, dns_share));
 
     let shown = std::path::absolute(&kubeconfig).unwrap_or(kubeconfig.clone());

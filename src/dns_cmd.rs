@@ -191,6 +191,33 @@ fn read_corefile(
 }
 
 impl DnsArgs {
+    /// Forwards every other name to the nameservers of `resolv_conf` as kubeadm's Corefile
+    /// does (`forward . /etc/resolv.conf { max_concurrent 1000 }`); none there, none forwarded.
+    pub(crate) fn forward_as_kubeadm(
+        &mut self,
+        resolv_conf: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let text = match std::fs::read_to_string(resolv_conf) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => anyhow::bail!(
+                "--resolv-conf {}: cannot read it ({e})",
+                resolv_conf.display()
+            ),
+        };
+        let mut upstreams = dns::forward::resolv_conf_nameservers(&text);
+        upstreams.truncate(dns::forward::MAX_UPSTREAMS);
+        if upstreams.is_empty() {
+            tracing::warn!(file = %resolv_conf.display(), "no nameserver: names outside the cluster zones are refused");
+            return Ok(());
+        }
+        self.forward = Some(dns::forward::Forward {
+            max_concurrent: Some(1000),
+            ..dns::forward::Forward::everything_to(upstreams)
+        });
+        Ok(())
+    }
+
     /// Takes the Corefile's server in place of the flags it stands for, `--dns-port` and
     /// `--bind` overriding its port and address.
     fn use_corefile(&mut self, server: dns::corefile::Server) {

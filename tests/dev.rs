@@ -392,3 +392,35 @@ async fn the_dns_cache_and_the_controllers_share_one_watch_of_endpoint_slices() 
     assert_eq!(watches("pods"), 1);
     assert_eq!(watches("namespaces"), 1);
 }
+
+#[test]
+fn cluster_dns_forwards_other_names_to_the_resolv_conf_nameservers() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = dir.path().join("db.example.com");
+    std::fs::write(
+        &zone,
+        "$ORIGIN example.com.\n@ 3600 IN SOA ns.example.com. admin.example.com. 1 7200 3600 1209600 3600\n@ 3600 IN NS ns.example.com.\nns 3600 IN A 192.0.2.53\n@ 300 IN A 192.0.2.10\n",
+    )
+    .unwrap();
+    let upstream = testkit::CoreDns::start(&format!(
+        ".:{{port}} {{\n  bind 127.0.0.1\n  ready 127.0.0.1:{{ready}}\n  file {} example.com\n}}\n",
+        zone.display()
+    ));
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver 127.0.0.1:{}\n", upstream.port)).unwrap();
+    let dev = Dev::start(&["--resolv-conf", resolv.to_str().unwrap()]);
+    // The newcomer's first minute: an external name through the cluster's DNS.
+    let reply = dev.dig(&["+rec", "example.com", "A"]);
+    assert_eq!(reply.status, "NOERROR", "{}", dev.log());
+    assert_eq!(reply.answers, ["A 192.0.2.10"]);
+    assert_eq!(
+        dev.dig(&["+rec", "nothing.example.com", "A"]).status,
+        "NXDOMAIN"
+    );
+    // And the cluster's own names as before.
+    assert_eq!(
+        dev.dig(&["kubernetes.default.svc.cluster.local", "A"])
+            .status,
+        "NOERROR"
+    );
+}

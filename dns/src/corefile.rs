@@ -658,13 +658,7 @@ fn forward(
     }
     let mut forward = Forward {
         from,
-        upstreams,
-        policy: Policy::Random,
-        max_concurrent: None,
-        force_tcp: false,
-        prefer_udp: false,
-        except: Vec::new(),
-        timeout: Duration::from_secs(2),
+        ..Forward::everything_to(upstreams)
     };
     for option in &d.block {
         let fail = |m: &str| (option.line, format!("forward {}: {m}", option.name));

@@ -48,6 +48,23 @@ pub struct Forward {
     pub timeout: Duration,
 }
 
+impl Forward {
+    /// Every name to `upstreams`, with CoreDNS's defaults: random order, a 2 s read timeout, no
+    /// concurrency limit, UDP first.
+    pub fn everything_to(upstreams: Vec<SocketAddr>) -> Forward {
+        Forward {
+            from: Name::root(),
+            upstreams,
+            policy: Policy::Random,
+            max_concurrent: None,
+            force_tcp: false,
+            prefer_udp: false,
+            except: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Forwards queries by one [`Forward`].
 #[derive(Debug)]
 pub struct Forwarder {
