@@ -361,10 +361,7 @@ fn malformed_packets_never_stop_the_server() {
             }
         }
     }
-    assert_eq!(
-        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
-        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
-    );
+    assert_answers_svc1(dns.port);
 }
 
 #[test]
@@ -402,10 +399,7 @@ fn a_reply_whose_questions_alone_exceed_512_bytes_still_fits_and_kills_no_worker
         );
         assert_eq!(buf[3] & 0x0f, 1, "several questions: FORMERR");
     }
-    assert_eq!(
-        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
-        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
-    );
+    assert_answers_svc1(dns.port);
 }
 
 #[test]
@@ -467,6 +461,34 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
     );
 }
 
+/// `svcplane dns --conf COREFILE` with DNS on a free loopback port and `extra` flags.
+fn spawn_conf(corefile: &std::path::Path, extra: &[&str]) -> Dns {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args([
+            "dns",
+            "--conf",
+            corefile.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--dns-port", &port.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Dns { child, port }
+}
+
+/// The fixture's svc1 is answered as ever.
+fn assert_answers_svc1(port: u16) {
+    assert_eq!(
+        dig(port, &["svc1.testns.svc.cluster.local", "A"]).answer,
+        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
+    );
+}
+
 /// A plain HTTP GET on loopback: the status and the body, or None while nothing answers.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
@@ -485,27 +507,13 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// `svcplane dns --conf` with every port moved to a free one on loopback: DNS, health, ready.
 fn start_conf(corefile: &std::path::Path) -> (Dns, u16, u16) {
-    let (port, health, ready) = (free_port(), free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
-        .args([
-            "dns",
-            "--conf",
-            corefile.to_str().unwrap(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--dns-port", &port.to_string()])
-        .args([
-            "--health-port",
-            &health.to_string(),
-            "--ready-port",
-            &ready.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (Dns { child, port }, health, ready)
+    let (health, ready) = (free_port(), free_port());
+    let (health_text, ready_text) = (health.to_string(), ready.to_string());
+    let dns = spawn_conf(
+        corefile,
+        &["--health-port", &health_text, "--ready-port", &ready_text],
+    );
+    (dns, health, ready)
 }
 
 fn wait_for_http(port: u16, path: &str) -> (u16, String) {
@@ -547,10 +555,7 @@ fn health_and_ready_answer_as_coredns_and_a_sigterm_keeps_dns_answering_for_the_
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(get(health, "/health"), Some((200, "OK".to_string())));
-    assert_eq!(
-        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
-        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
-    );
+    assert_answers_svc1(dns.port);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = dns.child.try_wait().unwrap() {
@@ -617,22 +622,7 @@ fn other_names_are_forwarded_to_the_resolv_conf_upstream_and_fail_as_servfail_on
         ),
     )
     .unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
-        .args([
-            "dns",
-            "--conf",
-            corefile.to_str().unwrap(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--dns-port", &port.to_string()])
-        .args(["--resolv-conf", resolv.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let dns = Dns { child, port };
+    let dns = spawn_conf(&corefile, &["--resolv-conf", resolv.to_str().unwrap()]);
     wait_answering(dns.port, "svc1.testns.svc.cluster.local");
     // The same answers as the upstream's own, through svcplane.
     for (name, qtype) in [
@@ -652,10 +642,7 @@ fn other_names_are_forwarded_to_the_resolv_conf_upstream_and_fail_as_servfail_on
     );
     assert_eq!(dig(dns.port, &["nope.example.org", "A"]).status, "NXDOMAIN");
     // The cluster zone is still answered from the cache.
-    assert_eq!(
-        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
-        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
-    );
+    assert_answers_svc1(dns.port);
     // The upstream gone: SERVFAIL after the timeout, while cluster names answer at once.
     drop(upstream);
     let out = Command::new("dig")
@@ -671,10 +658,7 @@ fn other_names_are_forwarded_to_the_resolv_conf_upstream_and_fail_as_servfail_on
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("status: SERVFAIL"), "{text}");
-    assert_eq!(
-        dig(dns.port, &["svc1.testns.svc.cluster.local", "A"]).answer,
-        ["svc1.testns.svc.cluster.local. 5 IN A 10.0.0.1"]
-    );
+    assert_answers_svc1(dns.port);
 }
 
 /// A fake upstream on a loopback UDP port, answering every query with `answer(query)`: the
@@ -710,21 +694,7 @@ fn forwarding_to(upstream: u16, options: &str) -> (Dns, tempfile::TempDir) {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
-        .args([
-            "dns",
-            "--conf",
-            corefile.to_str().unwrap(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--dns-port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let dns = Dns { child, port };
+    let dns = spawn_conf(&corefile, &[]);
     wait_answering(dns.port, "svc1.testns.svc.cluster.local");
     (dns, dir)
 }

@@ -878,6 +878,15 @@ mod tests {
         }
     }
 
+    /// Why a Corefile of `text` does not run.
+    fn refusal(text: &str) -> String {
+        read(text)
+            .unwrap()
+            .server("Corefile", &no_resolv)
+            .unwrap_err()
+            .to_string()
+    }
+
     fn read(text: &str) -> Result<Corefile, Error> {
         parse(text, "Corefile", |_| None)
     }
@@ -1054,35 +1063,19 @@ mod tests {
 
     #[test]
     fn what_svcplane_does_not_run_is_refused_with_file_line_and_the_supported_list() {
-        let err = read(KUBEADM)
-            .unwrap()
-            .server("Corefile", &no_resolv)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(KUBEADM);
         assert_eq!(
             err,
             "Corefile:2: errors is not supported yet (supported: kubernetes, forward, health, ready)"
         );
-        let err = read(".:53 {\n  kubernetes\n  autopath @kubernetes\n}\n")
-            .unwrap()
-            .server("Corefile", &no_resolv)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(".:53 {\n  kubernetes\n  autopath @kubernetes\n}\n");
         assert!(
             err.starts_with("Corefile:3: autopath is not supported: pods resolve"),
             "{err}"
         );
-        let err = read(".:53 {\n  kubernetes {\n    ttl 4000\n  }\n}\n")
-            .unwrap()
-            .server("Corefile", &no_resolv)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(".:53 {\n  kubernetes {\n    ttl 4000\n  }\n}\n");
         assert_eq!(err, "Corefile:3: kubernetes ttl: 4000 is above 3600");
-        let err = read(".:53 {\n  errors\n}\n.:54 {\n  errors\n}\n")
-            .unwrap()
-            .server("Corefile", &no_resolv)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(".:53 {\n  errors\n}\n.:54 {\n  errors\n}\n");
         assert!(
             err.starts_with("Corefile:4: several server blocks"),
             "{err}"
@@ -1105,17 +1098,9 @@ mod tests {
             })
         );
         assert_eq!(server.ready, Some("127.0.0.1:9181".parse().unwrap()));
-        let err = read(".:53 {\n  kubernetes\n  ready\n  ready\n}\n")
-            .unwrap()
-            .server("Corefile", &no_resolv)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(".:53 {\n  kubernetes\n  ready\n  ready\n}\n");
         assert_eq!(err, "Corefile:4: ready: only one per server block");
-        let err = read(".:53 {\n  kubernetes\n  health {\n    lameduck soon\n  }\n}\n")
-            .unwrap()
-            .server("Corefile", &no_resolv)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(".:53 {\n  kubernetes\n  health {\n    lameduck soon\n  }\n}\n");
         assert!(
             err.starts_with("Corefile:4: health lameduck: \"soon\" is not a duration"),
             "{err}"
@@ -1144,20 +1129,12 @@ mod tests {
         );
         assert_eq!(f.except, [name("example.com.")]);
         let err =
-            read(".:53 {\n  kubernetes\n  forward . 10.0.0.1 {\n    health_check 1s\n  }\n}\n")
-                .unwrap()
-                .server("Corefile", &no_resolv)
-                .unwrap_err()
-                .to_string();
+            refusal(".:53 {\n  kubernetes\n  forward . 10.0.0.1 {\n    health_check 1s\n  }\n}\n");
         assert!(
             err.starts_with("Corefile:4: forward health_check is not supported yet"),
             "{err}"
         );
-        let err = read(".:53 {\n  kubernetes\n  forward . /nowhere\n}\n")
-            .unwrap()
-            .server("Corefile", &no_resolv)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(".:53 {\n  kubernetes\n  forward . /nowhere\n}\n");
         assert_eq!(err, "Corefile:3: forward: /nowhere: cannot read it");
     }
 }
