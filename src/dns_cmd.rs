@@ -111,6 +111,9 @@ pub(crate) struct DnsArgs {
     /// The Corefile's `forward`.
     #[arg(skip)]
     forward: Option<dns::forward::Forward>,
+    /// The Corefile's `log`.
+    #[arg(skip)]
+    log: bool,
 }
 
 impl DnsArgs {
@@ -249,6 +252,7 @@ impl DnsArgs {
         });
         self.ready = server.ready.map(|addr| moved(addr, self.ready_port));
         self.forward = server.forward;
+        self.log = server.log;
     }
 }
 
@@ -408,6 +412,7 @@ fn own_addresses(listen: &[SocketAddr]) -> Vec<IpAddr> {
 
 fn limits(args: &DnsArgs) -> Limits {
     Limits {
+        log_queries: args.log,
         max_tcp_connections: args.max_tcp_connections,
         tcp_idle_timeout: args.tcp_idle_timeout,
         ..Limits::default()

@@ -455,14 +455,16 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
     let said = String::from_utf8_lossy(&check.stderr);
     assert!(
         said.contains(&format!(
-            "{conf}:2: errors is not supported yet (supported: kubernetes, forward, health, ready)"
+            "{conf}:2: errors is not supported yet (supported: kubernetes, forward, health, ready, log)"
         )),
         "{said}"
     );
 }
 
-/// `svcplane dns --conf COREFILE` with DNS on a free loopback port and `extra` flags.
+/// `svcplane dns --conf COREFILE` with DNS on a free loopback port and `extra` flags; its
+/// stdout goes to `COREFILE.out`.
 fn spawn_conf(corefile: &std::path::Path, extra: &[&str]) -> Dns {
+    let out = std::fs::File::create(corefile.with_extension("out")).unwrap();
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_svcplane"))
         .args([
@@ -474,7 +476,7 @@ fn spawn_conf(corefile: &std::path::Path, extra: &[&str]) -> Dns {
         ])
         .args(["--dns-port", &port.to_string()])
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(out)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -776,6 +778,43 @@ fn a_hanging_upstream_never_slows_cluster_names_and_max_concurrent_refuses_the_r
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("status: SERVFAIL"), "{text}");
+    }
+}
+
+#[test]
+fn log_writes_a_line_per_query_in_coredns_common_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            ".:53 {{\n  log\n  kubernetes cluster.local {{\n    manifests {}\n  }}\n}}\n",
+            fixture().display()
+        ),
+    )
+    .unwrap();
+    let dns = spawn_conf(&corefile, &[]);
+    wait_answering(dns.port, "svc1.testns.svc.cluster.local");
+    assert_answers_svc1(dns.port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::fs::read_to_string(corefile.with_extension("out")).unwrap();
+        // `[INFO] 127.0.0.1:PORT - ID "A IN name. udp SIZE false 1232" NOERROR qr,aa SIZE 0.000123s`
+        // (dig sends EDNS with a 1232-byte buffer and, with +norec, no RD).
+        let line = out.lines().find(|l| {
+            l.starts_with("[INFO] 127.0.0.1:")
+                && l.contains("\"A IN svc1.testns.svc.cluster.local. udp ")
+                && l.contains(" false 1232\" NOERROR qr,aa ")
+                && l.ends_with('s')
+        });
+        if line.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line for the query in:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

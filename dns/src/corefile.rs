@@ -434,6 +434,8 @@ pub struct Server {
     pub ready: Option<SocketAddr>,
     /// `forward FROM TO...`: where names the cluster zones do not answer go.
     pub forward: Option<Forward>,
+    /// `log`: a line per query on stdout, in CoreDNS's common log format.
+    pub log: bool,
 }
 
 /// The `health` directive.
@@ -462,7 +464,7 @@ pub struct Kubernetes {
 }
 
 /// Directives `svcplane dns` runs. The rest of CoreDNS's are refused by name, not ignored.
-pub const SUPPORTED: &[&str] = &["kubernetes", "forward", "health", "ready"];
+pub const SUPPORTED: &[&str] = &["kubernetes", "forward", "health", "ready", "log"];
 
 /// What to use instead of a CoreDNS directive svcplane will not have.
 fn instead_of(directive: &str) -> Option<&'static str> {
@@ -505,6 +507,7 @@ impl Corefile {
         }
         let mut kubernetes = None;
         let (mut health, mut ready, mut forward) = (None, None, None);
+        let mut log = false;
         for d in &block.directives {
             let once = |seen: bool| {
                 if seen {
@@ -520,6 +523,16 @@ impl Corefile {
                 "health" => {
                     once(health.is_some())?;
                     health = Some(self::health(d).map_err(|(l, m)| fail(l, m))?);
+                }
+                "log" => {
+                    once(log)?;
+                    if !d.args.is_empty() || !d.block.is_empty() {
+                        return Err(fail(
+                            d.line,
+                            "log: names and formats are not supported yet; write a bare `log` (every query, common format)".into(),
+                        ));
+                    }
+                    log = true;
                 }
                 "forward" => {
                     once(forward.is_some())?;
@@ -559,6 +572,7 @@ impl Corefile {
             health,
             ready,
             forward,
+            log,
         })
     }
 }
@@ -1066,7 +1080,7 @@ mod tests {
         let err = refusal(KUBEADM);
         assert_eq!(
             err,
-            "Corefile:2: errors is not supported yet (supported: kubernetes, forward, health, ready)"
+            "Corefile:2: errors is not supported yet (supported: kubernetes, forward, health, ready, log)"
         );
         let err = refusal(".:53 {\n  kubernetes\n  autopath @kubernetes\n}\n");
         assert!(

@@ -134,6 +134,78 @@ fn refused(request: &Message) -> Message {
     reply
 }
 
+/// The line CoreDNS's `log` plugin writes for one query in its default (`{common}`) format:
+/// `[INFO] 127.0.0.1:52734 - 43307 "A IN example.org. udp 40 false 512" NOERROR qr,aa,rd 106
+/// 0.000154s`. None for a request that does not parse or has no question.
+pub fn log_line(
+    request: &[u8],
+    reply: &[u8],
+    peer: std::net::SocketAddr,
+    transport: Transport,
+    took: std::time::Duration,
+) -> Option<String> {
+    let req = Message::from_vec(request).ok()?;
+    let q = req.queries.first()?;
+    let (dnssec_ok, bufsize) = match &req.edns {
+        Some(edns) => (edns.flags().dnssec_ok, edns.max_payload().max(512)),
+        None => (false, 512),
+    };
+    let (rcode, flags) = match Message::from_vec(reply) {
+        Ok(r) => {
+            let m = &r.metadata;
+            let flags: Vec<&str> = [
+                (m.message_type == MessageType::Response, "qr"),
+                (m.authoritative, "aa"),
+                (m.truncation, "tc"),
+                (m.recursion_desired, "rd"),
+                (m.recursion_available, "ra"),
+                (m.authentic_data, "ad"),
+                (m.checking_disabled, "cd"),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            (rcode_name(r.metadata.response_code), flags.join(","))
+        }
+        Err(_) => ("-".to_string(), "-".to_string()),
+    };
+    let proto = match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    };
+    Some(format!(
+        "[INFO] {peer} - {id} \"{qtype} {class} {name} {proto} {size} {dnssec_ok} {bufsize}\" {rcode} {flags} {rsize} {secs}s",
+        id = req.metadata.id,
+        qtype = q.query_type(),
+        class = q.query_class(),
+        name = q.name(),
+        size = request.len(),
+        rsize = reply.len(),
+        secs = took.as_secs_f64(),
+    ))
+}
+
+/// An rcode as miekg/dns names it (`RcodeToString`).
+fn rcode_name(code: ResponseCode) -> String {
+    let value = u16::from(code);
+    let name = match value {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        16 => "BADVERS",
+        _ => return value.to_string(),
+    };
+    name.to_string()
+}
+
 /// A FORMERR reply to bytes that do not parse, when at least the header can be read.
 fn format_error(request: &[u8]) -> Option<Vec<u8>> {
     if request.len() < 12 || request[2] & 0x80 != 0 {
@@ -226,5 +298,37 @@ mod tests {
         let message = query_with(1);
         let whole = message.to_vec().unwrap();
         assert_eq!(encode_within(message, 512), Some(whole));
+    }
+
+    #[test]
+    fn a_query_is_logged_in_coredns_common_format() {
+        let mut request = Message::new(43307, MessageType::Query, OpCode::Query);
+        request.metadata.recursion_desired = true;
+        request.queries.push(Query::query(
+            Name::from_ascii("example.org.").unwrap(),
+            RecordType::A,
+        ));
+        let bytes = request.to_vec().unwrap();
+        let mut reply = Message::new(43307, MessageType::Response, OpCode::Query);
+        reply.metadata.authoritative = true;
+        reply.metadata.recursion_desired = true;
+        reply.queries = request.queries.clone();
+        let reply = reply.to_vec().unwrap();
+        let line = log_line(
+            &bytes,
+            &reply,
+            "127.0.0.1:52734".parse().unwrap(),
+            Transport::Udp,
+            std::time::Duration::from_micros(154),
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "[INFO] 127.0.0.1:52734 - 43307 \"A IN example.org. udp {} false 512\" NOERROR qr,aa,rd {} 0.000154s",
+                bytes.len(),
+                reply.len()
+            )
+        );
     }
 }

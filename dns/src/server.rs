@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cache::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,12 +14,14 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::index::Index;
-use crate::message::{Handled, Transport, handle};
+use crate::message::{Handled, Transport, handle, log_line};
 use crate::{Error, Result};
 
-/// Limits of the server; each is a flag of `svcplane dns`.
+/// Limits of the server (each a flag of `svcplane dns`), and whether it logs every query.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Write a line per query to stdout in CoreDNS's common log format (the Corefile's `log`).
+    pub log_queries: bool,
     /// Concurrent TCP connections; further connections wait to be accepted.
     pub max_tcp_connections: usize,
     /// A TCP connection idle this long is closed.
@@ -34,6 +36,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            log_queries: false,
             max_tcp_connections: 1000,
             tcp_idle_timeout: Duration::from_secs(10),
             udp_workers: std::thread::available_parallelism()
@@ -137,6 +140,7 @@ pub async fn serve(
                 index.clone(),
                 config.clone(),
                 forwarder.clone(),
+                limits.log_queries,
             ));
         }
     }
@@ -148,7 +152,7 @@ pub async fn serve(
             config.clone(),
             forwarder.clone(),
             connections.clone(),
-            limits.tcp_idle_timeout,
+            (limits.tcp_idle_timeout, limits.log_queries),
         ));
     }
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -160,6 +164,7 @@ async fn udp_loop(
     index: watch::Receiver<Arc<Index>>,
     config: Arc<Config>,
     forwarder: Option<Arc<Forwarder>>,
+    log: bool,
 ) {
     let mut buf = vec![0u8; 65535];
     loop {
@@ -170,25 +175,46 @@ async fn udp_loop(
                 continue;
             }
         };
+        let started = Instant::now();
         let current = index.borrow().clone();
         let forwards =
             |name: &hickory_proto::rr::Name| forwarder.as_ref().is_some_and(|f| f.handles(name));
         match handle(&current, &config, &buf[..n], Transport::Udp, &forwards) {
             Handled::Reply(Some(reply)) => {
                 let _ = socket.send_to(&reply, peer).await;
+                if log {
+                    log_query(&buf[..n], &reply, peer, Transport::Udp, started);
+                }
             }
             Handled::Reply(None) => {}
             // Upstream in a task of its own: this worker goes back to the cluster's queries.
             Handled::Forward(request) => {
                 let (socket, forwarder) = (socket.clone(), forwarder.clone());
+                let asked = buf[..n].to_vec();
                 tokio::spawn(async move {
                     let Some(forwarder) = forwarder else { return };
                     if let Some(reply) = forwarder.resolve(&request, Transport::Udp).await {
                         let _ = socket.send_to(&reply, peer).await;
+                        if log {
+                            log_query(&asked, &reply, peer, Transport::Udp, started);
+                        }
                     }
                 });
             }
         }
+    }
+}
+
+/// Writes the query's line in CoreDNS's common log format to stdout.
+fn log_query(
+    request: &[u8],
+    reply: &[u8],
+    peer: SocketAddr,
+    transport: Transport,
+    started: Instant,
+) {
+    if let Some(line) = log_line(request, reply, peer, transport, started.elapsed()) {
+        println!("{line}");
     }
 }
 
@@ -198,7 +224,7 @@ async fn tcp_loop(
     config: Arc<Config>,
     forwarder: Option<Arc<Forwarder>>,
     connections: Arc<Semaphore>,
-    idle: Duration,
+    (idle, log): (Duration, bool),
 ) {
     // Connections live in this set, so stopping the listener stops them too.
     let mut open = JoinSet::new();
@@ -218,7 +244,7 @@ async fn tcp_loop(
         };
         let (index, config, forwarder) = (index.clone(), config.clone(), forwarder.clone());
         open.spawn(async move {
-            let _ = tcp_connection(stream, index, config, forwarder, idle).await;
+            let _ = tcp_connection(stream, index, config, forwarder, (idle, log)).await;
             drop(permit);
         });
     }
@@ -231,8 +257,9 @@ async fn tcp_connection(
     index: watch::Receiver<Arc<Index>>,
     config: Arc<Config>,
     forwarder: Option<Arc<Forwarder>>,
-    idle: Duration,
+    (idle, log): (Duration, bool),
 ) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
     loop {
         let mut len = [0u8; 2];
         let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut len)).await else {
@@ -242,6 +269,7 @@ async fn tcp_connection(
         let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut request)).await else {
             return Ok(());
         };
+        let started = Instant::now();
         let current = index.borrow().clone();
         let forwards =
             |name: &hickory_proto::rr::Name| forwarder.as_ref().is_some_and(|f| f.handles(name));
@@ -254,6 +282,9 @@ async fn tcp_connection(
         let Some(reply) = reply else {
             continue;
         };
+        if log {
+            log_query(&request, &reply, peer, Transport::Tcp, started);
+        }
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         framed.extend_from_slice(&reply);
