@@ -46,17 +46,7 @@ fn shared() -> &'static WebhookCluster {
 impl WebhookCluster {
     /// `kubectl create service clusterip NAME` in `ns`, asking for `ip`.
     fn create_with_ip(&self, ns: &str, name: &str, ip: &str) -> std::process::Output {
-        let ip = format!("--clusterip={ip}");
-        self.kubectl(&[
-            "-n",
-            ns,
-            "create",
-            "service",
-            "clusterip",
-            name,
-            "--tcp=80:80",
-            &ip,
-        ])
+        support::create_with_ip(|args| self.kubectl(args), ns, name, ip)
     }
 
     /// A kubectl-created namespace of the test's own.

@@ -36,16 +36,7 @@ fn kubectl_ok(args: &[&str]) -> String {
 
 /// Creates a ClusterIP Service `name` in `ns` asking for `ip`; kubectl's output.
 fn create_with_ip(ns: &str, name: &str, ip: &str) -> std::process::Output {
-    dev().kubectl(&[
-        "-n",
-        ns,
-        "create",
-        "service",
-        "clusterip",
-        name,
-        "--tcp=80:80",
-        &format!("--clusterip={ip}"),
-    ])
+    support::create_with_ip(|args| dev().kubectl(args), ns, name, ip)
 }
 
 #[test]

@@ -697,32 +697,24 @@ mod tests {
         assert!(webhook.requests().is_empty());
     }
 
+    /// Why a client of `url` trusting `ca` cannot be made.
+    fn refusal(url: &str, ca: Option<&Path>) -> String {
+        WebhookAdmission::new(url, ca, FailurePolicy::Fail, Duration::from_secs(10))
+            .err()
+            .expect("refused")
+            .to_string()
+    }
+
     #[test]
     fn an_http_url_is_refused_naming_the_flag() {
-        let err = WebhookAdmission::new(
-            "http://127.0.0.1:8443/mutate",
-            None,
-            FailurePolicy::Fail,
-            Duration::from_secs(10),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = refusal("http://127.0.0.1:8443/mutate", None);
         assert!(err.contains("--service-admission-webhook"), "{err}");
         assert!(err.contains("https://"), "{err}");
     }
 
     #[test]
     fn an_https_url_without_a_ca_file_is_refused_naming_the_flag() {
-        let err = WebhookAdmission::new(
-            "https://127.0.0.1:8443/mutate",
-            None,
-            FailurePolicy::Fail,
-            Duration::from_secs(10),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = refusal("https://127.0.0.1:8443/mutate", None);
         assert!(err.contains("--admission-ca: required"), "{err}");
     }
 
@@ -731,15 +723,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let err = WebhookAdmission::new(
-            "https://127.0.0.1:8443/mutate",
-            Some(&empty),
-            FailurePolicy::Fail,
-            Duration::from_secs(10),
-        )
-        .err()
-        .unwrap();
-        assert!(err.to_string().contains("--admission-ca"), "{err}");
+        let err = refusal("https://127.0.0.1:8443/mutate", Some(empty.as_path()));
+        assert!(err.contains("--admission-ca"), "{err}");
     }
 
     #[test]

@@ -325,6 +325,27 @@ pub fn manifest(object: &serde_json::Value) -> (tempfile::TempDir, String) {
     (dir, path.display().to_string())
 }
 
+/// `kubectl create service clusterip NAME --tcp=80:80 --clusterip=IP` in `ns`, through
+/// `kubectl` (a cluster's or a dev instance's).
+pub fn create_with_ip(
+    kubectl: impl Fn(&[&str]) -> Output,
+    ns: &str,
+    name: &str,
+    ip: &str,
+) -> Output {
+    let ip = format!("--clusterip={ip}");
+    kubectl(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        name,
+        "--tcp=80:80",
+        &ip,
+    ])
+}
+
 /// The strings of a JSON array (none for anything else).
 pub fn strings(value: &serde_json::Value) -> Vec<String> {
     value
