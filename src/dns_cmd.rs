@@ -75,10 +75,8 @@ pub(crate) struct DnsArgs {
     /// Idle TCP connections are closed after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     tcp_idle_timeout: Duration,
-    /// A Corefile to run instead of the flags above. Supported so far: one server block (its
-    /// port) with a `kubernetes` directive (zones; ttl, pods, endpoint_pod_names, noendpoints,
-    /// ignore empty_service, namespaces, fallthrough, kubeconfig, startup_timeout, and
-    /// svcplane's `manifests FILE...`); any other directive is refused with its line.
+    /// A Corefile to run instead of the flags above (see docs/corefile.md for the directives
+    /// and options svcplane runs; any other is refused with its file and line).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "zones", "ttl", "pods", "endpoint_pod_names", "ignore_empty_service", "noendpoints", "namespaces", "fallthrough", "kubeconfig", "manifests", "startup_timeout"])]
     conf: Option<PathBuf>,
     /// With --conf: check the Corefile and exit, 0 if svcplane runs it, 1 (naming the file and
@@ -88,8 +86,8 @@ pub(crate) struct DnsArgs {
     /// With --conf: the port of every server block instead of the Corefile's.
     #[arg(long, value_name = "N", requires = "conf")]
     dns_port: Option<u16>,
-    /// With --conf: the address every listener binds (DNS, health, ready) instead of the
-    /// Corefile's.
+    /// With --conf: the address every listener binds (DNS, health, ready, metrics) instead of
+    /// the Corefile's.
     #[arg(long, value_name = "ADDR", requires = "conf")]
     bind: Option<IpAddr>,
     /// With --conf: the port of the `health` endpoint instead of the Corefile's.
@@ -98,22 +96,16 @@ pub(crate) struct DnsArgs {
     /// With --conf: the port of the `ready` endpoint instead of the Corefile's.
     #[arg(long, value_name = "N", requires = "conf")]
     ready_port: Option<u16>,
-    /// The Corefile's `health`: where `/health` is served, and the lameduck period.
-    #[arg(skip)]
-    health: Option<dns::corefile::Health>,
-    /// The Corefile's `ready`: where `/ready` is served.
-    #[arg(skip)]
-    ready: Option<SocketAddr>,
+    /// With --conf: the port of the `prometheus` endpoint instead of the Corefile's.
+    #[arg(long, value_name = "N", requires = "conf")]
+    metrics_port: Option<u16>,
     /// With --conf: this file stands for /etc/resolv.conf wherever the Corefile names it;
     /// `nameserver IP:PORT` lines are accepted (svcplane's extension, for a loopback upstream).
     #[arg(long, value_name = "FILE", requires = "conf")]
     resolv_conf: Option<PathBuf>,
-    /// The Corefile's `forward`.
+    /// Names outside the zones go here (set by `svcplane dev`).
     #[arg(skip)]
     forward: Option<dns::forward::Forward>,
-    /// The Corefile's `log`.
-    #[arg(skip)]
-    log: bool,
 }
 
 impl DnsArgs {
@@ -159,24 +151,48 @@ impl DnsArgs {
     }
 }
 
-pub(crate) async fn run(mut args: DnsArgs) -> anyhow::Result<()> {
-    if let Some(path) = args.conf.clone() {
-        let server = read_corefile(&path, args.resolv_conf.as_deref())?;
-        if args.check {
-            eprintln!("{}: svcplane dns runs this Corefile", path.display());
-            return Ok(());
+pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
+    end_on_panic();
+    let setup = match &args.conf {
+        Some(path) => {
+            let plan = read_corefile(path, args.resolv_conf.as_deref())?;
+            if args.check {
+                eprintln!("{}: svcplane dns runs this Corefile", path.display());
+                return Ok(());
+            }
+            args.corefile_setup(plan)?
         }
-        args.use_corefile(server);
-    }
-    run_with(args, cache::kube_feed::Shared::default()).await
+        None => args.flags_setup()?,
+    };
+    serve(setup, cache::kube_feed::Shared::default()).await
 }
 
-/// The server a Corefile describes, read with the process's environment for `{$VAR}`, and
+/// A panic anywhere (a server, index or probe task) ends the process with its message rather
+/// than leaving a server with a dead task behind: the kubelet restarts it.
+fn end_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("svcplane dns: a task panicked; exiting so the process is restarted whole");
+        std::process::exit(70);
+    }));
+}
+
+/// [`run`] of the flags, reading the kinds of `shared` from watches another part of the
+/// process shares (for `svcplane dev`).
+pub(crate) async fn run_with(
+    args: DnsArgs,
+    shared: cache::kube_feed::Shared,
+) -> anyhow::Result<()> {
+    serve(args.flags_setup()?, shared).await
+}
+
+/// The plan a Corefile describes, read with the process's environment for `{$VAR}`, and
 /// `resolv_conf` standing for /etc/resolv.conf.
 fn read_corefile(
     path: &std::path::Path,
     resolv_conf: Option<&std::path::Path>,
-) -> anyhow::Result<dns::corefile::Server> {
+) -> anyhow::Result<dns::plan::Plan> {
     let shown = path.display().to_string();
     let text =
         std::fs::read_to_string(path).with_context(|| format!("--conf {shown}: cannot read it"))?;
@@ -190,7 +206,21 @@ fn read_corefile(
             .map(|text| dns::forward::resolv_conf_nameservers(&text))
             .map_err(|e| format!("{}: cannot read it ({e})", file.display()))
     };
-    Ok(corefile.server(&shown, &nameservers)?)
+    Ok(corefile.plan(&shown, &nameservers)?)
+}
+
+/// Everything `svcplane dns` runs, from the flags or a Corefile.
+struct Setup {
+    plan: dns::plan::Plan,
+    /// The addresses each block of the plan listens on.
+    listen: Vec<Vec<SocketAddr>>,
+    /// The `kubernetes` directive's options, if the plan has one.
+    config: Option<Config>,
+    kubeconfig: Option<PathBuf>,
+    manifests: Vec<PathBuf>,
+    manifests_reload_interval: Duration,
+    startup_timeout: Duration,
+    limits: Limits,
 }
 
 impl DnsArgs {
@@ -221,127 +251,267 @@ impl DnsArgs {
         Ok(())
     }
 
-    /// Takes the Corefile's server in place of the flags it stands for, `--dns-port` and
-    /// `--bind` overriding its port and address.
-    fn use_corefile(&mut self, server: dns::corefile::Server) {
+    /// The flags as one server block answering the zones from the cluster, on every --listen
+    /// address.
+    fn flags_setup(&self) -> anyhow::Result<Setup> {
+        let config = self.config()?;
+        Ok(Setup {
+            plan: dns::plan::Plan::of_flags(self.forward.clone()),
+            listen: vec![self.listen.clone()],
+            config: Some(config),
+            kubeconfig: self.kubeconfig.clone(),
+            manifests: self.manifests.clone(),
+            manifests_reload_interval: self.manifests_reload_interval,
+            startup_timeout: self.startup_timeout,
+            limits: self.limits(),
+        })
+    }
+
+    /// A Corefile's plan with `--dns-port`, `--bind` and the HTTP port flags applied.
+    fn corefile_setup(&self, mut plan: dns::plan::Plan) -> anyhow::Result<Setup> {
         let ip = self.bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        self.listen = vec![SocketAddr::new(ip, self.dns_port.unwrap_or(server.port))];
-        let k = server.kubernetes;
-        fn text(names: &[impl ToString]) -> Vec<String> {
-            names.iter().map(ToString::to_string).collect()
-        }
-        self.zones = text(&k.zones);
-        self.ttl = k.ttl.unwrap_or(5);
-        self.pods = k.pods.unwrap_or_default();
-        self.endpoint_pod_names = k.endpoint_pod_names;
-        self.ignore_empty_service = k.ignore_empty_service;
-        self.noendpoints = k.noendpoints;
-        self.namespaces = k.namespaces;
-        self.fallthrough = k.fallthrough.map(|zones| text(&zones));
-        self.kubeconfig = k.kubeconfig;
-        self.manifests = k.manifests;
-        if let Some(timeout) = k.startup_timeout {
-            self.startup_timeout = timeout;
-        }
+        let listen: Vec<Vec<SocketAddr>> = plan
+            .blocks
+            .iter()
+            .map(|b| vec![SocketAddr::new(ip, self.dns_port.unwrap_or(b.port))])
+            .collect();
         let moved = |addr: SocketAddr, port: Option<u16>| {
             SocketAddr::new(self.bind.unwrap_or(addr.ip()), port.unwrap_or(addr.port()))
         };
-        self.health = server.health.map(|h| dns::corefile::Health {
+        plan.health = plan.health.map(|h| dns::plan::Health {
             addr: moved(h.addr, self.health_port),
             lameduck: h.lameduck,
         });
-        self.ready = server.ready.map(|addr| moved(addr, self.ready_port));
-        self.forward = server.forward;
-        self.log = server.log;
+        plan.ready = plan.ready.map(|addr| moved(addr, self.ready_port));
+        plan.prometheus = plan.prometheus.map(|addr| moved(addr, self.metrics_port));
+        let k = plan.kubernetes.clone();
+        let config = match &k {
+            Some(k) => {
+                let own: Vec<SocketAddr> = plan
+                    .blocks
+                    .iter()
+                    .zip(&listen)
+                    .filter(|(b, _)| b.kubernetes)
+                    .flat_map(|(_, addrs)| addrs.clone())
+                    .collect();
+                let fallthrough = match &k.fallthrough {
+                    None => Vec::new(),
+                    Some(zones) if zones.is_empty() => k.zones.clone(),
+                    Some(zones) => zones.clone(),
+                };
+                let config = Config {
+                    zones: k.zones.clone(),
+                    ttl: k.ttl.unwrap_or(5),
+                    pods: k.pods.unwrap_or_default(),
+                    endpoint_pod_names: k.endpoint_pod_names,
+                    ignore_empty_service: k.ignore_empty_service,
+                    noendpoints: k.noendpoints,
+                    namespaces: (!k.namespaces.is_empty())
+                        .then(|| k.namespaces.iter().cloned().collect()),
+                    fallthrough,
+                    ns_addresses: own_addresses(&own),
+                };
+                config.validate()?;
+                Some(config)
+            }
+            None => None,
+        };
+        Ok(Setup {
+            listen,
+            config,
+            kubeconfig: k.as_ref().and_then(|k| k.kubeconfig.clone()),
+            manifests: k.as_ref().map(|k| k.manifests.clone()).unwrap_or_default(),
+            manifests_reload_interval: self.manifests_reload_interval,
+            startup_timeout: k
+                .as_ref()
+                .and_then(|k| k.startup_timeout)
+                .unwrap_or(self.startup_timeout),
+            limits: self.limits(),
+            plan,
+        })
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_tcp_connections: self.max_tcp_connections,
+            tcp_idle_timeout: self.tcp_idle_timeout,
+            ..Limits::default()
+        }
     }
 }
 
-/// [`run`], reading the kinds of `shared` from watches another part of the process shares.
-pub(crate) async fn run_with(
-    args: DnsArgs,
-    shared: cache::kube_feed::Shared,
-) -> anyhow::Result<()> {
-    let config = Arc::new(args.config()?);
-    let limits = limits(&args);
-    let bound = server::bind(&args.listen, &limits).await?;
-    let kinds = if args.manifests.is_empty() {
-        cache::kube_feed::kinds(!args.noendpoints, args.pods == PodsMode::Verified)
-    } else {
-        vec![
-            Kind::Namespaces,
-            Kind::Services,
-            Kind::EndpointSlices,
-            Kind::Pods,
-        ]
-    };
-    let cache = Arc::new(Cache::new(&kinds));
-    let index = server::follow(cache.subscribe(), config.clone());
-    let mut feed: tokio::task::JoinHandle<anyhow::Result<()>> = if args.manifests.is_empty() {
-        let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
-        let watchers = cache::kube_feed::spawn(cache.clone(), client, &kinds, shared);
-        tokio::spawn(async move {
-            futures::future::join_all(watchers).await;
-            Ok(())
-        })
-    } else {
-        let (cache, paths, interval) = (
-            cache.clone(),
-            args.manifests.clone(),
-            args.manifests_reload_interval,
-        );
-        tokio::spawn(async move {
-            cache::manifests::run(cache, paths, interval)
-                .await
-                .context("cannot load --manifests")
-        })
-    };
-    // The probes answer from the start: `/ready` says 503 until the first sync.
-    let (readiness, _probes) = probes(&args, &cache).await?;
-    // Like CoreDNS, wait up to --startup-timeout for the first sync before answering; after it,
-    // serve anyway (names that would not exist get SERVFAIL until the sync).
-    let mut synced = cache.subscribe();
-    tokio::select! {
-        result = &mut feed => return result?,
-        _ = tokio::time::timeout(args.startup_timeout, synced.wait_for(|s| s.synced)) => {}
+/// Serves `setup` until SIGTERM (then the lameduck period) or until the cluster feed fails.
+async fn serve(setup: Setup, shared: cache::kube_feed::Shared) -> anyhow::Result<()> {
+    // The cluster: its cache, the feed that fills it, and the index answers come from.
+    let mut cluster = None;
+    let mut feed: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    let mut cluster_cache = None;
+    if let Some(config) = setup.config.clone() {
+        let config = Arc::new(config);
+        let kinds = if setup.manifests.is_empty() {
+            cache::kube_feed::kinds(!config.noendpoints, config.pods == PodsMode::Verified)
+        } else {
+            vec![
+                Kind::Namespaces,
+                Kind::Services,
+                Kind::EndpointSlices,
+                Kind::Pods,
+            ]
+        };
+        let cache = Arc::new(Cache::new(&kinds));
+        let index = server::follow(cache.subscribe(), config.clone());
+        feed = Some(if setup.manifests.is_empty() {
+            let client = cache::kube_feed::client(setup.kubeconfig.as_deref()).await?;
+            let watchers = cache::kube_feed::spawn(cache.clone(), client, &kinds, shared);
+            tokio::spawn(async move {
+                futures::future::join_all(watchers).await;
+                Ok(())
+            })
+        } else {
+            let (cache, paths, interval) = (
+                cache.clone(),
+                setup.manifests.clone(),
+                setup.manifests_reload_interval,
+            );
+            tokio::spawn(async move {
+                cache::manifests::run(cache, paths, interval)
+                    .await
+                    .context("cannot load --manifests")
+            })
+        });
+        cluster = Some(dns::chain::ClusterSource { config, index });
+        cluster_cache = Some((cache, kinds));
     }
-    if !cache.current().synced {
-        tracing::warn!(timeout = ?args.startup_timeout, "starting with an unsynced cache");
+    let service = dns::service::build(&setup.plan, &setup.listen, cluster.as_ref());
+    let mut listeners = Vec::new();
+    for (addr, router) in &service.routers {
+        listeners.push((server::bind(&[*addr], &setup.limits).await?, router.clone()));
+    }
+    // The HTTP endpoints answer from the start: `/ready` says 503 until the first sync.
+    let (readiness, _http) = http_endpoints(&setup.plan, &service.metrics).await?;
+    let _watch_cluster = cluster_cache.as_ref().map(|(cache, kinds)| {
+        watch_cluster(cache.clone(), kinds.clone(), &service.metrics, &readiness)
+    });
+    if cluster_cache.is_none() {
+        readiness.send_replace(dns::probes::Readiness::Ready);
+    }
+    // Like CoreDNS, wait up to the startup timeout for the first sync before answering; after
+    // it, serve anyway (names that would not exist get SERVFAIL until the sync).
+    if let (Some((cache, _)), Some(running)) = (&cluster_cache, feed.as_mut()) {
+        let mut synced = cache.subscribe();
+        tokio::select! {
+            result = running => return result?,
+            _ = tokio::time::timeout(setup.startup_timeout, synced.wait_for(|s| s.synced)) => {}
+        }
+        if !cache.current().synced {
+            tracing::warn!(timeout = ?setup.startup_timeout, "starting with an unsynced cache");
+        }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let addrs = bound.local_addrs();
-    let forwarder = args
-        .forward
-        .clone()
-        .map(|f| Arc::new(dns::forward::Forwarder::new(f)));
-    let server = tokio::spawn(server::serve(
-        bound, index, config, forwarder, limits, stop_rx,
-    ));
-    let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut servers = Vec::new();
+    let mut shown = Vec::new();
+    for (bound, router) in listeners {
+        shown.extend(bound.local_addrs().iter().map(|a| a.to_string()));
+        servers.push(tokio::spawn(server::serve(
+            bound,
+            router,
+            setup.limits.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let _probes: Vec<crate::cli::AbortOnDrop> = service
+        .loop_probes
+        .iter()
+        .map(|(addr, probe)| crate::cli::AbortOnDrop(tokio::spawn(probe.clone().run(*addr))))
+        .collect();
+    let zones: Vec<String> = setup
+        .plan
+        .blocks
+        .iter()
+        .flat_map(|b| b.zones.iter().map(|z| z.to_string()))
+        .chain(
+            setup
+                .config
+                .iter()
+                .flat_map(|c| c.zones.iter().map(|z| z.to_string())),
+        )
+        .collect();
     eprintln!(
         "svcplane dns: serving {} on {} (udp, tcp)",
-        args.zones.join(", "),
-        addrs.join(", ")
+        zones.join(", "),
+        shown.join(", ")
     );
-    tokio::select! {
-        result = feed => result??,
-        _ = crate::cli::shutdown_signal() => {}
+    match feed {
+        Some(feed) => tokio::select! {
+            result = feed => result??,
+            _ = crate::cli::shutdown_signal() => {}
+        },
+        None => crate::cli::shutdown_signal().await,
     }
     // As CoreDNS's health plugin: not ready at once, DNS answering through the lameduck period.
     readiness.send_replace(dns::probes::Readiness::ShuttingDown);
-    if let Some(health) = args.health.filter(|h| !h.lameduck.is_zero()) {
+    if let Some(health) = setup.plan.health.filter(|h| !h.lameduck.is_zero()) {
         tracing::info!(lameduck = ?health.lameduck, "shutting down: still answering for the lameduck period");
         tokio::time::sleep(health.lameduck).await;
     }
     let _ = stop_tx.send(true);
-    let _ = server.await;
+    for server in servers {
+        let _ = server.await;
+    }
     Ok(())
 }
 
-/// The `health` and `ready` endpoints the Corefile asks for; the readiness to report (ready
-/// once the cache has synced) and the tasks serving them, stopped when dropped.
-async fn probes(
-    args: &DnsArgs,
-    cache: &Arc<Cache>,
+/// Keeps `/ready` and the `svcplane_dns_*` metrics in step with the cluster cache: ready once
+/// every kind is listed, and the snapshot's generation and age.
+fn watch_cluster(
+    cache: Arc<Cache>,
+    kinds: Vec<Kind>,
+    metrics: &Arc<dns::metrics::Metrics>,
+    readiness: &tokio::sync::watch::Sender<dns::probes::Readiness>,
+) -> crate::cli::AbortOnDrop {
+    use dns::probes::Readiness;
+    let (metrics, ready) = (metrics.clone(), readiness.clone());
+    crate::cli::AbortOnDrop(tokio::spawn(async move {
+        let mut snapshots = cache.subscribe();
+        loop {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let pending = cache.pending();
+            *metrics.sync.lock().expect("metrics lock") = kinds
+                .iter()
+                .map(|k| (kind_label(*k), !pending.contains(k)))
+                .collect();
+            *metrics.snapshot.lock().expect("metrics lock") =
+                (snapshot.generation, std::time::Instant::now());
+            if snapshot.synced {
+                ready.send_if_modified(|now| {
+                    let starting = *now == Readiness::Starting;
+                    if starting {
+                        *now = Readiness::Ready;
+                    }
+                    starting
+                });
+            }
+            if snapshots.changed().await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Namespaces => "namespaces",
+        Kind::Services => "services",
+        Kind::EndpointSlices => "endpointslices",
+        Kind::Pods => "pods",
+    }
+}
+
+/// The `health`, `ready` and `prometheus` endpoints the plan asks for; the readiness to report
+/// and the tasks serving them, stopped when dropped.
+async fn http_endpoints(
+    plan: &dns::plan::Plan,
+    metrics: &Arc<dns::metrics::Metrics>,
 ) -> anyhow::Result<(
     tokio::sync::watch::Sender<dns::probes::Readiness>,
     Vec<crate::cli::AbortOnDrop>,
@@ -349,34 +519,33 @@ async fn probes(
     use dns::probes::Readiness;
     let (readiness, state) = tokio::sync::watch::channel(Readiness::Starting);
     let mut tasks = Vec::new();
-    if let Some(health) = args.health {
-        let listener = tokio::net::TcpListener::bind(health.addr)
+    let listen = |what: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("health: cannot listen on {}", health.addr))?;
+            .with_context(|| format!("{what}: cannot listen on {addr}"))
+    };
+    if let Some(health) = plan.health {
+        let listener = listen("health", health.addr).await?;
+        let bound = listener.local_addr()?;
         tasks.push(crate::cli::AbortOnDrop(tokio::spawn(
             dns::probes::serve_health(listener),
         )));
+        tasks.push(crate::cli::AbortOnDrop(tokio::spawn(
+            dns::probes::check_health(bound, metrics.clone()),
+        )));
     }
-    if let Some(addr) = args.ready {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("ready: cannot listen on {addr}"))?;
+    if let Some(addr) = plan.ready {
+        let listener = listen("ready", addr).await?;
         tasks.push(crate::cli::AbortOnDrop(tokio::spawn(
             dns::probes::serve_ready(listener, state),
         )));
     }
-    let (mut synced, ready) = (cache.subscribe(), readiness.clone());
-    tasks.push(crate::cli::AbortOnDrop(tokio::spawn(async move {
-        if synced.wait_for(|s| s.synced).await.is_ok() {
-            ready.send_if_modified(|now| {
-                let starting = *now == Readiness::Starting;
-                if starting {
-                    *now = Readiness::Ready;
-                }
-                starting
-            });
-        }
-    })));
+    if let Some(addr) = plan.prometheus {
+        let listener = listen("prometheus", addr).await?;
+        tasks.push(crate::cli::AbortOnDrop(tokio::spawn(
+            dns::probes::serve_metrics(listener, metrics.clone()),
+        )));
+    }
     Ok((readiness, tasks))
 }
 
@@ -408,13 +577,4 @@ fn own_addresses(listen: &[SocketAddr]) -> Vec<IpAddr> {
     }
     out.dedup();
     out
-}
-
-fn limits(args: &DnsArgs) -> Limits {
-    Limits {
-        log_queries: args.log,
-        max_tcp_connections: args.max_tcp_connections,
-        tcp_idle_timeout: args.tcp_idle_timeout,
-        ..Limits::default()
-    }
 }

@@ -307,6 +307,12 @@ impl Cache {
         self.tx.borrow().clone()
     }
 
+    /// The kinds not yet listed completely (empty once synced).
+    pub fn pending(&self) -> Vec<Kind> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.pending.iter().copied().collect()
+    }
+
     /// A receiver notified at every published snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()

@@ -1,25 +1,34 @@
 //! The `forward` directive: names the cluster zones do not answer go to upstream servers, as
-//! CoreDNS's forward plugin sends them. Each query gets a fresh random ID and source port; a
-//! reply counts only when its ID and question match; a truncated UDP reply is asked again over
-//! TCP; upstreams are tried in the policy's order until one answers or the time is up
-//! (SERVFAIL), and queries beyond `max_concurrent` are REFUSED. The work happens in its own
-//! task per query, so a slow upstream never holds up the cluster answers.
+//! CoreDNS's forward plugin sends them. A query goes upstream over the transport it came in on
+//! (`force_tcp`: always TCP; `prefer_udp`: UDP first, TCP again when truncated); each gets a
+//! fresh random ID; a reply counts only when its ID and question match; upstreams are tried in
+//! the policy's order, skipping those marked down by failed health checks (`. IN NS` every
+//! `health_check` interval after an error, down after `max_fails`), until one answers or 5 s
+//! are up. Connections are reused until idle for `expire`. Queries beyond `max_concurrent` are
+//! refused. The work happens in its own task per query, so a slow upstream never holds up the
+//! cluster answers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::Name;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
-use crate::message::{Transport, encode_within, limit_of};
+use crate::message::Transport;
+use crate::metrics::ForwardMetrics;
 
 /// Upstreams beyond this are refused, as CoreDNS refuses them.
 pub const MAX_UPSTREAMS: usize = 15;
+
+/// How long one query may take over all upstreams (CoreDNS's `defaultTimeout`).
+const OVERALL: Duration = Duration::from_secs(5);
+/// How long a health check waits for its answer.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The order upstreams are tried in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,17 +49,28 @@ pub struct Forward {
     /// Queries in flight beyond this are REFUSED.
     pub max_concurrent: Option<usize>,
     pub force_tcp: bool,
-    /// A truncated UDP reply is passed on as it is rather than asked again over TCP.
+    /// UDP even for TCP clients, and TCP again when the UDP reply is truncated.
     pub prefer_udp: bool,
     /// Zones below `from` that are not forwarded.
     pub except: Vec<Name>,
     /// How long one upstream has to answer (CoreDNS's read timeout).
     pub timeout: Duration,
+    /// Failed health checks after which an upstream is down; 0: never down, no checks.
+    pub max_fails: u32,
+    /// Interval of the health checks of an upstream that failed.
+    pub health_check: Duration,
+    /// The name the health check asks NS of.
+    pub health_check_domain: Name,
+    /// Whether the health check sets RD (`no_rec` clears it).
+    pub health_check_recursion: bool,
+    /// A connection idle this long is not reused.
+    pub expire: Duration,
 }
 
 impl Forward {
     /// Every name to `upstreams`, with CoreDNS's defaults: random order, a 2 s read timeout, no
-    /// concurrency limit, UDP first.
+    /// concurrency limit, the client's transport, health checks every 0.5 s after an error,
+    /// down after 2 failed checks, connections reused for 10 s.
     pub fn everything_to(upstreams: Vec<SocketAddr>) -> Forward {
         Forward {
             from: Name::root(),
@@ -61,27 +81,68 @@ impl Forward {
             prefer_udp: false,
             except: Vec::new(),
             timeout: Duration::from_secs(2),
+            max_fails: 2,
+            health_check: Duration::from_millis(500),
+            health_check_domain: Name::root(),
+            health_check_recursion: true,
+            expire: Duration::from_secs(10),
         }
     }
+}
+
+/// Why no upstream reply came.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// `max_concurrent` queries are already in flight.
+    #[error("concurrent queries exceeded maximum {0}")]
+    LimitExceeded(usize),
+    /// Every attempt failed; the last error.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One upstream: its health and idle connections.
+#[derive(Debug)]
+struct Upstream {
+    addr: SocketAddr,
+    label: String,
+    fails: AtomicU32,
+    checking: AtomicBool,
+    udp: Mutex<Vec<(Arc<UdpSocket>, Instant)>>,
+    tcp: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 /// Forwards queries by one [`Forward`].
 #[derive(Debug)]
 pub struct Forwarder {
     forward: Forward,
+    upstreams: Vec<Arc<Upstream>>,
     slots: Option<Arc<Semaphore>>,
     next: AtomicUsize,
+    metrics: Arc<ForwardMetrics>,
 }
 
-/// How long a query may take over all upstreams before it is answered SERVFAIL.
-const OVERALL: Duration = Duration::from_secs(5);
-
 impl Forwarder {
-    pub fn new(forward: Forward) -> Forwarder {
+    pub fn new(forward: Forward, metrics: Arc<ForwardMetrics>) -> Forwarder {
         Forwarder {
+            upstreams: forward
+                .upstreams
+                .iter()
+                .map(|addr| {
+                    Arc::new(Upstream {
+                        addr: *addr,
+                        label: addr.to_string(),
+                        fails: AtomicU32::new(0),
+                        checking: AtomicBool::new(false),
+                        udp: Mutex::default(),
+                        tcp: Mutex::default(),
+                    })
+                })
+                .collect(),
             slots: forward.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             forward,
             next: AtomicUsize::new(0),
+            metrics,
         }
     }
 
@@ -90,41 +151,123 @@ impl Forwarder {
         self.forward.from.zone_of(name) && !self.forward.except.iter().any(|z| z.zone_of(name))
     }
 
-    /// The reply to `request` (which arrived over `transport`), as bytes for the client.
-    pub async fn resolve(&self, request: &Message, transport: Transport) -> Option<Vec<u8>> {
-        let limit = limit_of(request, transport);
-        let permit = match &self.slots {
+    /// The upstream's reply to `request` (which arrived over `transport`), its ID set back to
+    /// the request's.
+    pub async fn resolve(
+        &self,
+        request: &Message,
+        transport: Transport,
+    ) -> Result<Message, ForwardError> {
+        let _permit = match &self.slots {
             Some(slots) => match slots.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) => return encode_within(failure(request, ResponseCode::Refused), limit),
+                Err(_) => {
+                    self.metrics
+                        .max_concurrent_rejects
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(ForwardError::LimitExceeded(
+                        self.forward.max_concurrent.unwrap_or(0),
+                    ));
+                }
             },
             None => None,
         };
         let started = Instant::now();
-        let mut reply = None;
-        for upstream in self.order() {
-            let left = OVERALL.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                break;
+        let mut last_error = String::from("no healthy upstream");
+        let order = self.order();
+        let mut i = 0;
+        let mut down_in_a_row = 0;
+        while started.elapsed() < OVERALL {
+            if i >= order.len() {
+                i = 0;
+                down_in_a_row = 0;
             }
-            let timeout = self.forward.timeout.min(left);
-            match self.exchange(request, upstream, transport, timeout).await {
-                Ok(answer) => {
-                    reply = Some(answer);
-                    break;
+            let mut upstream = &order[i];
+            i += 1;
+            if self.is_down(upstream) {
+                down_in_a_row += 1;
+                if down_in_a_row < order.len() {
+                    continue;
                 }
-                Err(e) => tracing::debug!(%upstream, error = %e, "upstream failed"),
+                // Every upstream is down: try a random one anyway, as CoreDNS does.
+                self.metrics
+                    .healthcheck_broken
+                    .fetch_add(1, Ordering::Relaxed);
+                use rand::seq::IndexedRandom as _;
+                upstream = order.choose(&mut rand::rng()).expect("an upstream");
+            }
+            let timeout = self
+                .forward
+                .timeout
+                .min(OVERALL.saturating_sub(started.elapsed()));
+            let asked = Instant::now();
+            match self.exchange(request, upstream, transport, timeout).await {
+                Ok(mut reply) => {
+                    self.metrics.observe(
+                        &upstream.label,
+                        reply.metadata.response_code,
+                        asked.elapsed(),
+                    );
+                    reply.metadata.id = request.metadata.id;
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
+                    last_error = e.to_string();
+                    if self.forward.max_fails != 0 {
+                        self.start_health_check(upstream);
+                    }
+                    down_in_a_row += 1;
+                    if down_in_a_row >= order.len() {
+                        break;
+                    }
+                }
             }
         }
-        drop(permit);
-        let mut reply = reply.unwrap_or_else(|| failure(request, ResponseCode::ServFail));
-        reply.metadata.id = request.metadata.id;
-        encode_within(reply, limit)
+        Err(ForwardError::Failed(last_error))
+    }
+
+    fn is_down(&self, upstream: &Upstream) -> bool {
+        self.forward.max_fails != 0
+            && upstream.fails.load(Ordering::Relaxed) > self.forward.max_fails
+    }
+
+    /// Checks `upstream` with `. IN NS` every `health_check` until it answers.
+    fn start_health_check(&self, upstream: &Arc<Upstream>) {
+        if upstream.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (upstream, metrics) = (upstream.clone(), self.metrics.clone());
+        let (interval, domain, recursion) = (
+            self.forward.health_check,
+            self.forward.health_check_domain.clone(),
+            self.forward.health_check_recursion,
+        );
+        tokio::spawn(async move {
+            let mut probe = Message::new(0, MessageType::Query, OpCode::Query);
+            probe.metadata.recursion_desired = recursion;
+            probe.queries.push(Query::query(domain, RecordType::NS));
+            loop {
+                let answered = tokio::time::timeout(
+                    HEALTH_CHECK_TIMEOUT,
+                    udp_exchange(&probe, None, upstream.addr),
+                )
+                .await;
+                if let Ok(Ok(_)) = answered {
+                    upstream.fails.store(0, Ordering::Relaxed);
+                    break;
+                }
+                upstream.fails.fetch_add(1, Ordering::Relaxed);
+                metrics.healthcheck_failed(&upstream.label);
+                tokio::time::sleep(interval).await;
+            }
+            upstream.checking.store(false, Ordering::Release);
+        });
     }
 
     /// The upstreams in the order this query tries them.
-    fn order(&self) -> Vec<SocketAddr> {
-        let mut all = self.forward.upstreams.clone();
+    fn order(&self) -> Vec<Arc<Upstream>> {
+        let mut all = self.upstreams.clone();
         match self.forward.policy {
             Policy::Sequential => {}
             Policy::RoundRobin => {
@@ -139,25 +282,101 @@ impl Forwarder {
         all
     }
 
-    /// One question to one upstream: UDP (unless `force_tcp`), again over TCP if truncated.
+    /// One question to one upstream over the transport the options and the client choose.
     async fn exchange(
         &self,
         request: &Message,
-        upstream: SocketAddr,
+        upstream: &Upstream,
         transport: Transport,
         timeout: Duration,
     ) -> std::io::Result<Message> {
         let deadline = tokio::time::Instant::now() + timeout;
         let tcp = self.forward.force_tcp || transport == Transport::Tcp && !self.forward.prefer_udp;
         if !tcp {
-            let reply =
-                tokio::time::timeout_at(deadline, udp_exchange(request, upstream)).await??;
-            if !reply.metadata.truncation || self.forward.prefer_udp {
+            let socket = self.udp_socket(upstream).await?;
+            let reply = tokio::time::timeout_at(
+                deadline,
+                udp_exchange(request, Some(&socket), upstream.addr),
+            )
+            .await??;
+            self.keep_udp(upstream, socket);
+            if !(reply.metadata.truncation && self.forward.prefer_udp) {
                 return Ok(reply);
             }
         }
-        tokio::time::timeout_at(deadline, tcp_exchange(request, upstream)).await?
+        tokio::time::timeout_at(deadline, self.tcp_exchange(request, upstream)).await?
     }
+
+    /// A connected UDP socket to `upstream`: an idle one not expired, or a new one.
+    async fn udp_socket(&self, upstream: &Upstream) -> std::io::Result<Arc<UdpSocket>> {
+        let reused = {
+            let mut idle = upstream.udp.lock().expect("pool lock");
+            idle.retain(|(_, used)| used.elapsed() < self.forward.expire);
+            idle.pop()
+        };
+        self.metrics
+            .connection(&upstream.label, "udp", reused.is_some());
+        match reused {
+            Some((socket, _)) => Ok(socket),
+            None => Ok(Arc::new(connect_udp(upstream.addr).await?)),
+        }
+    }
+
+    fn keep_udp(&self, upstream: &Upstream, socket: Arc<UdpSocket>) {
+        if !self.forward.expire.is_zero() {
+            upstream
+                .udp
+                .lock()
+                .expect("pool lock")
+                .push((socket, Instant::now()));
+        }
+    }
+
+    async fn tcp_exchange(
+        &self,
+        request: &Message,
+        upstream: &Upstream,
+    ) -> std::io::Result<Message> {
+        let reused = {
+            let mut idle = upstream.tcp.lock().expect("pool lock");
+            idle.retain(|(_, used)| used.elapsed() < self.forward.expire);
+            idle.pop()
+        };
+        self.metrics
+            .connection(&upstream.label, "tcp", reused.is_some());
+        let (mut stream, was_idle) = match reused {
+            Some((stream, _)) => (stream, true),
+            None => (TcpStream::connect(upstream.addr).await?, false),
+        };
+        let reply = match tcp_exchange(request, &mut stream).await {
+            Ok(reply) => reply,
+            // The upstream may have closed an idle connection: once more on a new one.
+            Err(_) if was_idle => {
+                stream = TcpStream::connect(upstream.addr).await?;
+                tcp_exchange(request, &mut stream).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if !self.forward.expire.is_zero() {
+            upstream
+                .tcp
+                .lock()
+                .expect("pool lock")
+                .push((stream, Instant::now()));
+        }
+        Ok(reply)
+    }
+}
+
+async fn connect_udp(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    Ok(socket)
 }
 
 /// `request` with a fresh random ID, and the ID.
@@ -175,17 +394,28 @@ fn outgoing(request: &Message) -> std::io::Result<(u16, Vec<u8>)> {
 fn answers(reply: &Message, id: u16, request: &Message) -> bool {
     reply.metadata.id == id
         && reply.metadata.message_type == MessageType::Response
-        && reply.queries == request.queries
+        && reply.queries.len() == request.queries.len()
+        && reply.queries.iter().zip(&request.queries).all(|(a, b)| {
+            a.query_type() == b.query_type()
+                && a.query_class() == b.query_class()
+                && a.name().to_lowercase() == b.name().to_lowercase()
+        })
 }
 
-async fn udp_exchange(request: &Message, upstream: SocketAddr) -> std::io::Result<Message> {
-    let local: SocketAddr = if upstream.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
+/// One question over UDP on `socket` (a new socket when `None`).
+async fn udp_exchange(
+    request: &Message,
+    socket: Option<&UdpSocket>,
+    upstream: SocketAddr,
+) -> std::io::Result<Message> {
+    let own;
+    let socket = match socket {
+        Some(s) => s,
+        None => {
+            own = connect_udp(upstream).await?;
+            &own
+        }
     };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(upstream).await?;
     let (id, bytes) = outgoing(request)?;
     socket.send(&bytes).await?;
     let mut buf = vec![0u8; 65535];
@@ -200,8 +430,7 @@ async fn udp_exchange(request: &Message, upstream: SocketAddr) -> std::io::Resul
     }
 }
 
-async fn tcp_exchange(request: &Message, upstream: SocketAddr) -> std::io::Result<Message> {
-    let mut stream = TcpStream::connect(upstream).await?;
+async fn tcp_exchange(request: &Message, stream: &mut TcpStream) -> std::io::Result<Message> {
     let (id, bytes) = outgoing(request)?;
     let mut framed = Vec::with_capacity(bytes.len() + 2);
     framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
@@ -218,19 +447,6 @@ async fn tcp_exchange(request: &Message, upstream: SocketAddr) -> std::io::Resul
             return Ok(reply);
         }
     }
-}
-
-/// An empty reply to `request` with `rcode`.
-fn failure(request: &Message, rcode: ResponseCode) -> Message {
-    let mut reply = Message::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    reply.metadata = hickory_proto::op::Metadata::response_from_request(&request.metadata);
-    reply.metadata.response_code = rcode;
-    reply.queries = request.queries.clone();
-    reply
 }
 
 /// The nameservers of a resolv.conf text, with `nameserver IP:PORT` accepted beside plain
@@ -255,26 +471,25 @@ mod tests {
     use super::*;
 
     fn forwarder(policy: Policy, upstreams: &[&str]) -> Forwarder {
-        Forwarder::new(Forward {
-            from: Name::root(),
-            upstreams: upstreams.iter().map(|u| u.parse().unwrap()).collect(),
-            policy,
-            max_concurrent: None,
-            force_tcp: false,
-            prefer_udp: false,
-            except: vec![Name::from_ascii("cluster.local.").unwrap()],
-            timeout: Duration::from_secs(2),
-        })
+        Forwarder::new(
+            Forward {
+                policy,
+                except: vec![Name::from_ascii("cluster.local.").unwrap()],
+                ..Forward::everything_to(upstreams.iter().map(|u| u.parse().unwrap()).collect())
+            },
+            Arc::default(),
+        )
     }
 
     #[test]
     fn sequential_keeps_the_order_and_round_robin_turns_it() {
         let ups = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
         let s = forwarder(Policy::Sequential, &ups);
-        assert_eq!(s.order(), s.order());
-        assert_eq!(s.order()[0], "127.0.0.1:1".parse().unwrap());
+        let first = |f: &Forwarder| f.order()[0].addr.port();
+        assert_eq!(first(&s), 1);
+        assert_eq!(first(&s), 1);
         let r = forwarder(Policy::RoundRobin, &ups);
-        let firsts: Vec<u16> = (0..3).map(|_| r.order()[0].port()).collect();
+        let firsts: Vec<u16> = (0..3).map(|_| first(&r)).collect();
         assert_eq!(firsts, [1, 2, 3]);
     }
 
@@ -283,6 +498,16 @@ mod tests {
         let f = forwarder(Policy::Random, &["127.0.0.1:1"]);
         assert!(f.handles(&Name::from_ascii("example.org.").unwrap()));
         assert!(!f.handles(&Name::from_ascii("web.default.svc.cluster.local.").unwrap()));
+    }
+
+    #[test]
+    fn an_upstream_is_down_only_after_more_than_max_fails_failed_checks() {
+        let f = forwarder(Policy::Sequential, &["127.0.0.1:1"]);
+        let up = &f.upstreams[0];
+        up.fails.store(2, Ordering::Relaxed);
+        assert!(!f.is_down(up));
+        up.fails.store(3, Ordering::Relaxed);
+        assert!(f.is_down(up));
     }
 
     #[test]

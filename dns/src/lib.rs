@@ -5,16 +5,29 @@
 //! - [`config`]: zones and the plugin's options.
 //! - [`index`]: per-Service records and PTR targets, rebuilt per changed Service.
 //! - [`answer`]: one question answered from an index (pure).
+//! - [`message`]: request and reply on the wire, checks and truncation.
+//! - [`corefile`]: the Corefile read into what the server runs.
+//! - [`chain`]: a server block's plugins (cache, cluster, forward, loadbalance, loop, log) and
+//!   the router between blocks.
+//! - [`cache`], [`forward`]: the `cache` and `forward` directives.
+//! - [`metrics`], [`probes`]: `/metrics`, `/health` and `/ready`.
+//! - [`plan`]: what a Corefile asks for; [`service`]: a plan built into routers and chains.
+//! - [`server`]: the listeners.
 
 pub mod answer;
+pub mod cache;
+pub mod chain;
 pub mod config;
 pub mod corefile;
 mod error;
 pub mod forward;
 pub mod index;
 pub mod message;
+pub mod metrics;
 pub mod name;
+pub mod plan;
 pub mod probes;
 pub mod server;
+pub mod service;
 
 pub use error::{Error, Result};

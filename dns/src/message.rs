@@ -3,7 +3,7 @@
 //! first, then authority, then answers — and TC set whenever anything was dropped).
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Record};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 
 use crate::answer::answer;
 use crate::config::Config;
@@ -18,94 +18,138 @@ pub enum Transport {
 
 /// Largest reply over TCP.
 const TCP_LIMIT: usize = 65535;
-/// The EDNS buffer size this server advertises.
-const OUR_PAYLOAD: u16 = 1232;
 
-/// The reply to `request`, or `None` to drop it (not a query, or too short to answer). Names
-/// outside the served zones are REFUSED.
+/// The reply to `request` from the cluster zones alone, or `None` to drop it (not a query, or
+/// too short to answer). Names outside the served zones are REFUSED.
 pub fn respond(
     index: &Index,
     config: &Config,
     request: &[u8],
     transport: Transport,
 ) -> Option<Vec<u8>> {
-    match handle(index, config, request, transport, &|_| false) {
-        Handled::Reply(bytes) => bytes,
-        Handled::Forward(req) => encode_within(refused(&req), limit_of(&req, transport)),
-    }
-}
-
-/// What to do with a request.
-#[derive(Debug)]
-pub enum Handled {
-    /// This reply, or nothing (`None`: drop the request).
-    Reply(Option<Vec<u8>>),
-    /// A name the cluster zones do not answer (or pass on with `fallthrough`): send it upstream.
-    Forward(Box<Message>),
-}
-
-/// Answers `request` from the cluster zones, or hands it on when `forwards` takes its name
-/// and the zones have no answer (not served, or NXDOMAIN in a `fallthrough` zone).
-pub fn handle(
-    index: &Index,
-    config: &Config,
-    request: &[u8],
-    transport: Transport,
-    forwards: &dyn Fn(&hickory_proto::rr::Name) -> bool,
-) -> Handled {
-    let req = match Message::from_vec(request) {
-        Ok(m) => m,
-        Err(_) => return Handled::Reply(format_error(request)),
+    let req = match parse(request) {
+        Parsed::Query(req) => req,
+        Parsed::Reply(bytes) => return bytes,
     };
-    if req.metadata.message_type != MessageType::Query {
-        return Handled::Reply(None);
+    let reply = match precheck(&req) {
+        Some(reply) => reply,
+        None => match cluster(index, config, &req) {
+            Cluster::Answer(reply) | Cluster::FallsThrough(reply) => reply,
+            Cluster::External { reply, .. } => reply,
+            Cluster::NotServed => with_rcode(reply_to(&req), ResponseCode::Refused),
+        },
+    };
+    encode(reply, &req, transport)
+}
+
+/// A request read off the wire.
+#[derive(Debug)]
+pub enum Parsed {
+    Query(Message),
+    /// Not a query to answer: this reply (FORMERR to bytes that do not parse but have a
+    /// header), or nothing.
+    Reply(Option<Vec<u8>>),
+}
+
+/// Reads `request`.
+pub fn parse(request: &[u8]) -> Parsed {
+    match Message::from_vec(request) {
+        Ok(m) if m.metadata.message_type == MessageType::Query => Parsed::Query(m),
+        Ok(_) => Parsed::Reply(None),
+        Err(_) => Parsed::Reply(format_error(request)),
     }
+}
+
+/// The reply to a request no zone may see: an opcode other than QUERY (NOTIMP), an EDNS version
+/// above 0 (BADVERS), not exactly one question (FORMERR), a class other than IN (REFUSED).
+pub fn precheck(req: &Message) -> Option<Message> {
+    let code = if req.metadata.op_code != OpCode::Query {
+        ResponseCode::NotImp
+    } else if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        ResponseCode::BADVERS
+    } else if req.queries.len() != 1 {
+        ResponseCode::FormErr
+    } else if req.queries[0].query_class() != DNSClass::IN {
+        ResponseCode::Refused
+    } else {
+        return None;
+    };
+    Some(with_rcode(reply_to(req), code))
+}
+
+/// An empty reply to `req`: its ID, opcode, RD and CD, its question.
+pub fn reply_to(req: &Message) -> Message {
     let mut reply = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
     reply.metadata = Metadata::response_from_request(&req.metadata);
     reply.queries = req.queries.clone();
-    if req.edns.is_some() {
-        let mut edns = Edns::new();
-        edns.set_max_payload(OUR_PAYLOAD);
-        reply.edns = Some(edns);
+    reply
+}
+
+/// `reply` with `code`.
+pub fn with_rcode(mut reply: Message, code: ResponseCode) -> Message {
+    reply.metadata.response_code = code;
+    reply
+}
+
+/// What the cluster zones say to a (prechecked) request.
+#[derive(Debug)]
+pub enum Cluster {
+    /// Not a name of the cluster zones.
+    NotServed,
+    /// The answer.
+    Answer(Message),
+    /// NXDOMAIN in a `fallthrough` zone: the next plugin may answer instead (this is the reply
+    /// when none does).
+    FallsThrough(Message),
+    /// An ExternalName Service's CNAME to a name outside the zones, to be followed by the
+    /// target's records of the asked type from the rest of the chain.
+    External { reply: Message, target: Name },
+}
+
+/// The cluster zones' answer to `req`.
+pub fn cluster(index: &Index, config: &Config, req: &Message) -> Cluster {
+    let q = &req.queries[0];
+    let Some(a) = answer(index, config, q.name(), q.query_type()) else {
+        return Cluster::NotServed;
+    };
+    let reply = reply_to(req);
+    if a.rcode == ResponseCode::Refused {
+        return Cluster::Answer(with_rcode(reply, ResponseCode::Refused));
     }
-    let limit = limit_of(&req, transport);
-    let rcode = |mut m: Message, code: ResponseCode| {
-        m.metadata.response_code = code;
-        m
-    };
-    let reply = if req.metadata.op_code != OpCode::Query {
-        rcode(reply, ResponseCode::NotImp)
-    } else if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
-        rcode(reply, ResponseCode::BADVERS)
-    } else if req.queries.len() != 1 {
-        rcode(reply, ResponseCode::FormErr)
-    } else if req.queries[0].query_class() != DNSClass::IN {
-        rcode(reply, ResponseCode::Refused)
-    } else {
-        let q = &req.queries[0];
-        let falls_through = |rcode: ResponseCode| {
-            rcode == ResponseCode::NXDomain
-                && config.fallthrough.iter().any(|z| z.zone_of(q.name()))
-        };
-        match answer(index, config, q.name(), q.query_type()) {
-            None if forwards(q.name()) => return Handled::Forward(Box::new(req)),
-            Some(a) if falls_through(a.rcode) && forwards(q.name()) => {
-                return Handled::Forward(Box::new(req));
-            }
-            // Not a served zone, and nothing to forward to.
-            None => rcode(reply, ResponseCode::Refused),
-            Some(a) if a.rcode == ResponseCode::Refused => rcode(reply, ResponseCode::Refused),
-            Some(a) => {
-                let mut reply = rcode(reply, a.rcode);
-                reply.metadata.authoritative = true;
-                reply.answers = a.answers;
-                reply.authorities = a.authority;
-                reply.additionals = a.additionals;
-                reply
-            }
+    let mut reply = with_rcode(reply, a.rcode);
+    reply.metadata.authoritative = true;
+    reply.answers = a.answers;
+    reply.authorities = a.authority;
+    reply.additionals = a.additionals;
+    if a.rcode == ResponseCode::NXDomain && config.fallthrough.iter().any(|z| z.zone_of(q.name())) {
+        return Cluster::FallsThrough(reply);
+    }
+    if let [only] = reply.answers.as_slice()
+        && let hickory_proto::rr::RData::CNAME(target) = &only.data
+        && matches!(
+            q.query_type(),
+            RecordType::A | RecordType::AAAA | RecordType::TXT
+        )
+        && !config.zones.iter().any(|z| z.zone_of(&target.0))
+    {
+        let target = target.0.clone();
+        return Cluster::External { reply, target };
+    }
+    Cluster::Answer(reply)
+}
+
+/// The wire form of `reply` to `req` within the size `req` may receive over `transport`, with
+/// an OPT record when the request had one (its buffer size and DO bit echoed, as CoreDNS does).
+pub fn encode(mut reply: Message, req: &Message, transport: Transport) -> Option<Vec<u8>> {
+    reply.edns = req.edns.as_ref().map(|asked| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(asked.max_payload().max(512));
+        if asked.flags().dnssec_ok {
+            edns.set_dnssec_ok(true);
         }
-    };
-    Handled::Reply(encode_within(reply, limit))
+        edns
+    });
+    encode_within(reply, limit_of(req, transport))
 }
 
 /// The largest reply `request` may get over `transport`.
@@ -116,77 +160,58 @@ pub(crate) fn limit_of(request: &Message, transport: Transport) -> usize {
     }
 }
 
-/// A REFUSED reply to `request`.
-fn refused(request: &Message) -> Message {
-    let mut reply = Message::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    reply.metadata = Metadata::response_from_request(&request.metadata);
-    reply.metadata.response_code = ResponseCode::Refused;
-    reply.queries = request.queries.clone();
-    if request.edns.is_some() {
-        let mut edns = Edns::new();
-        edns.set_max_payload(OUR_PAYLOAD);
-        reply.edns = Some(edns);
-    }
-    reply
-}
-
 /// The line CoreDNS's `log` plugin writes for one query in its default (`{common}`) format:
 /// `[INFO] 127.0.0.1:52734 - 43307 "A IN example.org. udp 40 false 512" NOERROR qr,aa,rd 106
-/// 0.000154s`. None for a request that does not parse or has no question.
+/// 0.000154s`, from the request and its size, the reply sent and its size.
 pub fn log_line(
-    request: &[u8],
-    reply: &[u8],
+    req: &Message,
+    size: usize,
+    reply: &Message,
+    reply_size: usize,
     peer: std::net::SocketAddr,
     transport: Transport,
     took: std::time::Duration,
-) -> Option<String> {
-    let req = Message::from_vec(request).ok()?;
-    let q = req.queries.first()?;
+) -> String {
     let (dnssec_ok, bufsize) = match &req.edns {
         Some(edns) => (edns.flags().dnssec_ok, edns.max_payload().max(512)),
         None => (false, 512),
     };
-    let (rcode, flags) = match Message::from_vec(reply) {
-        Ok(r) => {
-            let m = &r.metadata;
-            let flags: Vec<&str> = [
-                (m.message_type == MessageType::Response, "qr"),
-                (m.authoritative, "aa"),
-                (m.truncation, "tc"),
-                (m.recursion_desired, "rd"),
-                (m.recursion_available, "ra"),
-                (m.authentic_data, "ad"),
-                (m.checking_disabled, "cd"),
-            ]
-            .into_iter()
-            .filter_map(|(set, name)| set.then_some(name))
-            .collect();
-            (rcode_name(r.metadata.response_code), flags.join(","))
-        }
-        Err(_) => ("-".to_string(), "-".to_string()),
-    };
+    let m = &reply.metadata;
+    let flags: Vec<&str> = [
+        (m.message_type == MessageType::Response, "qr"),
+        (m.authoritative, "aa"),
+        (m.truncation, "tc"),
+        (m.recursion_desired, "rd"),
+        (m.recursion_available, "ra"),
+        (m.authentic_data, "ad"),
+        (m.checking_disabled, "cd"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
     let proto = match transport {
         Transport::Udp => "udp",
         Transport::Tcp => "tcp",
     };
-    Some(format!(
-        "[INFO] {peer} - {id} \"{qtype} {class} {name} {proto} {size} {dnssec_ok} {bufsize}\" {rcode} {flags} {rsize} {secs}s",
+    let (qtype, class, name) = match req.queries.first() {
+        Some(q) => (
+            q.query_type().to_string(),
+            q.query_class().to_string(),
+            q.name().to_string(),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    format!(
+        "[INFO] {peer} - {id} \"{qtype} {class} {name} {proto} {size} {dnssec_ok} {bufsize}\" {rcode} {flags} {reply_size} {secs}s",
         id = req.metadata.id,
-        qtype = q.query_type(),
-        class = q.query_class(),
-        name = q.name(),
-        size = request.len(),
-        rsize = reply.len(),
+        rcode = rcode_name(reply.metadata.response_code),
+        flags = flags.join(","),
         secs = took.as_secs_f64(),
-    ))
+    )
 }
 
 /// An rcode as miekg/dns names it (`RcodeToString`).
-fn rcode_name(code: ResponseCode) -> String {
+pub(crate) fn rcode_name(code: ResponseCode) -> String {
     let value = u16::from(code);
     let name = match value {
         0 => "NOERROR",
@@ -314,14 +339,16 @@ mod tests {
         reply.metadata.recursion_desired = true;
         reply.queries = request.queries.clone();
         let reply = reply.to_vec().unwrap();
+        let reply_message = Message::from_vec(&reply).unwrap();
         let line = log_line(
-            &bytes,
-            &reply,
+            &request,
+            bytes.len(),
+            &reply_message,
+            reply.len(),
             "127.0.0.1:52734".parse().unwrap(),
             Transport::Udp,
             std::time::Duration::from_micros(154),
-        )
-        .unwrap();
+        );
         assert_eq!(
             line,
             format!(

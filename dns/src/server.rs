@@ -1,9 +1,10 @@
-//! The DNS server: UDP and TCP listeners answering from the current index, the task that keeps
-//! the index in step with the cache, bounded TCP connections, and shutdown.
+//! The DNS server: UDP and TCP listeners handing queries to a [`Router`], the task that keeps
+//! the index in step with the cache, bounded TCP connections, and shutdown that lets queries
+//! in flight finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cache::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,17 +12,15 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::chain::{Router, Step};
 use crate::config::Config;
-use crate::forward::Forwarder;
 use crate::index::Index;
-use crate::message::{Handled, Transport, handle, log_line};
+use crate::message::Transport;
 use crate::{Error, Result};
 
-/// Limits of the server (each a flag of `svcplane dns`), and whether it logs every query.
+/// Limits of the server (each a flag of `svcplane dns`).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Write a line per query to stdout in CoreDNS's common log format (the Corefile's `log`).
-    pub log_queries: bool,
     /// Concurrent TCP connections; further connections wait to be accepted.
     pub max_tcp_connections: usize,
     /// A TCP connection idle this long is closed.
@@ -31,18 +30,20 @@ pub struct Limits {
     /// Receive and send buffer of each UDP socket (capped by the kernel's `rmem_max`/`wmem_max`):
     /// a burst of queries waits here instead of being dropped.
     pub udp_buffer: usize,
+    /// At shutdown, how long queries waiting for an upstream may still finish.
+    pub drain: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            log_queries: false,
             max_tcp_connections: 1000,
             tcp_idle_timeout: Duration::from_secs(10),
             udp_workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             udp_buffer: 4 << 20,
+            drain: Duration::from_secs(5),
         }
     }
 }
@@ -123,48 +124,40 @@ pub async fn bind(addrs: &[SocketAddr], limits: &Limits) -> Result<Bound> {
     Ok(bound)
 }
 
-/// Serves until `shutdown` fires.
+/// Serves `router`'s blocks on `bound` until `shutdown` fires; queries already being answered
+/// (a forwarded one waiting for its upstream) finish first, for at most `drain`.
 pub async fn serve(
     bound: Bound,
-    index: watch::Receiver<Arc<Index>>,
-    config: Arc<Config>,
-    forwarder: Option<Arc<Forwarder>>,
+    router: Arc<Router>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
+    let in_flight = Arc::new(tokio::sync::RwLock::new(()));
     for socket in bound.udp {
         for _ in 0..limits.udp_workers.max(1) {
-            tasks.spawn(udp_loop(
-                socket.clone(),
-                index.clone(),
-                config.clone(),
-                forwarder.clone(),
-                limits.log_queries,
-            ));
+            tasks.spawn(udp_loop(socket.clone(), router.clone(), in_flight.clone()));
         }
     }
     let connections = Arc::new(Semaphore::new(limits.max_tcp_connections.max(1)));
     for listener in bound.tcp {
         tasks.spawn(tcp_loop(
             listener,
-            index.clone(),
-            config.clone(),
-            forwarder.clone(),
+            router.clone(),
             connections.clone(),
-            (limits.tcp_idle_timeout, limits.log_queries),
+            limits.tcp_idle_timeout,
         ));
     }
     let _ = shutdown.wait_for(|stop| *stop).await;
     tasks.abort_all();
+    // Every forwarded query holds a read guard: the write guard waits for the last of them.
+    let _ = tokio::time::timeout(limits.drain, in_flight.write()).await;
 }
 
 async fn udp_loop(
     socket: Arc<UdpSocket>,
-    index: watch::Receiver<Arc<Index>>,
-    config: Arc<Config>,
-    forwarder: Option<Arc<Forwarder>>,
-    log: bool,
+    router: Arc<Router>,
+    in_flight: Arc<tokio::sync::RwLock<()>>,
 ) {
     let mut buf = vec![0u8; 65535];
     loop {
@@ -175,56 +168,31 @@ async fn udp_loop(
                 continue;
             }
         };
-        let started = Instant::now();
-        let current = index.borrow().clone();
-        let forwards =
-            |name: &hickory_proto::rr::Name| forwarder.as_ref().is_some_and(|f| f.handles(name));
-        match handle(&current, &config, &buf[..n], Transport::Udp, &forwards) {
-            Handled::Reply(Some(reply)) => {
+        match router.handle(&buf[..n], Transport::Udp, peer) {
+            Step::Done(Some(reply)) => {
                 let _ = socket.send_to(&reply, peer).await;
-                if log {
-                    log_query(&buf[..n], &reply, peer, Transport::Udp, started);
-                }
             }
-            Handled::Reply(None) => {}
+            Step::Done(None) => {}
             // Upstream in a task of its own: this worker goes back to the cluster's queries.
-            Handled::Forward(request) => {
-                let (socket, forwarder) = (socket.clone(), forwarder.clone());
-                let asked = buf[..n].to_vec();
+            Step::Later(answer) => {
+                let socket = socket.clone();
+                let guard = in_flight.clone().read_owned().await;
                 tokio::spawn(async move {
-                    let Some(forwarder) = forwarder else { return };
-                    if let Some(reply) = forwarder.resolve(&request, Transport::Udp).await {
+                    if let Some(reply) = answer.await {
                         let _ = socket.send_to(&reply, peer).await;
-                        if log {
-                            log_query(&asked, &reply, peer, Transport::Udp, started);
-                        }
                     }
+                    drop(guard);
                 });
             }
         }
     }
 }
 
-/// Writes the query's line in CoreDNS's common log format to stdout.
-fn log_query(
-    request: &[u8],
-    reply: &[u8],
-    peer: SocketAddr,
-    transport: Transport,
-    started: Instant,
-) {
-    if let Some(line) = log_line(request, reply, peer, transport, started.elapsed()) {
-        println!("{line}");
-    }
-}
-
 async fn tcp_loop(
     listener: TcpListener,
-    index: watch::Receiver<Arc<Index>>,
-    config: Arc<Config>,
-    forwarder: Option<Arc<Forwarder>>,
+    router: Arc<Router>,
     connections: Arc<Semaphore>,
-    (idle, log): (Duration, bool),
+    idle: Duration,
 ) {
     // Connections live in this set, so stopping the listener stops them too.
     let mut open = JoinSet::new();
@@ -242,9 +210,9 @@ async fn tcp_loop(
                 continue;
             }
         };
-        let (index, config, forwarder) = (index.clone(), config.clone(), forwarder.clone());
+        let router = router.clone();
         open.spawn(async move {
-            let _ = tcp_connection(stream, index, config, forwarder, (idle, log)).await;
+            let _ = tcp_connection(stream, router, idle).await;
             drop(permit);
         });
     }
@@ -254,10 +222,8 @@ async fn tcp_loop(
 /// read and write must finish within `idle`.
 async fn tcp_connection(
     mut stream: TcpStream,
-    index: watch::Receiver<Arc<Index>>,
-    config: Arc<Config>,
-    forwarder: Option<Arc<Forwarder>>,
-    (idle, log): (Duration, bool),
+    router: Arc<Router>,
+    idle: Duration,
 ) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
     loop {
@@ -269,22 +235,13 @@ async fn tcp_connection(
         let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut request)).await else {
             return Ok(());
         };
-        let started = Instant::now();
-        let current = index.borrow().clone();
-        let forwards =
-            |name: &hickory_proto::rr::Name| forwarder.as_ref().is_some_and(|f| f.handles(name));
-        let handled = handle(&current, &config, &request, Transport::Tcp, &forwards);
-        let reply = match (handled, &forwarder) {
-            (Handled::Reply(reply), _) => reply,
-            (Handled::Forward(request), Some(f)) => f.resolve(&request, Transport::Tcp).await,
-            (Handled::Forward(_), None) => None,
+        let reply = match router.handle(&request, Transport::Tcp, peer) {
+            Step::Done(reply) => reply,
+            Step::Later(answer) => answer.await,
         };
         let Some(reply) = reply else {
             continue;
         };
-        if log {
-            log_query(&request, &reply, peer, Transport::Tcp, started);
-        }
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         framed.extend_from_slice(&reply);

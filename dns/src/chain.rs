@@ -1,0 +1,664 @@
+//! One server block's plugins in CoreDNS's fixed order (prometheus, errors, log, loadbalance,
+//! cache, kubernetes, loop, forward, whatever order the Corefile lists them in), and the
+//! router that hands a query to the block of the longest matching zone. The cluster answer and
+//! a cache hit are computed on the receiving task; anything that waits for an upstream (a
+//! forwarded name, an ExternalName target outside the zones, a stale entry being verified)
+//! becomes a future the server runs elsewhere.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Name, Record, RecordType};
+use tokio::sync::watch;
+
+use crate::cache::{Cache, Item, Lookup, refreshes};
+use crate::config::Config;
+use crate::forward::{ForwardError, Forwarder};
+use crate::index::Index;
+use crate::message::{
+    Cluster, Parsed, Transport, cluster, encode, log_line, parse, precheck, reply_to, with_rcode,
+};
+use crate::metrics::{ServerMetrics, Writer};
+
+/// The `kubernetes` directive at run time: its options and the index it answers from.
+#[derive(Debug, Clone)]
+pub struct ClusterSource {
+    pub config: Arc<Config>,
+    pub index: watch::Receiver<Arc<Index>>,
+}
+
+/// The `loop` directive: the random name this server asks itself at start, and how often it
+/// came back.
+#[derive(Debug)]
+pub struct LoopProbe {
+    pub name: Name,
+    /// The zone of the block, for the message.
+    pub zone: Name,
+    seen: AtomicU32,
+    disabled: AtomicBool,
+}
+
+impl LoopProbe {
+    /// A probe `<random>.<random>.<zone>`.
+    pub fn new(zone: Name) -> LoopProbe {
+        let label = || (rand::random::<u64>() >> 2).to_string();
+        let name = Name::from_ascii(format!("{}.{}.{}", label(), label(), zone.to_ascii()))
+            .unwrap_or_else(|_| zone.clone());
+        LoopProbe {
+            name,
+            zone,
+            seen: AtomicU32::new(0),
+            disabled: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts the probe when `req` is it; true once it came back more than twice (a loop).
+    fn looped(&self, req: &Message) -> bool {
+        let q = &req.queries[0];
+        if q.query_type() != RecordType::HINFO
+            || self.disabled.load(Ordering::Relaxed)
+            || q.name().to_lowercase() != self.name.to_lowercase()
+        {
+            return false;
+        }
+        self.seen.fetch_add(1, Ordering::Relaxed) + 1 > 2
+    }
+
+    /// Sends the probe to `addr` once a second for up to 30 s until something answers, then
+    /// stops watching for it, as CoreDNS's `loop` does.
+    pub async fn run(self: Arc<Self>, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut probe = Message::query();
+        probe.metadata.recursion_desired = true;
+        probe.queries.push(hickory_proto::op::Query::query(
+            self.name.clone(),
+            RecordType::HINFO,
+        ));
+        while Instant::now() < deadline {
+            probe.metadata.id = rand::random();
+            if ask_once(&probe, addr).await.is_ok() {
+                break;
+            }
+            self.seen.store(0, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.disabled.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn ask_once(probe: &Message, addr: SocketAddr) -> std::io::Result<()> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([127, 0, 0, 1], 0).into()
+    } else {
+        ([0u16, 0, 0, 0, 0, 0, 0, 1], 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(local).await?;
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::new(local.ip(), addr.port())
+    } else {
+        addr
+    };
+    let bytes = probe
+        .to_vec()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    socket.send_to(&bytes, target).await?;
+    let mut buf = vec![0u8; 4096];
+    // CoreDNS's client waits 2 s for the reply.
+    tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("timeout"))??;
+    Ok(())
+}
+
+/// One server block.
+#[derive(Debug)]
+pub struct Chain {
+    pub cluster: Option<ClusterSource>,
+    pub cache: Option<Arc<Cache>>,
+    pub forward: Option<Arc<Forwarder>>,
+    pub loadbalance: bool,
+    pub log: bool,
+    pub errors: bool,
+    pub loop_probe: Option<Arc<LoopProbe>>,
+}
+
+/// A route: a zone of a block's keys, the block, and the metrics of that zone.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub zone: Name,
+    pub chain: Arc<Chain>,
+    pub metrics: Arc<ServerMetrics>,
+}
+
+/// The blocks listening on one address, chosen by the longest zone that holds the name.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+/// What the receiving task does with a query.
+pub enum Step {
+    /// Send this (or nothing).
+    Done(Option<Vec<u8>>),
+    /// Run this elsewhere and send what it gives.
+    Later(Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>),
+}
+
+/// A query in flight.
+#[derive(Debug, Clone)]
+struct Query {
+    req: Message,
+    transport: Transport,
+    peer: SocketAddr,
+    started: Instant,
+    size: usize,
+    route: Route,
+}
+
+/// Where a block's answer stands after the synchronous part.
+enum Start {
+    Done(Message, Writer),
+    Wait(Wait),
+}
+
+/// What an answer waits for.
+enum Wait {
+    /// The upstream; with `serve_stale verify`, the stale reply to give if it fails, and how
+    /// long to wait before giving it anyway (zero: the upstream's own timeout).
+    Forward {
+        stale: Option<(Message, Arc<Item>, Duration)>,
+    },
+    /// The records of an ExternalName target outside the zones.
+    External {
+        reply: Message,
+        target: Name,
+        generation: u64,
+    },
+}
+
+/// What the cluster and the forwarder give, before the cache.
+enum Rest {
+    Reply(Message, Option<u64>),
+    Forward,
+    External {
+        reply: Message,
+        target: Name,
+        generation: u64,
+    },
+    Refused,
+}
+
+impl Router {
+    pub fn new(mut routes: Vec<Route>) -> Router {
+        // Longest zone first, so the first match is the best.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.zone.num_labels()));
+        Router { routes }
+    }
+
+    fn route(&self, name: &Name) -> Option<&Route> {
+        self.routes.iter().find(|r| r.zone.zone_of(name))
+    }
+
+    /// Handles the bytes of one query from `peer`.
+    pub fn handle(self: &Arc<Self>, bytes: &[u8], transport: Transport, peer: SocketAddr) -> Step {
+        let started = Instant::now();
+        let req = match parse(bytes) {
+            Parsed::Query(req) => req,
+            Parsed::Reply(reply) => return Step::Done(reply),
+        };
+        if let Some(reply) = precheck(&req) {
+            return Step::Done(encode(reply, &req, transport));
+        }
+        let Some(route) = self.route(req.queries[0].name()).cloned() else {
+            // No block holds the name: refused before any plugin, as CoreDNS does.
+            let reply = with_rcode(reply_to(&req), ResponseCode::Refused);
+            return Step::Done(encode(reply, &req, transport));
+        };
+        let query = Query {
+            req,
+            transport,
+            peer,
+            started,
+            size: bytes.len(),
+            route,
+        };
+        match self.start(&query) {
+            Start::Done(reply, writer) => Step::Done(finish(&query, reply, writer)),
+            Start::Wait(wait) => {
+                let router = self.clone();
+                Step::Later(Box::pin(async move {
+                    let (reply, writer) = router.complete(&query, wait).await;
+                    finish(&query, reply, writer)
+                }))
+            }
+        }
+    }
+
+    /// The whole chain for a query made inside the server (an ExternalName target): the
+    /// reply, counted and logged like any other.
+    fn lookup(
+        self: Arc<Self>,
+        query: Query,
+    ) -> Pin<Box<dyn std::future::Future<Output = Message> + Send>> {
+        Box::pin(async move {
+            let (reply, writer) = match self.start(&query) {
+                Start::Done(reply, writer) => (reply, writer),
+                Start::Wait(wait) => self.complete(&query, wait).await,
+            };
+            let reply = shuffled(&query, reply);
+            let size = reply.to_vec().map_or(0, |b| b.len());
+            report(&query, reply.metadata.response_code, size, writer);
+            if query.route.chain.log {
+                log(&query, &reply, size);
+            }
+            reply
+        })
+    }
+
+    /// The part of the chain that needs no upstream.
+    fn start(self: &Arc<Self>, q: &Query) -> Start {
+        let chain = &q.route.chain;
+        if let Some(probe) = &chain.loop_probe
+            && probe.looped(&q.req)
+        {
+            let message = format!(
+                "[FATAL] plugin/loop: Loop ({} -> {}) detected for zone \"{}\", see https://coredns.io/plugins/loop#troubleshooting. Query: \"HINFO {}\" — a forward upstream sends this server's queries back to it (often a resolv.conf naming 127.0.0.53 or this server itself); point forward at a resolver that does not",
+                q.peer, q.route.metrics.server, probe.zone, probe.name
+            );
+            eprintln!("{message}");
+            println!("{message}");
+            std::process::exit(1);
+        }
+        let now = Instant::now();
+        let generation = chain.generation();
+        let mut stale = None;
+        if let Some(cache) = chain.covering_cache(q.req.queries[0].name()) {
+            match cache.get(&q.req, now, generation) {
+                Lookup::Hit {
+                    reply, prefetch, ..
+                } => {
+                    if let Some(item) = prefetch
+                        && item.claim_refresh()
+                    {
+                        cache.prefetched();
+                        self.refresh_behind(q, item, false);
+                    }
+                    return Start::Done(reply, Writer::Chain);
+                }
+                Lookup::Stale {
+                    reply,
+                    item,
+                    verify: false,
+                    ..
+                } => {
+                    if item.claim_refresh() {
+                        self.refresh_behind(q, item, true);
+                    }
+                    return Start::Done(reply, Writer::Chain);
+                }
+                Lookup::Stale {
+                    reply,
+                    item,
+                    verify_timeout,
+                    ..
+                } => stale = Some((reply, item, verify_timeout)),
+                Lookup::Miss => {}
+            }
+        }
+        match chain.rest(&q.req) {
+            Rest::Reply(reply, generation) => {
+                Start::Done(chain.cached(&q.req, reply, now, generation), Writer::Chain)
+            }
+            Rest::Refused => Start::Done(
+                with_rcode(reply_to(&q.req), ResponseCode::Refused),
+                Writer::Chain,
+            ),
+            Rest::Forward => Start::Wait(Wait::Forward { stale }),
+            Rest::External {
+                reply,
+                target,
+                generation,
+            } => Start::Wait(Wait::External {
+                reply,
+                target,
+                generation,
+            }),
+        }
+    }
+
+    /// The part of the chain that waits.
+    async fn complete(self: &Arc<Self>, q: &Query, wait: Wait) -> (Message, Writer) {
+        let chain = &q.route.chain;
+        match wait {
+            Wait::Forward { stale } => {
+                let forward = chain
+                    .forward
+                    .as_ref()
+                    .expect("forward waits need a forwarder");
+                let asked = forward.resolve(&q.req, q.transport);
+                let result = match &stale {
+                    Some((_, _, timeout)) if !timeout.is_zero() => {
+                        match tokio::time::timeout(*timeout, asked).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                Err(ForwardError::Failed("serve_stale verify timeout".into()))
+                            }
+                        }
+                    }
+                    _ => asked.await,
+                };
+                match (result, stale) {
+                    (Ok(reply), Some((stale, _, _))) if !refreshes(&reply) => {
+                        (stale, Writer::Chain)
+                    }
+                    (Ok(reply), _) => (
+                        chain.cached(&q.req, reply, Instant::now(), None),
+                        Writer::Chain,
+                    ),
+                    (Err(_), Some((stale, _, _))) => (stale, Writer::Chain),
+                    (Err(e), None) => {
+                        if chain.errors {
+                            println!(
+                                "[ERROR] plugin/errors: {} {} {}: {e}",
+                                u16::from(failure_code(&e)),
+                                q.req.queries[0].name(),
+                                q.req.queries[0].query_type()
+                            );
+                        }
+                        if let Some(cache) = chain.covering_cache(q.req.queries[0].name())
+                            && matches!(e, ForwardError::Failed(_))
+                        {
+                            cache.put_failure(&q.req, Instant::now());
+                        }
+                        (
+                            with_rcode(reply_to(&q.req), failure_code(&e)),
+                            Writer::Server,
+                        )
+                    }
+                }
+            }
+            Wait::External {
+                mut reply,
+                target,
+                generation,
+            } => {
+                let mut sub = q.req.clone();
+                sub.queries[0].set_name(target.clone());
+                let target_reply = match self.route(&target).cloned() {
+                    Some(route) => {
+                        let inner = Query {
+                            req: sub,
+                            route,
+                            ..q.clone()
+                        };
+                        Some(self.clone().lookup(inner).await)
+                    }
+                    None => None,
+                };
+                if let Some(found) = target_reply {
+                    reply.answers.extend(found.answers);
+                    reply.metadata.truncation |= found.metadata.truncation;
+                }
+                (
+                    chain.cached(&q.req, reply, Instant::now(), Some(generation)),
+                    Writer::Chain,
+                )
+            }
+        }
+    }
+
+    /// Asks the rest of the chain again for a cached question (prefetch, or an expired entry
+    /// served at once) and caches what comes back.
+    fn refresh_behind(self: &Arc<Self>, q: &Query, item: Arc<Item>, stale: bool) {
+        let (router, q) = (self.clone(), q.clone());
+        tokio::spawn(async move {
+            let chain = &q.route.chain;
+            match chain.rest(&q.req) {
+                Rest::Reply(reply, generation) => {
+                    chain.cached(&q.req, reply, Instant::now(), generation);
+                }
+                Rest::Forward => {
+                    if let Some(forward) = &chain.forward
+                        && let Ok(reply) = forward.resolve(&q.req, q.transport).await
+                        && (!stale || refreshes(&reply))
+                    {
+                        chain.cached(&q.req, reply, Instant::now(), None);
+                    }
+                }
+                Rest::External {
+                    reply,
+                    target,
+                    generation,
+                } => {
+                    let wait = Wait::External {
+                        reply,
+                        target,
+                        generation,
+                    };
+                    router.complete(&q, wait).await;
+                }
+                Rest::Refused => {}
+            }
+            item.end_refresh();
+        });
+    }
+}
+
+/// The rcode of a forwarding failure: REFUSED over `max_concurrent`, SERVFAIL else.
+fn failure_code(e: &ForwardError) -> ResponseCode {
+    match e {
+        ForwardError::LimitExceeded(_) => ResponseCode::Refused,
+        ForwardError::Failed(_) => ResponseCode::ServFail,
+    }
+}
+
+impl Chain {
+    /// The generation of the cluster snapshot answered from (0 without `kubernetes`).
+    fn generation(&self) -> u64 {
+        self.cluster
+            .as_ref()
+            .map_or(0, |c| c.index.borrow().snapshot.generation)
+    }
+
+    fn covering_cache(&self, name: &Name) -> Option<&Arc<Cache>> {
+        self.cache.as_ref().filter(|c| c.covers(name))
+    }
+
+    /// `reply` as the cache passes it on (TTLs set), stored when it may be.
+    fn cached(
+        &self,
+        req: &Message,
+        reply: Message,
+        now: Instant,
+        generation: Option<u64>,
+    ) -> Message {
+        match self.covering_cache(req.queries[0].name()) {
+            Some(cache) => cache.put(req, reply, now, generation),
+            None => reply,
+        }
+    }
+
+    /// The cluster's answer, or where the question goes instead.
+    fn rest(&self, req: &Message) -> Rest {
+        let name = req.queries[0].name();
+        let forwards = self.forward.as_ref().is_some_and(|f| f.handles(name));
+        if let Some(source) = &self.cluster {
+            let index = source.index.borrow().clone();
+            let generation = index.snapshot.generation;
+            match cluster(&index, &source.config, req) {
+                Cluster::NotServed => {}
+                Cluster::Answer(reply) => return Rest::Reply(reply, Some(generation)),
+                Cluster::FallsThrough(_) if forwards => return Rest::Forward,
+                Cluster::FallsThrough(reply) => return Rest::Reply(reply, Some(generation)),
+                Cluster::External { reply, target } => {
+                    return Rest::External {
+                        reply,
+                        target,
+                        generation,
+                    };
+                }
+            }
+        }
+        if forwards {
+            Rest::Forward
+        } else {
+            Rest::Refused
+        }
+    }
+}
+
+/// `reply` with `loadbalance`'s shuffle applied when the block has it.
+fn shuffled(q: &Query, mut reply: Message) -> Message {
+    if q.route.chain.loadbalance && reply.metadata.response_code == ResponseCode::NoError {
+        let mut rng = rand::rng();
+        for section in [
+            &mut reply.answers,
+            &mut reply.authorities,
+            &mut reply.additionals,
+        ] {
+            round_robin(section, &mut rng);
+        }
+    }
+    reply
+}
+
+/// CoreDNS's `loadbalance` on one section: addresses and MX records shuffled; CNAMEs first,
+/// then the other records, then the addresses, then the MX records (a section of addresses
+/// alone is just shuffled).
+pub fn round_robin(section: &mut Vec<Record>, rng: &mut impl rand::Rng) {
+    use rand::seq::SliceRandom as _;
+    if section.len() <= 1
+        || section
+            .iter()
+            .any(|r| matches!(r.record_type(), RecordType::AXFR | RecordType::IXFR))
+    {
+        return;
+    }
+    let is_address = |r: &Record| matches!(r.record_type(), RecordType::A | RecordType::AAAA);
+    let first = section[0].record_type();
+    if is_address(&section[0]) && section.iter().all(|r| r.record_type() == first) {
+        section.shuffle(rng);
+        return;
+    }
+    let (mut cname, mut address, mut mx, mut rest) = (vec![], vec![], vec![], vec![]);
+    for r in section.drain(..) {
+        match r.record_type() {
+            RecordType::CNAME => cname.push(r),
+            RecordType::A | RecordType::AAAA => address.push(r),
+            RecordType::MX => mx.push(r),
+            _ => rest.push(r),
+        }
+    }
+    address.shuffle(rng);
+    mx.shuffle(rng);
+    section.extend(cname);
+    section.extend(rest);
+    section.extend(address);
+    section.extend(mx);
+}
+
+/// The bytes for the client: shuffled, encoded within the client's size, counted, logged.
+fn finish(q: &Query, reply: Message, writer: Writer) -> Option<Vec<u8>> {
+    let reply = shuffled(q, reply);
+    let rcode = reply.metadata.response_code;
+    let bytes = encode(reply, &q.req, q.transport)?;
+    report(q, rcode, bytes.len(), writer);
+    if q.route.chain.log
+        && let Ok(sent) = Message::from_vec(&bytes)
+    {
+        log(q, &sent, bytes.len());
+    }
+    Some(bytes)
+}
+
+/// Counts the query in the block's metrics.
+fn report(q: &Query, rcode: ResponseCode, size: usize, writer: Writer) {
+    let question = &q.req.queries[0];
+    q.route.metrics.report(
+        q.transport,
+        q.peer.is_ipv6(),
+        question.query_type(),
+        q.req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        q.size,
+        size,
+        rcode,
+        writer,
+        q.started.elapsed(),
+    );
+}
+
+/// Writes the query's `log` line to stdout.
+fn log(q: &Query, reply: &Message, size: usize) {
+    println!(
+        "{}",
+        log_line(
+            &q.req,
+            q.size,
+            reply,
+            size,
+            q.peer,
+            q.transport,
+            q.started.elapsed()
+        )
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::{A, CNAME, MX, TXT};
+    use rand::SeedableRng as _;
+
+    fn record(data: RData) -> Record {
+        Record::from_rdata(Name::from_ascii("x.example.").unwrap(), 30, data)
+    }
+
+    #[test]
+    fn loadbalance_keeps_cnames_first_and_shuffles_addresses_and_mx() {
+        let mut section = vec![
+            record(RData::A(A::new(192, 0, 2, 1))),
+            record(RData::MX(MX::new(
+                10,
+                Name::from_ascii("mx1.example.").unwrap(),
+            ))),
+            record(RData::CNAME(CNAME(Name::from_ascii("y.example.").unwrap()))),
+            record(RData::TXT(TXT::new(vec!["t".into()]))),
+            record(RData::A(A::new(192, 0, 2, 2))),
+            record(RData::MX(MX::new(
+                20,
+                Name::from_ascii("mx2.example.").unwrap(),
+            ))),
+        ];
+        let mut seen_orders = std::collections::BTreeSet::new();
+        for seed in 0..32 {
+            let mut s = section.clone();
+            round_robin(&mut s, &mut rand::rngs::StdRng::seed_from_u64(seed));
+            let types: Vec<RecordType> = s.iter().map(|r| r.record_type()).collect();
+            assert_eq!(
+                types,
+                [
+                    RecordType::CNAME,
+                    RecordType::TXT,
+                    RecordType::A,
+                    RecordType::A,
+                    RecordType::MX,
+                    RecordType::MX
+                ]
+            );
+            seen_orders.insert(format!(
+                "{:?}",
+                s.iter().map(|r| r.data.to_string()).collect::<Vec<_>>()
+            ));
+        }
+        assert!(seen_orders.len() > 1, "the addresses were never shuffled");
+        section.truncate(1);
+        let before = section.clone();
+        round_robin(&mut section, &mut rand::rng());
+        assert_eq!(section, before);
+    }
+}

@@ -1,0 +1,1172 @@
+//! What a Corefile asks of `svcplane dns`: its server blocks read into listeners (a port, the
+//! zones routed there) and each block's plugins with their options, the process-wide HTTP
+//! endpoints (`health`, `ready`, `prometheus`) and `reload`. Everything svcplane cannot run is
+//! refused here with the file and line, never ignored.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+
+use crate::cache;
+use crate::config::PodsMode;
+use crate::corefile::{Corefile, Directive, ServerBlock};
+use crate::error::Error;
+use crate::forward::{Forward, MAX_UPSTREAMS, Policy};
+
+/// Everything a Corefile asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub blocks: Vec<Block>,
+    /// The one `kubernetes` directive (svcplane answers one cluster per process).
+    pub kubernetes: Option<Kubernetes>,
+    /// `health [ADDR] { lameduck D }`: liveness on `/health`, and how long DNS keeps answering
+    /// after a SIGTERM.
+    pub health: Option<Health>,
+    /// `ready [ADDR]`: readiness on `/ready`.
+    pub ready: Option<SocketAddr>,
+    /// `prometheus [ADDR]`: where `/metrics` is served.
+    pub prometheus: Option<SocketAddr>,
+    /// `reload [INTERVAL [JITTER]]`.
+    pub reload: Option<Reload>,
+}
+
+impl Plan {
+    /// What `svcplane dns`'s flags stand for: one block for every name, answering the cluster
+    /// zones and sending the rest to `forward` (refused without it).
+    pub fn of_flags(forward: Option<Forward>) -> Plan {
+        Plan {
+            blocks: vec![Block {
+                zones: vec![Name::root()],
+                port: 0,
+                line: 0,
+                kubernetes: true,
+                cache: None,
+                forward,
+                log: false,
+                errors: false,
+                loadbalance: false,
+                loop_detect: false,
+                prometheus: false,
+            }],
+            kubernetes: None,
+            health: None,
+            ready: None,
+            prometheus: None,
+            reload: None,
+        }
+    }
+}
+
+/// One server block: where it listens and its plugins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// The zones of its keys, in order.
+    pub zones: Vec<Name>,
+    pub port: u16,
+    /// Line of the block, for messages.
+    pub line: usize,
+    /// Whether the block holds the `kubernetes` directive.
+    pub kubernetes: bool,
+    pub cache: Option<cache::Settings>,
+    /// `forward FROM TO...`: where names the cluster zones do not answer go.
+    pub forward: Option<Forward>,
+    /// `log`: a line per query on stdout, in CoreDNS's common log format.
+    pub log: bool,
+    /// `errors`: a line per failed query on stdout.
+    pub errors: bool,
+    /// `loadbalance`: address and MX records shuffled.
+    pub loadbalance: bool,
+    /// `loop`: a forwarding loop ends the process at start.
+    pub loop_detect: bool,
+    /// `prometheus`: this block's queries are counted.
+    pub prometheus: bool,
+}
+
+impl Block {
+    /// The plugin CoreDNS credits the block's replies to in `coredns_dns_responses_total`: the
+    /// first handler after `prometheus` in CoreDNS's fixed order.
+    pub fn first_plugin(&self) -> &'static str {
+        [
+            (self.errors, "errors"),
+            (self.log, "log"),
+            (self.loadbalance, "loadbalance"),
+            (self.cache.is_some(), "cache"),
+            (self.kubernetes, "kubernetes"),
+            (self.loop_detect, "loop"),
+            (self.forward.is_some(), "forward"),
+        ]
+        .into_iter()
+        .find_map(|(present, name)| present.then_some(name))
+        .unwrap_or("")
+    }
+
+    /// The plugins of the block, as `coredns_plugin_enabled` lists them.
+    pub fn plugins(&self, plan: &Plan) -> Vec<&'static str> {
+        [
+            (plan.reload.is_some(), "reload"),
+            (plan.ready.is_some(), "ready"),
+            (plan.health.is_some(), "health"),
+            (self.prometheus, "prometheus"),
+            (self.errors, "errors"),
+            (self.log, "log"),
+            (self.loadbalance, "loadbalance"),
+            (self.cache.is_some(), "cache"),
+            (self.kubernetes, "kubernetes"),
+            (self.loop_detect, "loop"),
+            (self.forward.is_some(), "forward"),
+        ]
+        .into_iter()
+        .filter_map(|(present, name)| present.then_some(name))
+        .collect()
+    }
+}
+
+/// The `health` directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub addr: SocketAddr,
+    pub lameduck: Duration,
+}
+
+/// The `reload` directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reload {
+    pub interval: Duration,
+    pub jitter: Duration,
+}
+
+/// The `kubernetes` directive: its zones (the block's when it names none) and options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Kubernetes {
+    pub zones: Vec<Name>,
+    pub ttl: Option<u32>,
+    pub pods: Option<PodsMode>,
+    pub endpoint_pod_names: bool,
+    pub ignore_empty_service: bool,
+    pub noendpoints: bool,
+    pub namespaces: Vec<String>,
+    /// `fallthrough` with its zones (empty: every zone of the directive).
+    pub fallthrough: Option<Vec<Name>>,
+    pub kubeconfig: Option<PathBuf>,
+    /// svcplane's own: serve these manifest files or directories instead of watching a cluster.
+    pub manifests: Vec<PathBuf>,
+    pub startup_timeout: Option<Duration>,
+}
+
+/// Directives `svcplane dns` runs. The rest of CoreDNS's are refused by name, not ignored.
+pub const SUPPORTED: &[&str] = &[
+    "kubernetes",
+    "forward",
+    "cache",
+    "errors",
+    "log",
+    "health",
+    "ready",
+    "prometheus",
+    "loadbalance",
+    "loop",
+    "reload",
+];
+
+/// What to use instead of a CoreDNS directive svcplane will not have.
+fn instead_of(directive: &str) -> Option<&'static str> {
+    Some(match directive {
+        "autopath" => "pods resolve search-path names themselves (ndots), as with kube-dns",
+        "template" => "answer such names from a real zone behind `forward`",
+        "k8s_external" => "publish external addresses through an external DNS and `forward` to it",
+        _ => return None,
+    })
+}
+
+/// A failure at a line.
+type At = (usize, String);
+
+impl Corefile {
+    /// What this Corefile asks of `svcplane dns`, or why it cannot run it (yet).
+    /// `resolv_conf` reads the nameservers of a resolv.conf a `forward` names.
+    pub fn plan(
+        &self,
+        file: &str,
+        resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
+    ) -> Result<Plan, Error> {
+        let fail = |(line, message): At| Error::Corefile {
+            file: file.to_string(),
+            line,
+            message,
+        };
+        let mut plan = Plan {
+            blocks: Vec::new(),
+            kubernetes: None,
+            health: None,
+            ready: None,
+            prometheus: None,
+            reload: None,
+        };
+        let mut seen_keys: Vec<(Name, u16, usize)> = Vec::new();
+        for block in &self.blocks {
+            let port = block.keys[0].port;
+            if let Some(other) = block.keys.iter().find(|k| k.port != port) {
+                return Err(fail((
+                    block.line,
+                    format!(
+                        "keys on several ports ({port} and {}) in one block are not supported yet; write a block per port",
+                        other.port
+                    ),
+                )));
+            }
+            for key in &block.keys {
+                if let Some((_, _, line)) = seen_keys
+                    .iter()
+                    .find(|(z, p, _)| *z == key.zone && *p == key.port)
+                {
+                    return Err(fail((
+                        block.line,
+                        format!(
+                            "zone {} on port {} is already served by the block at line {line}",
+                            key.zone, key.port
+                        ),
+                    )));
+                }
+                seen_keys.push((key.zone.clone(), key.port, block.line));
+            }
+            let read = read_block(block, resolv_conf, &mut plan).map_err(fail)?;
+            plan.blocks.push(read);
+        }
+        Ok(plan)
+    }
+}
+
+/// One block's directives; the process-wide ones go into `plan`.
+fn read_block(
+    block: &ServerBlock,
+    resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
+    plan: &mut Plan,
+) -> Result<Block, At> {
+    let mut out = Block {
+        zones: block.keys.iter().map(|k| k.zone.clone()).collect(),
+        port: block.keys[0].port,
+        line: block.line,
+        kubernetes: false,
+        cache: None,
+        forward: None,
+        log: false,
+        errors: false,
+        loadbalance: false,
+        loop_detect: false,
+        prometheus: false,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for d in &block.directives {
+        if seen.contains(&d.name.as_str()) && d.name != "log" && d.name != "errors" {
+            return Err((d.line, format!("{}: only one per server block", d.name)));
+        }
+        seen.push(&d.name);
+        match d.name.as_str() {
+            "health" => {
+                let health = self::health(d)?;
+                if plan.health.is_some_and(|h| h != health) {
+                    return Err((
+                        d.line,
+                        "health: every block must give the same address and lameduck (one endpoint per process)".into(),
+                    ));
+                }
+                plan.health = Some(health);
+            }
+            "ready" => {
+                let ready = http_address(d, ":8181").map_err(|m| (d.line, m))?;
+                if plan.ready.is_some_and(|r| r != ready) {
+                    return Err((
+                        d.line,
+                        "ready: every block must give the same address (one endpoint per process)"
+                            .into(),
+                    ));
+                }
+                plan.ready = Some(ready);
+            }
+            "prometheus" => {
+                let addr = http_address(d, "localhost:9153").map_err(|m| (d.line, m))?;
+                if plan.prometheus.is_some_and(|p| p != addr) {
+                    return Err((
+                        d.line,
+                        "prometheus: every block must give the same address (one endpoint per process)".into(),
+                    ));
+                }
+                plan.prometheus = Some(addr);
+                out.prometheus = true;
+            }
+            "reload" => {
+                let reload = self::reload(d)?;
+                if plan.reload.is_some_and(|r| r != reload) {
+                    return Err((
+                        d.line,
+                        "reload: every block must give the same interval and jitter".into(),
+                    ));
+                }
+                plan.reload = Some(reload);
+            }
+            "log" => {
+                if !d.args.is_empty() || !d.block.is_empty() {
+                    return Err((
+                        d.line,
+                        "log: names, classes and formats are not supported yet; write a bare `log` (every query, common format)".into(),
+                    ));
+                }
+                out.log = true;
+            }
+            "errors" => {
+                if !d.args.is_empty() || !d.block.is_empty() {
+                    return Err((
+                        d.line,
+                        "errors: consolidate and stacktrace are not supported yet; write a bare `errors`".into(),
+                    ));
+                }
+                out.errors = true;
+            }
+            "loadbalance" => {
+                match d.args.as_slice() {
+                    [] => {}
+                    [policy] if policy == "round_robin" => {}
+                    _ => {
+                        return Err((
+                            d.line,
+                            "loadbalance: only the round_robin policy is supported".into(),
+                        ));
+                    }
+                }
+                if !d.block.is_empty() {
+                    return Err((d.line, "loadbalance: takes no block".into()));
+                }
+                out.loadbalance = true;
+            }
+            "loop" => {
+                if !d.args.is_empty() || !d.block.is_empty() {
+                    return Err((d.line, "loop: takes no arguments".into()));
+                }
+                out.loop_detect = true;
+            }
+            "forward" => out.forward = Some(self::forward(d, resolv_conf)?),
+            "cache" => out.cache = Some(self::cache(d, block)?),
+            "kubernetes" => {
+                if plan.kubernetes.is_some() {
+                    return Err((
+                        d.line,
+                        "kubernetes: only one kubernetes directive per Corefile is supported; put its zones in one block".into(),
+                    ));
+                }
+                plan.kubernetes = Some(self::kubernetes(d, block)?);
+                out.kubernetes = true;
+            }
+            other => {
+                let why = match instead_of(other) {
+                    Some(instead) => format!("{other} is not supported: {instead}"),
+                    None => format!("{other} is not supported yet"),
+                };
+                return Err((
+                    d.line,
+                    format!("{why} (supported: {})", SUPPORTED.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A zone as a directive names it.
+fn zone_name(text: &str) -> Result<Name, String> {
+    let fqdn = if text.ends_with('.') {
+        text.to_ascii_lowercase()
+    } else {
+        format!("{}.", text.to_ascii_lowercase())
+    };
+    Name::from_ascii(&fqdn).map_err(|e| format!("{text} is not a zone ({e})"))
+}
+
+/// `cache [TTL] [ZONES...] { options }`.
+fn cache(d: &Directive, block: &ServerBlock) -> Result<cache::Settings, At> {
+    let mut settings = cache::Settings::default();
+    let mut args = d.args.as_slice();
+    if let Some(first) = args.first()
+        && let Ok(ttl) = first.parse::<i64>()
+    {
+        if ttl <= 0 {
+            return Err((
+                d.line,
+                format!("cache: the TTL must be positive, not {ttl}"),
+            ));
+        }
+        let ttl = u32::try_from(ttl).unwrap_or(u32::MAX);
+        settings.success.max_ttl = ttl;
+        settings.denial.max_ttl = ttl;
+        args = &args[1..];
+    }
+    settings.zones = if args.is_empty() {
+        block.keys.iter().map(|k| k.zone.clone()).collect()
+    } else {
+        args.iter()
+            .map(|z| zone_name(z).map_err(|m| (d.line, format!("cache: {m}"))))
+            .collect::<Result<_, _>>()?
+    };
+    for option in &d.block {
+        let at = |m: String| (option.line, format!("cache {}: {m}", option.name));
+        let number = |text: &str| -> Result<i64, At> {
+            text.parse::<i64>()
+                .map_err(|_| at(format!("{text:?} is not a number")))
+        };
+        let duration = |text: &str| go_duration(text).map_err(at);
+        match (option.name.as_str(), option.args.as_slice()) {
+            (kind @ ("success" | "denial"), [cap, rest @ ..]) if rest.len() <= 2 => {
+                let part = if kind == "success" {
+                    &mut settings.success
+                } else {
+                    &mut settings.denial
+                };
+                let cap = number(cap)?;
+                if cap <= 0 {
+                    return Err(at("the capacity must be positive".into()));
+                }
+                part.capacity = cap as usize;
+                if let Some(ttl) = rest.first() {
+                    let ttl = number(ttl)?;
+                    if ttl <= 0 {
+                        return Err(at(format!("the TTL must be positive, not {ttl}")));
+                    }
+                    part.max_ttl = u32::try_from(ttl).unwrap_or(u32::MAX);
+                }
+                if let Some(min) = rest.get(1) {
+                    let min = number(min)?;
+                    if min < 0 {
+                        return Err(at(format!("the minimum TTL cannot be negative ({min})")));
+                    }
+                    part.min_ttl = u32::try_from(min).unwrap_or(u32::MAX);
+                }
+            }
+            ("success" | "denial", _) => {
+                return Err(at("takes CAPACITY [TTL [MINTTL]]".into()));
+            }
+            ("prefetch", [amount, rest @ ..]) if rest.len() <= 2 => {
+                let amount = number(amount)?;
+                if amount < 0 {
+                    return Err(at(format!("the amount cannot be negative ({amount})")));
+                }
+                let mut prefetch = cache::Prefetch {
+                    amount: amount as usize,
+                    window: Duration::from_secs(60),
+                    percentage: 10,
+                };
+                if let Some(window) = rest.first() {
+                    prefetch.window = duration(window)?;
+                }
+                if let Some(pct) = rest.get(1) {
+                    let Some(n) = pct.strip_suffix('%') else {
+                        return Err(at(format!("{pct:?}: the percentage ends in %")));
+                    };
+                    let n = number(n)?;
+                    if !(10..=90).contains(&n) {
+                        return Err(at(format!(
+                            "the percentage is between 10% and 90%, not {n}%"
+                        )));
+                    }
+                    prefetch.percentage = n as u32;
+                }
+                settings.prefetch = Some(prefetch);
+            }
+            ("prefetch", _) => return Err(at("takes AMOUNT [DURATION [PERCENTAGE%]]".into())),
+            ("serve_stale", args) if args.len() <= 4 => {
+                let mut stale = cache::ServeStale {
+                    up_to: Duration::from_secs(3600),
+                    verify: false,
+                    verify_timeout: Duration::ZERO,
+                    response_ttl: 0,
+                };
+                if let Some(up_to) = args.first() {
+                    stale.up_to = duration(up_to)?;
+                }
+                if let Some(mode) = args.get(1) {
+                    match mode.to_ascii_lowercase().as_str() {
+                        "immediate" => stale.verify = false,
+                        "verify" => stale.verify = true,
+                        _ => {
+                            return Err(at(format!(
+                                "the refresh mode is immediate or verify, not {mode:?}"
+                            )));
+                        }
+                    }
+                }
+                let ttl_at = if stale.verify {
+                    if let Some(timeout) = args.get(2) {
+                        stale.verify_timeout = duration(timeout)?;
+                    }
+                    3
+                } else {
+                    2
+                };
+                if let Some(ttl) = args.get(ttl_at) {
+                    let ttl = duration(ttl)?;
+                    if ttl.subsec_nanos() != 0 {
+                        return Err(at("the response TTL is a whole number of seconds".into()));
+                    }
+                    stale.response_ttl = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX);
+                }
+                if args.len() > ttl_at + 1 {
+                    return Err(at(
+                        "FAILURE_RECHECK is not supported yet; stop after RESPONSE_TTL".into(),
+                    ));
+                }
+                settings.serve_stale = Some(stale);
+            }
+            ("serve_stale", _) => {
+                return Err(at(
+                    "takes [DURATION] [immediate [RESPONSE_TTL] | verify [TIMEOUT [RESPONSE_TTL]]]"
+                        .into(),
+                ));
+            }
+            ("servfail", [d]) => {
+                let d = duration(d)?;
+                if d > Duration::from_secs(300) {
+                    return Err(at(
+                        "caching a SERVFAIL for over 5 minutes is not permitted".into()
+                    ));
+                }
+                settings.servfail = d;
+            }
+            ("servfail", _) => return Err(at("takes one duration".into())),
+            ("disable", [kind, zones @ ..]) => {
+                let zones = if zones.is_empty() {
+                    vec![Name::root()]
+                } else {
+                    zones
+                        .iter()
+                        .map(|z| zone_name(z).map_err(at))
+                        .collect::<Result<_, _>>()?
+                };
+                match kind.as_str() {
+                    "success" => settings.no_success = zones,
+                    "denial" => settings.no_denial = zones,
+                    _ => return Err(at(format!("disables success or denial, not {kind:?}"))),
+                }
+            }
+            ("disable", _) => return Err(at("takes success|denial [ZONES...]".into())),
+            ("keepttl", []) => settings.keepttl = true,
+            ("keepttl", _) => return Err(at("takes no value".into())),
+            ("serve_stale_policy", _) => return Err(at("is not supported yet".into())),
+            (other, _) => {
+                return Err((
+                    option.line,
+                    format!(
+                        "cache: {other} is not an option of cache (success, denial, prefetch, serve_stale, servfail, disable, keepttl)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(settings)
+}
+
+/// `reload [INTERVAL [JITTER]]`: 30 s and 15 s by default; the interval at least 2 s, the jitter
+/// 0 or at least 1 s and at most half the interval.
+fn reload(d: &Directive) -> Result<Reload, At> {
+    let at = |m: String| (d.line, format!("reload: {m}"));
+    let (interval, jitter) = match d.args.as_slice() {
+        [] => (None, None),
+        [interval] => (Some(interval), None),
+        [interval, jitter] => (Some(interval), Some(jitter)),
+        _ => return Err(at("takes [INTERVAL [JITTER]]".into())),
+    };
+    let interval = match interval {
+        Some(text) => go_duration(text).map_err(at)?,
+        None => Duration::from_secs(30),
+    };
+    if interval < Duration::from_secs(2) {
+        return Err(at("the interval must be at least 2s".into()));
+    }
+    let jitter = match jitter {
+        Some(text) => go_duration(text).map_err(at)?,
+        None => Duration::from_secs(15),
+    };
+    if !jitter.is_zero() && jitter < Duration::from_secs(1) {
+        return Err(at("the jitter must be 0 or at least 1s".into()));
+    }
+    if !d.block.is_empty() {
+        return Err(at("takes no block".into()));
+    }
+    Ok(Reload {
+        interval,
+        jitter: jitter.min(interval / 2),
+    })
+}
+
+/// The address of an HTTP directive (`:8080`, `127.0.0.1:8080`), `default` without one.
+fn http_address(d: &Directive, default: &str) -> Result<SocketAddr, String> {
+    let text = match d.args.as_slice() {
+        [] => default,
+        [one] => one.as_str(),
+        _ => return Err(format!("{}: takes at most one address", d.name)),
+    };
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => match text.strip_prefix("localhost:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => text.to_string(),
+        },
+    };
+    full.parse().map_err(|_| {
+        format!(
+            "{}: {text:?} is not an address such as :8080 or 127.0.0.1:8080",
+            d.name
+        )
+    })
+}
+
+/// `forward FROM TO... { options }`: TO an address (`dns://` allowed, port 53 by default) or
+/// a resolv.conf file.
+fn forward(
+    d: &Directive,
+    resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
+) -> Result<Forward, (usize, String)> {
+    let at = |line: usize| move |m: String| (line, format!("forward: {m}"));
+    let [from, to @ ..] = d.args.as_slice() else {
+        return Err((
+            d.line,
+            "forward: needs the zone and at least one upstream, e.g. `forward . /etc/resolv.conf`"
+                .into(),
+        ));
+    };
+    if to.is_empty() {
+        return Err((d.line, "forward: needs at least one upstream".into()));
+    }
+    let zone = zone_name;
+    let from = zone(from).map_err(at(d.line))?;
+    let mut upstreams = Vec::new();
+    for target in to {
+        if target.contains('/') && !target.contains("://") {
+            upstreams.extend(resolv_conf(target).map_err(at(d.line))?);
+            continue;
+        }
+        let addr = match target.split_once("://") {
+            Some(("dns", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err((
+                    d.line,
+                    format!("forward: {scheme}:// upstreams are not supported yet; use dns://"),
+                ));
+            }
+            None => target.as_str(),
+        };
+        let parsed = addr
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| {
+                let bare = addr.trim_start_matches('[').trim_end_matches(']');
+                bare.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .ok_or_else(|| {
+                (
+                    d.line,
+                    format!("forward: {target} is not an upstream address or a resolv.conf file"),
+                )
+            })?;
+        upstreams.push(parsed);
+    }
+    if upstreams.is_empty() {
+        return Err((
+            d.line,
+            "forward: no upstream (the resolv.conf names no nameserver)".into(),
+        ));
+    }
+    if upstreams.len() > MAX_UPSTREAMS {
+        return Err((
+            d.line,
+            format!(
+                "forward: {} upstreams; at most {MAX_UPSTREAMS}",
+                upstreams.len()
+            ),
+        ));
+    }
+    let mut forward = Forward {
+        from,
+        ..Forward::everything_to(upstreams)
+    };
+    for option in &d.block {
+        let fail = |m: &str| (option.line, format!("forward {}: {m}", option.name));
+        match (option.name.as_str(), option.args.as_slice()) {
+            ("policy", [p]) => {
+                forward.policy = match p.as_str() {
+                    "random" => Policy::Random,
+                    "round_robin" => Policy::RoundRobin,
+                    "sequential" => Policy::Sequential,
+                    _ => return Err(fail("is random, round_robin or sequential")),
+                }
+            }
+            ("max_concurrent", [n]) => {
+                forward.max_concurrent = Some(
+                    n.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| fail("takes a positive number"))?,
+                )
+            }
+            ("force_tcp", []) => forward.force_tcp = true,
+            ("prefer_udp", []) => forward.prefer_udp = true,
+            ("except", zones) if !zones.is_empty() => {
+                for z in zones {
+                    forward.except.push(zone(z).map_err(|m| fail(&m))?);
+                }
+            }
+            ("max_fails", [n]) => {
+                forward.max_fails = n
+                    .parse()
+                    .map_err(|_| fail("takes a number (0: never mark an upstream down)"))?
+            }
+            ("health_check", [interval, rest @ ..]) => {
+                forward.health_check = go_duration(interval).map_err(|m| fail(&m))?;
+                let mut rest = rest.iter();
+                while let Some(word) = rest.next() {
+                    match word.as_str() {
+                        "no_rec" => forward.health_check_recursion = false,
+                        "domain" => {
+                            let Some(name) = rest.next() else {
+                                return Err(fail("domain needs a name"));
+                            };
+                            forward.health_check_domain = zone(name).map_err(|m| fail(&m))?;
+                        }
+                        other => {
+                            return Err(fail(&format!(
+                                "{other:?} is not an option of health_check (no_rec, domain NAME)"
+                            )));
+                        }
+                    }
+                }
+            }
+            ("expire", [d]) => forward.expire = go_duration(d).map_err(|m| fail(&m))?,
+            ("policy" | "max_concurrent" | "except" | "max_fails" | "expire", _) => {
+                return Err(fail("takes one value"));
+            }
+            ("health_check", _) => return Err(fail("takes an interval")),
+            ("force_tcp" | "prefer_udp", _) => return Err(fail("takes no value")),
+            (other @ ("tls" | "tls_servername"), _) => {
+                return Err((
+                    option.line,
+                    format!("forward {other}: DNS over TLS upstreams are not supported yet"),
+                ));
+            }
+            (other, _) => {
+                return Err((
+                    option.line,
+                    format!(
+                        "forward {other} is not supported yet (supported: policy, max_concurrent, force_tcp, prefer_udp, except, max_fails, health_check, expire)"
+                    ),
+                ));
+            }
+        }
+    }
+    if forward.force_tcp && forward.prefer_udp {
+        return Err((
+            d.line,
+            "forward: force_tcp and prefer_udp exclude each other".into(),
+        ));
+    }
+    Ok(forward)
+}
+
+/// `health [ADDR] { lameduck D }`.
+fn health(d: &Directive) -> Result<Health, (usize, String)> {
+    let addr = http_address(d, ":8080").map_err(|m| (d.line, m))?;
+    let mut lameduck = Duration::ZERO;
+    for option in &d.block {
+        match (option.name.as_str(), option.args.as_slice()) {
+            ("lameduck", [value]) => {
+                lameduck = go_duration(value)
+                    .map_err(|m| (option.line, format!("health lameduck: {m}")))?
+            }
+            ("lameduck", _) => {
+                return Err((option.line, "health lameduck: takes one duration".into()));
+            }
+            (other, _) => {
+                return Err((
+                    option.line,
+                    format!("health: {other} is not an option of health (lameduck)"),
+                ));
+            }
+        }
+    }
+    Ok(Health { addr, lameduck })
+}
+
+/// The `kubernetes` directive of `block`, or the line and what is wrong there.
+fn kubernetes(d: &Directive, block: &ServerBlock) -> Result<Kubernetes, (usize, String)> {
+    let zone = |text: &str| -> Result<Name, (usize, String)> {
+        let fqdn = if text.ends_with('.') {
+            text.to_ascii_lowercase()
+        } else {
+            format!("{}.", text.to_ascii_lowercase())
+        };
+        Name::from_ascii(&fqdn)
+            .map_err(|e| (d.line, format!("kubernetes: {text} is not a zone ({e})")))
+    };
+    let mut k = Kubernetes {
+        zones: if d.args.is_empty() {
+            block.keys.iter().map(|key| key.zone.clone()).collect()
+        } else {
+            d.args.iter().map(|z| zone(z)).collect::<Result<_, _>>()?
+        },
+        ..Kubernetes::default()
+    };
+    for option in &d.block {
+        let at = |m: String| (option.line, format!("kubernetes {}: {m}", option.name));
+        let one = || match option.args.as_slice() {
+            [value] => Ok(value.as_str()),
+            _ => Err(at("takes exactly one value".into())),
+        };
+        let none = || {
+            if option.args.is_empty() {
+                Ok(())
+            } else {
+                Err(at("takes no value".into()))
+            }
+        };
+        match option.name.as_str() {
+            "ttl" => {
+                let ttl: u32 = one()?
+                    .parse()
+                    .map_err(|_| at("must be a number of seconds".into()))?;
+                if ttl > 3600 {
+                    return Err(at(format!("{ttl} is above 3600")));
+                }
+                k.ttl = Some(ttl);
+            }
+            "pods" => k.pods = Some(one()?.parse().map_err(at)?),
+            "endpoint_pod_names" => {
+                none()?;
+                k.endpoint_pod_names = true;
+            }
+            "noendpoints" => {
+                none()?;
+                k.noendpoints = true;
+            }
+            "ignore" => match option.args.as_slice() {
+                [what] if what == "empty_service" => k.ignore_empty_service = true,
+                _ => return Err(at("the only thing to ignore is empty_service".into())),
+            },
+            "namespaces" => {
+                if option.args.is_empty() {
+                    return Err(at("names at least one namespace".into()));
+                }
+                k.namespaces.extend(option.args.iter().cloned());
+            }
+            "fallthrough" => {
+                k.fallthrough = Some(
+                    option
+                        .args
+                        .iter()
+                        .map(|z| zone(z))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            "kubeconfig" => match option.args.as_slice() {
+                [path] => k.kubeconfig = Some(PathBuf::from(path)),
+                [_, _] => {
+                    return Err(at(
+                        "a context is not supported yet; use the kubeconfig's current context"
+                            .into(),
+                    ));
+                }
+                _ => return Err(at("takes the kubeconfig's path".into())),
+            },
+            "manifests" => {
+                if option.args.is_empty() {
+                    return Err(at("names at least one file or directory".into()));
+                }
+                k.manifests.extend(option.args.iter().map(PathBuf::from));
+            }
+            "startup_timeout" => {
+                k.startup_timeout = Some(go_duration(one()?).map_err(at)?);
+            }
+            other => {
+                return Err(at(format!(
+                    "{other} is not supported yet (supported: ttl, pods, endpoint_pod_names, noendpoints, ignore empty_service, namespaces, fallthrough, kubeconfig, manifests, startup_timeout)"
+                )));
+            }
+        }
+    }
+    if k.kubeconfig.is_some() && !k.manifests.is_empty() {
+        return Err((
+            d.line,
+            "kubernetes: kubeconfig and manifests exclude each other".into(),
+        ));
+    }
+    Ok(k)
+}
+
+/// A Go-style duration as CoreDNS takes it (`5s`, `1m30s`, `250ms`).
+fn go_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 5s"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corefile::tests::KUBEADM;
+
+    fn no_resolv(path: &str) -> Result<Vec<SocketAddr>, String> {
+        match path {
+            "/etc/resolv.conf" => Ok(vec!["10.0.0.2:53".parse().unwrap()]),
+            _ => Err(format!("{path}: cannot read it")),
+        }
+    }
+
+    fn plan(text: &str) -> Result<Plan, Error> {
+        crate::corefile::parse(text, "Corefile", |_| None)
+            .unwrap()
+            .plan("Corefile", &no_resolv)
+    }
+
+    /// Why a Corefile of `text` does not run.
+    fn refusal(text: &str) -> String {
+        plan(text).unwrap_err().to_string()
+    }
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).unwrap()
+    }
+
+    #[test]
+    fn kubeadms_corefile_runs_with_every_directive() {
+        let plan = plan(KUBEADM).unwrap();
+        let [block] = plan.blocks.as_slice() else {
+            panic!("one block");
+        };
+        assert_eq!((block.port, block.zones.clone()), (53, vec![Name::root()]));
+        assert!(block.errors && block.loadbalance && block.loop_detect && block.prometheus);
+        assert!(block.kubernetes && !block.log);
+        assert_eq!(block.first_plugin(), "errors");
+        let cache = block.cache.clone().unwrap();
+        assert_eq!((cache.success.max_ttl, cache.denial.max_ttl), (30, 30));
+        assert_eq!(cache.no_success, [name("cluster.local.")]);
+        assert_eq!(cache.no_denial, [name("cluster.local.")]);
+        assert_eq!(cache.zones, [Name::root()]);
+        assert_eq!(block.forward.clone().unwrap().max_concurrent, Some(1000));
+        assert_eq!(plan.prometheus, Some("0.0.0.0:9153".parse().unwrap()));
+        assert_eq!(plan.ready, Some("0.0.0.0:8181".parse().unwrap()));
+        assert_eq!(
+            plan.reload,
+            Some(Reload {
+                interval: Duration::from_secs(30),
+                jitter: Duration::from_secs(15)
+            })
+        );
+        let k = plan.kubernetes.unwrap();
+        assert_eq!(k.ttl, Some(30));
+        assert_eq!(
+            block.plugins(&plan_of_kubeadm()),
+            [
+                "reload",
+                "ready",
+                "health",
+                "prometheus",
+                "errors",
+                "loadbalance",
+                "cache",
+                "kubernetes",
+                "loop",
+                "forward"
+            ]
+        );
+    }
+
+    fn plan_of_kubeadm() -> Plan {
+        plan(KUBEADM).unwrap()
+    }
+
+    #[test]
+    fn a_kubernetes_block_becomes_the_servers_options() {
+        let plan = plan(
+            "cluster.local:1053 in-addr.arpa:1053 {\n  kubernetes {\n    pods verified\n    ttl 30\n    endpoint_pod_names\n    noendpoints\n    ignore empty_service\n    namespaces a b\n    fallthrough in-addr.arpa\n    manifests /m.yaml\n    startup_timeout 1m30s\n  }\n}\n",
+        )
+        .unwrap();
+        assert_eq!(plan.blocks[0].port, 1053);
+        let k = plan.kubernetes.unwrap();
+        assert_eq!(k.zones, [name("cluster.local."), name("in-addr.arpa.")]);
+        assert_eq!((k.ttl, k.pods), (Some(30), Some(PodsMode::Verified)));
+        assert!(k.endpoint_pod_names && k.noendpoints && k.ignore_empty_service);
+        assert_eq!(k.namespaces, ["a", "b"]);
+        assert_eq!(k.fallthrough, Some(vec![name("in-addr.arpa.")]));
+        assert_eq!(k.manifests, [PathBuf::from("/m.yaml")]);
+        assert_eq!(k.startup_timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn what_svcplane_does_not_run_is_refused_with_file_line_and_the_supported_list() {
+        let err = refusal(".:53 {\n  kubernetes\n  autopath @kubernetes\n}\n");
+        assert!(
+            err.starts_with("Corefile:3: autopath is not supported: pods resolve"),
+            "{err}"
+        );
+        assert!(err.ends_with("(supported: kubernetes, forward, cache, errors, log, health, ready, prometheus, loadbalance, loop, reload)"), "{err}");
+        let err = refusal(".:53 {\n  hosts /etc/hosts\n}\n");
+        assert!(
+            err.starts_with("Corefile:2: hosts is not supported yet"),
+            "{err}"
+        );
+        let err = refusal(".:53 {\n  kubernetes {\n    ttl 4000\n  }\n}\n");
+        assert_eq!(err, "Corefile:3: kubernetes ttl: 4000 is above 3600");
+        let err = refusal(".:53 {\n  kubernetes\n}\n.:54 {\n  kubernetes\n}\n");
+        assert!(
+            err.starts_with("Corefile:5: kubernetes: only one kubernetes directive"),
+            "{err}"
+        );
+        let err = refusal(".:53 {\n  errors\n}\n.:53 {\n  errors\n}\n");
+        assert!(
+            err.starts_with(
+                "Corefile:4: zone . on port 53 is already served by the block at line 1"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn several_blocks_each_keep_their_zones_port_and_plugins() {
+        let plan = plan(".:53 {\n  kubernetes cluster.local\n  forward . 10.0.0.1\n}\ncorp.example:53 {\n  forward . 10.0.0.53\n  cache 30\n}\n.:5353 {\n  forward . 10.0.0.2\n}\n").unwrap();
+        assert_eq!(plan.blocks.len(), 3);
+        assert_eq!(plan.blocks[1].zones, [name("corp.example.")]);
+        assert_eq!(plan.blocks[1].first_plugin(), "cache");
+        assert!(!plan.blocks[1].kubernetes && plan.blocks[0].kubernetes);
+        assert_eq!(plan.blocks[2].port, 5353);
+        assert_eq!(
+            plan.blocks[1].cache.as_ref().unwrap().zones,
+            [name("corp.example.")]
+        );
+    }
+
+    #[test]
+    fn health_and_ready_take_addresses_and_a_lameduck() {
+        let plan = plan(
+            ".:53 {\n  health {\n    lameduck 5s\n  }\n  ready 127.0.0.1:9181\n  kubernetes\n}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plan.health,
+            Some(Health {
+                addr: "0.0.0.0:8080".parse().unwrap(),
+                lameduck: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(plan.ready, Some("127.0.0.1:9181".parse().unwrap()));
+        let err = refusal(".:53 {\n  kubernetes\n  ready\n  ready\n}\n");
+        assert_eq!(err, "Corefile:4: ready: only one per server block");
+        let err = refusal(".:53 {\n  kubernetes\n  health {\n    lameduck soon\n  }\n}\n");
+        assert!(
+            err.starts_with("Corefile:4: health lameduck: \"soon\" is not a duration"),
+            "{err}"
+        );
+        let err = refusal(".:53 {\n  ready :8181\n}\n.:54 {\n  ready :8182\n}\n");
+        assert!(
+            err.starts_with("Corefile:5: ready: every block must give the same address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn forward_takes_addresses_resolv_conf_and_its_options() {
+        let plan = plan(".:53 {\n  kubernetes cluster.local\n  forward . dns://127.0.0.1:5300 /etc/resolv.conf [::1] {\n    policy sequential\n    max_concurrent 1000\n    except example.com\n    max_fails 3\n    health_check 1s no_rec domain example.org\n    expire 20s\n  }\n}\n")
+            .unwrap();
+        let f = plan.blocks[0].forward.clone().unwrap();
+        assert_eq!(f.from, Name::root());
+        assert_eq!(
+            f.upstreams,
+            [
+                "127.0.0.1:5300".parse().unwrap(),
+                "10.0.0.2:53".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (f.policy, f.max_concurrent),
+            (Policy::Sequential, Some(1000))
+        );
+        assert_eq!(f.except, [name("example.com.")]);
+        assert_eq!(f.max_fails, 3);
+        assert_eq!(f.health_check, Duration::from_secs(1));
+        assert!(!f.health_check_recursion);
+        assert_eq!(f.health_check_domain, name("example.org."));
+        assert_eq!(f.expire, Duration::from_secs(20));
+        let err = refusal(".:53 {\n  kubernetes\n  forward . 10.0.0.1 {\n    tls\n  }\n}\n");
+        assert!(
+            err.starts_with(
+                "Corefile:4: forward tls: DNS over TLS upstreams are not supported yet"
+            ),
+            "{err}"
+        );
+        let err = refusal(".:53 {\n  kubernetes\n  forward . /nowhere\n}\n");
+        assert_eq!(err, "Corefile:3: forward: /nowhere: cannot read it");
+    }
+
+    #[test]
+    fn cache_takes_coredns_options_and_refuses_bad_values() {
+        let plan = plan(".:53 {\n  cache 60 example.org {\n    success 2048 120 10\n    denial 1024 30\n    prefetch 5 2m 20%\n    serve_stale 1h verify 0s 30s\n    servfail 2s\n    disable denial sub.example.org\n    keepttl\n  }\n}\n").unwrap();
+        let c = plan.blocks[0].cache.clone().unwrap();
+        assert_eq!(c.zones, [name("example.org.")]);
+        assert_eq!(
+            (c.success.capacity, c.success.max_ttl, c.success.min_ttl),
+            (2048, 120, 10)
+        );
+        assert_eq!(
+            (c.denial.capacity, c.denial.max_ttl, c.denial.min_ttl),
+            (1024, 30, 5)
+        );
+        assert_eq!(
+            c.prefetch,
+            Some(cache::Prefetch {
+                amount: 5,
+                window: Duration::from_secs(120),
+                percentage: 20
+            })
+        );
+        assert_eq!(
+            c.serve_stale,
+            Some(cache::ServeStale {
+                up_to: Duration::from_secs(3600),
+                verify: true,
+                verify_timeout: Duration::ZERO,
+                response_ttl: 30
+            })
+        );
+        assert_eq!(c.servfail, Duration::from_secs(2));
+        assert_eq!(c.no_denial, [name("sub.example.org.")]);
+        assert!(c.keepttl);
+        for (text, needle) in [
+            ("cache 0", "the TTL must be positive"),
+            ("cache {\n    prefetch 2 1m 5%\n  }", "between 10% and 90%"),
+            ("cache {\n    servfail 10m\n  }", "over 5 minutes"),
+            ("cache {\n    disable everything\n  }", "success or denial"),
+            (
+                "cache {\n    serve_stale 1h sometimes\n  }",
+                "immediate or verify",
+            ),
+            ("cache {\n    shards 4\n  }", "not an option of cache"),
+        ] {
+            let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn reload_and_prometheus_take_coredns_defaults_and_limits() {
+        let plan = plan(".:53 {\n  reload 10s\n  prometheus\n}\n").unwrap();
+        assert_eq!(
+            plan.reload,
+            Some(Reload {
+                interval: Duration::from_secs(10),
+                jitter: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(plan.prometheus, Some("127.0.0.1:9153".parse().unwrap()));
+        assert!(refusal(".:53 {\n  reload 1s\n}\n").contains("at least 2s"));
+        assert!(refusal(".:53 {\n  reload 10s 500ms\n}\n").contains("0 or at least 1s"));
+        assert!(refusal(".:53 {\n  loadbalance weighted /w\n}\n").contains("round_robin"));
+    }
+}
