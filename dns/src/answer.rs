@@ -328,7 +328,9 @@ impl Ctx<'_> {
                 Some(r) => Found::Records(vec![r], vec![]),
                 None => Found::NoData,
             },
-            (EntryKind::External(target), RecordType::A | RecordType::AAAA | RecordType::TXT) => {
+            // TXT is not chased: CoreDNS answers a Service name's TXT with NODATA
+            // (`plugin/kubernetes/kubernetes.go`, `Services`), though spec §4 lists it.
+            (EntryKind::External(target), RecordType::A | RecordType::AAAA) => {
                 self.chase(qname, target, qtype, depth)
             }
             _ => Found::NoData,

@@ -126,10 +126,7 @@ pub fn cluster(index: &Index, config: &Config, req: &Message) -> Cluster {
     }
     if let [only] = reply.answers.as_slice()
         && let hickory_proto::rr::RData::CNAME(target) = &only.data
-        && matches!(
-            q.query_type(),
-            RecordType::A | RecordType::AAAA | RecordType::TXT
-        )
+        && matches!(q.query_type(), RecordType::A | RecordType::AAAA)
         && !config.zones.iter().any(|z| z.zone_of(&target.0))
     {
         let target = target.0.clone();

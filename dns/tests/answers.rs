@@ -264,11 +264,18 @@ fn external_names_are_cnames_chased_inside_the_zone() {
             CNAME,
             "No Error aa\nan external.testns.svc.cluster.local. 5 IN CNAME ext.interwebs.test.",
         ),
-        // Out of the zone: just the CNAME until forwarding exists.
+        // Out of the zone: the CNAME, which the server follows through `forward` (the index
+        // alone has nothing more).
         (
             "external.testns.svc.cluster.local.",
             A,
             "No Error aa\nan external.testns.svc.cluster.local. 5 IN CNAME ext.interwebs.test.",
+        ),
+        // TXT is not followed at all, as in CoreDNS.
+        (
+            "external.testns.svc.cluster.local.",
+            TXT,
+            "No Error aa\n{SOA}",
         ),
         (
             "internal.testns.svc.cluster.local.",

@@ -20,7 +20,7 @@ pub struct CoreDns {
 impl CoreDns {
     /// Starts CoreDNS with `corefile`, in which `{port}` stands for the DNS port and `{ready}`
     /// for the ready plugin's port (the Corefile should contain `bind 127.0.0.1` and
-    /// `ready 127.0.0.1:{ready}`), and waits until `/ready` answers 200.
+    /// `ready 127.0.0.1:{ready}`), and waits until `/ready` answers 200 and DNS is served.
     pub fn start(corefile: &str) -> CoreDns {
         let dir = tempfile::Builder::new()
             .prefix("svcplane-coredns-")
@@ -41,7 +41,9 @@ impl CoreDns {
             None,
         );
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready(ready_port) {
+        // `/ready` can answer before the DNS listeners are up; CoreDNS prints its version once
+        // they are.
+        while !ready(ready_port) || !process.log().contains("CoreDNS-") {
             if let Some(status) = process.exited() {
                 panic!("coredns exited with {status}: {}", process.log());
             }

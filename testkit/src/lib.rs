@@ -1,6 +1,7 @@
 //! Test harness: the real upstream peers that `peers/build.sh` builds (etcd, kube-apiserver,
-//! kube-controller-manager, CoreDNS, kubectl, Helm), started on free loopback ports and never
-//! outliving their test binary, an HTTPS admission webhook, and a round-robin TCP proxy.
+//! kube-controller-manager, CoreDNS, kubectl, Helm) and Debian's Unbound, started on free
+//! loopback ports and never outliving their test binary, an HTTPS admission webhook, and a
+//! round-robin TCP proxy.
 
 pub mod bench;
 mod certs;
@@ -9,12 +10,14 @@ pub mod coredns;
 mod etcd;
 pub mod process;
 pub mod proxy;
+mod unbound;
 pub mod webhook;
 
 pub use certs::{TlsFiles, make_certs};
 pub use cluster::{Cluster, ClusterOptions};
 pub use coredns::CoreDns;
 pub use etcd::Etcd;
+pub use unbound::Unbound;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Asking two DNS servers the same question and comparing their replies: a query sent as a
 //! client without EDNS, with EDNS 512 or 1232 over UDP, or over TCP; the reply normalised to
-//! rcode, AA, TC, each section as a set of records (the SOA serial left out) and the OPT
+//! rcode, AA, TC, RA, each section as a set of records (the SOA serial left out) and the OPT
 //! record's presence, version and DO bit.
 
 use std::collections::BTreeSet;
@@ -68,6 +68,7 @@ pub struct Reply {
     pub rcode: String,
     pub aa: bool,
     pub tc: bool,
+    pub ra: bool,
     pub answer: BTreeSet<String>,
     pub authority: BTreeSet<String>,
     pub additional: BTreeSet<String>,
@@ -78,8 +79,44 @@ pub struct Reply {
 impl Reply {
     /// The header facts alone (for truncated UDP replies, whose surviving records depend on
     /// each server's record order).
-    pub fn header(&self) -> (String, bool, bool, Option<String>) {
-        (self.rcode.clone(), self.aa, self.tc, self.opt.clone())
+    pub fn header(&self) -> (String, bool, bool, bool, Option<String>) {
+        (
+            self.rcode.clone(),
+            self.aa,
+            self.tc,
+            self.ra,
+            self.opt.clone(),
+        )
+    }
+
+    /// Whether `other` has the same header and records, TTLs allowed to differ by `slack`
+    /// seconds (for answers two caches count down independently).
+    pub fn same_within(&self, other: &Reply, slack: u32) -> bool {
+        fn keyed(records: &BTreeSet<String>) -> Option<Vec<(String, u32)>> {
+            let mut out: Vec<(String, u32)> = records
+                .iter()
+                .map(|r| {
+                    let mut parts = r.splitn(3, ' ');
+                    let (name, ttl, rest) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some((format!("{name} {rest}"), ttl.parse().ok()?))
+                })
+                .collect::<Option<_>>()?;
+            out.sort();
+            Some(out)
+        }
+        let close = |a: &BTreeSet<String>, b: &BTreeSet<String>| match (keyed(a), keyed(b)) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(&b)
+                        .all(|((ka, ta), (kb, tb))| ka == kb && ta.abs_diff(*tb) <= slack)
+            }
+            _ => false,
+        };
+        self.header() == other.header()
+            && close(&self.answer, &other.answer)
+            && close(&self.authority, &other.authority)
+            && close(&self.additional, &other.additional)
     }
 
     /// The answer section's records of one type, as `data` strings.
@@ -99,8 +136,8 @@ impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "  {} aa={} tc={} opt={:?}",
-            self.rcode, self.aa, self.tc, self.opt
+            "  {} aa={} tc={} ra={} opt={:?}",
+            self.rcode, self.aa, self.tc, self.ra, self.opt
         )?;
         for (section, records) in [
             ("answer", &self.answer),
@@ -138,6 +175,7 @@ fn normalise(message: &Message) -> Reply {
         rcode: format!("{:?}", message.metadata.response_code),
         aa: message.metadata.authoritative,
         tc: message.metadata.truncation,
+        ra: message.metadata.recursion_available,
         answer: set(&message.answers),
         authority: set(&message.authorities),
         additional: set(&message.additionals),
