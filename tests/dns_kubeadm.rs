@@ -521,7 +521,7 @@ fn kubeadms_corefile_answers_metrics_and_failures_are_coredns_own() {
     }
     let (after_ours, after_theirs) = pair.metrics();
     let n = f64::from(batch);
-    let expected: [(&str, Labels, f64); 7] = [
+    let expected: [(&str, Labels<'_>, f64); 7] = [
         (
             "coredns_dns_requests_total",
             &[("type", "A"), ("proto", "udp")],
