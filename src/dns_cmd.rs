@@ -153,19 +153,44 @@ impl DnsArgs {
 
 pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     end_on_panic();
-    let setup = match &args.conf {
+    let setup = match args.conf.clone() {
         Some(path) => {
-            let plan = read_corefile(path, args.resolv_conf.as_deref())?;
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--conf {shown}: cannot read it"))?;
+            let plan = plan_of(&text, &shown, args.resolv_conf.as_deref())?;
             if args.check {
-                eprintln!("{}: svcplane dns runs this Corefile", path.display());
+                eprintln!("{shown}: svcplane dns runs this Corefile");
                 return Ok(());
             }
-            args.corefile_setup(plan)?
+            let mut setup = args.corefile_setup(plan)?;
+            let args = Arc::new(args);
+            setup.source = Some(Source {
+                path,
+                digest: dns::reload::digest(&text),
+                reread: Box::new(move |text: &str| {
+                    let plan = plan_of(text, &shown, args.resolv_conf.as_deref())?;
+                    args.corefile_setup(plan)
+                }),
+            });
+            setup
         }
         None => args.flags_setup()?,
     };
     serve(setup, cache::kube_feed::Shared::default()).await
 }
+
+/// Where a Corefile's setup came from, for `reload`.
+struct Source {
+    path: PathBuf,
+    /// SHA-512 of the text running.
+    digest: String,
+    /// The setup of another text of the file.
+    reread: Box<Reread>,
+}
+
+/// How a reload turns a Corefile's text into a setup.
+type Reread = dyn Fn(&str) -> anyhow::Result<Setup> + Send + Sync;
 
 /// A panic anywhere (a server, index or probe task) ends the process with its message rather
 /// than leaving a server with a dead task behind: the kubelet restarts it.
@@ -187,16 +212,14 @@ pub(crate) async fn run_with(
     serve(args.flags_setup()?, shared).await
 }
 
-/// The plan a Corefile describes, read with the process's environment for `{$VAR}`, and
-/// `resolv_conf` standing for /etc/resolv.conf.
-fn read_corefile(
-    path: &std::path::Path,
+/// The plan of a Corefile's `text` (from the file `shown`), read with the process's
+/// environment for `{$VAR}`, and `resolv_conf` standing for /etc/resolv.conf.
+fn plan_of(
+    text: &str,
+    shown: &str,
     resolv_conf: Option<&std::path::Path>,
 ) -> anyhow::Result<dns::plan::Plan> {
-    let shown = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--conf {shown}: cannot read it"))?;
-    let corefile = dns::corefile::parse(&text, &shown, |name| std::env::var(name).ok())?;
+    let corefile = dns::corefile::parse(text, shown, |name| std::env::var(name).ok())?;
     let nameservers = |file: &str| {
         let file = match resolv_conf {
             Some(instead) if file == "/etc/resolv.conf" => instead.to_path_buf(),
@@ -206,7 +229,7 @@ fn read_corefile(
             .map(|text| dns::forward::resolv_conf_nameservers(&text))
             .map_err(|e| format!("{}: cannot read it ({e})", file.display()))
     };
-    Ok(corefile.plan(&shown, &nameservers)?)
+    Ok(corefile.plan(shown, &nameservers)?)
 }
 
 /// Everything `svcplane dns` runs, from the flags or a Corefile.
@@ -221,6 +244,8 @@ struct Setup {
     manifests_reload_interval: Duration,
     startup_timeout: Duration,
     limits: Limits,
+    /// The Corefile, when the setup is one.
+    source: Option<Source>,
 }
 
 impl DnsArgs {
@@ -256,7 +281,7 @@ impl DnsArgs {
     fn flags_setup(&self) -> anyhow::Result<Setup> {
         let config = self.config()?;
         Ok(Setup {
-            plan: dns::plan::Plan::of_flags(self.forward.clone()),
+            plan: dns::plan::Plan::of_flags(&config.zones, self.forward.clone()),
             listen: vec![self.listen.clone()],
             config: Some(config),
             kubeconfig: self.kubeconfig.clone(),
@@ -264,6 +289,7 @@ impl DnsArgs {
             manifests_reload_interval: self.manifests_reload_interval,
             startup_timeout: self.startup_timeout,
             limits: self.limits(),
+            source: None,
         })
     }
 
@@ -328,6 +354,7 @@ impl DnsArgs {
                 .unwrap_or(self.startup_timeout),
             limits: self.limits(),
             plan,
+            source: None,
         })
     }
 
@@ -341,7 +368,8 @@ impl DnsArgs {
 }
 
 /// Serves `setup` until SIGTERM (then the lameduck period) or until the cluster feed fails.
-async fn serve(setup: Setup, shared: cache::kube_feed::Shared) -> anyhow::Result<()> {
+async fn serve(mut setup: Setup, shared: cache::kube_feed::Shared) -> anyhow::Result<()> {
+    let source = setup.source.take();
     // The cluster: its cache, the feed that fills it, and the index answers come from.
     let mut cluster = None;
     let mut feed: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
@@ -382,16 +410,40 @@ async fn serve(setup: Setup, shared: cache::kube_feed::Shared) -> anyhow::Result
         cluster = Some(dns::chain::ClusterSource { config, index });
         cluster_cache = Some((cache, kinds));
     }
-    let service = dns::service::build(&setup.plan, &setup.listen, cluster.as_ref());
+    let metrics = Arc::new(dns::metrics::Metrics::default());
+    let service = dns::service::build(&setup.plan, &setup.listen, cluster.as_ref(), &metrics);
     let mut listeners = Vec::new();
+    let mut routers = std::collections::BTreeMap::new();
     for (addr, router) in &service.routers {
-        listeners.push((server::bind(&[*addr], &setup.limits).await?, router.clone()));
+        let (tx, rx) = tokio::sync::watch::channel(router.clone());
+        routers.insert(*addr, tx);
+        listeners.push((server::bind(&[*addr], &setup.limits).await?, rx));
     }
     // The HTTP endpoints answer from the start: `/ready` says 503 until the first sync.
-    let (readiness, _http) = http_endpoints(&setup.plan, &service.metrics).await?;
-    let _watch_cluster = cluster_cache.as_ref().map(|(cache, kinds)| {
-        watch_cluster(cache.clone(), kinds.clone(), &service.metrics, &readiness)
-    });
+    let (readiness, _http) = http_endpoints(&setup.plan, &metrics).await?;
+    let _watch_cluster = cluster_cache
+        .as_ref()
+        .map(|(cache, kinds)| watch_cluster(cache.clone(), kinds.clone(), &metrics, &readiness));
+    let _reload = match (source, setup.plan.reload) {
+        (Some(source), Some(every)) => {
+            println!(
+                "[INFO] plugin/reload: Running configuration SHA512 = {}",
+                source.digest
+            );
+            *metrics.version.lock().expect("metrics lock") = Some(source.digest.clone());
+            let running = Running {
+                plan: setup.plan.clone(),
+                cluster: cluster.clone(),
+                metrics: metrics.clone(),
+                routers,
+            };
+            let wait = dns::reload::interval(every, &mut rand::rng());
+            Some(crate::cli::AbortOnDrop(tokio::spawn(reload(
+                source, running, wait,
+            ))))
+        }
+        _ => None,
+    };
     if cluster_cache.is_none() {
         readiness.send_replace(dns::probes::Readiness::Ready);
     }
@@ -459,6 +511,79 @@ async fn serve(setup: Setup, shared: cache::kube_feed::Shared) -> anyhow::Result
         let _ = server.await;
     }
     Ok(())
+}
+
+/// What a reload replaces parts of.
+struct Running {
+    plan: dns::plan::Plan,
+    cluster: Option<dns::chain::ClusterSource>,
+    metrics: Arc<dns::metrics::Metrics>,
+    /// The router of each listening address.
+    routers:
+        std::collections::BTreeMap<SocketAddr, tokio::sync::watch::Sender<Arc<dns::chain::Router>>>,
+}
+
+/// The `reload` directive: every `wait`, reads the Corefile again; a changed text that plans
+/// and fits the running listeners and cluster replaces the chains behind them (queries keep
+/// flowing: each takes the router current when it arrives); a broken one is logged and
+/// counted, and the running configuration stays.
+async fn reload(source: Source, mut running: Running, wait: Duration) {
+    use std::sync::atomic::Ordering;
+    let mut seen = source.digest.clone();
+    loop {
+        tokio::time::sleep(wait).await;
+        let text = match std::fs::read_to_string(&source.path) {
+            Ok(text) => text,
+            Err(e) => {
+                println!(
+                    "[ERROR] plugin/reload: cannot read {}: {e}",
+                    source.path.display()
+                );
+                continue;
+            }
+        };
+        let digest = dns::reload::digest(&text);
+        if digest == seen {
+            continue;
+        }
+        seen = digest.clone();
+        println!("[INFO] Reloading");
+        let next = (source.reread)(&text).and_then(|setup| {
+            match dns::reload::needs_restart(&running.plan, &setup.plan) {
+                Some(why) => anyhow::bail!("{why}: restart svcplane dns to apply it"),
+                None => Ok(setup),
+            }
+        });
+        let setup = match next {
+            Ok(setup) => setup,
+            Err(e) => {
+                println!("[ERROR] Restart failed: {e:#}");
+                running
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let service = dns::service::build(
+            &setup.plan,
+            &setup.listen,
+            running.cluster.as_ref(),
+            &running.metrics,
+        );
+        for (addr, router) in service.routers {
+            if let Some(current) = running.routers.get(&addr) {
+                current.send_replace(router);
+            }
+        }
+        for (addr, probe) in service.loop_probes {
+            tokio::spawn(probe.run(addr));
+        }
+        running.plan = setup.plan;
+        *running.metrics.version.lock().expect("metrics lock") = Some(digest.clone());
+        println!("[INFO] plugin/reload: Running configuration SHA512 = {digest}");
+        println!("[INFO] Reloading complete");
+    }
 }
 
 /// Keeps `/ready` and the `svcplane_dns_*` metrics in step with the cluster cache: ready once

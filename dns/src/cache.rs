@@ -481,7 +481,10 @@ impl Cache {
                 .settings
                 .serve_stale
                 .expect("usable only with serve_stale");
-            self.counts.served_stale.fetch_add(1, Ordering::Relaxed);
+            // With `verify`, counted only if the upstream fails and the entry is given.
+            if !stale.verify {
+                self.served_stale();
+            }
             return Lookup::Stale {
                 reply: item.reply(request, stale.response_ttl),
                 kind,
@@ -524,6 +527,11 @@ impl Cache {
         };
         let threshold = (f64::from(p.percentage) / 100.0 * f64::from(item.ttl)).ceil() as i64;
         hits >= p.amount && item.remaining(now) <= threshold
+    }
+
+    /// Counts an expired entry given to a client (`verify`: once the upstream failed).
+    pub fn served_stale(&self) {
+        self.counts.served_stale.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a prefetch sent upstream.

@@ -189,7 +189,9 @@ enum Rest {
         target: Name,
         generation: u64,
     },
-    Refused,
+    /// No plugin of the block takes the name (outside `kubernetes`' zones, no `forward` for
+    /// it): SERVFAIL, as CoreDNS's chain ends ("no next plugin found").
+    Unhandled,
 }
 
 impl Router {
@@ -313,10 +315,19 @@ impl Router {
             Rest::Reply(reply, generation) => {
                 Start::Done(chain.cached(&q.req, reply, now, generation), Writer::Chain)
             }
-            Rest::Refused => Start::Done(
-                with_rcode(reply_to(&q.req), ResponseCode::Refused),
-                Writer::Chain,
-            ),
+            Rest::Unhandled => {
+                if chain.errors {
+                    println!(
+                        "[ERROR] plugin/errors: 2 {} {}: no next plugin found",
+                        q.req.queries[0].name(),
+                        q.req.queries[0].query_type()
+                    );
+                }
+                Start::Done(
+                    with_rcode(reply_to(&q.req), ResponseCode::ServFail),
+                    Writer::Server,
+                )
+            }
             Rest::Forward => Start::Wait(Wait::Forward { stale }),
             Rest::External {
                 reply,
@@ -341,25 +352,38 @@ impl Router {
                     .expect("forward waits need a forwarder");
                 let asked = forward.resolve(&q.req, q.transport);
                 let result = match &stale {
-                    Some((_, _, timeout)) if !timeout.is_zero() => {
+                    Some((_, item, timeout)) if !timeout.is_zero() => {
                         match tokio::time::timeout(*timeout, asked).await {
                             Ok(result) => result,
                             Err(_) => {
+                                // The refresh goes on behind the stale answer, as CoreDNS's.
+                                if item.claim_refresh() {
+                                    self.refresh_behind(q, item.clone(), true);
+                                }
                                 Err(ForwardError::Failed("serve_stale verify timeout".into()))
                             }
                         }
                     }
                     _ => asked.await,
                 };
+                let stale_given = || {
+                    if let Some(cache) = chain.covering_cache(q.req.queries[0].name()) {
+                        cache.served_stale();
+                    }
+                };
                 match (result, stale) {
                     (Ok(reply), Some((stale, _, _))) if !refreshes(&reply) => {
+                        stale_given();
                         (stale, Writer::Chain)
                     }
                     (Ok(reply), _) => (
                         chain.cached(&q.req, reply, Instant::now(), None),
                         Writer::Chain,
                     ),
-                    (Err(_), Some((stale, _, _))) => (stale, Writer::Chain),
+                    (Err(_), Some((stale, _, _))) => {
+                        stale_given();
+                        (stale, Writer::Chain)
+                    }
                     (Err(e), None) => {
                         if chain.errors {
                             println!(
@@ -441,7 +465,7 @@ impl Router {
                     };
                     router.complete(&q, wait).await;
                 }
-                Rest::Refused => {}
+                Rest::Unhandled => {}
             }
             item.end_refresh();
         });
@@ -506,7 +530,7 @@ impl Chain {
         if forwards {
             Rest::Forward
         } else {
-            Rest::Refused
+            Rest::Unhandled
         }
     }
 }

@@ -2,9 +2,9 @@
 //! CoreDNS's forward plugin sends them. A query goes upstream over the transport it came in on
 //! (`force_tcp`: always TCP; `prefer_udp`: UDP first, TCP again when truncated); each gets a
 //! fresh random ID; a reply counts only when its ID and question match; upstreams are tried in
-//! the policy's order, skipping those marked down by failed health checks (`. IN NS` every
-//! `health_check` interval after an error, down after `max_fails`), until one answers or 5 s
-//! are up. Connections are reused until idle for `expire`. Queries beyond `max_concurrent` are
+//! the policy's order, round after round, skipping those marked down by failed health checks
+//! (`. IN NS` every `health_check` interval after an error, down after `max_fails`), until one
+//! answers or 5 s are up. Connections are reused until idle for `expire`. Queries beyond `max_concurrent` are
 //! refused. The work happens in its own task per query, so a slow upstream never holds up the
 //! cluster answers.
 
@@ -175,21 +175,21 @@ impl Forwarder {
         let started = Instant::now();
         let mut last_error = String::from("no healthy upstream");
         let order = self.order();
-        let mut i = 0;
-        let mut down_in_a_row = 0;
+        // As CoreDNS: round after round over the upstreams until one answers or the time is up;
+        // down upstreams are skipped, and when all are down a random one is tried anyway.
+        let (mut i, mut down) = (0, 0);
         while started.elapsed() < OVERALL {
             if i >= order.len() {
                 i = 0;
-                down_in_a_row = 0;
+                down = 0;
             }
             let mut upstream = &order[i];
             i += 1;
             if self.is_down(upstream) {
-                down_in_a_row += 1;
-                if down_in_a_row < order.len() {
+                down += 1;
+                if down < order.len() {
                     continue;
                 }
-                // Every upstream is down: try a random one anyway, as CoreDNS does.
                 self.metrics
                     .healthcheck_broken
                     .fetch_add(1, Ordering::Relaxed);
@@ -213,12 +213,11 @@ impl Forwarder {
                 }
                 Err(e) => {
                     tracing::debug!(upstream = %upstream.addr, error = %e, "upstream failed");
-                    last_error = e.to_string();
+                    last_error = format!("{}: {e}", upstream.addr);
                     if self.forward.max_fails != 0 {
                         self.start_health_check(upstream);
                     }
-                    down_in_a_row += 1;
-                    if down_in_a_row >= order.len() {
+                    if down >= order.len() {
                         break;
                     }
                 }

@@ -10,7 +10,8 @@
 //! - [`chain`]: a server block's plugins (cache, cluster, forward, loadbalance, loop, log) and
 //!   the router between blocks.
 //! - [`cache`], [`forward`]: the `cache` and `forward` directives.
-//! - [`metrics`], [`probes`]: `/metrics`, `/health` and `/ready`.
+//! - [`metrics`], [`probes`]: `/metrics`, `/health` and `/ready`; [`reload`]: when and
+//!   whether a changed Corefile replaces the running one.
 //! - [`plan`]: what a Corefile asks for; [`service`]: a plan built into routers and chains.
 //! - [`server`]: the listeners.
 
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod name;
 pub mod plan;
 pub mod probes;
+pub mod reload;
 pub mod server;
 pub mod service;
 

@@ -492,6 +492,10 @@ fn describe(name: &str) -> (&'static str, &'static str) {
         "coredns_health_request_failures_total" => {
             ("counter", "The number of times the health check failed.")
         }
+        "coredns_reload_version_info" => (
+            "gauge",
+            "A metric with a constant '1' value labeled by hash, and value which type of hash generated.",
+        ),
         "coredns_reload_failed_total" => (
             "counter",
             "Counter of the number of failed reload attempts.",
@@ -537,14 +541,16 @@ pub struct CacheLabels {
     pub cache: Arc<crate::cache::Cache>,
 }
 
-/// Every metric of the process.
+/// Every metric of the process; it outlives a `reload`, which registers its blocks anew.
 #[derive(Debug)]
 pub struct Metrics {
-    pub servers: Vec<Arc<ServerMetrics>>,
-    pub caches: Vec<CacheLabels>,
+    pub servers: Mutex<Vec<Arc<ServerMetrics>>>,
+    pub caches: Mutex<Vec<CacheLabels>>,
     pub forward: Arc<ForwardMetrics>,
     /// `coredns_plugin_enabled`: server, zone, plugin.
-    pub plugins: Vec<(String, String, &'static str)>,
+    pub plugins: Mutex<Vec<(String, String, &'static str)>>,
+    /// `coredns_reload_version_info`: the SHA-512 of the Corefile running.
+    pub version: Mutex<Option<String>>,
     pub panics: AtomicU64,
     pub health_duration: Histogram,
     pub health_failures: AtomicU64,
@@ -568,10 +574,11 @@ pub const SERVICE_KINDS: [&str; 3] = [
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            servers: Vec::new(),
-            caches: Vec::new(),
+            servers: Mutex::default(),
+            caches: Mutex::default(),
             forward: Arc::default(),
-            plugins: Vec::new(),
+            plugins: Mutex::default(),
+            version: Mutex::default(),
             panics: AtomicU64::new(0),
             health_duration: Histogram::new(slim_time_buckets()),
             health_failures: AtomicU64::new(0),
@@ -589,10 +596,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut families = Families::default();
-        for server in &self.servers {
+        for server in self.servers.lock().expect("metrics lock").iter() {
             server.write(&mut families);
         }
-        for c in &self.caches {
+        for c in self.caches.lock().expect("metrics lock").iter() {
             let base = format!("server=\"{}\",zones=\"{}\",view=\"\"", c.server, c.zones);
             let typed = |kind: &str| {
                 format!(
@@ -644,7 +651,7 @@ impl Metrics {
             );
         }
         self.forward.write(&mut families);
-        for (server, zone, name) in &self.plugins {
+        for (server, zone, name) in self.plugins.lock().expect("metrics lock").iter() {
             families.line(
                 "coredns_plugin_enabled",
                 format!("server=\"{server}\",zone=\"{zone}\",view=\"\",name=\"{name}\""),
@@ -674,6 +681,13 @@ impl Metrics {
             String::new(),
             self.health_failures.load(Ordering::Relaxed),
         );
+        if let Some(digest) = self.version.lock().expect("metrics lock").as_ref() {
+            families.line(
+                "coredns_reload_version_info",
+                format!("hash=\"sha512\",value=\"{digest}\""),
+                1,
+            );
+        }
         families.line(
             "coredns_reload_failed_total",
             String::new(),
@@ -799,10 +813,8 @@ mod tests {
             Writer::Server,
             std::time::Duration::from_millis(1),
         );
-        let metrics = Metrics {
-            servers: vec![Arc::new(server)],
-            ..Metrics::default()
-        };
+        let metrics = Metrics::default();
+        metrics.servers.lock().unwrap().push(Arc::new(server));
         let text = metrics.encode();
         for line in [
             "coredns_dns_requests_total{server=\"dns://:53\",zone=\".\",view=\"\",proto=\"udp\",family=\"1\",type=\"A\"} 1",

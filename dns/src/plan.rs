@@ -33,12 +33,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// What `svcplane dns`'s flags stand for: one block for every name, answering the cluster
-    /// zones and sending the rest to `forward` (refused without it).
-    pub fn of_flags(forward: Option<Forward>) -> Plan {
+    /// What `svcplane dns`'s flags stand for: one block answering the cluster `zones`, and
+    /// every other name too when there is a `forward` to send it to (without one, other names
+    /// are outside the server and refused).
+    pub fn of_flags(zones: &[Name], forward: Option<Forward>) -> Plan {
         Plan {
             blocks: vec![Block {
-                zones: vec![Name::root()],
+                zones: if forward.is_some() {
+                    vec![Name::root()]
+                } else {
+                    zones.to_vec()
+                },
                 port: 0,
                 line: 0,
                 kubernetes: true,

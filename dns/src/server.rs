@@ -124,11 +124,12 @@ pub async fn bind(addrs: &[SocketAddr], limits: &Limits) -> Result<Bound> {
     Ok(bound)
 }
 
-/// Serves `router`'s blocks on `bound` until `shutdown` fires; queries already being answered
-/// (a forwarded one waiting for its upstream) finish first, for at most `drain`.
+/// Serves the blocks of the current router on `bound` until `shutdown` fires (a `reload` sends
+/// a new router; each query takes the one current when it arrives); queries already being
+/// answered (a forwarded one waiting for its upstream) finish first, for at most `drain`.
 pub async fn serve(
     bound: Bound,
-    router: Arc<Router>,
+    router: watch::Receiver<Arc<Router>>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -156,7 +157,7 @@ pub async fn serve(
 
 async fn udp_loop(
     socket: Arc<UdpSocket>,
-    router: Arc<Router>,
+    router: watch::Receiver<Arc<Router>>,
     in_flight: Arc<tokio::sync::RwLock<()>>,
 ) {
     let mut buf = vec![0u8; 65535];
@@ -168,7 +169,8 @@ async fn udp_loop(
                 continue;
             }
         };
-        match router.handle(&buf[..n], Transport::Udp, peer) {
+        let current = router.borrow().clone();
+        match current.handle(&buf[..n], Transport::Udp, peer) {
             Step::Done(Some(reply)) => {
                 let _ = socket.send_to(&reply, peer).await;
             }
@@ -190,7 +192,7 @@ async fn udp_loop(
 
 async fn tcp_loop(
     listener: TcpListener,
-    router: Arc<Router>,
+    router: watch::Receiver<Arc<Router>>,
     connections: Arc<Semaphore>,
     idle: Duration,
 ) {
@@ -222,7 +224,7 @@ async fn tcp_loop(
 /// read and write must finish within `idle`.
 async fn tcp_connection(
     mut stream: TcpStream,
-    router: Arc<Router>,
+    router: watch::Receiver<Arc<Router>>,
     idle: Duration,
 ) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
@@ -235,7 +237,8 @@ async fn tcp_connection(
         let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut request)).await else {
             return Ok(());
         };
-        let reply = match router.handle(&request, Transport::Tcp, peer) {
+        let current = router.borrow().clone();
+        let reply = match current.handle(&request, Transport::Tcp, peer) {
             Step::Done(reply) => reply,
             Step::Later(answer) => answer.await,
         };

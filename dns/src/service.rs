@@ -18,7 +18,6 @@ pub struct Service {
     pub routers: Vec<(SocketAddr, Arc<Router>)>,
     /// Each block with `loop`: its probe and the address to send it to.
     pub loop_probes: Vec<(SocketAddr, Arc<LoopProbe>)>,
-    pub metrics: Arc<Metrics>,
 }
 
 /// How CoreDNS names a server in metric labels: `dns://:53`, or `dns://127.0.0.1:53` with a
@@ -32,9 +31,19 @@ pub fn server_label(addr: SocketAddr) -> String {
 }
 
 /// Builds `plan`, block `i` listening on the addresses `listen[i]`, the `kubernetes` block
-/// answering from `cluster`.
-pub fn build(plan: &Plan, listen: &[Vec<SocketAddr>], cluster: Option<&ClusterSource>) -> Service {
-    let mut metrics = Metrics::default();
+/// answering from `cluster`, its blocks registered in `metrics` in place of those there (a
+/// server and zone seen before keeps its counters).
+pub fn build(
+    plan: &Plan,
+    listen: &[Vec<SocketAddr>],
+    cluster: Option<&ClusterSource>,
+    metrics: &Metrics,
+) -> Service {
+    let previous: Vec<Arc<ServerMetrics>> =
+        std::mem::take(&mut *metrics.servers.lock().expect("metrics lock"));
+    let mut servers = Vec::new();
+    let mut caches = Vec::new();
+    let mut plugins = Vec::new();
     let mut routes: BTreeMap<SocketAddr, Vec<Route>> = BTreeMap::new();
     let mut loop_probes = Vec::new();
     for (block, addrs) in plan.blocks.iter().zip(listen) {
@@ -47,7 +56,7 @@ pub fn build(plan: &Plan, listen: &[Vec<SocketAddr>], cluster: Option<&ClusterSo
             .map(|settings| Arc::new(Cache::new(settings)));
         if let Some(cache) = cache.as_ref().filter(|_| block.prometheus) {
             let zones: Vec<String> = cache.settings.zones.iter().map(|z| z.to_string()).collect();
-            metrics.caches.push(CacheLabels {
+            caches.push(CacheLabels {
                 server: server_label(*first),
                 zones: zones.join(","),
                 cache: cache.clone(),
@@ -79,17 +88,26 @@ pub fn build(plan: &Plan, listen: &[Vec<SocketAddr>], cluster: Option<&ClusterSo
         for addr in addrs {
             let server = server_label(*addr);
             for zone in &block.zones {
-                let server_metrics = Arc::new(ServerMetrics::new(
-                    server.clone(),
-                    zone.to_string(),
-                    block.first_plugin(),
-                ));
+                let zone_label = zone.to_string();
+                let server_metrics = previous
+                    .iter()
+                    .find(|m| {
+                        m.server == server
+                            && m.zone == zone_label
+                            && m.first_plugin == block.first_plugin()
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(ServerMetrics::new(
+                            server.clone(),
+                            zone_label.clone(),
+                            block.first_plugin(),
+                        ))
+                    });
                 if block.prometheus {
-                    metrics.servers.push(server_metrics.clone());
+                    servers.push(server_metrics.clone());
                     for plugin in block.plugins(plan) {
-                        metrics
-                            .plugins
-                            .push((server.clone(), zone.to_string(), plugin));
+                        plugins.push((server.clone(), zone_label.clone(), plugin));
                     }
                 }
                 routes.entry(*addr).or_default().push(Route {
@@ -100,12 +118,14 @@ pub fn build(plan: &Plan, listen: &[Vec<SocketAddr>], cluster: Option<&ClusterSo
             }
         }
     }
+    *metrics.servers.lock().expect("metrics lock") = servers;
+    *metrics.caches.lock().expect("metrics lock") = caches;
+    *metrics.plugins.lock().expect("metrics lock") = plugins;
     Service {
         routers: routes
             .into_iter()
             .map(|(addr, routes)| (addr, Arc::new(Router::new(routes))))
             .collect(),
         loop_probes,
-        metrics: Arc::new(metrics),
     }
 }

@@ -212,6 +212,11 @@ pub fn encode(question: &Question, transport: Transport, id: u16) -> Vec<u8> {
 /// Sends `question` to 127.0.0.1:`port` and returns the normalised reply (three tries of 3 s
 /// over UDP); panics when nothing answers.
 pub fn ask(port: u16, question: &Question, transport: Transport) -> Reply {
+    normalise(&exchange(port, question, transport))
+}
+
+/// As [`ask`], the reply as it came (records in their order).
+pub fn exchange(port: u16, question: &Question, transport: Transport) -> Message {
     let id: u16 = rand_id();
     let wire = encode(question, transport, id);
     let bytes = match transport {
@@ -219,10 +224,9 @@ pub fn ask(port: u16, question: &Question, transport: Transport) -> Reply {
         _ => udp(port, &wire, id),
     }
     .unwrap_or_else(|e| panic!("no answer from port {port} to {question} over {transport:?}: {e}"));
-    let message = Message::from_vec(&bytes).unwrap_or_else(|e| {
+    Message::from_vec(&bytes).unwrap_or_else(|e| {
         panic!("an unreadable reply from port {port} to {question}: {e}: {bytes:02x?}")
-    });
-    normalise(&message)
+    })
 }
 
 fn rand_id() -> u16 {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod corefile;
 pub mod dns_compare;
 pub mod webhook;
 

@@ -1,0 +1,648 @@
+//! Each directive and option of the Corefile, observed over the wire: `cache` (TTL cap and
+//! minimum, capacity and eviction, `disable`, `prefetch`, `serve_stale`, `servfail`, `keepttl`,
+//! an answer served while the upstream is gone), `forward` (`policy`, `max_fails` and
+//! `health_check`, `force_tcp`, `prefer_udp`, `expire`, `except`), `loadbalance`, `loop`,
+//! `reload`, `errors`, and several server blocks routed by the longest zone. The upstreams are
+//! Debian's Unbound, or scripted ones that count what they are asked and can be silenced.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use support::corefile::{ConfDns, FakeUpstream, a_record, rcode_reply, reply_with};
+use support::dns_compare::{Question, Transport, ask, exchange};
+use testkit::Unbound;
+
+fn q(name: &str, qtype: RecordType) -> Question {
+    Question::new(name, qtype)
+}
+
+/// The TTL of the first answer record.
+fn ttl(port: u16, question: &Question) -> u32 {
+    let reply = exchange(port, question, Transport::Udp);
+    reply
+        .answers
+        .first()
+        .map_or_else(|| panic!("no answer to {question}: {reply:?}"), |r| r.ttl)
+}
+
+/// An upstream answering every A question with `192.0.2.N`, N counting the questions, TTL 300.
+fn counting_upstream() -> FakeUpstream {
+    let n = AtomicUsize::new(0);
+    FakeUpstream::start(move |query| {
+        let i = n.fetch_add(1, Ordering::Relaxed) as u8 + 1;
+        Some(reply_with(
+            query,
+            vec![a_record(query, 300, [192, 0, 2, i])],
+        ))
+    })
+}
+
+/// A Corefile forwarding every name to `upstream` with `forward_options`, and a cache block.
+fn forwarding(upstream: u16, forward_options: &str, cache: &str) -> String {
+    format!(
+        ".:53 {{\n  prometheus\n  errors\n  forward . 127.0.0.1:{upstream} {{\n{forward_options}\n  }}\n{cache}\n}}\n"
+    )
+}
+
+#[test]
+fn cache_caps_and_raises_ttls_and_serves_a_forwarded_answer_after_the_upstream_stops() {
+    let unbound = Unbound::start(&[
+        "www.example.org. 300 IN A 192.0.2.10",
+        "short.example.org. 1 IN A 192.0.2.20",
+    ]);
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  prometheus\n  forward . 127.0.0.1:{}\n  cache 3\n}}\n",
+            unbound.port
+        ),
+        &[],
+    );
+    let www = q("www.example.org.", RecordType::A);
+    assert_eq!(ttl(dns.port, &www), 3, "300 capped at the cache's 3");
+    // `cache 3` caps both minimum and maximum: a TTL of 1 is raised to 3 (CoreDNS's
+    // min(max(ttl, 5), 3)).
+    assert_eq!(ttl(dns.port, &q("short.example.org.", RecordType::A)), 3);
+    drop(unbound);
+    // Within the TTL the cache still answers; after it, nothing does.
+    let cached = ask(dns.port, &www, Transport::Udp);
+    assert_eq!(cached.rcode, "NoError", "{cached}");
+    assert_eq!(cached.answers_of("A"), ["192.0.2.10".to_string()].into());
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(ask(dns.port, &www, Transport::Udp).rcode, "ServFail");
+    assert_eq!(
+        dns.metric("coredns_cache_hits_total", &[("type", "success")]),
+        1.0
+    );
+}
+
+#[test]
+fn the_denial_cache_holds_its_capacity_by_evicting() {
+    let unbound = Unbound::start(&[]);
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  prometheus\n  forward . 127.0.0.1:{}\n  cache {{\n    denial 1024\n  }}\n}}\n",
+            unbound.port
+        ),
+        &[],
+    );
+    for i in 0..1500 {
+        let reply = ask(
+            dns.port,
+            &q(&format!("n{i}.nowhere.example."), RecordType::A),
+            Transport::Udp,
+        );
+        assert_eq!(reply.rcode, "NXDomain");
+    }
+    let entries = dns.metric("coredns_cache_entries", &[("type", "denial")]);
+    assert!(entries <= 1024.0 && entries > 900.0, "{entries}");
+    assert!(dns.metric("coredns_cache_evictions_total", &[("type", "denial")]) >= 476.0);
+}
+
+#[test]
+fn disable_keeps_a_zone_out_of_one_cache_and_keepttl_answers_the_ttl_stored() {
+    let upstream = counting_upstream();
+    let dns = ConfDns::start(
+        &forwarding(
+            upstream.port,
+            "",
+            "  cache 30 {\n    disable success example.org\n    keepttl\n  }",
+        ),
+        &[],
+    );
+    let org = q("www.example.org.", RecordType::A);
+    let net = q("www.example.net.", RecordType::A);
+    // example.org is never cached: every question goes upstream (and gets a new address).
+    let first = ask(dns.port, &org, Transport::Udp).answers_of("A");
+    let second = ask(dns.port, &org, Transport::Udp).answers_of("A");
+    assert_ne!(first, second);
+    // example.net is: one question upstream, and with keepttl the TTL does not count down.
+    let asked = upstream.questions();
+    assert_eq!(ttl(dns.port, &net), 30);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(ttl(dns.port, &net), 30);
+    assert_eq!(upstream.questions(), asked + 1);
+}
+
+#[test]
+fn a_popular_name_is_prefetched_before_it_expires() {
+    let upstream = counting_upstream();
+    let dns = ConfDns::start(
+        &forwarding(upstream.port, "", "  cache 4 {\n    prefetch 2 1m 50%\n  }"),
+        &[],
+    );
+    let name = q("popular.example.org.", RecordType::A);
+    ask(dns.port, &name, Transport::Udp);
+    ask(dns.port, &name, Transport::Udp);
+    assert_eq!(upstream.questions(), 1);
+    // Half the TTL gone and popular (two hits a minute): the next hit fetches it again behind
+    // the answer.
+    std::thread::sleep(Duration::from_millis(2100));
+    ask(dns.port, &name, Transport::Udp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.questions() < 2 {
+        assert!(Instant::now() < deadline, "no prefetch\n{}", dns.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(dns.metric("coredns_cache_prefetch_total", &[]), 1.0);
+    // The prefetched entry is fresh again: past the old expiry it is still a hit.
+    std::thread::sleep(Duration::from_millis(2100));
+    let asked = upstream.questions();
+    assert_eq!(
+        ask(dns.port, &name, Transport::Udp).answers_of("A"),
+        ["192.0.2.2".to_string()].into()
+    );
+    assert_eq!(upstream.questions(), asked);
+}
+
+#[test]
+fn serve_stale_answers_an_expired_entry_only_once_the_upstream_failed() {
+    let upstream = counting_upstream();
+    let dns = ConfDns::start(
+        &forwarding(
+            upstream.port,
+            "    max_fails 0",
+            "  cache 2 {\n    serve_stale 1h verify 500ms 30s\n  }",
+        ),
+        &[],
+    );
+    let name = q("stale.example.org.", RecordType::A);
+    assert_eq!(ttl(dns.port, &name), 2);
+    // Expired, upstream answering: the fresh answer, not the stale one.
+    std::thread::sleep(Duration::from_millis(2100));
+    let fresh = exchange(dns.port, &name, Transport::Udp);
+    assert_eq!(fresh.answers[0].ttl, 2);
+    assert_eq!(fresh.answers[0].data.to_string(), "192.0.2.2");
+    assert_eq!(dns.metric("coredns_cache_served_stale_total", &[]), 0.0);
+    // Expired, upstream silent: after the verify timeout, the stale answer with RFC 8767's
+    // 30 s TTL.
+    std::thread::sleep(Duration::from_millis(2100));
+    upstream.silent.store(true, Ordering::Relaxed);
+    let stale = exchange(dns.port, &name, Transport::Udp);
+    assert_eq!(stale.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(stale.answers[0].ttl, 30);
+    assert_eq!(stale.answers[0].data.to_string(), "192.0.2.2");
+    assert_eq!(dns.metric("coredns_cache_served_stale_total", &[]), 1.0);
+}
+
+#[test]
+fn an_upstream_nxdomain_replaces_a_stale_answer() {
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upstream = {
+        let gone = gone.clone();
+        FakeUpstream::start(move |query| {
+            Some(if gone.load(Ordering::Relaxed) {
+                rcode_reply(query, ResponseCode::NXDomain)
+            } else {
+                reply_with(query, vec![a_record(query, 300, [192, 0, 2, 1])])
+            })
+        })
+    };
+    let dns = ConfDns::start(
+        &forwarding(
+            upstream.port,
+            "",
+            "  cache 2 {\n    serve_stale 1h verify 0s 30s\n  }",
+        ),
+        &[],
+    );
+    let name = q("removed.example.org.", RecordType::A);
+    assert_eq!(ask(dns.port, &name, Transport::Udp).rcode, "NoError");
+    std::thread::sleep(Duration::from_millis(2100));
+    gone.store(true, Ordering::Relaxed);
+    assert_eq!(ask(dns.port, &name, Transport::Udp).rcode, "NXDomain");
+}
+
+#[test]
+fn servfail_is_cached_for_its_duration_and_zero_turns_it_off() {
+    for (servfail, upstream_questions) in [("5s", 1), ("0s", 2)] {
+        let upstream =
+            FakeUpstream::start(|query| Some(rcode_reply(query, ResponseCode::ServFail)));
+        let dns = ConfDns::start(
+            &forwarding(
+                upstream.port,
+                "",
+                &format!("  cache {{\n    servfail {servfail}\n  }}"),
+            ),
+            &[],
+        );
+        let name = q("broken.example.org.", RecordType::A);
+        for _ in 0..2 {
+            assert_eq!(ask(dns.port, &name, Transport::Udp).rcode, "ServFail");
+        }
+        assert_eq!(
+            upstream.questions(),
+            upstream_questions,
+            "servfail {servfail}"
+        );
+    }
+}
+
+#[test]
+fn policies_order_the_upstreams_as_coredns_does() {
+    let answer = |query: &hickory_proto::op::Message| {
+        Some(reply_with(
+            query,
+            vec![a_record(query, 300, [192, 0, 2, 1])],
+        ))
+    };
+    for (policy, check) in [
+        ("sequential", "all to the first"),
+        ("round_robin", "alternating"),
+        ("random", "both asked"),
+    ] {
+        let (first, second) = (FakeUpstream::start(answer), FakeUpstream::start(answer));
+        let dns = ConfDns::start(
+            &format!(
+                ".:53 {{\n  forward . 127.0.0.1:{} 127.0.0.1:{} {{\n    policy {policy}\n  }}\n}}\n",
+                first.port, second.port
+            ),
+            &[],
+        );
+        for i in 0..20 {
+            let name = q(&format!("n{i}.example.org."), RecordType::A);
+            assert_eq!(ask(dns.port, &name, Transport::Udp).rcode, "NoError");
+        }
+        let (a, b) = (first.questions(), second.questions());
+        match policy {
+            "sequential" => assert_eq!((a, b), (20, 0), "{check}"),
+            "round_robin" => assert_eq!((a, b), (10, 10), "{check}"),
+            _ => assert!(a > 0 && b > 0 && a + b == 20, "{check}: {a} and {b}"),
+        }
+    }
+}
+
+#[test]
+fn an_upstream_that_stops_fails_its_health_checks_and_is_used_again_once_they_pass() {
+    let upstream = counting_upstream();
+    let dns = ConfDns::start(
+        &forwarding(upstream.port, "    max_fails 2\n    health_check 100ms", ""),
+        &[],
+    );
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("a.example.org.", RecordType::A),
+            Transport::Udp
+        )
+        .rcode,
+        "NoError"
+    );
+    upstream.silent.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("b.example.org.", RecordType::A),
+            Transport::Udp
+        )
+        .rcode,
+        "ServFail"
+    );
+    // After the 2 s read timeout, not at once.
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    assert!(
+        dns.log()
+            .contains("[ERROR] plugin/errors: 2 b.example.org. A:"),
+        "{}",
+        dns.log()
+    );
+    // The health checks (`. IN NS` every 100 ms) fail and are counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dns.metric("coredns_proxy_healthcheck_failures_total", &[]) < 3.0 {
+        assert!(Instant::now() < deadline, "{}", dns.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        upstream
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|name| name == ".")
+    );
+    // Back: a passing check marks it up, and queries go through again.
+    upstream.silent.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask(
+        dns.port,
+        &q("c.example.org.", RecordType::A),
+        Transport::Udp,
+    )
+    .rcode
+        != "NoError"
+    {
+        assert!(Instant::now() < deadline, "never recovered\n{}", dns.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_transport_upstream_follows_the_client_unless_force_tcp_or_prefer_udp() {
+    // A reply too big for 512 bytes: truncated over UDP without EDNS.
+    let big = |query: &hickory_proto::op::Message| {
+        let records = (0..40)
+            .map(|i| a_record(query, 300, [192, 0, 2, i]))
+            .collect();
+        let mut reply = reply_with(query, records);
+        reply.edns = None;
+        Some(reply)
+    };
+    let udp_client = q("big.example.org.", RecordType::A);
+    for (options, udp, tcp, truncated) in [
+        // The client's transport: UDP, and the truncated reply goes back as it is.
+        ("", 1, 0, true),
+        // Always TCP upstream; the client still gets at most 512 bytes over UDP.
+        ("    force_tcp", 0, 1, true),
+        // UDP first, then TCP again because the reply was truncated.
+        ("    prefer_udp", 1, 1, true),
+    ] {
+        let upstream = FakeUpstream::start(big);
+        let dns = ConfDns::start(&forwarding(upstream.port, options, ""), &[]);
+        let reply = exchange(dns.port, &udp_client, Transport::Udp);
+        assert_eq!(reply.metadata.truncation, truncated, "{options}");
+        // What the server wrote to the upstream, as the upstream saw it. A UDP reply that
+        // arrives truncated is passed on truncated; under TCP it arrives whole.
+        let (u, t) = (
+            upstream.udp_questions.load(Ordering::Relaxed),
+            upstream.tcp_questions.load(Ordering::Relaxed),
+        );
+        assert_eq!((u, t), (udp, tcp), "{options:?}");
+    }
+    // A TCP client: TCP upstream by default, UDP first with prefer_udp.
+    for (options, udp) in [("", 0), ("    prefer_udp", 1)] {
+        let upstream = FakeUpstream::start(big);
+        let dns = ConfDns::start(&forwarding(upstream.port, options, ""), &[]);
+        let reply = exchange(dns.port, &udp_client, Transport::Tcp);
+        assert_eq!(reply.answers.len(), 40, "{options}");
+        assert_eq!(
+            upstream.udp_questions.load(Ordering::Relaxed),
+            udp,
+            "{options:?}"
+        );
+    }
+}
+
+#[test]
+fn connections_are_reused_until_expire() {
+    for (expire, reused) in [("10s", 2.0), ("1ms", 0.0)] {
+        let upstream = counting_upstream();
+        let dns = ConfDns::start(
+            &format!(
+                ".:53 {{\n  prometheus\n  forward . 127.0.0.1:{} {{\n    expire {expire}\n  }}\n}}\n",
+                upstream.port
+            ),
+            &[],
+        );
+        for i in 0..3 {
+            ask(
+                dns.port,
+                &q(&format!("n{i}.example.org."), RecordType::A),
+                Transport::Udp,
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            dns.metric("coredns_proxy_conn_cache_hits_total", &[("proto", "udp")]),
+            reused,
+            "expire {expire}"
+        );
+        assert_eq!(
+            dns.metric("coredns_proxy_conn_cache_misses_total", &[("proto", "udp")]),
+            3.0 - reused,
+            "expire {expire}"
+        );
+    }
+}
+
+#[test]
+fn except_keeps_a_zone_from_the_upstream() {
+    let upstream = counting_upstream();
+    let dns = ConfDns::start(
+        &forwarding(upstream.port, "    except internal.example.org", ""),
+        &[],
+    );
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("www.example.org.", RecordType::A),
+            Transport::Udp
+        )
+        .rcode,
+        "NoError"
+    );
+    // No other plugin takes it: SERVFAIL, as CoreDNS's chain ends.
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("db.internal.example.org.", RecordType::A),
+            Transport::Udp
+        )
+        .rcode,
+        "ServFail"
+    );
+    assert_eq!(upstream.questions(), 1);
+}
+
+#[test]
+fn several_blocks_on_one_port_are_chosen_by_the_longest_zone() {
+    let answer = |last: u8| {
+        move |query: &hickory_proto::op::Message| {
+            Some(reply_with(
+                query,
+                vec![a_record(query, 300, [192, 0, 2, last])],
+            ))
+        }
+    };
+    let (default, corp, sub) = (
+        FakeUpstream::start(answer(1)),
+        FakeUpstream::start(answer(2)),
+        FakeUpstream::start(answer(3)),
+    );
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  kubernetes cluster.local {{\n    manifests {{fixture}}\n  }}\n  forward . 127.0.0.1:{}\n}}\ncorp.example:53 {{\n  forward . 127.0.0.1:{}\n}}\nsub.corp.example:53 {{\n  forward . 127.0.0.1:{}\n}}\n",
+            default.port, corp.port, sub.port
+        ),
+        &[],
+    );
+    let last = |name: &str| {
+        ask(dns.port, &q(name, RecordType::A), Transport::Udp)
+            .answers_of("A")
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    };
+    assert_eq!(last("www.example.org."), "192.0.2.1");
+    assert_eq!(last("www.corp.example."), "192.0.2.2");
+    assert_eq!(last("db.sub.corp.example."), "192.0.2.3");
+    assert_eq!(last("svc1.testns.svc.cluster.local."), "10.0.0.1");
+}
+
+#[test]
+fn loadbalance_shuffles_addresses_and_without_it_the_order_holds() {
+    let headless = q("hdls1.testns.svc.cluster.local.", RecordType::A);
+    let orders = |corefile: &str| {
+        let dns = ConfDns::start(corefile, &[]);
+        let mut seen = BTreeSet::new();
+        for _ in 0..30 {
+            let reply = exchange(dns.port, &headless, Transport::Udp);
+            let order: Vec<String> = reply.answers.iter().map(|r| r.data.to_string()).collect();
+            assert_eq!(order.len(), 4);
+            seen.insert(order);
+        }
+        seen.len()
+    };
+    let kubernetes = "  kubernetes cluster.local {\n    manifests {fixture}\n  }\n";
+    assert_eq!(orders(&format!(".:53 {{\n{kubernetes}}}\n")), 1);
+    assert!(orders(&format!(".:53 {{\n{kubernetes}  loadbalance\n}}\n")) > 1);
+}
+
+#[test]
+fn loop_ends_the_process_when_forward_sends_queries_back_to_it() {
+    let port = testkit::free_dns_port();
+    let mut dns = ConfDns::spawn_on(
+        port,
+        &format!(".:53 {{\n  forward . 127.0.0.1:{port}\n  loop\n}}\n"),
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = dns.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no loop detected\n{}", dns.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = dns.log();
+    assert!(
+        log.contains("[FATAL] plugin/loop: Loop (") && log.contains("detected for zone \".\""),
+        "{log}"
+    );
+    assert!(log.contains("resolv.conf"), "{log}");
+}
+
+#[test]
+fn reload_applies_an_edit_without_failing_a_query_and_keeps_serving_through_a_broken_one() {
+    let answer = |last: u8| {
+        move |query: &hickory_proto::op::Message| {
+            Some(reply_with(
+                query,
+                vec![a_record(query, 300, [192, 0, 2, last])],
+            ))
+        }
+    };
+    let (before, after) = (
+        FakeUpstream::start(answer(1)),
+        FakeUpstream::start(answer(2)),
+    );
+    let corefile = |upstream: u16| {
+        format!(
+            ".:53 {{\n  prometheus\n  reload 2s 1s\n  kubernetes cluster.local {{\n    manifests {{fixture}}\n  }}\n  forward . 127.0.0.1:{upstream}\n}}\n"
+        )
+    };
+    let dns = ConfDns::start(&corefile(before.port), &[]);
+    let www = q("www.example.org.", RecordType::A);
+    let answered = |dns: &ConfDns| {
+        let reply = ask(dns.port, &www, Transport::Udp);
+        assert_eq!(
+            reply.rcode,
+            "NoError",
+            "a query failed during the reload\n{}",
+            dns.log()
+        );
+        reply.answers_of("A").into_iter().next().unwrap()
+    };
+    assert_eq!(answered(&dns), "192.0.2.1");
+    std::fs::write(
+        &dns.corefile,
+        corefile(after.port).replace(
+            "{fixture}",
+            &support::corefile::fixture().display().to_string(),
+        ),
+    )
+    .unwrap();
+    // Queries all along; the new upstream within two intervals (2 s ± 0.5 s each).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered(&dns) != "192.0.2.2" {
+        assert!(
+            Instant::now() < deadline,
+            "the edit never applied\n{}",
+            dns.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        dns.log().contains("[INFO] Reloading complete"),
+        "{}",
+        dns.log()
+    );
+    // A broken edit: logged, counted, and the running configuration stays.
+    std::fs::write(&dns.corefile, ".:53 {\n  forward .\n}\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dns.metric("coredns_reload_failed_total", &[]) < 1.0 {
+        assert_eq!(answered(&dns), "192.0.2.2");
+        assert!(Instant::now() < deadline, "no failed reload\n{}", dns.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        dns.log().contains("[ERROR] Restart failed:"),
+        "{}",
+        dns.log()
+    );
+    assert_eq!(answered(&dns), "192.0.2.2");
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("svc1.testns.svc.cluster.local.", RecordType::A),
+            Transport::Udp
+        )
+        .answers_of("A"),
+        ["10.0.0.1".to_string()].into()
+    );
+}
+
+#[test]
+fn serve_stale_immediate_gives_the_expired_entry_at_once_and_refreshes_it_behind() {
+    let upstream = counting_upstream();
+    let dns = ConfDns::start(
+        &forwarding(
+            upstream.port,
+            "",
+            "  cache 2 {\n    serve_stale 1h immediate 30s\n  }",
+        ),
+        &[],
+    );
+    let name = q("soon.example.org.", RecordType::A);
+    assert_eq!(ttl(dns.port, &name), 2);
+    std::thread::sleep(Duration::from_millis(2100));
+    // Expired: the old answer at once, with the stale TTL, while the upstream is asked again.
+    let stale = exchange(dns.port, &name, Transport::Udp);
+    assert_eq!(stale.answers[0].ttl, 30);
+    assert_eq!(stale.answers[0].data.to_string(), "192.0.2.1");
+    let mut stale_answers = 1.0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = exchange(dns.port, &name, Transport::Udp);
+        if reply.answers[0].data.to_string() == "192.0.2.2" {
+            assert_eq!(reply.answers[0].ttl, 2);
+            break;
+        }
+        assert_eq!(reply.answers[0].ttl, 30);
+        stale_answers += 1.0;
+        assert!(Instant::now() < deadline, "never refreshed\n{}", dns.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One refresh behind however many stale answers went out meanwhile.
+    assert_eq!(upstream.questions(), 2);
+    assert_eq!(
+        dns.metric("coredns_cache_served_stale_total", &[]),
+        stale_answers
+    );
+}
