@@ -228,6 +228,7 @@ async fn run_with<S: Store>(
     let mut share = || cache::kube_feed::Shared {
         services: Some(service_watch.subscribe()),
         endpoint_slices: Some(slice_watch.subscribe()),
+        ..Default::default()
     };
     let (controller_share, dns_share) = (share(), share());
     let shared_watches = [service_watch.start(), slice_watch.start()];

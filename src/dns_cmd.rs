@@ -56,6 +56,13 @@ pub(crate) struct DnsArgs {
     /// recorded now, in effect once forwarding exists.
     #[arg(long, value_name = "ZONE", num_args = 0.., value_delimiter = ',', require_equals = true)]
     fallthrough: Option<Vec<String>>,
+    /// Serve only Services (and their EndpointSlices) this label selector matches, e.g.
+    /// `tier=web` or `environment in (production, staging)`; the API server does the selecting.
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_selector, conflicts_with = "manifests")]
+    labels: Option<String>,
+    /// Serve only namespaces this label selector matches.
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_selector, conflicts_with = "manifests")]
+    namespace_labels: Option<String>,
     /// kubeconfig to watch the cluster with (default: KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
     kubeconfig: Option<PathBuf>,
@@ -77,7 +84,7 @@ pub(crate) struct DnsArgs {
     tcp_idle_timeout: Duration,
     /// A Corefile to run instead of the flags above (see docs/corefile.md for the directives
     /// and options svcplane runs; any other is refused with its file and line).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "zones", "ttl", "pods", "endpoint_pod_names", "ignore_empty_service", "noendpoints", "namespaces", "fallthrough", "kubeconfig", "manifests", "startup_timeout"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "zones", "ttl", "pods", "endpoint_pod_names", "ignore_empty_service", "noendpoints", "namespaces", "labels", "namespace_labels", "fallthrough", "kubeconfig", "manifests", "startup_timeout"])]
     conf: Option<PathBuf>,
     /// With --conf: check the Corefile and exit, 0 if svcplane runs it, 1 (naming the file and
     /// line) if not.
@@ -240,6 +247,11 @@ struct Setup {
     /// The `kubernetes` directive's options, if the plan has one.
     config: Option<Config>,
     kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context to use, if not its current one.
+    context: Option<String>,
+    /// CoreDNS's `labels` and `namespace_labels`: what the watches ask the API server for.
+    labels: Option<String>,
+    namespace_labels: Option<String>,
     manifests: Vec<PathBuf>,
     manifests_reload_interval: Duration,
     startup_timeout: Duration,
@@ -285,6 +297,9 @@ impl DnsArgs {
             listen: vec![self.listen.clone()],
             config: Some(config),
             kubeconfig: self.kubeconfig.clone(),
+            context: None,
+            labels: self.labels.clone(),
+            namespace_labels: self.namespace_labels.clone(),
             manifests: self.manifests.clone(),
             manifests_reload_interval: self.manifests_reload_interval,
             startup_timeout: self.startup_timeout,
@@ -346,6 +361,9 @@ impl DnsArgs {
             listen,
             config,
             kubeconfig: k.as_ref().and_then(|k| k.kubeconfig.clone()),
+            context: k.as_ref().and_then(|k| k.context.clone()),
+            labels: k.as_ref().and_then(|k| k.labels.clone()),
+            namespace_labels: k.as_ref().and_then(|k| k.namespace_labels.clone()),
             manifests: k.as_ref().map(|k| k.manifests.clone()).unwrap_or_default(),
             manifests_reload_interval: self.manifests_reload_interval,
             startup_timeout: k
@@ -368,7 +386,7 @@ impl DnsArgs {
 }
 
 /// Serves `setup` until SIGTERM (then the lameduck period) or until the cluster feed fails.
-async fn serve(mut setup: Setup, shared: cache::kube_feed::Shared) -> anyhow::Result<()> {
+async fn serve(mut setup: Setup, mut shared: cache::kube_feed::Shared) -> anyhow::Result<()> {
     let source = setup.source.take();
     // The cluster: its cache, the feed that fills it, and the index answers come from.
     let mut cluster = None;
@@ -389,7 +407,13 @@ async fn serve(mut setup: Setup, shared: cache::kube_feed::Shared) -> anyhow::Re
         let cache = Arc::new(Cache::new(&kinds));
         let index = server::follow(cache.subscribe(), config.clone());
         feed = Some(if setup.manifests.is_empty() {
-            let client = cache::kube_feed::client(setup.kubeconfig.as_deref()).await?;
+            let client = cache::kube_feed::client_in_context(
+                setup.kubeconfig.as_deref(),
+                setup.context.as_deref(),
+            )
+            .await?;
+            shared.labels = setup.labels.clone();
+            shared.namespace_labels = setup.namespace_labels.clone();
             let watchers = cache::kube_feed::spawn(cache.clone(), client, &kinds, shared);
             tokio::spawn(async move {
                 futures::future::join_all(watchers).await;
@@ -672,6 +696,13 @@ async fn http_endpoints(
         )));
     }
     Ok((readiness, tasks))
+}
+
+/// A label selector as the API server takes it, checked here so a typo fails at start.
+fn parse_selector(text: &str) -> Result<String, String> {
+    cache::selector::LabelSelector::parse(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("not a label selector: {e}"))
 }
 
 /// The addresses this server is reached at: the listen addresses, with an unspecified one

@@ -842,6 +842,96 @@ async fn svcplane_and_coredns_answer_the_spec_table_identically() {
     no_endpoints.assert_agree(&no_endpoint_rows(&world));
 }
 
+/// `labels` and `namespace_labels`, and the same for svcplane as flags.
+const LABELED: Options = Options {
+    coredns: "labels tier in (web, api)\n namespace_labels dns=on",
+    svcplane: &[
+        "--labels",
+        "tier in (web, api)",
+        "--namespace-labels",
+        "dns=on",
+    ],
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn svcplane_and_coredns_select_services_and_namespaces_by_label_alike() {
+    let cluster = cluster();
+    let mut objects = Vec::new();
+    for (ns, on) in [("lbl-on", "on"), ("lbl-off", "off")] {
+        objects.push(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"dns": on}}}));
+        for (name, tier) in [
+            ("web", Some("web")),
+            ("api", Some("api")),
+            ("db", Some("db")),
+            ("bare", None),
+        ] {
+            let labels = match tier {
+                Some(t) => json!({"tier": t}),
+                None => json!({}),
+            };
+            objects.push(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}));
+            let mut slice_labels = json!({"kubernetes.io/service-name": name,
+                "endpointslice.kubernetes.io/managed-by": "test.svcplane.io"});
+            if let Some(t) = tier {
+                slice_labels["tier"] = json!(t);
+            }
+            objects.push(
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-1"), "namespace": ns, "labels": slice_labels},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.20.0.1"], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+            );
+        }
+        // Headless, labelled, but its slice is not: no endpoints pass the selector.
+        objects.push(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "hl", "namespace": ns, "labels": {"tier": "web"}},
+            "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}}));
+        objects.push(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "hl-1", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": "hl"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.20.0.2"], "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+        );
+    }
+    cluster.apply(&objects);
+    let pair = Pair::start(cluster, &LABELED);
+    let mut rows = Vec::new();
+    for ns in ["lbl-on", "lbl-off"] {
+        for name in ["web", "api", "db", "bare", "hl"] {
+            let svc = cz(&format!("{name}.{ns}.svc"));
+            rows.push(q(&svc, RecordType::A));
+            rows.push(q(&format!("_http._tcp.{svc}"), RecordType::SRV));
+        }
+    }
+    // Until both have seen the objects, then every row alike.
+    let probe = q(&cz("web.lbl-on.svc"), RecordType::A);
+    let deadline = Instant::now() + CONVERGE;
+    while pair.ask(&probe, Transport::Tcp).0.answer.is_empty()
+        || pair.ask(&probe, Transport::Tcp).1.answer.is_empty()
+    {
+        assert!(Instant::now() < deadline, "{}", pair.svcplane.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pair.assert_agree(&rows);
+    // What the selectors let through, from svcplane's side.
+    let rcode = |name: &str| {
+        pair.ask(&q(&cz(name), RecordType::A), Transport::Tcp)
+            .0
+            .rcode
+    };
+    assert_eq!(rcode("web.lbl-on.svc"), "NoError");
+    assert_eq!(rcode("api.lbl-on.svc"), "NoError");
+    assert_eq!(rcode("db.lbl-on.svc"), "NXDomain");
+    assert_eq!(rcode("bare.lbl-on.svc"), "NXDomain");
+    assert_eq!(rcode("web.lbl-off.svc"), "NXDomain");
+}
+
 /// The answers both servers give for `service`'s addresses and SRV records, over TCP.
 fn churn_rows(service: &str) -> Vec<Question> {
     vec![

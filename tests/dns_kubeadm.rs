@@ -689,3 +689,47 @@ fn dnssec_ok_query(port: u16) {
     let (n, _) = socket.recv_from(&mut buf).expect("a reply to the DO query");
     assert!(n >= 12);
 }
+
+#[test]
+fn a_corefile_names_the_kubeconfig_context_and_the_label_selectors_to_watch_with() {
+    let cluster = Cluster::shared();
+    cluster.apply(&objects());
+    cluster.apply(&[json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "tiered", "namespace": NS, "labels": {"tier": "web"}},
+        "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})]);
+    let kubeconfig = cluster.kubeconfig("admin");
+    let corefile = |context: &str| {
+        format!(
+            ".:53 {{\n  kubernetes cluster.local {{\n    kubeconfig {} {context}\n    labels tier=web\n    namespace_labels kubernetes.io/metadata.name={NS}\n  }}\n}}\n",
+            kubeconfig.display()
+        )
+    };
+    let dns = support::corefile::ConfDns::start(&corefile("admin"), &[]);
+    let rcode = |name: &str| {
+        ask(
+            dns.port,
+            &Question::new(&format!("{name}.{NS}.svc.cluster.local."), RecordType::A),
+            Transport::Udp,
+        )
+        .rcode
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rcode("tiered") != "NoError" {
+        assert!(Instant::now() < deadline, "{}", dns.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `web` has no tier label: not selected.
+    assert_eq!(rcode("web"), "NXDomain");
+    // A context the kubeconfig does not have: refused at start, naming it.
+    let mut wrong = support::corefile::ConfDns::spawn(&corefile("nope"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = wrong.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{}", wrong.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    assert!(wrong.log().contains("nope"), "{}", wrong.log());
+}

@@ -47,6 +47,9 @@ impl<K> Watched for K where
 pub enum Source<K> {
     /// Its own watcher of this API.
     Api(Box<Api<K>>),
+    /// Its own watcher of the objects of this API a label selector matches (chosen by the API
+    /// server).
+    Selected(Box<Api<K>>, String),
     /// Its share of a [`SharedWatch`].
     Shared(mpsc::UnboundedReceiver<Event<K>>),
 }
@@ -58,6 +61,11 @@ impl<K: Watched> Source<K> {
             Source::Api(api) => watcher::watcher(*api, watcher::Config::default())
                 .default_backoff()
                 .boxed(),
+            Source::Selected(api, selector) => {
+                watcher::watcher(*api, watcher::Config::default().labels(&selector))
+                    .default_backoff()
+                    .boxed()
+            }
             Source::Shared(receiver) => futures::stream::unfold(receiver, |mut r| async move {
                 r.recv().await.map(|event| (Ok(event), r))
             })

@@ -17,15 +17,30 @@ use crate::{Error, Result, api, convert};
 /// A client from `--kubeconfig`, else `KUBECONFIG` / `~/.kube/config`, else the in-cluster
 /// service account.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    client_in_context(kubeconfig, None).await
+}
+
+/// [`client`], with `context` of the kubeconfig instead of its current one.
+pub async fn client_in_context(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
                 Error::Client(format!("cannot read --kubeconfig {}: {e}", path.display()))
             })?;
-            Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(|e| Error::Client(format!("--kubeconfig {}: {e}", path.display())))?
         }
+        None if context.is_some() => Config::from_kubeconfig(&options).await.map_err(|e| {
+            Error::Client(format!(
+                "no kubeconfig with context {} ({e}); set KUBECONFIG",
+                context.unwrap_or_default()
+            ))
+        })?,
         None => Config::infer().await.map_err(|e| {
             Error::Client(format!(
                 "no kubeconfig found ({e}); pass --kubeconfig or set KUBECONFIG"
@@ -49,11 +64,24 @@ pub fn kinds(endpoints: bool, pods: bool) -> Vec<Kind> {
 }
 
 /// Shares of watches another reader in the process runs too (see
-/// [`crate::follow::SharedWatch`]); a kind without one gets its own watcher.
+/// [`crate::follow::SharedWatch`]); a kind without one gets its own watcher, of the objects
+/// the selectors match.
 #[derive(Default)]
 pub struct Shared {
     pub services: Option<Source<api::Service>>,
     pub endpoint_slices: Option<Source<api::EndpointSlice>>,
+    /// Only Services and EndpointSlices with these labels (CoreDNS's `labels`).
+    pub labels: Option<String>,
+    /// Only Namespaces with these labels (CoreDNS's `namespace_labels`).
+    pub namespace_labels: Option<String>,
+}
+
+/// A watcher of `api`, of what `selector` matches if given.
+fn own<K>(api: Api<K>, selector: &Option<String>) -> Source<K> {
+    match selector {
+        Some(selector) => Source::Selected(Box::new(api), selector.clone()),
+        None => Source::Api(Box::new(api)),
+    }
 }
 
 /// Starts a watcher for each of `kinds`, feeding `cache` (from `shared` where given).
@@ -70,7 +98,7 @@ pub fn spawn(
             match kind {
                 Kind::Namespaces => tokio::spawn(watch(
                     cache,
-                    Source::Api(Box::new(Api::<api::Namespace>::all(client))),
+                    own(Api::<api::Namespace>::all(client), &shared.namespace_labels),
                     *kind,
                     |ns| convert::namespace(ns).map(Object::Namespace),
                 )),
@@ -78,7 +106,7 @@ pub fn spawn(
                     let source = shared
                         .services
                         .take()
-                        .unwrap_or_else(|| Source::Api(Box::new(Api::all(client))));
+                        .unwrap_or_else(|| own(Api::all(client), &shared.labels));
                     tokio::spawn(watch(cache, source, *kind, |s| {
                         convert::service(s).map(Object::Service)
                     }))
@@ -88,7 +116,7 @@ pub fn spawn(
                     shared
                         .endpoint_slices
                         .take()
-                        .unwrap_or_else(|| Source::Api(Box::new(Api::all(client)))),
+                        .unwrap_or_else(|| own(Api::all(client), &shared.labels)),
                     *kind,
                     |s| convert::endpoint_slice(s).map(Object::EndpointSlice),
                 )),

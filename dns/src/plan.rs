@@ -155,6 +155,12 @@ pub struct Kubernetes {
     /// `fallthrough` with its zones (empty: every zone of the directive).
     pub fallthrough: Option<Vec<Name>>,
     pub kubeconfig: Option<PathBuf>,
+    /// `kubeconfig FILE CONTEXT`: the context to use instead of the file's current one.
+    pub context: Option<String>,
+    /// `labels SELECTOR`: only Services and EndpointSlices it matches.
+    pub labels: Option<String>,
+    /// `namespace_labels SELECTOR`: only namespaces it matches.
+    pub namespace_labels: Option<String>,
     /// svcplane's own: serve these manifest files or directories instead of watching a cluster.
     pub manifests: Vec<PathBuf>,
     pub startup_timeout: Option<Duration>,
@@ -873,14 +879,36 @@ fn kubernetes(d: &Directive, block: &ServerBlock) -> Result<Kubernetes, (usize, 
             }
             "kubeconfig" => match option.args.as_slice() {
                 [path] => k.kubeconfig = Some(PathBuf::from(path)),
-                [_, _] => {
+                [path, context] => {
+                    k.kubeconfig = Some(PathBuf::from(path));
+                    k.context = Some(context.clone());
+                }
+                _ => {
                     return Err(at(
-                        "a context is not supported yet; use the kubeconfig's current context"
-                            .into(),
+                        "takes the kubeconfig's path and optionally a context".into()
                     ));
                 }
-                _ => return Err(at("takes the kubeconfig's path".into())),
             },
+            which @ ("labels" | "namespace_labels") => {
+                if option.args.is_empty() {
+                    return Err(at(
+                        "takes a label selector, e.g. environment in (production, staging)".into(),
+                    ));
+                }
+                let selector = option.args.join(" ");
+                ::cache::selector::LabelSelector::parse(&selector)
+                    .map_err(|e| at(format!("{selector:?} is not a label selector: {e}")))?;
+                if which == "labels" {
+                    k.labels = Some(selector);
+                } else {
+                    k.namespace_labels = Some(selector);
+                }
+            }
+            "endpoint" | "tls" => {
+                return Err(at(
+                    "is not supported yet; name the API server and its credentials in a kubeconfig (kubeconfig FILE [CONTEXT])".into(),
+                ));
+            }
             "manifests" => {
                 if option.args.is_empty() {
                     return Err(at("names at least one file or directory".into()));
@@ -892,15 +920,17 @@ fn kubernetes(d: &Directive, block: &ServerBlock) -> Result<Kubernetes, (usize, 
             }
             other => {
                 return Err(at(format!(
-                    "{other} is not supported yet (supported: ttl, pods, endpoint_pod_names, noendpoints, ignore empty_service, namespaces, fallthrough, kubeconfig, manifests, startup_timeout)"
+                    "{other} is not supported yet (supported: ttl, pods, endpoint_pod_names, noendpoints, ignore empty_service, namespaces, namespace_labels, labels, fallthrough, kubeconfig, manifests, startup_timeout)"
                 )));
             }
         }
     }
-    if k.kubeconfig.is_some() && !k.manifests.is_empty() {
+    if (k.kubeconfig.is_some() || k.labels.is_some() || k.namespace_labels.is_some())
+        && !k.manifests.is_empty()
+    {
         return Err((
             d.line,
-            "kubernetes: kubeconfig and manifests exclude each other".into(),
+            "kubernetes: manifests excludes kubeconfig, labels and namespace_labels (they select what a cluster is watched for)".into(),
         ));
     }
     Ok(k)
