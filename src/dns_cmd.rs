@@ -392,6 +392,7 @@ async fn serve(mut setup: Setup, mut shared: cache::kube_feed::Shared) -> anyhow
     let mut cluster = None;
     let mut feed: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     let mut cluster_cache = None;
+    let metrics = Arc::new(dns::metrics::Metrics::default());
     if let Some(config) = setup.config.clone() {
         let config = Arc::new(config);
         let kinds = if setup.manifests.is_empty() {
@@ -405,11 +406,18 @@ async fn serve(mut setup: Setup, mut shared: cache::kube_feed::Shared) -> anyhow
             ]
         };
         let cache = Arc::new(Cache::new(&kinds));
-        let index = server::follow(cache.subscribe(), config.clone());
+        let index = server::follow(cache.subscribe(), config.clone(), metrics.clone());
         feed = Some(if setup.manifests.is_empty() {
-            let client = cache::kube_feed::client_in_context(
+            let reporting = metrics.clone();
+            let client = cache::kube_feed::observed_client(
                 setup.kubeconfig.as_deref(),
                 setup.context.as_deref(),
+                |host| {
+                    Arc::new(dns::metrics::RestReporter {
+                        host: host.to_string(),
+                        metrics: reporting.clone(),
+                    })
+                },
             )
             .await?;
             shared.labels = setup.labels.clone();
@@ -434,7 +442,6 @@ async fn serve(mut setup: Setup, mut shared: cache::kube_feed::Shared) -> anyhow
         cluster = Some(dns::chain::ClusterSource { config, index });
         cluster_cache = Some((cache, kinds));
     }
-    let metrics = Arc::new(dns::metrics::Metrics::default());
     let service = dns::service::build(&setup.plan, &setup.listen, cluster.as_ref(), &metrics);
     let mut listeners = Vec::new();
     let mut routers = std::collections::BTreeMap::new();

@@ -297,11 +297,14 @@ fn objects() -> Vec<serde_json::Value> {
         json!({"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": name, "namespace": NS}, "spec": spec})
     };
+    // The trigger time the endpoint controllers write, so both servers time the programming.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let slice = |service: &str, endpoints: serde_json::Value| {
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                "metadata": {"name": format!("{service}-1"), "namespace": NS,
                             "labels": {"kubernetes.io/service-name": service,
-                                       "endpointslice.kubernetes.io/managed-by": "test.svcplane.io"}},
+                                       "endpointslice.kubernetes.io/managed-by": "test.svcplane.io"},
+                            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": now}},
                "addressType": "IPv4",
                "endpoints": endpoints,
                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
@@ -589,6 +592,31 @@ fn kubeadms_corefile_answers_metrics_and_failures_are_coredns_own() {
         pair.logs()
     );
 
+    // The endpoint controllers' next change of web's and headless's slices: both servers time
+    // how long it took to be answered.
+    cluster.apply(&objects());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ours, theirs) = pair.metrics();
+        let count = |m: &Metrics| {
+            sum(
+                m,
+                "coredns_kubernetes_dns_programming_duration_seconds_count",
+                &[],
+            )
+        };
+        if count(&ours) >= 2.0 && count(&theirs) >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programming not timed: svcplane {}, CoreDNS {}",
+            count(&ours),
+            count(&theirs)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A query with the DO bit, for coredns_dns_do_requests_total.
     for port in [pair.svcplane.port, pair.coredns.port] {
         dnssec_ok_query(port);
@@ -629,6 +657,26 @@ fn kubeadms_corefile_answers_metrics_and_failures_are_coredns_own() {
         }
     }
     assert!(missing.is_empty(), "no sample of {missing:?}");
+    // Samples of things that happened, in both: the programming of web's and headless's slices
+    // (annotated), and the API requests of the watches (at least the list of each of the three
+    // kinds; CoreDNS's client counts a watch request once it ends, svcplane's once it begins).
+    for m in [&ours, &theirs] {
+        let programmed = |kind: &str| {
+            sum(
+                m,
+                "coredns_kubernetes_dns_programming_duration_seconds_count",
+                &[("service_kind", kind)],
+            )
+        };
+        assert!(programmed("cluster_ip") >= 1.0 && programmed("headless_with_selector") >= 1.0);
+        assert!(
+            sum(
+                m,
+                "coredns_kubernetes_rest_client_requests_total",
+                &[("method", "GET"), ("code", "200")]
+            ) >= 3.0
+        );
+    }
     assert!(labels_differ.is_empty(), "{labels_differ:#?}");
 }
 
@@ -658,9 +706,13 @@ const SPEC_METRICS: &[&str] = &[
     "coredns_proxy_conn_cache_hits_total",
     "coredns_proxy_conn_cache_misses_total",
     "coredns_kubernetes_dns_programming_duration_seconds",
+    "coredns_kubernetes_rest_client_requests_total",
+    "coredns_kubernetes_rest_client_request_duration_seconds",
+    "coredns_kubernetes_rest_client_rate_limiter_duration_seconds",
     "coredns_health_request_duration_seconds",
     "coredns_health_request_failures_total",
     "coredns_reload_failed_total",
+    "coredns_reload_version_info",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_open_fds",

@@ -181,13 +181,25 @@ pub fn endpoint_slice(slice: &api::EndpointSlice) -> Result<EndpointSlice> {
             });
         }
     }
+    // A trigger time that does not parse only loses the latency sample, as in CoreDNS.
+    let last_change_trigger = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(std::time::SystemTime::from);
     Ok(EndpointSlice {
         key,
         service,
         ports,
         endpoints,
+        last_change_trigger,
     })
 }
+
+/// The annotation the endpoint controllers set to when a change began.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// Converts an Endpoints object into the slices EndpointSlice mirroring would make of it (one per
 /// subset and address family; `addresses` ready, `notReadyAddresses` not ready).
@@ -261,6 +273,7 @@ pub fn mirror_endpoints(eps: &api::Endpoints) -> Result<Vec<EndpointSlice>> {
                 service: Some(key.name.clone()),
                 ports: ports.clone(),
                 endpoints,
+                last_change_trigger: None,
             });
         }
     }
@@ -327,6 +340,22 @@ mod tests {
 
     fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn an_endpoint_slice_keeps_the_trigger_time_of_its_change() {
+        let slice: api::EndpointSlice = from(json!({
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"},
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-07T04:01:02.5Z"}},
+            "addressType": "IPv4",
+            "endpoints": []
+        }));
+        let converted = endpoint_slice(&slice).unwrap();
+        assert_eq!(
+            converted.last_change_trigger,
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_616_062_500))
+        );
     }
 
     #[test]

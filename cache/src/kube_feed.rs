@@ -17,11 +17,32 @@ use crate::{Error, Result, api, convert};
 /// A client from `--kubeconfig`, else `KUBECONFIG` / `~/.kube/config`, else the in-cluster
 /// service account.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    client_in_context(kubeconfig, None).await
+    let config = config(kubeconfig, None).await?;
+    Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
 }
 
-/// [`client`], with `context` of the kubeconfig instead of its current one.
-pub async fn client_in_context(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Client> {
+/// [`client`], with `context` of the kubeconfig instead of its current one, each request
+/// reported to `observer` with the API server's `host:port`.
+pub async fn observed_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+    observer: impl Fn(&str) -> std::sync::Arc<dyn crate::rest::RestObserver>,
+) -> Result<Client> {
+    let config = config(kubeconfig, context).await?;
+    let host = config
+        .cluster_url
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let layer = crate::rest::ObserveLayer(observer(&host));
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| Error::Client(e.to_string()))?
+        .with_layer(&layer)
+        .build())
+}
+
+/// The client configuration of [`client`].
+async fn config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<Config> {
     let options = kube::config::KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -47,7 +68,7 @@ pub async fn client_in_context(kubeconfig: Option<&Path>, context: Option<&str>)
             ))
         })?,
     };
-    Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
+    Ok(config)
 }
 
 /// The kinds a DNS server watches: Namespaces and Services always, EndpointSlices unless

@@ -17,6 +17,7 @@ mod error;
 pub mod follow;
 pub mod kube_feed;
 pub mod manifests;
+pub mod rest;
 pub mod selector;
 pub mod store;
 pub mod types;

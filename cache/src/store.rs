@@ -365,6 +365,7 @@ mod tests {
             key: Key::new(ns, name),
             service: Some(svc.into()),
             ports: vec![],
+            last_change_trigger: None,
             endpoints: ips
                 .iter()
                 .map(|ip| Endpoint {

@@ -113,6 +113,9 @@ pub struct EndpointSlice {
     pub service: Option<String>,
     pub ports: Vec<EndpointPort>,
     pub endpoints: Vec<Endpoint>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`: when the change that made this
+    /// version began (the endpoint controllers write it), for DNS programming latency.
+    pub last_change_trigger: Option<std::time::SystemTime>,
 }
 
 /// A Pod, for `pods verified`.

@@ -384,6 +384,84 @@ impl ForwardMetrics {
     }
 }
 
+/// client-go's request metrics CoreDNS exports for its API client, from the requests
+/// [`::cache::rest`] reports.
+#[derive(Debug, Default)]
+pub struct RestMetrics {
+    /// `coredns_kubernetes_rest_client_requests_total{method,code,host}`.
+    requests: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// `..._request_duration_seconds{verb,host}` and `..._rate_limiter_duration_seconds`
+    /// (kube-rs has no client-side rate limiter: every wait is 0).
+    durations: Mutex<BTreeMap<(String, String), (Arc<Histogram>, Arc<Histogram>)>>,
+}
+
+/// Prometheus's default buckets, which client-go's metrics use.
+fn default_buckets() -> Vec<f64> {
+    vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+/// The reports of one client, whose API server is `host`.
+#[derive(Debug)]
+pub struct RestReporter {
+    pub host: String,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ::cache::rest::RestObserver for RestReporter {
+    fn request(&self, method: &str, code: Option<u16>, took: std::time::Duration) {
+        let rest = &self.metrics.rest;
+        let code = code.map_or("<error>".to_string(), |c| c.to_string());
+        *rest
+            .requests
+            .lock()
+            .expect("metrics lock")
+            .entry((method.to_string(), code, self.host.clone()))
+            .or_default() += 1;
+        let (duration, wait) = rest
+            .durations
+            .lock()
+            .expect("metrics lock")
+            .entry((method.to_string(), self.host.clone()))
+            .or_insert_with(|| {
+                (
+                    Arc::new(Histogram::new(default_buckets())),
+                    Arc::new(Histogram::new(default_buckets())),
+                )
+            })
+            .clone();
+        duration.observe(took.as_secs_f64());
+        wait.observe(0.0);
+    }
+}
+
+impl RestMetrics {
+    fn write(&self, out: &mut Families) {
+        for ((method, code, host), n) in self.requests.lock().expect("metrics lock").iter() {
+            out.line(
+                "coredns_kubernetes_rest_client_requests_total",
+                format!("code=\"{code}\",host=\"{host}\",method=\"{method}\""),
+                *n,
+            );
+        }
+        for ((verb, host), (duration, wait)) in self.durations.lock().expect("metrics lock").iter()
+        {
+            let labels = format!("host=\"{host}\",verb=\"{verb}\"");
+            out.histogram(
+                "coredns_kubernetes_rest_client_request_duration_seconds",
+                &labels,
+                duration,
+            );
+            out.histogram(
+                "coredns_kubernetes_rest_client_rate_limiter_duration_seconds",
+                &labels,
+                wait,
+            );
+        }
+    }
+}
+
 /// Samples grouped by family, written with one HELP/TYPE each.
 #[derive(Default)]
 struct Families {
@@ -500,6 +578,18 @@ fn describe(name: &str) -> (&'static str, &'static str) {
             "counter",
             "Counter of the number of failed reload attempts.",
         ),
+        "coredns_kubernetes_rest_client_requests_total" => (
+            "counter",
+            "Number of HTTP requests, partitioned by status code, method, and host.",
+        ),
+        "coredns_kubernetes_rest_client_request_duration_seconds" => (
+            "histogram",
+            "Request latency in seconds. Broken down by verb and host.",
+        ),
+        "coredns_kubernetes_rest_client_rate_limiter_duration_seconds" => (
+            "histogram",
+            "Client side rate limiter latency in seconds. Broken down by verb and host.",
+        ),
         "coredns_kubernetes_dns_programming_duration_seconds" => (
             "histogram",
             "Histogram of the time (in seconds) it took to program a dns instance.",
@@ -562,6 +652,8 @@ pub struct Metrics {
     pub sync: Mutex<Vec<(&'static str, bool)>>,
     /// Generation and publication time of the snapshot answered from.
     pub snapshot: Mutex<(u64, std::time::Instant)>,
+    /// The API client's requests.
+    pub rest: RestMetrics,
 }
 
 /// The `service_kind` label values.
@@ -588,6 +680,7 @@ impl Default for Metrics {
             }),
             sync: Mutex::default(),
             snapshot: Mutex::new((0, std::time::Instant::now())),
+            rest: RestMetrics::default(),
         }
     }
 }
@@ -651,6 +744,7 @@ impl Metrics {
             );
         }
         self.forward.write(&mut families);
+        self.rest.write(&mut families);
         for (server, zone, name) in self.plugins.lock().expect("metrics lock").iter() {
             families.line(
                 "coredns_plugin_enabled",
@@ -725,6 +819,47 @@ impl Metrics {
     }
 }
 
+/// What a new cluster snapshot programs, for `coredns_kubernetes_dns_programming_duration_seconds`:
+/// each EndpointSlice of a changed Service (every slice, after a relist) whose
+/// last-change-trigger time is new, as the index of its `service_kind` in [`SERVICE_KINDS`]
+/// and the seconds from that time to `now`. `seen` keeps each slice's last trigger time.
+pub fn programmed(
+    seen: &mut std::collections::HashMap<::cache::types::Key, std::time::SystemTime>,
+    snapshot: &::cache::Snapshot,
+    now: std::time::SystemTime,
+) -> Vec<(usize, f64)> {
+    use ::cache::types::{Key, ServiceKind};
+    let changed = &snapshot.changed;
+    let services: Vec<Key> = if changed.all {
+        seen.retain(|key, _| snapshot.slices.contains_key(key));
+        snapshot.services.keys().cloned().collect()
+    } else {
+        changed.services.iter().cloned().collect()
+    };
+    let mut out = Vec::new();
+    for key in services {
+        let Some(service) = snapshot.services.get(&key) else {
+            continue;
+        };
+        // CoreDNS: headless (with a selector, as the trigger time implies) or cluster_ip.
+        let kind = match service.kind {
+            ServiceKind::Headless => 1,
+            _ => 0,
+        };
+        for slice in snapshot.slices_of(&key) {
+            let Some(trigger) = slice.last_change_trigger else {
+                continue;
+            };
+            if seen.insert(slice.key.clone(), trigger) == Some(trigger) {
+                continue;
+            }
+            let secs = now.duration_since(trigger).map_or(0.0, |d| d.as_secs_f64());
+            out.push((kind, secs));
+        }
+    }
+    out
+}
+
 /// The standard process metrics, from /proc/self.
 fn process(out: &mut Families) {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -787,6 +922,46 @@ fn process(out: &mut Families) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slice_programs_once_per_trigger_time_under_its_service_kind() {
+        use ::cache::types::{Endpoint, EndpointSlice, Key, Service, ServiceKind};
+        use ::cache::{Cache, Event, Kind, Object};
+        let cache = Cache::new(&[]);
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let slice = |trigger: Option<std::time::SystemTime>| {
+            Object::EndpointSlice(EndpointSlice {
+                key: Key::new("ns", "web-1"),
+                service: Some("web".into()),
+                ports: vec![],
+                endpoints: vec![Endpoint {
+                    addresses: vec!["10.1.0.1".parse().unwrap()],
+                    ready: true,
+                    hostname: None,
+                    pod_name: None,
+                }],
+                last_change_trigger: trigger,
+            })
+        };
+        cache.apply([
+            Event::Apply(Object::Service(Service {
+                key: Key::new("ns", "web"),
+                kind: ServiceKind::Headless,
+                ports: vec![],
+            })),
+            Event::Apply(slice(Some(t0))),
+            Event::Synced(Kind::Services),
+        ]);
+        let mut seen = std::collections::HashMap::new();
+        let now = t0 + std::time::Duration::from_millis(250);
+        assert_eq!(programmed(&mut seen, &cache.current(), now), [(1, 0.25)]);
+        // The same trigger time again (another change of the Service): nothing new.
+        cache.apply([Event::Apply(slice(Some(t0)))]);
+        assert_eq!(programmed(&mut seen, &cache.current(), now), []);
+        // A slice without the annotation (not written by the controllers): nothing.
+        cache.apply([Event::Apply(slice(None))]);
+        assert_eq!(programmed(&mut seen, &cache.current(), now), []);
+    }
 
     #[test]
     fn a_query_is_counted_under_coredns_names_and_labels() {

@@ -16,6 +16,7 @@ use crate::chain::{Router, Step};
 use crate::config::Config;
 use crate::index::Index;
 use crate::message::Transport;
+use crate::metrics::{Metrics, programmed};
 use crate::{Error, Result};
 
 /// Limits of the server (each a flag of `svcplane dns`).
@@ -48,26 +49,39 @@ impl Default for Limits {
     }
 }
 
-/// Keeps an index in step with the cache: every published snapshot becomes the next index.
+/// Keeps an index in step with the cache: every published snapshot becomes the next index,
+/// and each EndpointSlice change it programs is timed into `metrics` (CoreDNS's DNS programming
+/// latency).
 pub fn follow(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
 ) -> watch::Receiver<Arc<Index>> {
-    let first = Index::build(snapshots.borrow_and_update().clone(), &config);
+    let snapshot = snapshots.borrow_and_update().clone();
+    let mut seen = std::collections::HashMap::new();
+    let observe = move |seen: &mut _, snapshot: &Snapshot| {
+        for (kind, secs) in programmed(seen, snapshot, std::time::SystemTime::now()) {
+            metrics.programming[kind].observe(secs);
+        }
+    };
+    let first = Index::build(snapshot.clone(), &config);
+    observe(&mut seen, &snapshot);
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         while snapshots.changed().await.is_ok() {
             let snapshot = snapshots.borrow_and_update().clone();
-            let (previous, config) = (tx.borrow().clone(), config.clone());
+            let (previous, config, next_snapshot) =
+                (tx.borrow().clone(), config.clone(), snapshot.clone());
             // A full rebuild of a large cluster takes a while: keep it off the query threads.
             let Ok(next) =
-                tokio::task::spawn_blocking(move || previous.next(snapshot, &config)).await
+                tokio::task::spawn_blocking(move || previous.next(next_snapshot, &config)).await
             else {
                 return;
             };
             if tx.send(Arc::new(next)).is_err() {
                 return;
             }
+            observe(&mut seen, &snapshot);
         }
     });
     rx
