@@ -392,8 +392,11 @@ pub struct RestMetrics {
     requests: Mutex<BTreeMap<(String, String, String), u64>>,
     /// `..._request_duration_seconds{verb,host}` and `..._rate_limiter_duration_seconds`
     /// (kube-rs has no client-side rate limiter: every wait is 0).
-    durations: Mutex<BTreeMap<(String, String), (Arc<Histogram>, Arc<Histogram>)>>,
+    durations: Mutex<BTreeMap<(String, String), Timings>>,
 }
+
+/// A verb's request durations and rate-limiter waits.
+type Timings = (Arc<Histogram>, Arc<Histogram>);
 
 /// Prometheus's default buckets, which client-go's metrics use.
 fn default_buckets() -> Vec<f64> {
