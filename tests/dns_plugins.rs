@@ -646,3 +646,84 @@ fn serve_stale_immediate_gives_the_expired_entry_at_once_and_refreshes_it_behind
         stale_answers
     );
 }
+
+#[test]
+fn a_sigterm_under_load_answers_every_query_through_the_lameduck_with_ready_503_and_exits_zero() {
+    let upstream = counting_upstream();
+    let mut dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  health {{\n    lameduck 2s\n  }}\n  ready\n  kubernetes cluster.local {{\n    manifests {{fixture}}\n  }}\n  forward . 127.0.0.1:{}\n}}\n",
+            upstream.port
+        ),
+        &[],
+    );
+    while support::get_status(dns.ready_port, "/ready") != Some(200) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = dns.port;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Queries without pause, a cluster name and a forwarded one in turn, each with when it
+    // was sent and its status.
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut results = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = if i % 2 == 0 {
+                    "svc1.testns.svc.cluster.local".to_string()
+                } else {
+                    format!("n{i}.example.org")
+                };
+                let sent = Instant::now();
+                results.push((sent, support::dig(port, &[&name, "A"]).status));
+                i += 1;
+            }
+            results
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let term = Instant::now();
+    dns.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut ready = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = dns.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running\n{}", dns.log());
+        ready.push((
+            term.elapsed(),
+            support::get_status(dns.ready_port, "/ready"),
+        ));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stop.store(true, Ordering::Relaxed);
+    let results = load.join().unwrap();
+    assert!(status.success(), "{status}\n{}", dns.log());
+    // Every query sent before the lameduck's end (a margin for the last in flight) answered.
+    let lameduck: Vec<&(Instant, String)> = results
+        .iter()
+        .filter(|(sent, _)| *sent < term + Duration::from_millis(1800))
+        .collect();
+    let during = lameduck.iter().filter(|(sent, _)| *sent >= term).count();
+    assert!(during > 20, "only {during} queries during the lameduck");
+    let failed: Vec<_> = lameduck
+        .iter()
+        .filter(|(_, status)| status != "NOERROR")
+        .collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    // /ready said 503 as soon as the signal was handled (a sample racing the delivery aside)
+    // and from then to the end (or nothing, once the process was gone).
+    let first = ready
+        .iter()
+        .position(|(_, s)| *s == Some(503))
+        .expect("/ready never said 503");
+    assert!(ready[first].0 < Duration::from_millis(100), "{ready:?}");
+    assert!(
+        ready[first..]
+            .iter()
+            .all(|(_, s)| matches!(s, Some(503) | None)),
+        "{ready:?}"
+    );
+}
