@@ -727,3 +727,101 @@ fn a_sigterm_under_load_answers_every_query_through_the_lameduck_with_ready_503_
         "{ready:?}"
     );
 }
+
+#[test]
+fn log_takes_names_a_format_and_classes_and_the_first_rule_holding_a_name_decides() {
+    let upstream = FakeUpstream::start(|query| {
+        Some(if query.queries[0].name().to_ascii().starts_with("nope") {
+            rcode_reply(query, ResponseCode::NXDomain)
+        } else {
+            reply_with(query, vec![a_record(query, 300, [192, 0, 2, 1])])
+        })
+    });
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  log example.org {{\n    class denial\n  }}\n  log . \"{{type}} {{name}} {{rcode}} {{>rflags}} {{/meta}} {{proto}}\"\n  kubernetes cluster.local {{\n    manifests {{fixture}}\n  }}\n  forward . 127.0.0.1:{}\n}}\n",
+            upstream.port
+        ),
+        &[],
+    );
+    for (name, qtype) in [
+        ("www.example.org.", RecordType::A),
+        ("nope.example.org.", RecordType::A),
+        ("svc1.testns.svc.cluster.local.", RecordType::A),
+        ("www.example.net.", RecordType::AAAA),
+    ] {
+        ask(dns.port, &q(name, qtype), Transport::Tcp);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dns.log().contains("AAAA www.example.net.") {
+        assert!(Instant::now() < deadline, "{}", dns.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines: Vec<String> = dns
+        .log()
+        .lines()
+        .filter(|l| l.starts_with("[INFO] ") && !l.contains("plugin/"))
+        .map(String::from)
+        .collect();
+    // example.org: only the denial, in the common format; the rest in the custom one.
+    assert!(
+        !lines.iter().any(|l| l.contains("www.example.org.")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("[INFO] 127.0.0.1:")
+            && l.contains("\"A IN nope.example.org. tcp ")
+            && l.contains(" false 65535\" NXDOMAIN qr,rd,ra ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(
+            &"[INFO] A svc1.testns.svc.cluster.local. NOERROR qr,aa,rd - tcp".to_string()
+        ),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&"[INFO] AAAA www.example.net. NOERROR qr,rd,ra - tcp".to_string()),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn errors_writes_a_line_per_failure_and_consolidate_folds_those_of_a_pattern() {
+    let upstream = counting_upstream();
+    upstream.silent.store(true, Ordering::Relaxed);
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  errors {{\n    consolidate 1s \"^no next plugin\" warning\n  }}\n  forward . 127.0.0.1:{} {{\n    except bad.example\n    max_fails 0\n  }}\n}}\n",
+            upstream.port
+        ),
+        &[],
+    );
+    for i in 0..3 {
+        let name = q(&format!("n{i}.bad.example."), RecordType::A);
+        assert_eq!(ask(dns.port, &name, Transport::Udp).rcode, "ServFail");
+    }
+    // The silent upstream: its own line, not folded.
+    ask(
+        dns.port,
+        &q("slow.example.org.", RecordType::A),
+        Transport::Tcp,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dns.log().contains("errors like") {
+        assert!(Instant::now() < deadline, "{}", dns.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = dns.log();
+    assert!(
+        log.contains(
+            "[WARNING] plugin/errors: 3 errors like '^no next plugin' occurred in last 1s"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("bad.example. A: no next plugin"), "{log}");
+    assert!(
+        log.contains("[ERROR] plugin/errors: 2 slow.example.org. A: "),
+        "{log}"
+    );
+}

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::forward::{ForwardError, Forwarder};
 use crate::index::Index;
 use crate::message::{
-    Cluster, Parsed, Transport, cluster, encode, log_line, parse, precheck, reply_to, with_rcode,
+    Cluster, Parsed, Transport, cluster, encode, parse, precheck, reply_to, with_rcode,
 };
 use crate::metrics::{ServerMetrics, Writer};
 
@@ -121,8 +121,9 @@ pub struct Chain {
     pub cache: Option<Arc<Cache>>,
     pub forward: Option<Arc<Forwarder>>,
     pub loadbalance: bool,
-    pub log: bool,
-    pub errors: bool,
+    /// The `log` rules (none: no line).
+    pub log: Vec<crate::log::Rule>,
+    pub errors: Option<Arc<crate::errors::ErrorLog>>,
     pub loop_probe: Option<Arc<LoopProbe>>,
 }
 
@@ -154,6 +155,8 @@ struct Query {
     req: Message,
     transport: Transport,
     peer: SocketAddr,
+    /// The address the query came in on.
+    local: SocketAddr,
     started: Instant,
     size: usize,
     route: Route,
@@ -205,8 +208,14 @@ impl Router {
         self.routes.iter().find(|r| r.zone.zone_of(name))
     }
 
-    /// Handles the bytes of one query from `peer`.
-    pub fn handle(self: &Arc<Self>, bytes: &[u8], transport: Transport, peer: SocketAddr) -> Step {
+    /// Handles the bytes of one query from `peer` to `local`.
+    pub fn handle(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        transport: Transport,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Step {
         let started = Instant::now();
         let req = match parse(bytes) {
             Parsed::Query(req) => req,
@@ -224,6 +233,7 @@ impl Router {
             req,
             transport,
             peer,
+            local,
             started,
             size: bytes.len(),
             route,
@@ -254,9 +264,7 @@ impl Router {
             let reply = shuffled(&query, reply);
             let size = reply.to_vec().map_or(0, |b| b.len());
             report(&query, reply.metadata.response_code, size, writer);
-            if query.route.chain.log {
-                log(&query, &reply, size);
-            }
+            log(&query, &reply, size);
             reply
         })
     }
@@ -316,11 +324,12 @@ impl Router {
                 Start::Done(chain.cached(&q.req, reply, now, generation), Writer::Chain)
             }
             Rest::Unhandled => {
-                if chain.errors {
-                    println!(
-                        "[ERROR] plugin/errors: 2 {} {}: no next plugin found",
-                        q.req.queries[0].name(),
-                        q.req.queries[0].query_type()
+                if let Some(errors) = &chain.errors {
+                    errors.report(
+                        2,
+                        &q.req.queries[0].name().to_string(),
+                        &q.req.queries[0].query_type().to_string(),
+                        "no next plugin found",
                     );
                 }
                 Start::Done(
@@ -385,12 +394,12 @@ impl Router {
                         (stale, Writer::Chain)
                     }
                     (Err(e), None) => {
-                        if chain.errors {
-                            println!(
-                                "[ERROR] plugin/errors: {} {} {}: {e}",
+                        if let Some(errors) = &chain.errors {
+                            errors.report(
                                 u16::from(failure_code(&e)),
-                                q.req.queries[0].name(),
-                                q.req.queries[0].query_type()
+                                &q.req.queries[0].name().to_string(),
+                                &q.req.queries[0].query_type().to_string(),
+                                &e.to_string(),
                             );
                         }
                         if let Some(cache) = chain.covering_cache(q.req.queries[0].name())
@@ -591,7 +600,7 @@ fn finish(q: &Query, reply: Message, writer: Writer) -> Option<Vec<u8>> {
     let rcode = reply.metadata.response_code;
     let bytes = encode(reply, &q.req, q.transport)?;
     report(q, rcode, bytes.len(), writer);
-    if q.route.chain.log
+    if !q.route.chain.log.is_empty()
         && let Ok(sent) = Message::from_vec(&bytes)
     {
         log(q, &sent, bytes.len());
@@ -615,20 +624,26 @@ fn report(q: &Query, rcode: ResponseCode, size: usize, writer: Writer) {
     );
 }
 
-/// Writes the query's `log` line to stdout.
+/// Writes the query's `log` line to stdout, when a rule of the block takes its name and class.
 fn log(q: &Query, reply: &Message, size: usize) {
-    println!(
-        "{}",
-        log_line(
-            &q.req,
-            q.size,
-            reply,
-            size,
-            q.peer,
-            q.transport,
-            q.started.elapsed()
-        )
-    );
+    use crate::log::{Entry, class_of, render, rule_for};
+    let Some(rule) = rule_for(&q.route.chain.log, q.req.queries[0].name()) else {
+        return;
+    };
+    if !rule.logs(class_of(reply)) {
+        return;
+    }
+    let entry = Entry {
+        request: &q.req,
+        size: q.size,
+        reply,
+        reply_size: size,
+        peer: q.peer,
+        local: q.local,
+        transport: q.transport,
+        took: q.started.elapsed(),
+    };
+    println!("[INFO] {}", render(&rule.format, &entry));
 }
 
 #[cfg(test)]

@@ -157,56 +157,6 @@ pub(crate) fn limit_of(request: &Message, transport: Transport) -> usize {
     }
 }
 
-/// The line CoreDNS's `log` plugin writes for one query in its default (`{common}`) format:
-/// `[INFO] 127.0.0.1:52734 - 43307 "A IN example.org. udp 40 false 512" NOERROR qr,aa,rd 106
-/// 0.000154s`, from the request and its size, the reply sent and its size.
-pub fn log_line(
-    req: &Message,
-    size: usize,
-    reply: &Message,
-    reply_size: usize,
-    peer: std::net::SocketAddr,
-    transport: Transport,
-    took: std::time::Duration,
-) -> String {
-    let (dnssec_ok, bufsize) = match &req.edns {
-        Some(edns) => (edns.flags().dnssec_ok, edns.max_payload().max(512)),
-        None => (false, 512),
-    };
-    let m = &reply.metadata;
-    let flags: Vec<&str> = [
-        (m.message_type == MessageType::Response, "qr"),
-        (m.authoritative, "aa"),
-        (m.truncation, "tc"),
-        (m.recursion_desired, "rd"),
-        (m.recursion_available, "ra"),
-        (m.authentic_data, "ad"),
-        (m.checking_disabled, "cd"),
-    ]
-    .into_iter()
-    .filter_map(|(set, name)| set.then_some(name))
-    .collect();
-    let proto = match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-    };
-    let (qtype, class, name) = match req.queries.first() {
-        Some(q) => (
-            q.query_type().to_string(),
-            q.query_class().to_string(),
-            q.name().to_string(),
-        ),
-        None => ("-".into(), "-".into(), "-".into()),
-    };
-    format!(
-        "[INFO] {peer} - {id} \"{qtype} {class} {name} {proto} {size} {dnssec_ok} {bufsize}\" {rcode} {flags} {reply_size} {secs}s",
-        id = req.metadata.id,
-        rcode = rcode_name(reply.metadata.response_code),
-        flags = flags.join(","),
-        secs = took.as_secs_f64(),
-    )
-}
-
 /// An rcode as miekg/dns names it (`RcodeToString`).
 pub(crate) fn rcode_name(code: ResponseCode) -> String {
     let value = u16::from(code);
@@ -320,39 +270,5 @@ mod tests {
         let message = query_with(1);
         let whole = message.to_vec().unwrap();
         assert_eq!(encode_within(message, 512), Some(whole));
-    }
-
-    #[test]
-    fn a_query_is_logged_in_coredns_common_format() {
-        let mut request = Message::new(43307, MessageType::Query, OpCode::Query);
-        request.metadata.recursion_desired = true;
-        request.queries.push(Query::query(
-            Name::from_ascii("example.org.").unwrap(),
-            RecordType::A,
-        ));
-        let bytes = request.to_vec().unwrap();
-        let mut reply = Message::new(43307, MessageType::Response, OpCode::Query);
-        reply.metadata.authoritative = true;
-        reply.metadata.recursion_desired = true;
-        reply.queries = request.queries.clone();
-        let reply = reply.to_vec().unwrap();
-        let reply_message = Message::from_vec(&reply).unwrap();
-        let line = log_line(
-            &request,
-            bytes.len(),
-            &reply_message,
-            reply.len(),
-            "127.0.0.1:52734".parse().unwrap(),
-            Transport::Udp,
-            std::time::Duration::from_micros(154),
-        );
-        assert_eq!(
-            line,
-            format!(
-                "[INFO] 127.0.0.1:52734 - 43307 \"A IN example.org. udp {} false 512\" NOERROR qr,aa,rd {} 0.000154s",
-                bytes.len(),
-                reply.len()
-            )
-        );
     }
 }

@@ -49,8 +49,8 @@ impl Plan {
                 kubernetes: true,
                 cache: None,
                 forward,
-                log: false,
-                errors: false,
+                log: Vec::new(),
+                errors: None,
                 loadbalance: false,
                 loop_detect: false,
                 prometheus: false,
@@ -77,10 +77,10 @@ pub struct Block {
     pub cache: Option<cache::Settings>,
     /// `forward FROM TO...`: where names the cluster zones do not answer go.
     pub forward: Option<Forward>,
-    /// `log`: a line per query on stdout, in CoreDNS's common log format.
-    pub log: bool,
-    /// `errors`: a line per failed query on stdout.
-    pub errors: bool,
+    /// `log`: the rules of the lines written to stdout per query.
+    pub log: Vec<crate::log::Rule>,
+    /// `errors`: a line per failed query on stdout, some folded by `consolidate`.
+    pub errors: Option<std::sync::Arc<crate::errors::ErrorLog>>,
     /// `loadbalance`: address and MX records shuffled.
     pub loadbalance: bool,
     /// `loop`: a forwarding loop ends the process at start.
@@ -94,8 +94,8 @@ impl Block {
     /// first handler after `prometheus` in CoreDNS's fixed order.
     pub fn first_plugin(&self) -> &'static str {
         [
-            (self.errors, "errors"),
-            (self.log, "log"),
+            (self.errors.is_some(), "errors"),
+            (!self.log.is_empty(), "log"),
             (self.loadbalance, "loadbalance"),
             (self.cache.is_some(), "cache"),
             (self.kubernetes, "kubernetes"),
@@ -114,8 +114,8 @@ impl Block {
             (plan.ready.is_some(), "ready"),
             (plan.health.is_some(), "health"),
             (self.prometheus, "prometheus"),
-            (self.errors, "errors"),
-            (self.log, "log"),
+            (self.errors.is_some(), "errors"),
+            (!self.log.is_empty(), "log"),
             (self.loadbalance, "loadbalance"),
             (self.cache.is_some(), "cache"),
             (self.kubernetes, "kubernetes"),
@@ -262,8 +262,8 @@ fn read_block(
         kubernetes: false,
         cache: None,
         forward: None,
-        log: false,
-        errors: false,
+        log: Vec::new(),
+        errors: None,
         loadbalance: false,
         loop_detect: false,
         prometheus: false,
@@ -317,24 +317,8 @@ fn read_block(
                 }
                 plan.reload = Some(reload);
             }
-            "log" => {
-                if !d.args.is_empty() || !d.block.is_empty() {
-                    return Err((
-                        d.line,
-                        "log: names, classes and formats are not supported yet; write a bare `log` (every query, common format)".into(),
-                    ));
-                }
-                out.log = true;
-            }
-            "errors" => {
-                if !d.args.is_empty() || !d.block.is_empty() {
-                    return Err((
-                        d.line,
-                        "errors: consolidate and stacktrace are not supported yet; write a bare `errors`".into(),
-                    ));
-                }
-                out.errors = true;
-            }
+            "log" => out.log.extend(self::log(d)?),
+            "errors" => out.errors = Some(std::sync::Arc::new(self::errors(d)?)),
             "loadbalance" => {
                 match d.args.as_slice() {
                     [] => {}
@@ -382,6 +366,134 @@ fn read_block(
         }
     }
     Ok(out)
+}
+
+/// `errors [stdout] { consolidate DURATION REGEXP [LEVEL] [show_first] ... }`.
+fn errors(d: &Directive) -> Result<crate::errors::ErrorLog, At> {
+    use crate::errors::{Consolidate, ErrorLog, Level};
+    match d.args.as_slice() {
+        [] => {}
+        [out] if out == "stdout" => {}
+        _ => return Err((d.line, "errors: the only place to write is stdout".into())),
+    }
+    let mut log = ErrorLog::default();
+    for option in &d.block {
+        let at = |m: String| (option.line, format!("errors {}: {m}", option.name));
+        match (option.name.as_str(), option.args.as_slice()) {
+            ("consolidate", [period, pattern, rest @ ..]) if rest.len() <= 2 => {
+                let period = go_duration(period).map_err(at)?;
+                if pattern.len() > 10_000 {
+                    return Err(at(format!(
+                        "the pattern is too long: {} > 10000",
+                        pattern.len()
+                    )));
+                }
+                let pattern = regex::Regex::new(pattern)
+                    .map_err(|e| at(format!("{pattern:?} is not a regular expression: {e}")))?;
+                let (mut level, mut show_first) = (None, false);
+                for word in rest {
+                    let named = match word.as_str() {
+                        "error" => Some(Level::Error),
+                        "warning" => Some(Level::Warning),
+                        "info" => Some(Level::Info),
+                        "debug" => Some(Level::Debug),
+                        "show_first" => None,
+                        other => return Err(at(format!("unknown option {other:?}"))),
+                    };
+                    match named {
+                        Some(_) if level.is_some() => {
+                            return Err(at("names one log level".into()));
+                        }
+                        Some(_) if show_first => {
+                            return Err(at("the log level comes before show_first".into()));
+                        }
+                        Some(l) => level = Some(l),
+                        None => show_first = true,
+                    }
+                }
+                log.consolidate.push(std::sync::Arc::new(Consolidate::new(
+                    period,
+                    pattern,
+                    level.unwrap_or(Level::Error),
+                    show_first,
+                )));
+            }
+            ("consolidate", _) => {
+                return Err(at("takes DURATION REGEXP [LEVEL] [show_first]".into()));
+            }
+            ("stacktrace", _) => {
+                return Err(at(
+                    "is not supported: svcplane dns ends on a panic with its message (RUST_BACKTRACE=1 adds the trace)".into(),
+                ));
+            }
+            (other, _) => {
+                return Err((
+                    option.line,
+                    format!("errors: {other} is not an option of errors (consolidate)"),
+                ));
+            }
+        }
+    }
+    Ok(log)
+}
+
+/// `log [NAMES...] [FORMAT] { class success|denial|error|all ... }`: a rule per name (`.`
+/// without one), the format being the last argument when it holds a `{`.
+fn log(d: &Directive) -> Result<Vec<crate::log::Rule>, At> {
+    use crate::log::{COMMON, Class, Rule};
+    let mut args: &[String] = &d.args;
+    let mut format = COMMON;
+    if args.len() > 1
+        && let Some(last) = args.last()
+        && last.contains('{')
+    {
+        format = last;
+        args = &args[..args.len() - 1];
+    }
+    let mut classes = Vec::new();
+    for option in &d.block {
+        match (option.name.as_str(), option.args.as_slice()) {
+            ("class", names) if !names.is_empty() => {
+                for name in names {
+                    match name.as_str() {
+                        "all" => {}
+                        "success" => classes.push(Class::Success),
+                        "denial" => classes.push(Class::Denial),
+                        "error" => classes.push(Class::Error),
+                        other => {
+                            return Err((
+                                option.line,
+                                format!(
+                                    "log class: {other:?} is not a class (success, denial, error, all)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if names.iter().any(|n| n == "all") {
+                    classes.clear();
+                }
+            }
+            ("class", _) => return Err((option.line, "log class: names a class".into())),
+            (other, _) => {
+                return Err((
+                    option.line,
+                    format!("log: {other} is not an option of log (class)"),
+                ));
+            }
+        }
+    }
+    let scopes = if args.is_empty() {
+        vec![Name::root()]
+    } else {
+        args.iter()
+            .map(|n| zone_name(n).map_err(|m| (d.line, format!("log: {m}"))))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(scopes
+        .into_iter()
+        .map(|scope| Rule::new(scope, format, classes.clone()))
+        .collect())
 }
 
 /// A zone as a directive names it.
@@ -976,8 +1088,10 @@ mod tests {
             panic!("one block");
         };
         assert_eq!((block.port, block.zones.clone()), (53, vec![Name::root()]));
-        assert!(block.errors && block.loadbalance && block.loop_detect && block.prometheus);
-        assert!(block.kubernetes && !block.log);
+        assert!(
+            block.errors.is_some() && block.loadbalance && block.loop_detect && block.prometheus
+        );
+        assert!(block.kubernetes && block.log.is_empty());
         assert_eq!(block.first_plugin(), "errors");
         let cache = block.cache.clone().unwrap();
         assert_eq!((cache.success.max_ttl, cache.denial.max_ttl), (30, 30));
@@ -1203,5 +1317,43 @@ mod tests {
         assert!(refusal(".:53 {\n  reload 1s\n}\n").contains("at least 2s"));
         assert!(refusal(".:53 {\n  reload 10s 500ms\n}\n").contains("0 or at least 1s"));
         assert!(refusal(".:53 {\n  loadbalance weighted /w\n}\n").contains("round_robin"));
+    }
+
+    #[test]
+    fn log_and_errors_take_coredns_options_and_refuse_the_rest() {
+        let plan = plan(".:53 {\n  log example.org example.net \"{name} {rcode}\" {\n    class denial error\n  }\n  log\n  errors stdout {\n    consolidate 5m \".* i/o timeout$\" warning show_first\n  }\n}\n").unwrap();
+        let rules = &plan.blocks[0].log;
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[0].scope, name("example.org."));
+        assert_eq!(rules[1].format, "{name} {rcode}");
+        assert_eq!(
+            rules[1].classes,
+            [crate::log::Class::Denial, crate::log::Class::Error]
+        );
+        assert_eq!(
+            (rules[2].scope.clone(), rules[2].format.as_str()),
+            (Name::root(), crate::log::COMMON)
+        );
+        let errors = plan.blocks[0].errors.clone().unwrap();
+        let rule = &errors.consolidate[0];
+        assert_eq!(rule.period, Duration::from_secs(300));
+        assert_eq!(rule.level, crate::errors::Level::Warning);
+        assert!(rule.show_first);
+        for (text, needle) in [
+            ("log {\n    class sometimes\n  }", "not a class"),
+            ("errors {\n    stacktrace\n  }", "ends on a panic"),
+            (
+                "errors {\n    consolidate 1s (\n  }",
+                "not a regular expression",
+            ),
+            (
+                "errors {\n    consolidate 1s x show_first error\n  }",
+                "before show_first",
+            ),
+            ("errors /var/log/x", "only place to write is stdout"),
+        ] {
+            let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 }

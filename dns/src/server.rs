@@ -175,6 +175,9 @@ async fn udp_loop(
     in_flight: Arc<tokio::sync::RwLock<()>>,
 ) {
     let mut buf = vec![0u8; 65535];
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -184,7 +187,7 @@ async fn udp_loop(
             }
         };
         let current = router.borrow().clone();
-        match current.handle(&buf[..n], Transport::Udp, peer) {
+        match current.handle(&buf[..n], Transport::Udp, peer, local) {
             Step::Done(Some(reply)) => {
                 let _ = socket.send_to(&reply, peer).await;
             }
@@ -241,7 +244,7 @@ async fn tcp_connection(
     router: watch::Receiver<Arc<Router>>,
     idle: Duration,
 ) -> std::io::Result<()> {
-    let peer = stream.peer_addr()?;
+    let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
     loop {
         let mut len = [0u8; 2];
         let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut len)).await else {
@@ -252,7 +255,7 @@ async fn tcp_connection(
             return Ok(());
         };
         let current = router.borrow().clone();
-        let reply = match current.handle(&request, Transport::Tcp, peer) {
+        let reply = match current.handle(&request, Transport::Tcp, peer, local) {
             Step::Done(reply) => reply,
             Step::Later(answer) => answer.await,
         };

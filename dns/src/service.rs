@@ -81,8 +81,8 @@ pub fn build(
                 .clone()
                 .map(|f| Arc::new(Forwarder::new(f, metrics.forward.clone()))),
             loadbalance: block.loadbalance,
-            log: block.log,
-            errors: block.errors,
+            log: block.log.clone(),
+            errors: block.errors.clone(),
             loop_probe,
         });
         for addr in addrs {
