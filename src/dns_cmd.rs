@@ -52,8 +52,9 @@ pub(crate) struct DnsArgs {
     /// Expose only these namespaces (repeat or separate with commas).
     #[arg(long, value_name = "NS", value_delimiter = ',')]
     namespaces: Vec<String>,
-    /// Pass NXDOMAIN answers of these zones (bare: all served zones) to the next resolver;
-    /// recorded now, in effect once forwarding exists.
+    /// Pass NXDOMAIN answers of these zones (bare: all served zones) to the next resolver: in
+    /// effect only with something after the cluster zones (`svcplane dev`'s forwarding; a
+    /// Corefile's `forward`).
     #[arg(long, value_name = "ZONE", num_args = 0.., value_delimiter = ',', require_equals = true)]
     fallthrough: Option<Vec<String>>,
     /// Serve only Services (and their EndpointSlices) this label selector matches, e.g.
