@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::forward::{Forward, MAX_UPSTREAMS, Policy};
 
 /// Everything a Corefile asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     pub blocks: Vec<Block>,
     /// The one `kubernetes` directive (svcplane answers one cluster per process).
@@ -37,30 +37,18 @@ impl Plan {
     /// every other name too when there is a `forward` to send it to (without one, other names
     /// are outside the server and refused).
     pub fn of_flags(zones: &[Name], forward: Option<Forward>) -> Plan {
-        Plan {
-            blocks: vec![Block {
-                zones: if forward.is_some() {
-                    vec![Name::root()]
-                } else {
-                    zones.to_vec()
-                },
-                port: 0,
-                line: 0,
-                kubernetes: true,
-                cache: None,
-                forward,
-                log: Vec::new(),
-                errors: None,
-                loadbalance: false,
-                loop_detect: false,
-                prometheus: false,
-            }],
-            kubernetes: None,
-            health: None,
-            ready: None,
-            prometheus: None,
-            reload: None,
-        }
+        let zones = if forward.is_some() {
+            vec![Name::root()]
+        } else {
+            zones.to_vec()
+        };
+        let mut plan = Plan::default();
+        plan.blocks.push(Block {
+            kubernetes: true,
+            forward,
+            ..Block::new(zones, 0, 0)
+        });
+        plan
     }
 }
 
@@ -90,6 +78,23 @@ pub struct Block {
 }
 
 impl Block {
+    /// A block of `zones` on `port` (from `line`) without plugins.
+    pub fn new(zones: Vec<Name>, port: u16, line: usize) -> Block {
+        Block {
+            zones,
+            port,
+            line,
+            kubernetes: false,
+            cache: None,
+            forward: None,
+            log: Vec::new(),
+            errors: None,
+            loadbalance: false,
+            loop_detect: false,
+            prometheus: false,
+        }
+    }
+
     /// The plugin CoreDNS credits the block's replies to in `coredns_dns_responses_total`: the
     /// first handler after `prometheus` in CoreDNS's fixed order.
     pub fn first_plugin(&self) -> &'static str {
@@ -207,14 +212,7 @@ impl Corefile {
             line,
             message,
         };
-        let mut plan = Plan {
-            blocks: Vec::new(),
-            kubernetes: None,
-            health: None,
-            ready: None,
-            prometheus: None,
-            reload: None,
-        };
+        let mut plan = Plan::default();
         let mut seen_keys: Vec<(Name, u16, usize)> = Vec::new();
         for block in &self.blocks {
             let port = block.keys[0].port;
@@ -255,19 +253,11 @@ fn read_block(
     resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
     plan: &mut Plan,
 ) -> Result<Block, At> {
-    let mut out = Block {
-        zones: block.keys.iter().map(|k| k.zone.clone()).collect(),
-        port: block.keys[0].port,
-        line: block.line,
-        kubernetes: false,
-        cache: None,
-        forward: None,
-        log: Vec::new(),
-        errors: None,
-        loadbalance: false,
-        loop_detect: false,
-        prometheus: false,
-    };
+    let mut out = Block::new(
+        block.keys.iter().map(|k| k.zone.clone()).collect(),
+        block.keys[0].port,
+        block.line,
+    );
     let mut seen: Vec<&str> = Vec::new();
     for d in &block.directives {
         if seen.contains(&d.name.as_str()) && d.name != "log" && d.name != "errors" {
