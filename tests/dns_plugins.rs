@@ -121,7 +121,8 @@ fn disable_keeps_a_zone_out_of_one_cache_and_keepttl_answers_the_ttl_stored() {
     let first = ask(dns.port, &org, Transport::Udp).answers_of("A");
     let second = ask(dns.port, &org, Transport::Udp).answers_of("A");
     assert_ne!(first, second);
-    // example.net is: one question upstream, and with keepttl the TTL does not count down.
+    // example.net is (the cache's zone is `.`): one question upstream, and with keepttl the TTL
+    // does not count down.
     let asked = upstream.questions();
     assert_eq!(ttl(dns.port, &net), 30);
     std::thread::sleep(Duration::from_millis(1100));
@@ -281,7 +282,11 @@ fn policies_order_the_upstreams_as_coredns_does() {
 fn an_upstream_that_stops_fails_its_health_checks_and_is_used_again_once_they_pass() {
     let upstream = counting_upstream();
     let dns = ConfDns::start(
-        &forwarding(upstream.port, "    max_fails 2\n    health_check 100ms", ""),
+        &forwarding(
+            upstream.port,
+            "    max_fails 2\n    health_check 100ms no_rec domain probe.example.",
+            "",
+        ),
         &[],
     );
     assert_eq!(
@@ -324,7 +329,7 @@ fn an_upstream_that_stops_fails_its_health_checks_and_is_used_again_once_they_pa
             .lock()
             .unwrap()
             .iter()
-            .any(|name| name == ".")
+            .any(|name| name == "probe.example.")
     );
     // Back: a passing check marks it up, and queries go through again.
     upstream.silent.store(false, Ordering::Relaxed);
@@ -824,4 +829,124 @@ fn errors_writes_a_line_per_failure_and_consolidate_folds_those_of_a_pattern() {
         log.contains("[ERROR] plugin/errors: 2 slow.example.org. A: "),
         "{log}"
     );
+}
+
+#[test]
+fn cache_zones_limit_what_is_cached() {
+    let upstream = counting_upstream();
+    let dns = ConfDns::start(
+        &forwarding(upstream.port, "", "  cache 30 example.org"),
+        &[],
+    );
+    for name in [
+        "www.example.org.",
+        "www.example.org.",
+        "www.example.net.",
+        "www.example.net.",
+    ] {
+        ask(dns.port, &q(name, RecordType::A), Transport::Udp);
+    }
+    // example.org asked once, example.net (outside the cache's zone) twice.
+    let asked = upstream.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked.iter().filter(|n| *n == "www.example.org.").count(),
+        1,
+        "{asked:?}"
+    );
+    assert_eq!(
+        asked.iter().filter(|n| *n == "www.example.net.").count(),
+        2,
+        "{asked:?}"
+    );
+}
+
+/// Questions over the DNS spec's fixture whose answers the kubernetes options change.
+fn option_rows() -> Vec<Question> {
+    [
+        ("svc1.testns.svc.cluster.local.", RecordType::A),
+        ("svc1.testns.svc.cluster.local.", RecordType::SRV),
+        ("hdls1.testns.svc.cluster.local.", RecordType::A),
+        (
+            "_http._tcp.hdls1.testns.svc.cluster.local.",
+            RecordType::SRV,
+        ),
+        ("hdlsempty.testns.svc.cluster.local.", RecordType::A),
+        ("svc-dual-stack.testns.svc.cluster.local.", RecordType::AAAA),
+        ("ep1a.svc1.testns.svc.cluster.local.", RecordType::A),
+        ("1-2-3-4.testns.pod.cluster.local.", RecordType::A),
+        ("svc1.testns.svc.cluster.local.", RecordType::TXT),
+    ]
+    .into_iter()
+    .map(|(name, qtype)| q(name, qtype))
+    .collect()
+}
+
+#[test]
+fn kubernetes_options_in_a_corefile_answer_as_the_same_flags_do() {
+    for (options, flags) in [
+        (
+            "    ttl 30\n    pods insecure\n    endpoint_pod_names\n    startup_timeout 3s",
+            &[
+                "--ttl",
+                "30",
+                "--pods",
+                "insecure",
+                "--endpoint-pod-names",
+                "--startup-timeout",
+                "3s",
+            ][..],
+        ),
+        (
+            "    namespaces other\n    ignore empty_service",
+            &["--namespaces", "other", "--ignore-empty-service"][..],
+        ),
+        ("    noendpoints", &["--noendpoints"][..]),
+    ] {
+        let from_corefile = ConfDns::start(
+            &format!(
+                ".:53 {{\n  kubernetes cluster.local {{\n    manifests {{fixture}}\n{options}\n  }}\n}}\n"
+            ),
+            &[],
+        );
+        let port = testkit::free_dns_port();
+        let fixture = support::corefile::fixture();
+        let mut args = vec![
+            "dns".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--manifests".into(),
+            fixture.display().to_string(),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let mut from_flags = std::process::Command::new(env!("CARGO_BIN_EXE_svcplane"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while support::dig(port, &["cluster.local", "SOA"]).status == "NO ANSWER" {
+            assert!(
+                Instant::now() < deadline,
+                "svcplane dns with {flags:?} never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut differences = Vec::new();
+        for row in option_rows() {
+            let (a, b) = (
+                ask(from_corefile.port, &row, Transport::Tcp),
+                ask(port, &row, Transport::Tcp),
+            );
+            // The SOA serial is the time of the last change, which each server saw apart.
+            if !a.same_within(&b, 0) {
+                differences.push(format!(
+                    "{row} with {options:?}:\n Corefile:\n{a} flags:\n{b}"
+                ));
+            }
+        }
+        let _ = from_flags.kill();
+        let _ = from_flags.wait();
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+    }
 }
