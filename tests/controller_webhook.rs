@@ -197,16 +197,16 @@ async fn a_server_side_dry_run_allocates_nothing() {
     let (_dir, file) = support::manifest(&json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "dry", "namespace": ns},
-        "spec": {"clusterIP": "10.96.0.230", "type": "NodePort", "ports": [{"port": 80, "nodePort": 30230}]},
+        "spec": {"clusterIP": "10.96.0.8", "type": "NodePort", "ports": [{"port": 80, "nodePort": 30050}]},
     }));
     let out = setup.kubectl_ok(&["apply", "--dry-run=server", "-f", &file, "-o", "json"]);
     let answered: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(answered["spec"]["clusterIP"], "10.96.0.230", "{answered}");
-    assert_eq!(record("ipv4", "10.96.0.230").await, None);
-    assert_eq!(record("nodeport", "30230").await, None);
+    assert_eq!(answered["spec"]["clusterIP"], "10.96.0.8", "{answered}");
+    assert_eq!(record("ipv4", "10.96.0.8").await, None);
+    assert_eq!(record("nodeport", "30050").await, None);
     let services = Api::<Service>::namespaced(setup.cluster.client("admin").await, ns);
     assert!(services.get_opt("dry").await.unwrap().is_none());
-    let out = setup.kubectl(&["get", "ipaddress", "10.96.0.230"]);
+    let out = setup.kubectl(&["get", "ipaddress", "10.96.0.8"]);
     assert!(!out.status.success(), "an IPAddress exists for a dry run");
 }
 
@@ -214,15 +214,18 @@ async fn a_server_side_dry_run_allocates_nothing() {
 async fn a_requested_cluster_ip_that_is_taken_is_refused_with_upstreams_text() {
     let setup = shared();
     let ns = setup.namespace("webhook-taken");
-    let out = setup.create_with_ip(ns, "first", "10.96.0.200");
+    // Requested values come from the static band (the /24's first 16), which the other tests'
+    // dynamic allocations leave alone: a value from the upper band could be taken by one of
+    // them first.
+    let out = setup.create_with_ip(ns, "first", "10.96.0.5");
     assert!(out.status.success(), "{}", support::stderr(&out));
-    recorded_for("ipv4", "10.96.0.200", &format!("{ns}/first")).await;
-    let out = setup.create_with_ip(ns, "second", "10.96.0.200");
+    recorded_for("ipv4", "10.96.0.5", &format!("{ns}/first")).await;
+    let out = setup.create_with_ip(ns, "second", "10.96.0.5");
     assert!(!out.status.success());
     let said = support::stderr(&out);
     assert!(
         said.contains(
-            "admission webhook \"allocation.svcplane.io\" denied the request: Service \"second\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.200\"]: failed to allocate IP 10.96.0.200: provided IP is already allocated"
+            "admission webhook \"allocation.svcplane.io\" denied the request: Service \"second\" is invalid: spec.clusterIPs: Invalid value: [\"10.96.0.5\"]: failed to allocate IP 10.96.0.5: provided IP is already allocated"
         ),
         "{said}"
     );
@@ -242,21 +245,21 @@ async fn a_requested_cluster_ip_that_is_taken_is_refused_with_upstreams_text() {
 async fn repair_records_a_value_missing_from_the_pool_and_frees_a_planted_leak() {
     let setup = shared();
     let ns = setup.namespace("webhook-repair");
-    let out = setup.create_with_ip(ns, "mended", "10.96.0.210");
+    let out = setup.create_with_ip(ns, "mended", "10.96.0.6");
     assert!(out.status.success(), "{}", support::stderr(&out));
     let owner = format!("{ns}/mended");
-    recorded_for("ipv4", "10.96.0.210", &owner).await;
+    recorded_for("ipv4", "10.96.0.6", &owner).await;
     // Behind svcplane's back: the Service's record removed, and a record planted for a Service
     // that was never written (as a create that failed after admission leaves one).
     let mut etcd = etcd_client::Client::connect([setup.cluster.etcd().endpoint()], None)
         .await
         .unwrap();
-    etcd.delete(format!("{PREFIX}values/ipv4/10.96.0.210"), None)
+    etcd.delete(format!("{PREFIX}values/ipv4/10.96.0.6"), None)
         .await
         .unwrap();
     let planted = json!({"owner": {"object": format!("{ns}/never-written"), "purpose": "clusterIP"}, "nonce": "planted"});
     etcd.put(
-        format!("{PREFIX}values/ipv4/10.96.0.211"),
+        format!("{PREFIX}values/ipv4/10.96.0.7"),
         planted.to_string(),
         None,
     )
@@ -264,9 +267,9 @@ async fn repair_records_a_value_missing_from_the_pool_and_frees_a_planted_leak()
     .unwrap();
     // The next runs record the first again and, after three runs and the allocation deadline,
     // free the second.
-    recorded_for("ipv4", "10.96.0.210", &owner).await;
+    recorded_for("ipv4", "10.96.0.6", &owner).await;
     let started = Instant::now();
-    while record("ipv4", "10.96.0.211").await.is_some() {
+    while record("ipv4", "10.96.0.7").await.is_some() {
         assert!(
             started.elapsed() < PATIENCE,
             "the planted leak was never freed:\n{}",
@@ -283,7 +286,7 @@ async fn repair_records_a_value_missing_from_the_pool_and_frees_a_planted_leak()
             e["reason"] == "ClusterIPNotAllocated"
                 && e["type"] == "Warning"
                 && e["involvedObject"]["name"] == "mended"
-                && e["message"] == "Cluster IP [IPv4]:10.96.0.210 is not allocated; repairing"
+                && e["message"] == "Cluster IP [IPv4]:10.96.0.6 is not allocated; repairing"
         });
         if told {
             break;
