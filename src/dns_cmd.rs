@@ -164,9 +164,8 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let setup = match args.conf.clone() {
         Some(path) => {
             let shown = path.display().to_string();
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("--conf {shown}: cannot read it"))?;
-            let plan = plan_of(&text, &shown, args.resolv_conf.as_deref())?;
+            let corefile = read_corefile(&path)?;
+            let plan = plan_of(&corefile, &shown, args.resolv_conf.as_deref())?;
             if args.check {
                 eprintln!("{shown}: svcplane dns runs this Corefile");
                 return Ok(());
@@ -174,11 +173,13 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
             let mut setup = args.corefile_setup(plan)?;
             let args = Arc::new(args);
             setup.source = Some(Source {
-                path,
-                digest: dns::reload::digest(&text),
-                reread: Box::new(move |text: &str| {
-                    let plan = plan_of(text, &shown, args.resolv_conf.as_deref())?;
-                    args.corefile_setup(plan)
+                digest: dns::reload::digest_of(&corefile),
+                reread: Box::new(move || {
+                    let corefile = read_corefile(&path)?;
+                    let digest = dns::reload::digest_of(&corefile);
+                    let setup = plan_of(&corefile, &shown, args.resolv_conf.as_deref())
+                        .and_then(|plan| args.corefile_setup(plan));
+                    Ok((digest, setup))
                 }),
             });
             setup
@@ -188,17 +189,21 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
     serve(setup, cache::kube_feed::Shared::default()).await
 }
 
+/// The Corefile at `path` with its imports, `{$VAR}` from the process's environment.
+fn read_corefile(path: &std::path::Path) -> anyhow::Result<dns::corefile::Corefile> {
+    Ok(dns::corefile::read(path, &|name| std::env::var(name).ok())?)
+}
+
 /// Where a Corefile's setup came from, for `reload`.
 struct Source {
-    path: PathBuf,
-    /// SHA-512 of the text running.
+    /// SHA-512 of the Corefile running, as read (imports expanded).
     digest: String,
-    /// The setup of another text of the file.
+    /// The file read again: its digest and its setup, or why it does not read at all.
     reread: Box<Reread>,
 }
 
-/// How a reload turns a Corefile's text into a setup.
-type Reread = dyn Fn(&str) -> anyhow::Result<Setup> + Send + Sync;
+/// How a reload reads the Corefile again.
+type Reread = dyn Fn() -> anyhow::Result<(String, anyhow::Result<Setup>)> + Send + Sync;
 
 /// A panic anywhere (a server, index or probe task) ends the process with its message rather
 /// than leaving a server with a dead task behind: the kubelet restarts it.
@@ -220,14 +225,13 @@ pub(crate) async fn run_with(
     serve(args.flags_setup()?, shared).await
 }
 
-/// The plan of a Corefile's `text` (from the file `shown`), read with the process's
-/// environment for `{$VAR}`, and `resolv_conf` standing for /etc/resolv.conf.
+/// The plan of `corefile` (from the file `shown`), with `resolv_conf` standing for
+/// /etc/resolv.conf.
 fn plan_of(
-    text: &str,
+    corefile: &dns::corefile::Corefile,
     shown: &str,
     resolv_conf: Option<&std::path::Path>,
 ) -> anyhow::Result<dns::plan::Plan> {
-    let corefile = dns::corefile::parse(text, shown, |name| std::env::var(name).ok())?;
     let nameservers = |file: &str| {
         let file = match resolv_conf {
             Some(instead) if file == "/etc/resolv.conf" => instead.to_path_buf(),
@@ -564,28 +568,27 @@ async fn reload(source: Source, mut running: Running, wait: Duration) {
     let mut seen = source.digest.clone();
     loop {
         tokio::time::sleep(wait).await;
-        let text = match std::fs::read_to_string(&source.path) {
-            Ok(text) => text,
+        // A file that does not read or parse is tried again at the next look, as CoreDNS does.
+        let (digest, next) = match (source.reread)() {
+            Ok(read) => read,
             Err(e) => {
-                println!(
-                    "[ERROR] plugin/reload: cannot read {}: {e}",
-                    source.path.display()
-                );
+                println!("[WARNING] plugin/reload: Corefile parse failed: {e:#}");
                 continue;
             }
         };
-        let digest = dns::reload::digest(&text);
         if digest == seen {
             continue;
         }
+        // A configuration that does not start is not tried again until the file changes.
         seen = digest.clone();
         println!("[INFO] Reloading");
-        let next = (source.reread)(&text).and_then(|setup| {
-            match dns::reload::needs_restart(&running.plan, &setup.plan) {
-                Some(why) => anyhow::bail!("{why}: restart svcplane dns to apply it"),
-                None => Ok(setup),
-            }
-        });
+        let next =
+            next.and_then(
+                |setup| match dns::reload::needs_restart(&running.plan, &setup.plan) {
+                    Some(why) => anyhow::bail!("{why}: restart svcplane dns to apply it"),
+                    None => Ok(setup),
+                },
+            );
         let setup = match next {
             Ok(setup) => setup,
             Err(e) => {

@@ -3,7 +3,10 @@
 //! their arguments, nested lines and line numbers. What a directive means is the command's
 //! business; this module only knows the shape, so every error names the file and the line.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
@@ -45,57 +48,74 @@ pub struct Directive {
 /// The port a key without one is served on.
 pub const DEFAULT_PORT: u16 = 53;
 
-/// A token and the line it starts on.
+/// A token, the file and the line it starts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Token {
     text: String,
+    file: Arc<str>,
     line: usize,
     /// Quoted: never a brace or a comment.
     quoted: bool,
 }
 
+/// Where a parse failed: the file, the line, why.
+type Failure = (Arc<str>, usize, String);
+
+/// The files an `import` names: each matching file's name and text, in name order (none for a
+/// glob that matches nothing), or why they cannot be read.
+pub type Includes<'a> = &'a dyn Fn(&str) -> Result<Vec<(String, String)>, String>;
+
+/// How deep imports may nest (a file importing itself is refused when it gets there).
+const MAX_IMPORT_DEPTH: usize = 10;
+
 /// Reads `text` (from `file`, for messages). `env` looks up `{$NAME}` and `{%NAME%}`
-/// placeholders, which are replaced before anything else, as in CoreDNS.
+/// placeholders, which are replaced before anything else, as in CoreDNS. An `import` of a file
+/// is refused (see [`parse_with`]); snippets work.
 pub fn parse(
     text: &str,
     file: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Corefile, Error> {
-    let fail = |line: usize, message: String| Error::Corefile {
+    parse_with(text, file, &env, &|pattern| {
+        Err(format!("cannot import {pattern}: no files here"))
+    })
+}
+
+/// [`parse`], with `include` reading the files an `import` names. Snippets (`(name) { ... }`
+/// at the top level) and `import` of a snippet or of files (a glob matching nothing imports
+/// nothing) are expanded where they stand, as Caddy does.
+pub fn parse_with(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    include: Includes<'_>,
+) -> Result<Corefile, Error> {
+    let failed = |(file, line, message): Failure| Error::Corefile {
         file: file.to_string(),
         line,
         message,
     };
-    let text = substitute(text, &env);
-    let tokens = tokenize(&text).map_err(|(line, m)| fail(line, m))?;
-    let lines = group_lines(&tokens);
+    let name: Arc<str> = Arc::from(file);
+    let lines = read_lines(text, &name, env).map_err(failed)?;
+    let mut snippets = BTreeMap::new();
+    let lines = expand(lines, &mut snippets, env, include, 0).map_err(failed)?;
+    let fail = |token: &Token, message: String| Error::Corefile {
+        file: token.file.to_string(),
+        line: token.line,
+        message,
+    };
     let mut blocks = Vec::new();
     let mut i = 0;
     while i < lines.len() {
         let (keys_line, rest) = (&lines[i], i + 1);
-        let line = keys_line[0].line;
         let first = &keys_line[0];
-        if !first.quoted && first.text.starts_with('(') {
-            return Err(fail(
-                line,
-                format!(
-                    "snippet {} is not supported; write its directives into each server block",
-                    first.text
-                ),
-            ));
-        }
-        if !first.quoted && first.text == "import" {
-            return Err(fail(
-                line,
-                "import is not supported; write the directives into the Corefile".into(),
-            ));
-        }
+        let line = first.line;
         let Some((last, key_tokens)) = keys_line.split_last() else {
             unreachable!("lines are never empty");
         };
         if last.quoted || last.text != "{" {
             return Err(fail(
-                line,
+                first,
                 format!(
                     "expected a server block: keys such as `.:53` followed by `{{` on the same line, found {:?}",
                     join(keys_line)
@@ -104,17 +124,17 @@ pub fn parse(
         }
         if key_tokens.is_empty() {
             return Err(fail(
-                line,
+                first,
                 "a server block needs at least one key, e.g. `.:53 {`".into(),
             ));
         }
         let mut keys = Vec::new();
         for token in key_tokens {
             for key in token.text.split(',').filter(|k| !k.is_empty()) {
-                keys.extend(parse_key(key).map_err(|m| fail(token.line, m))?);
+                keys.extend(parse_key(key).map_err(|m| fail(token, m))?);
             }
         }
-        let (directives, next) = parse_body(&lines, rest, line).map_err(|(l, m)| fail(l, m))?;
+        let (directives, next) = parse_body(&lines, rest, first).map_err(failed)?;
         blocks.push(ServerBlock {
             keys,
             directives,
@@ -123,12 +143,204 @@ pub fn parse(
         i = next;
     }
     if blocks.is_empty() {
-        return Err(fail(
-            0,
-            "no server block; e.g. `.:53 { kubernetes cluster.local }`".into(),
-        ));
+        return Err(Error::Corefile {
+            file: file.to_string(),
+            line: 0,
+            message: "no server block; e.g. `.:53 { kubernetes cluster.local }`".into(),
+        });
     }
     Ok(Corefile { blocks })
+}
+
+/// Reads the Corefile at `path` with its imports from the file system: a relative pattern is
+/// taken from the Corefile's folder, and `*`, `?` and `[...]` may stand in the file name.
+pub fn read(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Corefile, Error> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Corefile {
+        file: shown.clone(),
+        line: 0,
+        message: format!("cannot read it ({e})"),
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse_with(&text, &shown, env, &|pattern| files(&base, pattern))
+}
+
+/// The files `pattern` names (relative to `base`), sorted; a pattern with wildcards may match
+/// none, a plain path must exist.
+fn files(base: &Path, pattern: &str) -> Result<Vec<(String, String)>, String> {
+    let full = base.join(pattern);
+    let (dir, name) = match (full.parent(), full.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) => (dir.to_path_buf(), name.to_string()),
+        _ => return Err("not a file pattern".into()),
+    };
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|text| (path.display().to_string(), text))
+            .map_err(|e| format!("cannot read {} ({e})", path.display()))
+    };
+    if !name.contains(['*', '?', '[']) {
+        return Ok(vec![read(&full)?]);
+    }
+    if dir.to_string_lossy().contains(['*', '?', '[']) {
+        return Err("wildcards may stand in the file name only".into());
+    }
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        // The folder of an optional ConfigMap may be missing: nothing to import.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot list {} ({e})", dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| wildcard(&name, n))
+        })
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| read(p)).collect()
+}
+
+/// Whether `text` matches the shell pattern `pattern` (`*`, `?`, `[abc]`, `[a-z]`, `[!x]`).
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    fn at(p: &[char], t: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('*') => (0..=t.len()).any(|i| at(&p[1..], &t[i..])),
+            Some('?') => !t.is_empty() && at(&p[1..], &t[1..]),
+            Some('[') => {
+                let Some(end) = p.iter().position(|c| *c == ']') else {
+                    return !t.is_empty() && t[0] == '[' && at(&p[1..], &t[1..]);
+                };
+                let Some(&c) = t.first() else { return false };
+                let (negated, set) = match p.get(1) {
+                    Some('!') | Some('^') => (true, &p[2..end]),
+                    _ => (false, &p[1..end]),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == '-' {
+                        hit |= set[i] <= c && c <= set[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= set[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != negated && at(&p[end + 1..], &t[1..])
+            }
+            Some(&c) => t.first() == Some(&c) && at(&p[1..], &t[1..]),
+        }
+    }
+    at(&p, &t)
+}
+
+/// The lines of one file's `text`, placeholders replaced.
+fn read_lines(
+    text: &str,
+    file: &Arc<str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Vec<Token>>, Failure> {
+    let text = substitute(text, &env);
+    let tokens = tokenize(&text, file).map_err(|(line, m)| (file.clone(), line, m))?;
+    Ok(group_lines(&tokens))
+}
+
+/// `lines` with snippet definitions taken out (into `snippets`) and every `import` line
+/// replaced by what it names, recursively.
+fn expand(
+    lines: Vec<Vec<Token>>,
+    snippets: &mut BTreeMap<String, Vec<Vec<Token>>>,
+    env: &dyn Fn(&str) -> Option<String>,
+    include: Includes<'_>,
+    depth: usize,
+) -> Result<Vec<Vec<Token>>, Failure> {
+    let at = |t: &Token, m: String| (t.file.clone(), t.line, m);
+    let mut out = Vec::new();
+    let mut lines = lines.into_iter();
+    let mut nesting = 0usize;
+    while let Some(line) = lines.next() {
+        let first = line[0].clone();
+        let opens = line.last().is_some_and(|t| !t.quoted && t.text == "{");
+        let closes = !first.quoted && first.text == "}";
+        if nesting == 0
+            && !first.quoted
+            && first.text.starts_with('(')
+            && first.text.ends_with(')')
+            && opens
+            && line.len() == 2
+        {
+            // A snippet: its lines up to the `}` that closes it.
+            let name = first.text[1..first.text.len() - 1].to_string();
+            let mut body = Vec::new();
+            let mut depth_in = 1usize;
+            loop {
+                let Some(inner) = lines.next() else {
+                    return Err(at(
+                        &first,
+                        format!("snippet ({name}) is never closed with `}}`"),
+                    ));
+                };
+                let inner_first = &inner[0];
+                if !inner_first.quoted && inner_first.text == "}" {
+                    depth_in -= 1;
+                    if depth_in == 0 {
+                        break;
+                    }
+                }
+                if inner.last().is_some_and(|t| !t.quoted && t.text == "{") {
+                    depth_in += 1;
+                }
+                body.push(inner);
+            }
+            snippets.insert(name, body);
+            continue;
+        }
+        if !first.quoted && first.text == "import" {
+            let [_, pattern] = line.as_slice() else {
+                return Err(at(
+                    &first,
+                    "import takes one snippet name or file pattern (arguments to snippets are not supported)".into(),
+                ));
+            };
+            if depth >= MAX_IMPORT_DEPTH {
+                return Err(at(
+                    &first,
+                    format!(
+                        "import {}: imports nest too deep (a file importing itself?)",
+                        pattern.text
+                    ),
+                ));
+            }
+            let imported = match snippets.get(&pattern.text) {
+                Some(body) => body.clone(),
+                None => {
+                    let mut imported = Vec::new();
+                    let files = include(&pattern.text)
+                        .map_err(|m| at(&first, format!("import {}: {m}", pattern.text)))?;
+                    for (name, text) in files {
+                        imported.extend(read_lines(&text, &Arc::from(name.as_str()), env)?);
+                    }
+                    imported
+                }
+            };
+            out.extend(expand(imported, snippets, env, include, depth + 1)?);
+            continue;
+        }
+        if closes {
+            nesting = nesting.saturating_sub(1);
+        }
+        if opens {
+            nesting += 1;
+        }
+        out.push(line);
+    }
+    Ok(out)
 }
 
 /// Directive lines from `lines[at]` to the `}` closing the block opened on `opened`; the
@@ -136,31 +348,26 @@ pub fn parse(
 fn parse_body(
     lines: &[Vec<Token>],
     mut at: usize,
-    opened: usize,
-) -> Result<(Vec<Directive>, usize), (usize, String)> {
+    opened: &Token,
+) -> Result<(Vec<Directive>, usize), Failure> {
+    let fail = |t: &Token, m: String| (t.file.clone(), t.line, m);
     let mut directives = Vec::new();
     while at < lines.len() {
         let line = &lines[at];
         let first = &line[0];
         if !first.quoted && first.text == "}" {
             if line.len() > 1 {
-                return Err((
-                    first.line,
+                return Err(fail(
+                    first,
                     format!("unexpected {:?} after `}}`", join(&line[1..])),
                 ));
             }
             return Ok((directives, at + 1));
         }
         if !first.quoted && first.text == "{" {
-            return Err((
-                first.line,
+            return Err(fail(
+                first,
                 "`{` must end the line of the directive it opens".into(),
-            ));
-        }
-        if !first.quoted && first.text == "import" {
-            return Err((
-                first.line,
-                "import is not supported; write the directives into the Corefile".into(),
             ));
         }
         let opens = line.len() > 1 && line.last().is_some_and(|t| !t.quoted && t.text == "{");
@@ -173,13 +380,13 @@ fn parse_body(
             .iter()
             .find(|t| !t.quoted && (t.text == "{" || t.text == "}"))
         {
-            return Err((
-                brace.line,
+            return Err(fail(
+                brace,
                 format!("unexpected `{}` in the middle of a line", brace.text),
             ));
         }
         let (block, next) = if opens {
-            parse_body(lines, at + 1, first.line)?
+            parse_body(lines, at + 1, first)?
         } else {
             (Vec::new(), at + 1)
         };
@@ -191,7 +398,7 @@ fn parse_body(
         });
         at = next;
     }
-    Err((opened, "this block is never closed with `}`".into()))
+    Err(fail(opened, "this block is never closed with `}`".into()))
 }
 
 /// `[dns://]host[:port]`, host being `.`, a domain or a CIDR.
@@ -327,7 +534,7 @@ fn substitute(text: &str, env: &impl Fn(&str) -> Option<String>) -> String {
 }
 
 /// Words, quoted strings and braces, with their lines; `#` comments dropped.
-fn tokenize(text: &str) -> Result<Vec<Token>, (usize, String)> {
+fn tokenize(text: &str, file: &Arc<str>) -> Result<Vec<Token>, (usize, String)> {
     let mut tokens = Vec::new();
     let mut chars = text.chars().peekable();
     let mut line = 1;
@@ -367,6 +574,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, (usize, String)> {
                 }
                 tokens.push(Token {
                     text: word,
+                    file: file.clone(),
                     line: start,
                     quoted: true,
                 });
@@ -382,6 +590,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, (usize, String)> {
                 }
                 tokens.push(Token {
                     text: word,
+                    file: file.clone(),
                     line,
                     quoted: false,
                 });
@@ -575,11 +784,15 @@ pub(crate) mod tests {
             (".:99999 {\n}\n", 1, "not a port"),
             ("tls://.:853 {\n}\n", 1, "tls:// servers are not supported"),
             (
-                "(common) {\n  errors\n}\n",
+                "(common) {\n  errors\n",
                 1,
-                "snippet (common) is not supported",
+                "snippet (common) is never closed",
             ),
-            (".:53 {\n  import common\n}\n", 2, "import is not supported"),
+            (
+                ".:53 {\n  import common\n}\n",
+                2,
+                "import common: cannot import",
+            ),
             (
                 ".:53 {\n  log \"open\n}\n",
                 2,
@@ -600,5 +813,83 @@ pub(crate) mod tests {
                 .to_string()
                 .starts_with("Corefile:0: ")
         );
+    }
+
+    #[test]
+    fn snippets_and_imports_are_expanded_where_they_stand() {
+        let files = |pattern: &str| -> Result<Vec<(String, String)>, String> {
+            match pattern {
+                "/custom/*.override" => Ok(vec![
+                    ("/custom/a.override".into(), "log\n".into()),
+                    ("/custom/b.override".into(), "errors\n".into()),
+                ]),
+                "/custom/*.server" => Ok(vec![(
+                    "/custom/stub.server".into(),
+                    "corp.example:53 {\n  forward . 10.0.0.53\n}\n".into(),
+                )]),
+                "/none/*.server" => Ok(vec![]),
+                "/custom/broken.server" => {
+                    Ok(vec![("/custom/broken.server".into(), "\n\nbad {\n".into())])
+                }
+                other => Err(format!("{other}: no such file")),
+            }
+        };
+        let text = "(common) {\n  cache 30 {\n    disable success cluster.local\n  }\n}\n.:53 {\n  import common\n  import /custom/*.override\n}\nimport /custom/*.server\nimport /none/*.server\n";
+        let corefile = parse_with(text, "Corefile", &|_| None, &files).unwrap();
+        assert_eq!(corefile.blocks.len(), 2);
+        let names: Vec<&str> = corefile.blocks[0]
+            .directives
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["cache", "log", "errors"]);
+        assert_eq!(
+            corefile.blocks[0].directives[0].block[0].args,
+            ["success", "cluster.local"]
+        );
+        assert_eq!(corefile.blocks[1].keys[0].zone, name("corp.example."));
+        // A mistake in an imported file is named with that file and its line.
+        let err = parse_with(
+            ".:53 {\n}\nimport /custom/broken.server\n",
+            "Corefile",
+            &|_| None,
+            &files,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("/custom/broken.server:3: "), "{err}");
+        let err = parse_with(
+            ".:53 {\n  import /missing\n}\n",
+            "Corefile",
+            &|_| None,
+            &files,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "Corefile:2: import /missing: /missing: no such file");
+    }
+
+    #[test]
+    fn wildcards_match_as_the_shell_matches_them() {
+        assert!(wildcard("*.override", "a.override"));
+        assert!(!wildcard("*.override", "a.server"));
+        assert!(wildcard("db-?.server", "db-1.server"));
+        assert!(wildcard("[a-c]*", "beta"));
+        assert!(!wildcard("[!a-c]*", "beta"));
+        assert!(wildcard("*", ""));
+    }
+
+    #[test]
+    fn a_corefile_is_read_with_its_imports_from_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("custom")).unwrap();
+        std::fs::write(dir.path().join("custom/x.override"), "log\n").unwrap();
+        std::fs::write(
+            dir.path().join("Corefile"),
+            ".:53 {\n  import custom/*.override\n  import optional/*.override\n}\n",
+        )
+        .unwrap();
+        let corefile = super::read(&dir.path().join("Corefile"), &|_| None).unwrap();
+        assert_eq!(corefile.blocks[0].directives[0].name, "log");
     }
 }

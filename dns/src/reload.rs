@@ -1,5 +1,5 @@
-//! The `reload` directive's decisions: the Corefile's digest (SHA-512, as CoreDNS computes and
-//! exports it), when to look next (the interval moved by a random share of the jitter), and
+//! The `reload` directive's decisions: the Corefile's digest (SHA-512 of the parsed blocks, as
+//! CoreDNS computes it, though over svcplane's own form of them), when to look next (the interval moved by a random share of the jitter), and
 //! whether a changed plan can replace the running one in place — new chains behind the same
 //! listeners — or needs a restart (other ports, another `kubernetes` directive, other HTTP
 //! endpoints).
@@ -15,6 +15,12 @@ pub fn digest(text: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The digest of a parsed Corefile (its blocks, imports expanded, with their lines), so an
+/// edit of an imported file is a change and a Corefile that does not parse has none.
+pub fn digest_of(corefile: &crate::corefile::Corefile) -> String {
+    digest(&format!("{:?}", corefile.blocks))
 }
 
 /// The wait before the next look: the interval plus a uniform share of the jitter in
