@@ -950,3 +950,64 @@ fn kubernetes_options_in_a_corefile_answer_as_the_same_flags_do() {
         assert!(differences.is_empty(), "{}", differences.join("\n"));
     }
 }
+
+#[test]
+fn hosts_answers_from_its_file_and_inline_entries_and_rereads_the_file() {
+    let upstream = counting_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("NodeHosts");
+    // The file appears only later: until then, nothing from it.
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  hosts {} {{\n    10.0.0.5 inline-node\n    ttl 60\n    reload 200ms\n    fallthrough\n  }}\n  forward . 127.0.0.1:{}\n}}\n",
+            file.display(),
+            upstream.port
+        ),
+        &[],
+    );
+    let a = |name: &str| ask(dns.port, &q(name, RecordType::A), Transport::Udp);
+    let inline = exchange(dns.port, &q("inline-node.", RecordType::A), Transport::Udp);
+    assert_eq!(inline.answers[0].ttl, 60);
+    assert_eq!(inline.answers[0].data.to_string(), "10.0.0.5");
+    assert!(inline.metadata.authoritative);
+    // Not in the hosts: fallthrough to forward.
+    assert_eq!(
+        a("node-1.").answers_of("A"),
+        ["192.0.2.1".to_string()].into()
+    );
+    std::fs::write(&file, "10.0.1.1 node-1\n10.0.1.2 node-2\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a("node-2.").answers_of("A") != ["10.0.1.2".to_string()].into() {
+        assert!(
+            Instant::now() < deadline,
+            "the file was never read\n{}",
+            dns.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("2.1.0.10.in-addr.arpa.", RecordType::PTR),
+            Transport::Udp
+        )
+        .answers_of("PTR"),
+        ["node-2.".to_string()].into()
+    );
+}
+
+#[test]
+fn hosts_without_fallthrough_fails_an_unknown_name() {
+    let dns = ConfDns::start(
+        ".:53 {\n  hosts /nonexistent {\n    10.0.0.5 known\n  }\n}\n",
+        &[],
+    );
+    assert_eq!(
+        ask(dns.port, &q("known.", RecordType::A), Transport::Udp).rcode,
+        "NoError"
+    );
+    assert_eq!(
+        ask(dns.port, &q("unknown.", RecordType::A), Transport::Udp).rcode,
+        "ServFail"
+    );
+}

@@ -119,6 +119,7 @@ async fn ask_once(probe: &Message, addr: SocketAddr) -> std::io::Result<()> {
 pub struct Chain {
     pub cluster: Option<ClusterSource>,
     pub cache: Option<Arc<Cache>>,
+    pub hosts: Option<Arc<crate::hosts::Hosts>>,
     pub forward: Option<Arc<Forwarder>>,
     pub loadbalance: bool,
     /// The `log` rules (none: no line).
@@ -195,6 +196,9 @@ enum Rest {
     /// No plugin of the block takes the name (outside `kubernetes`' zones, no `forward` for
     /// it): SERVFAIL, as CoreDNS's chain ends ("no next plugin found").
     Unhandled,
+    /// A plugin failed the query without an error to report (`hosts` on an unknown name):
+    /// SERVFAIL, written by the server.
+    Failed,
 }
 
 impl Router {
@@ -337,6 +341,10 @@ impl Router {
                     Writer::Server,
                 )
             }
+            Rest::Failed => Start::Done(
+                with_rcode(reply_to(&q.req), ResponseCode::ServFail),
+                Writer::Server,
+            ),
             Rest::Forward => Start::Wait(Wait::Forward { stale }),
             Rest::External {
                 reply,
@@ -474,7 +482,7 @@ impl Router {
                     };
                     router.complete(&q, wait).await;
                 }
-                Rest::Unhandled => {}
+                Rest::Unhandled | Rest::Failed => {}
             }
             item.end_refresh();
         });
@@ -518,6 +526,13 @@ impl Chain {
     /// The cluster's answer, or where the question goes instead.
     fn rest(&self, req: &Message) -> Rest {
         let name = req.queries[0].name();
+        if let Some(hosts) = &self.hosts {
+            match hosts.answer(req) {
+                crate::hosts::Outcome::Pass => {}
+                crate::hosts::Outcome::Reply(reply) => return Rest::Reply(reply, None),
+                crate::hosts::Outcome::Fail => return Rest::Failed,
+            }
+        }
         let forwards = self.forward.as_ref().is_some_and(|f| f.handles(name));
         if let Some(source) = &self.cluster {
             let index = source.index.borrow().clone();

@@ -9,7 +9,7 @@
 //! - [`corefile`]: the Corefile read into what the server runs.
 //! - [`chain`]: a server block's plugins (cache, cluster, forward, loadbalance, loop, log) and
 //!   the router between blocks.
-//! - [`cache`], [`forward`], [`log`], [`errors`]: the directives of those names.
+//! - [`cache`], [`forward`], [`hosts`], [`log`], [`errors`]: the directives of those names.
 //! - [`metrics`], [`probes`]: `/metrics`, `/health` and `/ready`; [`reload`]: when and
 //!   whether a changed Corefile replaces the running one.
 //! - [`plan`]: what a Corefile asks for; [`service`]: a plan built into routers and chains.
@@ -23,6 +23,7 @@ pub mod corefile;
 mod error;
 pub mod errors;
 pub mod forward;
+pub mod hosts;
 pub mod index;
 pub mod log;
 pub mod message;

@@ -63,6 +63,8 @@ pub struct Block {
     /// Whether the block holds the `kubernetes` directive.
     pub kubernetes: bool,
     pub cache: Option<cache::Settings>,
+    /// `hosts`: names from a hosts file and inline entries.
+    pub hosts: Option<crate::hosts::Settings>,
     /// `forward FROM TO...`: where names the cluster zones do not answer go.
     pub forward: Option<Forward>,
     /// `log`: the rules of the lines written to stdout per query.
@@ -86,6 +88,7 @@ impl Block {
             line,
             kubernetes: false,
             cache: None,
+            hosts: None,
             forward: None,
             log: Vec::new(),
             errors: None,
@@ -103,6 +106,7 @@ impl Block {
             (!self.log.is_empty(), "log"),
             (self.loadbalance, "loadbalance"),
             (self.cache.is_some(), "cache"),
+            (self.hosts.is_some(), "hosts"),
             (self.kubernetes, "kubernetes"),
             (self.loop_detect, "loop"),
             (self.forward.is_some(), "forward"),
@@ -123,6 +127,7 @@ impl Block {
             (!self.log.is_empty(), "log"),
             (self.loadbalance, "loadbalance"),
             (self.cache.is_some(), "cache"),
+            (self.hosts.is_some(), "hosts"),
             (self.kubernetes, "kubernetes"),
             (self.loop_detect, "loop"),
             (self.forward.is_some(), "forward"),
@@ -176,6 +181,7 @@ pub const SUPPORTED: &[&str] = &[
     "kubernetes",
     "forward",
     "cache",
+    "hosts",
     "errors",
     "log",
     "health",
@@ -333,6 +339,7 @@ fn read_block(
             }
             "forward" => out.forward = Some(self::forward(d, resolv_conf)?),
             "cache" => out.cache = Some(self::cache(d, block)?),
+            "hosts" => out.hosts = Some(self::hosts(d, block)?),
             "kubernetes" => {
                 if plan.kubernetes.is_some() {
                     return Err((
@@ -673,6 +680,74 @@ fn cache(d: &Directive, block: &ServerBlock) -> Result<cache::Settings, At> {
                 ));
             }
         }
+    }
+    Ok(settings)
+}
+
+/// `hosts [FILE [ZONES...]] { INLINE... ttl N; no_reverse; reload D; fallthrough [ZONES...];
+/// fallthrough_unsupported }`: as CoreDNS reads it, a line that is not an option is an inline
+/// entry until `fallthrough` has been given.
+fn hosts(d: &Directive, block: &ServerBlock) -> Result<crate::hosts::Settings, At> {
+    let mut settings = crate::hosts::Settings::default();
+    if let [file, zones @ ..] = d.args.as_slice() {
+        settings.file = PathBuf::from(file);
+        if !zones.is_empty() {
+            settings.zones = zones
+                .iter()
+                .map(|z| zone_name(z).map_err(|m| (d.line, format!("hosts: {m}"))))
+                .collect::<Result<_, _>>()?;
+        } else {
+            settings.zones = block.keys.iter().map(|k| k.zone.clone()).collect();
+        }
+    } else {
+        settings.zones = block.keys.iter().map(|k| k.zone.clone()).collect();
+    }
+    for option in &d.block {
+        let at = |m: String| (option.line, format!("hosts {}: {m}", option.name));
+        match (option.name.as_str(), option.args.as_slice()) {
+            ("fallthrough", zones) => {
+                settings.fallthrough = Some(
+                    zones
+                        .iter()
+                        .map(|z| zone_name(z).map_err(at))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            ("fallthrough_unsupported", []) => settings.fallthrough_unsupported = true,
+            ("no_reverse", []) => settings.no_reverse = true,
+            ("ttl", [n]) => {
+                settings.ttl = n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=65535).contains(n))
+                    .ok_or_else(|| at(format!("{n:?} is not a TTL of 1 to 65535 seconds")))?;
+            }
+            ("ttl", _) => return Err(at("needs a time in seconds".into())),
+            ("reload", [d]) => settings.reload = go_duration(d).map_err(at)?,
+            ("reload", _) => return Err(at("needs a duration (0s to disable)".into())),
+            ("fallthrough_unsupported" | "no_reverse", _) => {
+                return Err(at("takes no value".into()));
+            }
+            (other, _) if settings.fallthrough.is_some() => {
+                return Err((
+                    option.line,
+                    format!(
+                        "hosts: unknown property {other:?} (after fallthrough, inline entries are not read)"
+                    ),
+                ));
+            }
+            (first, rest) => {
+                let mut line = vec![first.to_string()];
+                line.extend(rest.iter().cloned());
+                settings.inline.push(line.join(" "));
+            }
+        }
+    }
+    if settings.fallthrough_unsupported && settings.fallthrough.is_none() {
+        return Err((
+            d.line,
+            "hosts: fallthrough_unsupported requires fallthrough".into(),
+        ));
     }
     Ok(settings)
 }

@@ -76,6 +76,7 @@ pub fn build(
         let chain = Arc::new(Chain {
             cluster: cluster.filter(|_| block.kubernetes).cloned(),
             cache,
+            hosts: block.hosts.clone().map(crate::hosts::Hosts::start),
             forward: block
                 .forward
                 .clone()
