@@ -1220,10 +1220,10 @@ mod tests {
             err.starts_with("Corefile:3: autopath is not supported: pods resolve"),
             "{err}"
         );
-        assert!(err.ends_with("(supported: kubernetes, forward, cache, errors, log, health, ready, prometheus, loadbalance, loop, reload)"), "{err}");
-        let err = refusal(".:53 {\n  hosts /etc/hosts\n}\n");
+        assert!(err.ends_with("(supported: kubernetes, forward, cache, hosts, errors, log, health, ready, prometheus, loadbalance, loop, reload)"), "{err}");
+        let err = refusal(".:53 {\n  rewrite name a b\n}\n");
         assert!(
-            err.starts_with("Corefile:2: hosts is not supported yet"),
+            err.starts_with("Corefile:2: rewrite is not supported yet"),
             "{err}"
         );
         let err = refusal(".:53 {\n  kubernetes {\n    ttl 4000\n  }\n}\n");
