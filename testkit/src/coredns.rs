@@ -22,11 +22,15 @@ impl CoreDns {
     /// for the ready plugin's port (the Corefile should contain `bind 127.0.0.1` and
     /// `ready 127.0.0.1:{ready}`), and waits until `/ready` answers 200 and DNS is served.
     pub fn start(corefile: &str) -> CoreDns {
+        CoreDns::start_at(free_dns_port(), corefile)
+    }
+
+    /// As [`CoreDns::start`], DNS on `port` (for files the Corefile imports, which name it).
+    pub fn start_at(port: u16, corefile: &str) -> CoreDns {
         let dir = tempfile::Builder::new()
             .prefix("svcplane-coredns-")
             .tempdir()
             .expect("create a directory for CoreDNS");
-        let port = free_dns_port();
         let ready_port = free_port();
         let text = corefile
             .replace("{port}", &port.to_string())

@@ -361,6 +361,9 @@ pub fn strings(value: &serde_json::Value) -> Vec<String> {
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
     std::fs::write(&path, text).unwrap();
     path
 }

@@ -1,10 +1,15 @@
-//! kubeadm's Corefile in `svcplane dns` and in CoreDNS, compared. The Corefile comes from the
-//! peers' kubeadm itself (`kubeadm init phase addon coredns --print-manifest`), and svcplane
+//! The Corefiles clusters bring — kubeadm's (newer and older), k3s's (NodeHosts, `import` of a
+//! `coredns-custom` ConfigMap's `*.override` and `*.server` files) and a kube-dns ConfigMap's
+//! stub domains as kubeadm translates them — in `svcplane dns` and in CoreDNS, compared.
+//!
+//! kubeadm's Corefile comes from the peers' kubeadm itself (`kubeadm init phase addon coredns --print-manifest`), and svcplane
 //! runs it unedited, told its ports, bind address and resolv.conf by flags. CoreDNS runs a copy
 //! in which the test changes only the ports, adds a `bind` line, names the upstream in place of
 //! `/etc/resolv.conf` (a resolv.conf cannot carry a port for CoreDNS) and adds a `kubeconfig`
-//! line (CoreDNS runs outside a pod). Both follow one kube-apiserver and forward to one
-//! loopback Unbound serving a test zone and NXDOMAIN for the rest.
+//! line (CoreDNS runs outside a pod). k3s's paths under `/etc/coredns` stand for a folder of
+//! each server's, and a stub domain's nameserver for a second Unbound. Both servers follow one
+//! kube-apiserver and forward to one loopback Unbound serving a test zone and NXDOMAIN for the
+//! rest.
 //!
 //! A table of questions — cluster names, external names (A, AAAA, MX, TXT, NXDOMAIN, a TTL
 //! under the cache's minimum, an answer that truncates over UDP), PTRs that fall through,
@@ -113,15 +118,35 @@ struct Pair {
     unbound: Option<Unbound>,
 }
 
+/// The kubeadm Corefile, run by both servers.
 fn start(cluster: &Cluster) -> Pair {
+    start_with(cluster, &kubeadm_corefile(), &[], None)
+}
+
+/// svcplane and CoreDNS on `corefile`, both forwarding to one Unbound. `files` are written
+/// into a folder of each server's, which `{files}` in the Corefile and in the files stands
+/// for; `{stub}` stands for the address of `stub`, a second upstream.
+fn start_with(
+    cluster: &Cluster,
+    corefile: &str,
+    files: &[(&str, &str)],
+    stub: Option<&Unbound>,
+) -> Pair {
     let records = upstream_records();
     let unbound = Unbound::start(&records.iter().map(String::as_str).collect::<Vec<_>>());
-    let corefile = kubeadm_corefile();
     let kubeconfig = cluster.kubeconfig("admin");
+    let stub = stub.map_or(String::new(), |s| format!("127.0.0.1:{}", s.port));
+    let placed = |text: &str, dir: &std::path::Path| {
+        text.replace("{files}", &dir.display().to_string())
+            .replace("{stub}", &stub)
+    };
 
-    // svcplane: the file as kubeadm wrote it; the rest by flags.
+    // svcplane: the Corefile as given; the rest by flags.
     let dir = tempfile::tempdir().unwrap();
-    let path = support::write(dir.path(), "Corefile", &corefile);
+    for (name, text) in files {
+        support::write(dir.path(), name, &placed(text, dir.path()));
+    }
+    let path = support::write(dir.path(), "Corefile", &placed(corefile, dir.path()));
     let resolv = support::write(
         dir.path(),
         "resolv.conf",
@@ -166,31 +191,41 @@ fn start(cluster: &Cluster) -> Pair {
         _dir: dir,
     };
 
-    // CoreDNS: a copy with its ports, a bind line, the upstream and a kubeconfig.
-    let coredns_metrics = testkit::free_port();
-    let copy = replace_once(&corefile, ".:53 {", ".:{port} {\n    bind 127.0.0.1");
-    let copy = replace_once(
-        &copy,
-        "health {",
-        &format!("health 127.0.0.1:{} {{", testkit::free_port()),
-    );
+    // CoreDNS: a copy with its ports, a bind line, the upstream and a kubeconfig; its files
+    // with their blocks' ports and bind lines too.
+    let (coredns_port, coredns_metrics) = (testkit::free_dns_port(), testkit::free_port());
+    let coredns_files = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let text = placed(text, coredns_files.path())
+            .replace(":53 {", &format!(":{coredns_port} {{\n    bind 127.0.0.1"));
+        support::write(coredns_files.path(), name, &text);
+    }
+    let copy = placed(corefile, coredns_files.path())
+        .replace(":53 {", ":{port} {\n    bind 127.0.0.1")
+        .replace("/etc/resolv.conf", &format!("127.0.0.1:{}", unbound.port));
+    let health_at = format!("health 127.0.0.1:{}", testkit::free_port());
+    let copy = if copy.contains("health {") {
+        replace_once(&copy, "health {", &format!("{health_at} {{"))
+    } else {
+        replace_once(&copy, "    health\n", &format!("    {health_at}\n"))
+    };
     let copy = replace_once(&copy, "    ready\n", "    ready 127.0.0.1:{ready}\n");
     let copy = replace_once(
         &copy,
-        "ip6.arpa {\n",
-        &format!("ip6.arpa {{\n       kubeconfig {}\n", kubeconfig.display()),
+        "kubernetes cluster.local in-addr.arpa ip6.arpa {\n",
+        &format!(
+            "kubernetes cluster.local in-addr.arpa ip6.arpa {{\n       kubeconfig {}\n",
+            kubeconfig.display()
+        ),
     );
     let copy = replace_once(
         &copy,
         "prometheus :9153",
         &format!("prometheus 127.0.0.1:{coredns_metrics}"),
     );
-    let copy = replace_once(
-        &copy,
-        "/etc/resolv.conf",
-        &format!("127.0.0.1:{}", unbound.port),
-    );
-    let coredns = CoreDns::start(&copy);
+    let coredns = CoreDns::start_at(coredns_port, &copy);
+    // CoreDNS reads its files at start and on reload: they stay for the test binary's life.
+    let _ = coredns_files.keep();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while support::get_status(svcplane.ready_port, "/ready") != Some(200) {
@@ -210,6 +245,21 @@ fn start(cluster: &Cluster) -> Pair {
 }
 
 impl Pair {
+    /// How many of `table`'s questions, over every transport, the servers answer differently
+    /// (each written to stderr).
+    fn differences(&self, table: &[Question]) -> usize {
+        let mut differences = 0;
+        for question in table {
+            for transport in TRANSPORTS {
+                let (ours, theirs) = self.ask(question, transport);
+                if differs(question, transport, &ours, &theirs) {
+                    differences += 1;
+                }
+            }
+        }
+        differences
+    }
+
     fn ask(&self, question: &Question, transport: Transport) -> (Reply, Reply) {
         (
             ask(self.svcplane.port, question, transport),
@@ -438,16 +488,12 @@ fn kubeadms_corefile_answers_metrics_and_failures_are_coredns_own() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut differences = 0;
-    for question in &table {
-        for transport in TRANSPORTS {
-            let (ours, theirs) = pair.ask(question, transport);
-            if differs(question, transport, &ours, &theirs) {
-                differences += 1;
-            }
-        }
-    }
-    assert_eq!(differences, 0, "see the differences above\n{}", pair.logs());
+    assert_eq!(
+        pair.differences(&table),
+        0,
+        "see the differences above\n{}",
+        pair.logs()
+    );
     // What the table must have covered, seen from svcplane's side.
     let (ext, _) = pair.ask(&row(&table, "ext.", RecordType::A), Transport::Tcp);
     assert_eq!(
@@ -784,4 +830,141 @@ fn a_corefile_names_the_kubeconfig_context_and_the_label_selectors_to_watch_with
     };
     assert!(!status.success());
     assert!(wrong.log().contains("nope"), "{}", wrong.log());
+}
+
+/// Waits until both servers answer `web` (they have the cluster).
+fn wait_for_cluster(pair: &Pair) {
+    let web = Question::new(&format!("web.{NS}.svc.cluster.local."), RecordType::A);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ours, theirs) = pair.ask(&web, Transport::Tcp);
+        if !ours.answer.is_empty() && !theirs.answer.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}", pair.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kubeadms_older_corefile_with_a_plain_cache_answers_like_coredns() {
+    let cluster = Cluster::shared();
+    cluster.apply(&objects());
+    let web_ip = cluster_ip(cluster, "web");
+    // kubeadm before v1.32 wrote the same Corefile with a plain `cache 30`.
+    let older = replace_once(
+        &kubeadm_corefile(),
+        "cache 30 {\n       disable success cluster.local\n       disable denial cluster.local\n    }",
+        "cache 30",
+    );
+    let pair = start_with(cluster, &older, &[], None);
+    wait_for_cluster(&pair);
+    assert_eq!(pair.differences(&table(&web_ip)), 0, "{}", pair.logs());
+}
+
+/// k3s's Corefile (DNS spec §14.1, `%{CLUSTER_DOMAIN}%` rendered), with `/etc/coredns` in its
+/// paths standing for the test's folder.
+const K3S: &str = ".:53 {
+    errors
+    health
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+      pods insecure
+      fallthrough in-addr.arpa ip6.arpa
+    }
+    hosts {files}/NodeHosts {
+      ttl 60
+      reload 15s
+      fallthrough
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+    import {files}/custom/*.override
+}
+import {files}/custom/*.server
+";
+
+#[test]
+fn k3s_corefile_with_node_hosts_and_custom_imports_answers_like_coredns() {
+    let cluster = Cluster::shared();
+    cluster.apply(&objects());
+    let web_ip = cluster_ip(cluster, "web");
+    let stub = Unbound::start(&["db.corp.example. 300 IN A 198.51.100.7"]);
+    let files = [
+        (
+            "NodeHosts",
+            "172.18.0.2 k3s-server\n172.18.0.3 k3s-agent-1\n",
+        ),
+        ("custom/log.override", "log\n"),
+        (
+            "custom/stub.server",
+            "corp.example:53 {\n    errors\n    forward . {stub}\n}\n",
+        ),
+    ];
+    let pair = start_with(cluster, K3S, &files, Some(&stub));
+    wait_for_cluster(&pair);
+    let q = Question::new;
+    let mut rows = vec![
+        q("k3s-server.", RecordType::A),
+        q("k3s-agent-1.", RecordType::A),
+        q("k3s-server.", RecordType::AAAA),
+        q("2.0.18.172.in-addr.arpa.", RecordType::PTR),
+        q("unknown-node.", RecordType::A),
+        q("db.corp.example.", RecordType::A),
+        q("nope.corp.example.", RecordType::A),
+    ];
+    rows.extend(table(&web_ip));
+    assert_eq!(pair.differences(&rows), 0, "{}", pair.logs());
+    // What the rows covered, from svcplane's side: a node name, the stub domain, and the
+    // override's `log` writing a line in both.
+    let (node, _) = pair.ask(&rows[0], Transport::Udp);
+    assert_eq!(
+        node.answers_of("A"),
+        ["172.18.0.2".to_string()].into(),
+        "{node}"
+    );
+    let (db, _) = pair.ask(&rows[5], Transport::Udp);
+    assert_eq!(
+        db.answers_of("A"),
+        ["198.51.100.7".to_string()].into(),
+        "{db}"
+    );
+    let logged = |log: String| log.contains("\"A IN k3s-server. udp ");
+    assert!(logged(pair.svcplane.process.log()), "{}", pair.logs());
+    assert!(logged(pair.coredns.log()), "{}", pair.logs());
+}
+
+#[test]
+fn a_kube_dns_configmap_translated_by_kubeadm_answers_like_coredns() {
+    let cluster = Cluster::shared();
+    cluster.apply(&objects());
+    let web_ip = cluster_ip(cluster, "web");
+    let stub = Unbound::start(&["db.corp.example. 300 IN A 198.51.100.7"]);
+    // kube-dns's `stubDomains: {"corp.example": [STUB]}` and `upstreamNameservers`, as kubeadm
+    // translates them (DNS spec §14.2): a block per stub domain, and the upstream nameservers
+    // in place of /etc/resolv.conf (here the resolv.conf the test points at the upstream).
+    let corefile = format!(
+        "{}corp.example:53 {{\n    errors\n    cache 30\n    loop\n    forward . {{stub}}\n}}\n",
+        kubeadm_corefile()
+    );
+    let pair = start_with(cluster, &corefile, &[], Some(&stub));
+    wait_for_cluster(&pair);
+    let q = Question::new;
+    let mut rows = vec![
+        q("db.corp.example.", RecordType::A),
+        q("nope.corp.example.", RecordType::A),
+        q("corp.example.", RecordType::SOA),
+    ];
+    rows.extend(table(&web_ip));
+    assert_eq!(pair.differences(&rows), 0, "{}", pair.logs());
+    let (db, _) = pair.ask(&rows[0], Transport::Udp);
+    assert_eq!(
+        db.answers_of("A"),
+        ["198.51.100.7".to_string()].into(),
+        "{db}"
+    );
 }
