@@ -315,11 +315,21 @@ impl DnsArgs {
 
     /// A Corefile's plan with `--dns-port`, `--bind` and the HTTP port flags applied.
     fn corefile_setup(&self, mut plan: dns::plan::Plan) -> anyhow::Result<Setup> {
-        let ip = self.bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        // --bind replaces every block's `bind`; without either, every address.
         let listen: Vec<Vec<SocketAddr>> = plan
             .blocks
             .iter()
-            .map(|b| vec![SocketAddr::new(ip, self.dns_port.unwrap_or(b.port))])
+            .map(|b| {
+                let port = self.dns_port.unwrap_or(b.port);
+                let ips = match (self.bind, b.bind.as_slice()) {
+                    (Some(ip), _) => vec![ip],
+                    (None, []) => vec![IpAddr::from([0, 0, 0, 0])],
+                    (None, ips) => ips.to_vec(),
+                };
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()
+            })
             .collect();
         let moved = |addr: SocketAddr, port: Option<u16>| {
             SocketAddr::new(self.bind.unwrap_or(addr.ip()), port.unwrap_or(addr.port()))

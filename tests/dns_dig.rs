@@ -455,7 +455,7 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
     let said = String::from_utf8_lossy(&check.stderr);
     assert!(
         said.contains(&format!(
-            "{conf}:3: rewrite is not supported yet (supported: kubernetes, forward, cache, hosts, errors, log, health, ready, prometheus, loadbalance, loop, reload)"
+            "{conf}:3: rewrite is not supported yet (supported: bind, bufsize, kubernetes, forward, cache, hosts, errors, log, health, ready, prometheus, loadbalance, loop, reload)"
         )),
         "{said}"
     );

@@ -1011,3 +1011,61 @@ fn hosts_without_fallthrough_fails_an_unknown_name() {
         "ServFail"
     );
 }
+
+#[test]
+fn bind_listens_on_the_named_addresses_only() {
+    let dns = ConfDns::start_as_bound(
+        ".:53 {\n  bind 127.0.0.2\n  kubernetes cluster.local {\n    manifests {fixture}\n  }\n}\n",
+        &[],
+    );
+    let query = support::dns_compare::encode(
+        &q("svc1.testns.svc.cluster.local.", RecordType::A),
+        Transport::Udp,
+        77,
+    );
+    let asks = |ip: &str| {
+        let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        socket.send_to(&query, (ip, dns.port)).unwrap();
+        let mut buf = [0u8; 512];
+        socket.recv_from(&mut buf).is_ok()
+    };
+    assert!(asks("127.0.0.2"), "{}", dns.log());
+    assert!(!asks("127.0.0.1"));
+}
+
+#[test]
+fn bufsize_caps_the_buffer_a_client_asks_for_and_what_goes_upstream() {
+    let big = |query: &hickory_proto::op::Message| {
+        Some(reply_with(
+            query,
+            (0..40)
+                .map(|i| a_record(query, 300, [192, 0, 2, i]))
+                .collect(),
+        ))
+    };
+    for (bufsize, truncated) in [("", false), ("  bufsize 512\n", true)] {
+        let upstream = FakeUpstream::start(big);
+        let dns = ConfDns::start(
+            &format!(
+                ".:53 {{\n{bufsize}  forward . 127.0.0.1:{}\n}}\n",
+                upstream.port
+            ),
+            &[],
+        );
+        let reply = exchange(
+            dns.port,
+            &q("big.example.org.", RecordType::A),
+            Transport::Udp1232,
+        );
+        assert_eq!(reply.metadata.truncation, truncated, "{bufsize:?}");
+        let advertised = reply.edns.as_ref().map(|e| e.max_payload());
+        assert_eq!(
+            advertised,
+            Some(if truncated { 512 } else { 1232 }),
+            "{bufsize:?}"
+        );
+    }
+}

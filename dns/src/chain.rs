@@ -126,6 +126,8 @@ pub struct Chain {
     pub log: Vec<crate::log::Rule>,
     pub errors: Option<Arc<crate::errors::ErrorLog>>,
     pub loop_probe: Option<Arc<LoopProbe>>,
+    /// `bufsize`: the largest EDNS buffer size a request is taken to have.
+    pub bufsize: Option<u16>,
 }
 
 /// A route: a zone of a block's keys, the block, and the metrics of that zone.
@@ -233,6 +235,12 @@ impl Router {
             let reply = with_rcode(reply_to(&req), ResponseCode::Refused);
             return Step::Done(encode(reply, &req, transport));
         };
+        let mut req = req;
+        if let (Some(size), Some(edns)) = (route.chain.bufsize, req.edns.as_mut())
+            && edns.max_payload() > size
+        {
+            edns.set_max_payload(size);
+        }
         let query = Query {
             req,
             transport,

@@ -77,6 +77,10 @@ pub struct Block {
     pub loop_detect: bool,
     /// `prometheus`: this block's queries are counted.
     pub prometheus: bool,
+    /// `bind ADDR...`: the addresses the block listens on (none: every address).
+    pub bind: Vec<IpAddr>,
+    /// `bufsize N`: an EDNS buffer size above N is taken as N.
+    pub bufsize: Option<u16>,
 }
 
 impl Block {
@@ -95,6 +99,8 @@ impl Block {
             loadbalance: false,
             loop_detect: false,
             prometheus: false,
+            bind: Vec::new(),
+            bufsize: None,
         }
     }
 
@@ -122,6 +128,7 @@ impl Block {
             (plan.reload.is_some(), "reload"),
             (plan.ready.is_some(), "ready"),
             (plan.health.is_some(), "health"),
+            (self.bufsize.is_some(), "bufsize"),
             (self.prometheus, "prometheus"),
             (self.errors.is_some(), "errors"),
             (!self.log.is_empty(), "log"),
@@ -178,6 +185,8 @@ pub struct Kubernetes {
 
 /// Directives `svcplane dns` runs. The rest of CoreDNS's are refused by name, not ignored.
 pub const SUPPORTED: &[&str] = &[
+    "bind",
+    "bufsize",
     "kubernetes",
     "forward",
     "cache",
@@ -339,6 +348,43 @@ fn read_block(
             }
             "forward" => out.forward = Some(self::forward(d, resolv_conf)?),
             "cache" => out.cache = Some(self::cache(d, block)?),
+            "bind" => {
+                if d.args.is_empty() {
+                    return Err((d.line, "bind: names at least one address".into()));
+                }
+                if !d.block.is_empty() {
+                    return Err((
+                        d.line,
+                        "bind: except is not supported yet; name the addresses to listen on".into(),
+                    ));
+                }
+                for arg in &d.args {
+                    let ip = arg.parse::<IpAddr>().map_err(|_| {
+                        (
+                            d.line,
+                            format!("bind: {arg:?} is not an address (interface names are not supported yet)"),
+                        )
+                    })?;
+                    out.bind.push(ip);
+                }
+            }
+            "bufsize" => {
+                let size = match d.args.as_slice() {
+                    [] => 1232,
+                    [n] => n
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| (512..=4096).contains(n))
+                        .ok_or_else(|| {
+                            (
+                                d.line,
+                                format!("bufsize: {n:?} is not a size of 512 to 4096"),
+                            )
+                        })?,
+                    _ => return Err((d.line, "bufsize: takes one size".into())),
+                };
+                out.bufsize = Some(size);
+            }
             "hosts" => out.hosts = Some(self::hosts(d, block)?),
             "kubernetes" => {
                 if plan.kubernetes.is_some() {
@@ -1220,7 +1266,7 @@ mod tests {
             err.starts_with("Corefile:3: autopath is not supported: pods resolve"),
             "{err}"
         );
-        assert!(err.ends_with("(supported: kubernetes, forward, cache, hosts, errors, log, health, ready, prometheus, loadbalance, loop, reload)"), "{err}");
+        assert!(err.ends_with("(supported: bind, bufsize, kubernetes, forward, cache, hosts, errors, log, health, ready, prometheus, loadbalance, loop, reload)"), "{err}");
         let err = refusal(".:53 {\n  rewrite name a b\n}\n");
         assert!(
             err.starts_with("Corefile:2: rewrite is not supported yet"),

@@ -50,6 +50,16 @@ pub fn needs_restart(running: &Plan, next: &Plan) -> Option<String> {
             ports(next)
         ));
     }
+    let binds = |p: &Plan| {
+        let mut binds: Vec<(u16, Vec<std::net::IpAddr>)> =
+            p.blocks.iter().map(|b| (b.port, b.bind.clone())).collect();
+        binds.sort();
+        binds.dedup();
+        binds
+    };
+    if binds(running) != binds(next) {
+        return Some("the bind addresses change".into());
+    }
     if running.kubernetes != next.kubernetes {
         return Some("the kubernetes directive changes".into());
     }

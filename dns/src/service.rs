@@ -85,6 +85,7 @@ pub fn build(
             log: block.log.clone(),
             errors: block.errors.clone(),
             loop_probe,
+            bufsize: block.bufsize,
         });
         for addr in addrs {
             let server = server_label(*addr);

@@ -54,6 +54,25 @@ impl ConfDns {
 
     /// As [`ConfDns::spawn`], DNS on `port`.
     pub fn spawn_on(port: u16, corefile: &str, extra: &[&str]) -> ConfDns {
+        ConfDns::spawn_with(port, corefile, extra, true)
+    }
+
+    /// As [`ConfDns::start`], the Corefile's own `bind` kept (no `--bind`).
+    pub fn start_as_bound(corefile: &str, extra: &[&str]) -> ConfDns {
+        let dns = ConfDns::spawn_with(testkit::free_dns_port(), corefile, extra, false);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dns.log().contains("svcplane dns: serving") {
+            assert!(
+                Instant::now() < deadline,
+                "svcplane dns never served:\n{}",
+                dns.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dns
+    }
+
+    fn spawn_with(port: u16, corefile: &str, extra: &[&str], bind: bool) -> ConfDns {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Corefile");
         std::fs::write(
@@ -68,8 +87,11 @@ impl ConfDns {
         );
         let mut args: Vec<std::ffi::OsString> = vec!["dns".into(), "--conf".into()];
         args.push(path.clone().into());
+        if bind {
+            args.push("--bind".into());
+            args.push("127.0.0.1".into());
+        }
         for (flag, value) in [
-            ("--bind", "127.0.0.1".to_string()),
             ("--dns-port", port.to_string()),
             ("--health-port", health_port.to_string()),
             ("--ready-port", ready_port.to_string()),
