@@ -901,6 +901,10 @@ fn k3s_corefile_with_node_hosts_and_custom_imports_answers_like_coredns() {
         ),
         ("custom/log.override", "log\n"),
         (
+            "custom/rewrite.override",
+            "rewrite name exact db.example. web.kubeadm.svc.cluster.local.\nrewrite name suffix .corp.internal. .kubeadm.svc.cluster.local. answer auto\n",
+        ),
+        (
             "custom/stub.server",
             "corp.example:53 {\n    errors\n    forward . {stub}\n}\n",
         ),
@@ -916,9 +920,27 @@ fn k3s_corefile_with_node_hosts_and_custom_imports_answers_like_coredns() {
         q("unknown-node.", RecordType::A),
         q("db.corp.example.", RecordType::A),
         q("nope.corp.example.", RecordType::A),
+        q("db.example.", RecordType::A),
+        q("web.corp.internal.", RecordType::A),
+        q("headless.corp.internal.", RecordType::A),
+        q("_http._tcp.web.corp.internal.", RecordType::SRV),
+        q("gone.corp.internal.", RecordType::A),
     ];
     rows.extend(table(&web_ip));
     assert_eq!(pair.differences(&rows), 0, "{}", pair.logs());
+    let (renamed, _) = pair.ask(&rows[8], Transport::Udp);
+    assert_eq!(
+        renamed.answers_of("A"),
+        [web_ip.clone()].into(),
+        "{renamed}"
+    );
+    assert!(
+        renamed
+            .answer
+            .iter()
+            .all(|r| r.starts_with("web.corp.internal. ")),
+        "{renamed}"
+    );
     // What the rows covered, from svcplane's side: a node name, the stub domain, and the
     // override's `log` writing a line in both.
     let (node, _) = pair.ask(&rows[0], Transport::Udp);

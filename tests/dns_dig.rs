@@ -444,7 +444,7 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
     // A directive svcplane does not run yet: refused with the file, the line and the list.
     std::fs::write(
         &corefile,
-        ".:53 {\n    errors\n    rewrite name a b\n    kubernetes cluster.local\n}\n",
+        ".:53 {\n    errors\n    dnssec\n    kubernetes cluster.local\n}\n",
     )
     .unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_svcplane"))
@@ -455,7 +455,7 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
     let said = String::from_utf8_lossy(&check.stderr);
     assert!(
         said.contains(&format!(
-            "{conf}:3: rewrite is not supported yet (supported: bind, bufsize, kubernetes, forward, cache, hosts, errors, log, health, ready, prometheus, loadbalance, loop, reload)"
+            "{conf}:3: dnssec is not supported yet (supported: bind, bufsize, kubernetes, forward, cache, hosts, rewrite, errors, log, health, ready, prometheus, loadbalance, loop, reload)"
         )),
         "{said}"
     );

@@ -128,6 +128,8 @@ pub struct Chain {
     pub loop_probe: Option<Arc<LoopProbe>>,
     /// `bufsize`: the largest EDNS buffer size a request is taken to have.
     pub bufsize: Option<u16>,
+    /// `rewrite name` rules, in order.
+    pub rewrite: Vec<crate::rewrite::NameRule>,
 }
 
 /// A route: a zone of a block's keys, the block, and the metrics of that zone.
@@ -155,7 +157,12 @@ pub enum Step {
 /// A query in flight.
 #[derive(Debug, Clone)]
 struct Query {
+    /// The request as the block's plugins see it (after `rewrite`).
     req: Message,
+    /// The request as the client sent it.
+    asked: Message,
+    /// How `rewrite` maps the reply back.
+    back: Vec<crate::rewrite::ResponseRule>,
     transport: Transport,
     peer: SocketAddr,
     /// The address the query came in on.
@@ -241,8 +248,27 @@ impl Router {
         {
             edns.set_max_payload(size);
         }
+        let (inner, back) = match crate::rewrite::apply(&route.chain.rewrite, &req) {
+            Ok(Some(rewritten)) => (rewritten.request, rewritten.back),
+            Ok(None) => (req.clone(), Vec::new()),
+            // CoreDNS: SERVFAIL, the question as asked.
+            Err(e) => {
+                if let Some(errors) = &route.chain.errors {
+                    errors.report(
+                        2,
+                        &req.queries[0].name().to_string(),
+                        &req.queries[0].query_type().to_string(),
+                        &e,
+                    );
+                }
+                let reply = with_rcode(reply_to(&req), ResponseCode::ServFail);
+                return Step::Done(encode(reply, &req, transport));
+            }
+        };
         let query = Query {
-            req,
+            req: inner,
+            asked: req,
+            back,
             transport,
             peer,
             local,
@@ -273,7 +299,7 @@ impl Router {
                 Start::Done(reply, writer) => (reply, writer),
                 Start::Wait(wait) => self.complete(&query, wait).await,
             };
-            let reply = shuffled(&query, reply);
+            let reply = shuffled(&query, reverted(&query, reply));
             let size = reply.to_vec().map_or(0, |b| b.len());
             report(&query, reply.metadata.response_code, size, writer);
             log(&query, &reply, size);
@@ -440,7 +466,9 @@ impl Router {
                 let target_reply = match self.route(&target).cloned() {
                     Some(route) => {
                         let inner = Query {
+                            asked: sub.clone(),
                             req: sub,
+                            back: Vec::new(),
                             route,
                             ..q.clone()
                         };
@@ -619,9 +647,9 @@ pub fn round_robin(section: &mut Vec<Record>, rng: &mut impl rand::Rng) {
 
 /// The bytes for the client: shuffled, encoded within the client's size, counted, logged.
 fn finish(q: &Query, reply: Message, writer: Writer) -> Option<Vec<u8>> {
-    let reply = shuffled(q, reply);
+    let reply = shuffled(q, reverted(q, reply));
     let rcode = reply.metadata.response_code;
-    let bytes = encode(reply, &q.req, q.transport)?;
+    let bytes = encode(reply, &q.asked, q.transport)?;
     report(q, rcode, bytes.len(), writer);
     if !q.route.chain.log.is_empty()
         && let Ok(sent) = Message::from_vec(&bytes)
@@ -631,14 +659,22 @@ fn finish(q: &Query, reply: Message, writer: Writer) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// `reply` as `rewrite` maps it back to what the client asked.
+fn reverted(q: &Query, mut reply: Message) -> Message {
+    if !q.back.is_empty() || q.req.queries != q.asked.queries {
+        crate::rewrite::revert(&mut reply, &q.asked, &q.back);
+    }
+    reply
+}
+
 /// Counts the query in the block's metrics.
 fn report(q: &Query, rcode: ResponseCode, size: usize, writer: Writer) {
-    let question = &q.req.queries[0];
+    let question = &q.asked.queries[0];
     q.route.metrics.report(
         q.transport,
         q.peer.is_ipv6(),
         question.query_type(),
-        q.req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        q.asked.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         q.size,
         size,
         rcode,
@@ -650,14 +686,14 @@ fn report(q: &Query, rcode: ResponseCode, size: usize, writer: Writer) {
 /// Writes the query's `log` line to stdout, when a rule of the block takes its name and class.
 fn log(q: &Query, reply: &Message, size: usize) {
     use crate::log::{Entry, class_of, render, rule_for};
-    let Some(rule) = rule_for(&q.route.chain.log, q.req.queries[0].name()) else {
+    let Some(rule) = rule_for(&q.route.chain.log, q.asked.queries[0].name()) else {
         return;
     };
     if !rule.logs(class_of(reply)) {
         return;
     }
     let entry = Entry {
-        request: &q.req,
+        request: &q.asked,
         size: q.size,
         reply,
         reply_size: size,

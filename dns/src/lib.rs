@@ -9,7 +9,8 @@
 //! - [`corefile`]: the Corefile read into what the server runs.
 //! - [`chain`]: a server block's plugins (cache, cluster, forward, loadbalance, loop, log) and
 //!   the router between blocks.
-//! - [`cache`], [`forward`], [`hosts`], [`log`], [`errors`]: the directives of those names.
+//! - [`cache`], [`forward`], [`hosts`], [`log`], [`errors`], [`rewrite`]: the directives of
+//!   those names.
 //! - [`metrics`], [`probes`]: `/metrics`, `/health` and `/ready`; [`reload`]: when and
 //!   whether a changed Corefile replaces the running one.
 //! - [`plan`]: what a Corefile asks for; [`service`]: a plan built into routers and chains.
@@ -32,6 +33,7 @@ pub mod name;
 pub mod plan;
 pub mod probes;
 pub mod reload;
+pub mod rewrite;
 pub mod server;
 pub mod service;
 

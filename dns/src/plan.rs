@@ -81,6 +81,8 @@ pub struct Block {
     pub bind: Vec<IpAddr>,
     /// `bufsize N`: an EDNS buffer size above N is taken as N.
     pub bufsize: Option<u16>,
+    /// `rewrite name` rules, in order.
+    pub rewrite: Vec<crate::rewrite::NameRule>,
 }
 
 impl Block {
@@ -101,6 +103,7 @@ impl Block {
             prometheus: false,
             bind: Vec::new(),
             bufsize: None,
+            rewrite: Vec::new(),
         }
     }
 
@@ -111,6 +114,7 @@ impl Block {
             (self.errors.is_some(), "errors"),
             (!self.log.is_empty(), "log"),
             (self.loadbalance, "loadbalance"),
+            (!self.rewrite.is_empty(), "rewrite"),
             (self.cache.is_some(), "cache"),
             (self.hosts.is_some(), "hosts"),
             (self.kubernetes, "kubernetes"),
@@ -133,6 +137,7 @@ impl Block {
             (self.errors.is_some(), "errors"),
             (!self.log.is_empty(), "log"),
             (self.loadbalance, "loadbalance"),
+            (!self.rewrite.is_empty(), "rewrite"),
             (self.cache.is_some(), "cache"),
             (self.hosts.is_some(), "hosts"),
             (self.kubernetes, "kubernetes"),
@@ -191,6 +196,7 @@ pub const SUPPORTED: &[&str] = &[
     "forward",
     "cache",
     "hosts",
+    "rewrite",
     "errors",
     "log",
     "health",
@@ -275,7 +281,9 @@ fn read_block(
     );
     let mut seen: Vec<&str> = Vec::new();
     for d in &block.directives {
-        if seen.contains(&d.name.as_str()) && d.name != "log" && d.name != "errors" {
+        if seen.contains(&d.name.as_str())
+            && !matches!(d.name.as_str(), "log" | "errors" | "rewrite")
+        {
             return Err((d.line, format!("{}: only one per server block", d.name)));
         }
         seen.push(&d.name);
@@ -386,6 +394,7 @@ fn read_block(
                 out.bufsize = Some(size);
             }
             "hosts" => out.hosts = Some(self::hosts(d, block)?),
+            "rewrite" => out.rewrite.push(self::rewrite(d)?),
             "kubernetes" => {
                 if plan.kubernetes.is_some() {
                     return Err((
@@ -796,6 +805,129 @@ fn hosts(d: &Directive, block: &ServerBlock) -> Result<crate::hosts::Settings, A
         ));
     }
     Ok(settings)
+}
+
+/// `rewrite [continue|stop] name [exact|prefix|suffix|substring|regex] FROM TO [answer auto |
+/// answer name FROM TO | answer value FROM TO ...]`. As CoreDNS: FROM and TO are lower-cased
+/// and made fully qualified (a regex's FROM aside), so `prefix api- web-` matches `api-.`.
+fn rewrite(d: &Directive) -> Result<crate::rewrite::NameRule, At> {
+    use crate::rewrite::{Match, NameRule, ResponseRule, Rewriter};
+    let at = |m: String| (d.line, format!("rewrite: {m}"));
+    if !d.block.is_empty() {
+        return Err(at(
+            "the block form is not supported yet; write one rule per line".into(),
+        ));
+    }
+    let mut args: &[String] = &d.args;
+    let mut continues = false;
+    match args.first().map(|a| a.to_ascii_lowercase()).as_deref() {
+        Some("continue") => {
+            continues = true;
+            args = &args[1..];
+        }
+        Some("stop") => args = &args[1..],
+        _ => {}
+    }
+    match args.first().map(String::as_str) {
+        Some("name") => args = &args[1..],
+        Some(other) => {
+            return Err(at(format!(
+                "{other} rules are not supported yet (name rules are)"
+            )));
+        }
+        None => {
+            return Err(at(
+                "names the rule, e.g. `rewrite name exact a.example. b.example.`".into(),
+            ));
+        }
+    }
+    let fqdn = |s: &str| {
+        let lower = s.to_ascii_lowercase();
+        if lower.ends_with('.') {
+            lower
+        } else {
+            format!("{lower}.")
+        }
+    };
+    let (kind, from, to, rest) = match args {
+        [from, to] => ("exact".to_string(), from, to, &args[2..]),
+        [kind, from, to, rest @ ..]
+            if matches!(
+                kind.to_ascii_lowercase().as_str(),
+                "exact" | "prefix" | "suffix" | "substring" | "regex"
+            ) =>
+        {
+            (kind.to_ascii_lowercase(), from, to, rest)
+        }
+        [from, to, rest @ ..] if rest.first().is_some_and(|a| a == "answer") => {
+            ("exact".to_string(), from, to, rest)
+        }
+        _ => {
+            return Err(at(
+                "takes [exact|prefix|suffix|substring|regex] FROM TO [answer ...]".into(),
+            ));
+        }
+    };
+    let regex = |pattern: &str| {
+        regex::Regex::new(pattern)
+            .map_err(|e| at(format!("{pattern:?} is not a regular expression: {e}")))
+    };
+    let matcher = match kind.as_str() {
+        "exact" => Match::Exact(fqdn(from)),
+        "prefix" => Match::Prefix(fqdn(from)),
+        "suffix" => Match::Suffix(fqdn(from)),
+        "substring" => Match::Substring(fqdn(from)),
+        _ => Match::Regex(regex(from)?),
+    };
+    let mut rule = NameRule {
+        continues,
+        matcher,
+        to: fqdn(to),
+        auto: false,
+        answers: Vec::new(),
+    };
+    let mut rest = rest.iter();
+    while let Some(word) = rest.next() {
+        if word != "answer" {
+            return Err(at(format!(
+                "{word:?}: expected `answer auto|name|value ...`"
+            )));
+        }
+        match rest.next().map(String::as_str) {
+            Some("auto") => rule.auto = true,
+            Some(which @ ("name" | "value")) => {
+                let (Some(from), Some(to)) = (rest.next(), rest.next()) else {
+                    return Err(at(format!("answer {which} takes FROM TO")));
+                };
+                let back = Rewriter::Regex {
+                    pattern: regex(from)?,
+                    to: fqdn(to),
+                };
+                rule.answers.push(if which == "name" {
+                    ResponseRule::Name(back)
+                } else {
+                    ResponseRule::Value(back)
+                });
+            }
+            other => {
+                return Err(at(format!(
+                    "answer {}: is auto, name or value",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+    }
+    if rule.auto
+        && rule
+            .answers
+            .iter()
+            .any(|a| matches!(a, ResponseRule::Name(_)))
+    {
+        return Err(at(
+            "answer auto cannot be combined with answer name rules".into()
+        ));
+    }
+    Ok(rule)
 }
 
 /// `reload [INTERVAL [JITTER]]`: 30 s and 15 s by default; the interval at least 2 s, the jitter
@@ -1266,10 +1398,10 @@ mod tests {
             err.starts_with("Corefile:3: autopath is not supported: pods resolve"),
             "{err}"
         );
-        assert!(err.ends_with("(supported: bind, bufsize, kubernetes, forward, cache, hosts, errors, log, health, ready, prometheus, loadbalance, loop, reload)"), "{err}");
-        let err = refusal(".:53 {\n  rewrite name a b\n}\n");
+        assert!(err.ends_with("(supported: bind, bufsize, kubernetes, forward, cache, hosts, rewrite, errors, log, health, ready, prometheus, loadbalance, loop, reload)"), "{err}");
+        let err = refusal(".:53 {\n  dnssec\n}\n");
         assert!(
-            err.starts_with("Corefile:2: rewrite is not supported yet"),
+            err.starts_with("Corefile:2: dnssec is not supported yet"),
             "{err}"
         );
         let err = refusal(".:53 {\n  kubernetes {\n    ttl 4000\n  }\n}\n");
@@ -1462,6 +1594,33 @@ mod tests {
                 "before show_first",
             ),
             ("errors /var/log/x", "only place to write is stdout"),
+        ] {
+            let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rewrite_rules_read_as_coredns_reads_them() {
+        use crate::rewrite::{Match, ResponseRule};
+        let plan = plan(".:53 {\n  rewrite continue name prefix API- web-\n  rewrite name regex (.*)\\.corp\\.$ {1}.svc.cluster.local answer name (.*)\\.svc\\.cluster\\.local\\.$ {1}.corp\n  rewrite name a.example b.example\n}\n").unwrap();
+        let rules = &plan.blocks[0].rewrite;
+        assert_eq!(rules.len(), 3);
+        // FROM and TO made lower-case and fully qualified, as CoreDNS's Normalize does.
+        assert_eq!(rules[0].matcher, Match::Prefix("api-.".into()));
+        assert_eq!(rules[0].to, "web-.");
+        assert!(rules[0].continues && !rules[1].continues);
+        assert!(matches!(rules[1].matcher, Match::Regex(_)));
+        assert_eq!(rules[1].to, "{1}.svc.cluster.local.");
+        assert!(matches!(rules[1].answers[0], ResponseRule::Name(_)));
+        assert_eq!(rules[2].matcher, Match::Exact("a.example.".into()));
+        for (text, needle) in [
+            ("rewrite type A AAAA", "type rules are not supported yet"),
+            ("rewrite name regex ( x", "not a regular expression"),
+            (
+                "rewrite name exact a b answer sometimes",
+                "is auto, name or value",
+            ),
         ] {
             let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
             assert!(err.contains(needle), "{text}: {err}");

@@ -86,6 +86,7 @@ pub fn build(
             errors: block.errors.clone(),
             loop_probe,
             bufsize: block.bufsize,
+            rewrite: block.rewrite.clone(),
         });
         for addr in addrs {
             let server = server_label(*addr);
