@@ -457,7 +457,8 @@ async fn serve(mut setup: Setup, mut shared: cache::kube_feed::Shared) -> anyhow
         cluster = Some(dns::chain::ClusterSource { config, index });
         cluster_cache = Some((cache, kinds));
     }
-    let service = dns::service::build(&setup.plan, &setup.listen, cluster.as_ref(), &metrics);
+    let service = dns::service::build(&setup.plan, &setup.listen, cluster.as_ref(), &metrics)
+        .map_err(anyhow::Error::msg)?;
     let mut listeners = Vec::new();
     let mut routers = std::collections::BTreeMap::new();
     for (addr, router) in &service.routers {
@@ -610,12 +611,22 @@ async fn reload(source: Source, mut running: Running, wait: Duration) {
                 continue;
             }
         };
-        let service = dns::service::build(
+        let service = match dns::service::build(
             &setup.plan,
             &setup.listen,
             running.cluster.as_ref(),
             &running.metrics,
-        );
+        ) {
+            Ok(service) => service,
+            Err(e) => {
+                println!("[ERROR] Restart failed: {e}");
+                running
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
         for (addr, router) in service.routers {
             if let Some(current) = running.routers.get(&addr) {
                 current.send_replace(router);

@@ -1069,3 +1069,40 @@ fn bufsize_caps_the_buffer_a_client_asks_for_and_what_goes_upstream() {
         );
     }
 }
+
+#[test]
+fn forward_over_tls_reaches_an_unbound_serving_dns_over_tls_and_checks_its_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = testkit::make_certs(certs.path());
+    let unbound = Unbound::start_tls(&["www.example.org. 300 IN A 192.0.2.10"], &tls);
+    let tls_port = unbound.tls_port.expect("a DNS-over-TLS port");
+    let www = q("www.example.org.", RecordType::A);
+    // The test CA, and the name on the certificate: answered.
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  prometheus\n  forward . tls://127.0.0.1:{tls_port} {{\n    tls {}\n    tls_servername localhost\n  }}\n}}\n",
+            tls.ca.display()
+        ),
+        &[],
+    );
+    let reply = ask(dns.port, &www, Transport::Udp);
+    assert_eq!(
+        reply.answers_of("A"),
+        ["192.0.2.10".to_string()].into(),
+        "{}",
+        dns.log()
+    );
+    assert_eq!(
+        dns.metric(
+            "coredns_proxy_conn_cache_misses_total",
+            &[("proto", "tcp-tls")]
+        ),
+        1.0
+    );
+    // The system's roots do not know the test CA: the upstream is not trusted, SERVFAIL.
+    let untrusted = ConfDns::start(
+        &format!(".:53 {{\n  forward . tls://127.0.0.1:{tls_port} {{\n    max_fails 0\n  }}\n}}\n"),
+        &[],
+    );
+    assert_eq!(ask(untrusted.port, &www, Transport::Tcp).rcode, "ServFail");
+}

@@ -65,6 +65,19 @@ pub struct Forward {
     pub health_check_recursion: bool,
     /// A connection idle this long is not reused.
     pub expire: Duration,
+    /// DNS over TLS to every upstream (`tls://` upstreams).
+    pub tls: Option<Tls>,
+}
+
+/// `tls [CERT KEY [CA]]` and `tls_servername`: how TLS upstreams are reached.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// A client certificate and its key, if the upstream asks for one.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The CA that signed the upstream's certificate (default: the system's roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// The name the upstream's certificate must carry (default: its address).
+    pub server_name: Option<String>,
 }
 
 impl Forward {
@@ -86,6 +99,7 @@ impl Forward {
             health_check_domain: Name::root(),
             health_check_recursion: true,
             expire: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -101,6 +115,9 @@ pub enum ForwardError {
     Failed(String),
 }
 
+/// A TLS connection to an upstream.
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
 /// One upstream: its health and idle connections.
 #[derive(Debug)]
 struct Upstream {
@@ -110,12 +127,94 @@ struct Upstream {
     checking: AtomicBool,
     udp: Mutex<Vec<(Arc<UdpSocket>, Instant)>>,
     tcp: Mutex<Vec<(TcpStream, Instant)>>,
+    tls: Mutex<Vec<(TlsStream, Instant)>>,
+}
+
+/// The client side of DNS over TLS: the configuration and the name checked.
+#[derive(Clone)]
+struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl TlsClient {
+    fn new(tls: &Tls) -> Result<TlsClient, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca {
+            Some(ca) => {
+                for cert in CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| format!("tls: cannot read the CA {} ({e})", ca.display()))?
+                {
+                    let cert = cert.map_err(|e| {
+                        format!("tls: {} is not a PEM certificate ({e})", ca.display())
+                    })?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("tls: {}: {e}", ca.display()))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("tls: {e}"))?
+            .with_root_certificates(roots);
+        let config = match &tls.client {
+            Some((cert, key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<_, _>>())
+                    .map_err(|e| format!("tls: cannot read {} ({e})", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("tls: cannot read the key {} ({e})", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("tls: {e}"))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let server_name = match &tls.server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|e| format!("tls_servername {name:?}: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<TlsStream> {
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+        let tcp = TcpStream::connect(addr).await?;
+        self.connector.connect(name, tcp).await
+    }
 }
 
 /// Forwards queries by one [`Forward`].
 #[derive(Debug)]
 pub struct Forwarder {
     forward: Forward,
+    tls: Option<TlsClient>,
     upstreams: Vec<Arc<Upstream>>,
     slots: Option<Arc<Semaphore>>,
     next: AtomicUsize,
@@ -123,8 +222,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(forward: Forward, metrics: Arc<ForwardMetrics>) -> Forwarder {
-        Forwarder {
+    /// The forwarder of `forward`, or why its TLS settings do not load.
+    pub fn new(forward: Forward, metrics: Arc<ForwardMetrics>) -> Result<Forwarder, String> {
+        let tls = forward.tls.as_ref().map(TlsClient::new).transpose()?;
+        Ok(Forwarder {
+            tls,
             upstreams: forward
                 .upstreams
                 .iter()
@@ -136,6 +238,7 @@ impl Forwarder {
                         checking: AtomicBool::new(false),
                         udp: Mutex::default(),
                         tcp: Mutex::default(),
+                        tls: Mutex::default(),
                     })
                 })
                 .collect(),
@@ -143,7 +246,7 @@ impl Forwarder {
             forward,
             next: AtomicUsize::new(0),
             metrics,
-        }
+        })
     }
 
     /// Whether queries for `name` go upstream.
@@ -236,7 +339,7 @@ impl Forwarder {
         if upstream.checking.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (upstream, metrics) = (upstream.clone(), self.metrics.clone());
+        let (upstream, metrics, tls) = (upstream.clone(), self.metrics.clone(), self.tls.clone());
         let (interval, domain, recursion) = (
             self.forward.health_check,
             self.forward.health_check_domain.clone(),
@@ -247,11 +350,17 @@ impl Forwarder {
             probe.metadata.recursion_desired = recursion;
             probe.queries.push(Query::query(domain, RecordType::NS));
             loop {
-                let answered = tokio::time::timeout(
-                    HEALTH_CHECK_TIMEOUT,
-                    udp_exchange(&probe, None, upstream.addr),
-                )
-                .await;
+                // Over the upstream's own transport: TLS for a DNS-over-TLS upstream.
+                let check = async {
+                    match &tls {
+                        Some(tls) => {
+                            let mut stream = tls.connect(upstream.addr).await?;
+                            tcp_exchange(&probe, &mut stream).await
+                        }
+                        None => udp_exchange(&probe, None, upstream.addr).await,
+                    }
+                };
+                let answered = tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await;
                 if let Ok(Ok(_)) = answered {
                     upstream.fails.store(0, Ordering::Relaxed);
                     break;
@@ -290,6 +399,10 @@ impl Forwarder {
         timeout: Duration,
     ) -> std::io::Result<Message> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(tls) = &self.tls {
+            return tokio::time::timeout_at(deadline, self.tls_exchange(request, upstream, tls))
+                .await?;
+        }
         let tcp = self.forward.force_tcp || transport == Transport::Tcp && !self.forward.prefer_udp;
         if !tcp {
             let socket = self.udp_socket(upstream).await?;
@@ -367,6 +480,45 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// One question over TLS: an idle connection not expired, or a new one (once more on a new
+    /// one if the idle one was closed).
+    async fn tls_exchange(
+        &self,
+        request: &Message,
+        upstream: &Upstream,
+        tls: &TlsClient,
+    ) -> std::io::Result<Message> {
+        let reused = {
+            let mut idle = upstream.tls.lock().expect("pool lock");
+            idle.retain(|(_, used)| used.elapsed() < self.forward.expire);
+            idle.pop()
+        };
+        self.metrics
+            .connection(&upstream.label, "tcp-tls", reused.is_some());
+        let (mut stream, was_idle) = match reused {
+            Some((stream, _)) => (stream, true),
+            None => (tls.connect(upstream.addr).await?, false),
+        };
+        let reply = match tcp_exchange(request, &mut stream).await {
+            Ok(reply) => reply,
+            Err(_) if was_idle => {
+                stream = tls.connect(upstream.addr).await?;
+                tcp_exchange(request, &mut stream).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if !self.forward.expire.is_zero() {
+            upstream
+                .tls
+                .lock()
+                .expect("pool lock")
+                .push((stream, Instant::now()));
+        }
+        Ok(reply)
+    }
+}
+
 async fn connect_udp(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: SocketAddr = if upstream.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -429,7 +581,10 @@ async fn udp_exchange(
     }
 }
 
-async fn tcp_exchange(request: &Message, stream: &mut TcpStream) -> std::io::Result<Message> {
+async fn tcp_exchange<S>(request: &Message, stream: &mut S) -> std::io::Result<Message>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (id, bytes) = outgoing(request)?;
     let mut framed = Vec::with_capacity(bytes.len() + 2);
     framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
@@ -478,6 +633,7 @@ mod tests {
             },
             Arc::default(),
         )
+        .expect("no TLS to load")
     }
 
     #[test]

@@ -1005,21 +1005,29 @@ fn forward(
     let zone = zone_name;
     let from = zone(from).map_err(at(d.line))?;
     let mut upstreams = Vec::new();
+    // Plain DNS or DNS over TLS (`tls://`, port 853 by default), one of them for every upstream.
+    let mut schemes = Vec::new();
     for target in to {
         if target.contains('/') && !target.contains("://") {
             upstreams.extend(resolv_conf(target).map_err(at(d.line))?);
+            schemes.push("dns");
             continue;
         }
-        let addr = match target.split_once("://") {
-            Some(("dns", rest)) => rest,
+        let (scheme, addr) = match target.split_once("://") {
+            Some(("dns", rest)) => ("dns", rest),
+            Some(("tls", rest)) => ("tls", rest),
             Some((scheme, _)) => {
                 return Err((
                     d.line,
-                    format!("forward: {scheme}:// upstreams are not supported yet; use dns://"),
+                    format!(
+                        "forward: {scheme}:// upstreams are not supported yet; use dns:// or tls://"
+                    ),
                 ));
             }
-            None => target.as_str(),
+            None => ("dns", target.as_str()),
         };
+        schemes.push(scheme);
+        let default_port = if scheme == "tls" { 853 } else { 53 };
         let parsed = addr
             .parse::<SocketAddr>()
             .ok()
@@ -1027,7 +1035,7 @@ fn forward(
                 let bare = addr.trim_start_matches('[').trim_end_matches(']');
                 bare.parse::<IpAddr>()
                     .ok()
-                    .map(|ip| SocketAddr::new(ip, 53))
+                    .map(|ip| SocketAddr::new(ip, default_port))
             })
             .ok_or_else(|| {
                 (
@@ -1052,8 +1060,16 @@ fn forward(
             ),
         ));
     }
+    schemes.dedup();
+    if schemes.len() > 1 {
+        return Err((
+            d.line,
+            "forward: plain and tls:// upstreams cannot be mixed in one forward".into(),
+        ));
+    }
     let mut forward = Forward {
         from,
+        tls: (schemes == ["tls"]).then(crate::forward::Tls::default),
         ..Forward::everything_to(upstreams)
     };
     for option in &d.block {
@@ -1113,17 +1129,32 @@ fn forward(
             }
             ("health_check", _) => return Err(fail("takes an interval")),
             ("force_tcp" | "prefer_udp", _) => return Err(fail("takes no value")),
-            (other @ ("tls" | "tls_servername"), _) => {
-                return Err((
-                    option.line,
-                    format!("forward {other}: DNS over TLS upstreams are not supported yet"),
-                ));
+            ("tls" | "tls_servername", _) if forward.tls.is_none() => {
+                return Err(fail("applies to tls:// upstreams only"));
             }
+            ("tls", files) if files.len() <= 3 => {
+                let tls = forward.tls.get_or_insert_with(Default::default);
+                match files {
+                    [] => {}
+                    [ca] => tls.ca = Some(PathBuf::from(ca)),
+                    [cert, key] => tls.client = Some((PathBuf::from(cert), PathBuf::from(key))),
+                    [cert, key, ca] => {
+                        tls.client = Some((PathBuf::from(cert), PathBuf::from(key)));
+                        tls.ca = Some(PathBuf::from(ca));
+                    }
+                    _ => unreachable!("at most three"),
+                }
+            }
+            ("tls", _) => return Err(fail("takes [CA] or [CERT KEY [CA]]")),
+            ("tls_servername", [name]) => {
+                forward.tls.get_or_insert_with(Default::default).server_name = Some(name.clone());
+            }
+            ("tls_servername", _) => return Err(fail("takes one name")),
             (other, _) => {
                 return Err((
                     option.line,
                     format!(
-                        "forward {other} is not supported yet (supported: policy, max_concurrent, force_tcp, prefer_udp, except, max_fails, health_check, expire)"
+                        "forward {other} is not supported yet (supported: policy, max_concurrent, force_tcp, prefer_udp, except, max_fails, health_check, expire, tls, tls_servername)"
                     ),
                 ));
             }
@@ -1488,11 +1519,23 @@ mod tests {
         assert_eq!(f.expire, Duration::from_secs(20));
         let err = refusal(".:53 {\n  kubernetes\n  forward . 10.0.0.1 {\n    tls\n  }\n}\n");
         assert!(
-            err.starts_with(
-                "Corefile:4: forward tls: DNS over TLS upstreams are not supported yet"
-            ),
+            err.starts_with("Corefile:4: forward tls: applies to tls:// upstreams only"),
             "{err}"
         );
+        let dot = super::tests::plan(".:53 {\n  forward . tls://10.0.0.1 tls://10.0.0.2:8853 {\n    tls /ca.pem\n    tls_servername dns.example\n  }\n}\n").unwrap();
+        let f = dot.blocks[0].forward.clone().unwrap();
+        assert_eq!(
+            f.upstreams,
+            [
+                "10.0.0.1:853".parse().unwrap(),
+                "10.0.0.2:8853".parse().unwrap()
+            ]
+        );
+        let tls = f.tls.unwrap();
+        assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(tls.server_name.as_deref(), Some("dns.example"));
+        let err = refusal(".:53 {\n  forward . tls://10.0.0.1 10.0.0.2\n}\n");
+        assert!(err.contains("cannot be mixed"), "{err}");
         let err = refusal(".:53 {\n  kubernetes\n  forward . /nowhere\n}\n");
         assert_eq!(err, "Corefile:3: forward: /nowhere: cannot read it");
     }

@@ -32,13 +32,24 @@ pub fn server_label(addr: SocketAddr) -> String {
 
 /// Builds `plan`, block `i` listening on the addresses `listen[i]`, the `kubernetes` block
 /// answering from `cluster`, its blocks registered in `metrics` in place of those there (a
-/// server and zone seen before keeps its counters).
+/// server and zone seen before keeps its counters); or why a block cannot run (a `forward`'s
+/// TLS files that do not load).
 pub fn build(
     plan: &Plan,
     listen: &[Vec<SocketAddr>],
     cluster: Option<&ClusterSource>,
     metrics: &Metrics,
-) -> Service {
+) -> Result<Service, String> {
+    let mut forwarders = Vec::new();
+    for block in &plan.blocks {
+        forwarders.push(match block.forward.clone() {
+            Some(f) => Some(Arc::new(
+                Forwarder::new(f, metrics.forward.clone())
+                    .map_err(|e| format!("the block at line {}: forward {e}", block.line))?,
+            )),
+            None => None,
+        });
+    }
     let previous: Vec<Arc<ServerMetrics>> =
         std::mem::take(&mut *metrics.servers.lock().expect("metrics lock"));
     let mut servers = Vec::new();
@@ -46,7 +57,7 @@ pub fn build(
     let mut plugins = Vec::new();
     let mut routes: BTreeMap<SocketAddr, Vec<Route>> = BTreeMap::new();
     let mut loop_probes = Vec::new();
-    for (block, addrs) in plan.blocks.iter().zip(listen) {
+    for ((block, addrs), forward) in plan.blocks.iter().zip(listen).zip(forwarders) {
         let Some(first) = addrs.first() else {
             continue;
         };
@@ -77,10 +88,7 @@ pub fn build(
             cluster: cluster.filter(|_| block.kubernetes).cloned(),
             cache,
             hosts: block.hosts.clone().map(crate::hosts::Hosts::start),
-            forward: block
-                .forward
-                .clone()
-                .map(|f| Arc::new(Forwarder::new(f, metrics.forward.clone()))),
+            forward,
             loadbalance: block.loadbalance,
             log: block.log.clone(),
             errors: block.errors.clone(),
@@ -124,11 +132,11 @@ pub fn build(
     *metrics.servers.lock().expect("metrics lock") = servers;
     *metrics.caches.lock().expect("metrics lock") = caches;
     *metrics.plugins.lock().expect("metrics lock") = plugins;
-    Service {
+    Ok(Service {
         routers: routes
             .into_iter()
             .map(|(addr, routes)| (addr, Arc::new(Router::new(routes))))
             .collect(),
         loop_probes,
-    }
+    })
 }

@@ -12,6 +12,8 @@ use crate::process::Watched;
 pub struct Unbound {
     /// The UDP and TCP port it answers on, on 127.0.0.1.
     pub port: u16,
+    /// The port of DNS over TLS, when started with a certificate.
+    pub tls_port: Option<u16>,
     process: Watched,
     _dir: tempfile::TempDir,
 }
@@ -24,6 +26,16 @@ impl Unbound {
     /// `www.example.org. 300 IN A 192.0.2.10`) under a root zone that answers NXDOMAIN for
     /// every other name, and waits until it answers.
     pub fn start(records: &[&str]) -> Unbound {
+        Unbound::start_with(records, None)
+    }
+
+    /// As [`Unbound::start`], answering DNS over TLS too, with the server certificate and key
+    /// of `tls` (for 127.0.0.1).
+    pub fn start_tls(records: &[&str], tls: &crate::TlsFiles) -> Unbound {
+        Unbound::start_with(records, Some(tls))
+    }
+
+    fn start_with(records: &[&str], tls: Option<&crate::TlsFiles>) -> Unbound {
         assert!(
             Path::new(UNBOUND).exists(),
             "{UNBOUND} is missing: apt-get install unbound (the README's test command does)"
@@ -34,7 +46,7 @@ impl Unbound {
             .expect("create a directory for Unbound");
         let port = free_dns_port();
         let mut conf = format!(
-            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  access-control: 127.0.0.0/8 allow\n  module-config: \"iterator\"\n  num-threads: 1\n  local-zone: \".\" static\n  local-data: \". 3600 IN SOA ns.upstream.test. admin.upstream.test. 1 3600 600 86400 60\"\n  local-data: \". 3600 IN NS ns.upstream.test.\"\n",
+            "server:\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  access-control: 127.0.0.0/8 allow\n  module-config: \"iterator\"\n  num-threads: 1\n  local-zone: \".\" static\n  local-data: \". 3600 IN SOA ns.upstream.test. admin.upstream.test. 1 3600 600 86400 60\"\n  local-data: \". 3600 IN NS ns.upstream.test.\"\n",
             dir = dir.path().display()
         );
         for record in records {
@@ -43,6 +55,21 @@ impl Unbound {
                 record.replace('"', "\\\"")
             ));
         }
+        let tls_port = match tls {
+            Some(files) => {
+                let tls_port = free_dns_port();
+                conf.push_str(&format!(
+                    "  interface: 127.0.0.1@{port}\n  interface: 127.0.0.1@{tls_port}\n  tls-port: {tls_port}\n  tls-service-key: \"{}\"\n  tls-service-pem: \"{}\"\n",
+                    files.server_key.display(),
+                    files.server_cert.display()
+                ));
+                Some(tls_port)
+            }
+            None => {
+                conf.push_str("  interface: 127.0.0.1\n");
+                None
+            }
+        };
         conf.push_str("remote-control:\n  control-enable: no\n");
         let path = dir.path().join("unbound.conf");
         std::fs::write(&path, conf).expect("write unbound.conf");
@@ -67,6 +94,7 @@ impl Unbound {
         }
         Unbound {
             port,
+            tls_port,
             process,
             _dir: dir,
         }
