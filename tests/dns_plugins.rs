@@ -547,12 +547,12 @@ fn reload_applies_an_edit_without_failing_a_query_and_keeps_serving_through_a_br
         FakeUpstream::start(answer(1)),
         FakeUpstream::start(answer(2)),
     );
-    let corefile = |upstream: u16| {
+    let corefile = |upstream: u16, hosts: &str| {
         format!(
-            ".:53 {{\n  prometheus\n  reload 2s 1s\n  kubernetes cluster.local {{\n    manifests {{fixture}}\n  }}\n  forward . 127.0.0.1:{upstream}\n}}\n"
+            ".:53 {{\n  prometheus\n  reload 2s 1s\n  hosts /nonexistent {{\n{hosts}    fallthrough\n  }}\n  kubernetes cluster.local {{\n    manifests {{fixture}}\n  }}\n  forward . 127.0.0.1:{upstream}\n}}\n"
         )
     };
-    let dns = ConfDns::start(&corefile(before.port), &[]);
+    let dns = ConfDns::start(&corefile(before.port, "    10.0.7.1 first.example\n"), &[]);
     let www = q("www.example.org.", RecordType::A);
     let answered = |dns: &ConfDns| {
         let reply = ask(dns.port, &www, Transport::Udp);
@@ -567,7 +567,11 @@ fn reload_applies_an_edit_without_failing_a_query_and_keeps_serving_through_a_br
     assert_eq!(answered(&dns), "192.0.2.1");
     std::fs::write(
         &dns.corefile,
-        corefile(after.port).replace(
+        corefile(
+            after.port,
+            "    10.0.7.1 first.example\n    10.0.7.2 added.example\n",
+        )
+        .replace(
             "{fixture}",
             &support::corefile::fixture().display().to_string(),
         ),
@@ -587,6 +591,16 @@ fn reload_applies_an_edit_without_failing_a_query_and_keeps_serving_through_a_br
         dns.log().contains("[INFO] Reloading complete"),
         "{}",
         dns.log()
+    );
+    // The hosts entry the edit added answers too.
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("added.example.", RecordType::A),
+            Transport::Udp
+        )
+        .answers_of("A"),
+        ["10.0.7.2".to_string()].into()
     );
     // A broken edit: logged, counted, and the running configuration stays.
     std::fs::write(&dns.corefile, ".:53 {\n  forward .\n}\n").unwrap();
