@@ -569,7 +569,9 @@ async fn udp_exchange(
     };
     let (id, bytes) = outgoing(request)?;
     socket.send(&bytes).await?;
-    let mut buf = vec![0u8; 65535];
+    // A reply is at most the size the query advertises (512 without EDNS); a little room above
+    // it spares a zeroed 64 KiB buffer per query.
+    let mut buf = vec![0u8; usize::from(request.max_payload()).max(4096)];
     loop {
         let n = socket.recv(&mut buf).await?;
         // Anything that is not the reply to this question (a spoof, a late reply) is ignored.
