@@ -34,10 +34,12 @@ TICK=$(getconf CLK_TCK)
 
 # The upstream, on the client's core: every name under hit.example and miss.example has an A.
 UPSTREAM=$(port)
-cat >"$WORK/upstream.conf" <<EOF
+# The server section every Unbound here shares, listening on port $1.
+unbound_server() {
+    cat <<EOF
 server:
   interface: 127.0.0.1
-  port: $UPSTREAM
+  port: $1
   do-daemonize: no
   username: ""
   chroot: ""
@@ -49,6 +51,9 @@ server:
   access-control: 127.0.0.0/8 allow
   module-config: "iterator"
   num-threads: 1
+EOF
+}
+{ unbound_server "$UPSTREAM"; cat <<EOF
   local-zone: "." static
   local-data: ". 3600 IN SOA ns.upstream.test. admin.upstream.test. 1 3600 600 86400 60"
   local-data: ". 3600 IN NS ns.upstream.test."
@@ -59,6 +64,7 @@ server:
 remote-control:
   control-enable: no
 EOF
+} >"$WORK/upstream.conf"
 taskset -c $CLIENT_CPU unbound -d -c "$WORK/upstream.conf" 2>"$WORK/upstream.log" &
 for _ in $(seq 100); do
     dig @127.0.0.1 -p "$UPSTREAM" +time=1 +tries=1 a.hit.example A 2>/dev/null | grep -q 'status: NOERROR' && break
@@ -89,21 +95,7 @@ start_server() {
         taskset -c $SERVER_CPU "$PEERS/coredns" -conf "$WORK/Corefile" >"$WORK/server.log" 2>&1 &
         ;;
     unbound)
-        cat >"$WORK/forwarder.conf" <<EOF
-server:
-  interface: 127.0.0.1
-  port: $PORT
-  do-daemonize: no
-  username: ""
-  chroot: ""
-  directory: "$WORK"
-  pidfile: ""
-  use-syslog: no
-  logfile: ""
-  do-ip6: no
-  access-control: 127.0.0.0/8 allow
-  module-config: "iterator"
-  num-threads: 1
+        { unbound_server "$PORT"; cat <<EOF
   do-not-query-localhost: no
 forward-zone:
   name: "."
@@ -111,6 +103,7 @@ forward-zone:
 remote-control:
   control-enable: no
 EOF
+        } >"$WORK/forwarder.conf"
         taskset -c $SERVER_CPU unbound -d -c "$WORK/forwarder.conf" >"$WORK/server.log" 2>&1 &
         ;;
     esac

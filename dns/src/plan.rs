@@ -1351,6 +1351,15 @@ mod tests {
         plan(text).unwrap_err().to_string()
     }
 
+    /// Each directive line of `cases`, alone in a block, is refused with a message holding its
+    /// needle.
+    fn refuses_each(cases: &[(&str, &str)]) {
+        for (text, needle) in cases {
+            let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
     fn name(text: &str) -> Name {
         Name::from_ascii(text).unwrap()
     }
@@ -1573,7 +1582,7 @@ mod tests {
         assert_eq!(c.servfail, Duration::from_secs(2));
         assert_eq!(c.no_denial, [name("sub.example.org.")]);
         assert!(c.keepttl);
-        for (text, needle) in [
+        refuses_each(&[
             ("cache 0", "the TTL must be positive"),
             ("cache {\n    prefetch 2 1m 5%\n  }", "between 10% and 90%"),
             ("cache {\n    servfail 10m\n  }", "over 5 minutes"),
@@ -1583,10 +1592,7 @@ mod tests {
                 "immediate or verify",
             ),
             ("cache {\n    shards 4\n  }", "not an option of cache"),
-        ] {
-            let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
-            assert!(err.contains(needle), "{text}: {err}");
-        }
+        ]);
     }
 
     #[test]
@@ -1625,7 +1631,7 @@ mod tests {
         assert_eq!(rule.period, Duration::from_secs(300));
         assert_eq!(rule.level, crate::errors::Level::Warning);
         assert!(rule.show_first);
-        for (text, needle) in [
+        refuses_each(&[
             ("log {\n    class sometimes\n  }", "not a class"),
             ("errors {\n    stacktrace\n  }", "ends on a panic"),
             (
@@ -1637,10 +1643,7 @@ mod tests {
                 "before show_first",
             ),
             ("errors /var/log/x", "only place to write is stdout"),
-        ] {
-            let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
-            assert!(err.contains(needle), "{text}: {err}");
-        }
+        ]);
     }
 
     #[test]
@@ -1657,16 +1660,13 @@ mod tests {
         assert_eq!(rules[1].to, "{1}.svc.cluster.local.");
         assert!(matches!(rules[1].answers[0], ResponseRule::Name(_)));
         assert_eq!(rules[2].matcher, Match::Exact("a.example.".into()));
-        for (text, needle) in [
+        refuses_each(&[
             ("rewrite type A AAAA", "type rules are not supported yet"),
             ("rewrite name regex ( x", "not a regular expression"),
             (
                 "rewrite name exact a b answer sometimes",
                 "is auto, name or value",
             ),
-        ] {
-            let err = refusal(&format!(".:53 {{\n  {text}\n}}\n"));
-            assert!(err.contains(needle), "{text}: {err}");
-        }
+        ]);
     }
 }

@@ -34,17 +34,21 @@ impl ConfDns {
     /// Writes `corefile` (`{fixture}` replaced) and starts `svcplane dns` on it with `extra`
     /// flags, on free loopback ports; waits until it serves.
     pub fn start(corefile: &str, extra: &[&str]) -> ConfDns {
-        let dns = ConfDns::spawn(corefile, extra);
+        ConfDns::spawn(corefile, extra).serving()
+    }
+
+    /// Waits until it serves, up to 30 s.
+    fn serving(self) -> ConfDns {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !dns.log().contains("svcplane dns: serving") {
+        while !self.log().contains("svcplane dns: serving") {
             assert!(
                 Instant::now() < deadline,
                 "svcplane dns never served:\n{}",
-                dns.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        dns
+        self
     }
 
     /// As [`ConfDns::start`], without waiting (for a server expected to exit).
@@ -59,17 +63,7 @@ impl ConfDns {
 
     /// As [`ConfDns::start`], the Corefile's own `bind` kept (no `--bind`).
     pub fn start_as_bound(corefile: &str, extra: &[&str]) -> ConfDns {
-        let dns = ConfDns::spawn_with(testkit::free_dns_port(), corefile, extra, false);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !dns.log().contains("svcplane dns: serving") {
-            assert!(
-                Instant::now() < deadline,
-                "svcplane dns never served:\n{}",
-                dns.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        dns
+        ConfDns::spawn_with(testkit::free_dns_port(), corefile, extra, false).serving()
     }
 
     fn spawn_with(port: u16, corefile: &str, extra: &[&str], bind: bool) -> ConfDns {
