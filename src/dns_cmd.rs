@@ -314,32 +314,14 @@ impl DnsArgs {
     }
 
     /// A Corefile's plan with `--dns-port`, `--bind` and the HTTP port flags applied.
-    fn corefile_setup(&self, mut plan: dns::plan::Plan) -> anyhow::Result<Setup> {
-        // --bind replaces every block's `bind`; without either, every address.
-        let listen: Vec<Vec<SocketAddr>> = plan
-            .blocks
-            .iter()
-            .map(|b| {
-                let port = self.dns_port.unwrap_or(b.port);
-                let ips = match (self.bind, b.bind.as_slice()) {
-                    (Some(ip), _) => vec![ip],
-                    (None, []) => vec![IpAddr::from([0, 0, 0, 0])],
-                    (None, ips) => ips.to_vec(),
-                };
-                ips.into_iter()
-                    .map(|ip| SocketAddr::new(ip, port))
-                    .collect()
-            })
-            .collect();
-        let moved = |addr: SocketAddr, port: Option<u16>| {
-            SocketAddr::new(self.bind.unwrap_or(addr.ip()), port.unwrap_or(addr.port()))
-        };
-        plan.health = plan.health.map(|h| dns::plan::Health {
-            addr: moved(h.addr, self.health_port),
-            lameduck: h.lameduck,
+    fn corefile_setup(&self, plan: dns::plan::Plan) -> anyhow::Result<Setup> {
+        let (plan, listen) = plan.with_overrides(dns::plan::Overrides {
+            dns_port: self.dns_port,
+            bind: self.bind,
+            health_port: self.health_port,
+            ready_port: self.ready_port,
+            metrics_port: self.metrics_port,
         });
-        plan.ready = plan.ready.map(|addr| moved(addr, self.ready_port));
-        plan.prometheus = plan.prometheus.map(|addr| moved(addr, self.metrics_port));
         let k = plan.kubernetes.clone();
         let config = match &k {
             Some(k) => {
@@ -350,25 +332,7 @@ impl DnsArgs {
                     .filter(|(b, _)| b.kubernetes)
                     .flat_map(|(_, addrs)| addrs.clone())
                     .collect();
-                let fallthrough = match &k.fallthrough {
-                    None => Vec::new(),
-                    Some(zones) if zones.is_empty() => k.zones.clone(),
-                    Some(zones) => zones.clone(),
-                };
-                let config = Config {
-                    zones: k.zones.clone(),
-                    ttl: k.ttl.unwrap_or(5),
-                    pods: k.pods.unwrap_or_default(),
-                    endpoint_pod_names: k.endpoint_pod_names,
-                    ignore_empty_service: k.ignore_empty_service,
-                    noendpoints: k.noendpoints,
-                    namespaces: (!k.namespaces.is_empty())
-                        .then(|| k.namespaces.iter().cloned().collect()),
-                    fallthrough,
-                    ns_addresses: own_addresses(&own),
-                };
-                config.validate()?;
-                Some(config)
+                Some(k.config(own_addresses(&own))?)
             }
             None => None,
         };

@@ -52,6 +52,75 @@ impl Plan {
     }
 }
 
+/// What the command line changes of a Corefile, for tests and for running beside another DNS
+/// server: the port of every block, the address of every listener, the HTTP ports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub dns_port: Option<u16>,
+    pub bind: Option<IpAddr>,
+    pub health_port: Option<u16>,
+    pub ready_port: Option<u16>,
+    pub metrics_port: Option<u16>,
+}
+
+impl Plan {
+    /// The plan with `overrides` applied to its HTTP endpoints, and the addresses each block
+    /// listens on: `--bind` in place of every block's `bind`, neither meaning every address.
+    pub fn with_overrides(mut self, o: Overrides) -> (Plan, Vec<Vec<SocketAddr>>) {
+        let listen = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let port = o.dns_port.unwrap_or(b.port);
+                let ips = match (o.bind, b.bind.as_slice()) {
+                    (Some(ip), _) => vec![ip],
+                    (None, []) => vec![IpAddr::from([0, 0, 0, 0])],
+                    (None, ips) => ips.to_vec(),
+                };
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()
+            })
+            .collect();
+        let moved = |addr: SocketAddr, port: Option<u16>| {
+            SocketAddr::new(o.bind.unwrap_or(addr.ip()), port.unwrap_or(addr.port()))
+        };
+        self.health = self.health.map(|h| Health {
+            addr: moved(h.addr, o.health_port),
+            lameduck: h.lameduck,
+        });
+        self.ready = self.ready.map(|addr| moved(addr, o.ready_port));
+        self.prometheus = self.prometheus.map(|addr| moved(addr, o.metrics_port));
+        (self, listen)
+    }
+}
+
+impl Kubernetes {
+    /// The answering options this directive stands for, the server being reached at `own`
+    /// (for its NS records); `fallthrough` without zones stands for every zone of the directive.
+    pub fn config(&self, own: Vec<IpAddr>) -> crate::Result<crate::config::Config> {
+        let fallthrough = match &self.fallthrough {
+            None => Vec::new(),
+            Some(zones) if zones.is_empty() => self.zones.clone(),
+            Some(zones) => zones.clone(),
+        };
+        let config = crate::config::Config {
+            zones: self.zones.clone(),
+            ttl: self.ttl.unwrap_or(5),
+            pods: self.pods.unwrap_or_default(),
+            endpoint_pod_names: self.endpoint_pod_names,
+            ignore_empty_service: self.ignore_empty_service,
+            noendpoints: self.noendpoints,
+            namespaces: (!self.namespaces.is_empty())
+                .then(|| self.namespaces.iter().cloned().collect()),
+            fallthrough,
+            ns_addresses: own,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 /// One server block: where it listens and its plugins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
@@ -1668,5 +1737,63 @@ mod tests {
                 "is auto, name or value",
             ),
         ]);
+    }
+
+    #[test]
+    fn overrides_move_every_listener_and_http_endpoint() {
+        let plan = plan(".:53 {\n  bind 10.0.0.1 10.0.0.2\n  health :8080\n  ready 127.0.0.1:8181\n  prometheus :9153\n}\ncorp.example:5353 {\n  forward . 10.0.0.53\n}\n").unwrap();
+        let (kept, listen) = plan.clone().with_overrides(Overrides::default());
+        assert_eq!(
+            listen,
+            [
+                vec![
+                    "10.0.0.1:53".parse().unwrap(),
+                    "10.0.0.2:53".parse().unwrap()
+                ],
+                vec!["0.0.0.0:5353".parse().unwrap()]
+            ]
+        );
+        assert_eq!(kept.ready, Some("127.0.0.1:8181".parse().unwrap()));
+        let (moved, listen) = plan.with_overrides(Overrides {
+            dns_port: Some(1053),
+            bind: Some("127.0.0.1".parse().unwrap()),
+            health_port: Some(18080),
+            ready_port: None,
+            metrics_port: Some(19153),
+        });
+        assert_eq!(
+            listen,
+            [
+                vec!["127.0.0.1:1053".parse().unwrap()],
+                vec!["127.0.0.1:1053".parse().unwrap()]
+            ]
+        );
+        assert_eq!(
+            moved.health.unwrap().addr,
+            "127.0.0.1:18080".parse().unwrap()
+        );
+        assert_eq!(moved.ready, Some("127.0.0.1:8181".parse().unwrap()));
+        assert_eq!(moved.prometheus, Some("127.0.0.1:19153".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_kubernetes_directive_becomes_answering_options() {
+        let plan = plan(".:53 {\n  kubernetes cluster.local in-addr.arpa {\n    ttl 30\n    pods insecure\n    fallthrough\n    namespaces a\n  }\n}\n").unwrap();
+        let config = plan
+            .kubernetes
+            .unwrap()
+            .config(vec!["10.0.0.10".parse().unwrap()])
+            .unwrap();
+        assert_eq!(config.ttl, 30);
+        assert_eq!(config.pods, PodsMode::Insecure);
+        assert_eq!(
+            config.fallthrough,
+            [name("cluster.local."), name("in-addr.arpa.")]
+        );
+        assert_eq!(config.namespaces, Some(["a".to_string()].into()));
+        assert_eq!(
+            config.ns_addresses,
+            ["10.0.0.10".parse::<IpAddr>().unwrap()]
+        );
     }
 }
