@@ -385,6 +385,15 @@ fn objects() -> Vec<serde_json::Value> {
     ]
 }
 
+/// The test binary's cluster, with this file's objects created once: tests applying them at
+/// the same time could both try to create them.
+fn cluster() -> &'static Cluster {
+    static CREATED: std::sync::Once = std::sync::Once::new();
+    let cluster = Cluster::shared();
+    CREATED.call_once(|| cluster.apply(&objects()));
+    cluster
+}
+
 /// The ClusterIP kube-apiserver gave `web`.
 fn cluster_ip(cluster: &Cluster, name: &str) -> String {
     let out = cluster.kubectl(
@@ -468,8 +477,7 @@ fn differs(question: &Question, transport: Transport, ours: &Reply, theirs: &Rep
 
 #[test]
 fn kubeadms_corefile_answers_metrics_and_failures_are_coredns_own() {
-    let cluster = Cluster::shared();
-    cluster.apply(&objects());
+    let cluster = cluster();
     let web_ip = cluster_ip(cluster, "web");
     let pair = start(cluster);
     let table = table(&web_ip);
@@ -790,8 +798,7 @@ fn dnssec_ok_query(port: u16) {
 
 #[test]
 fn a_corefile_names_the_kubeconfig_context_and_the_label_selectors_to_watch_with() {
-    let cluster = Cluster::shared();
-    cluster.apply(&objects());
+    let cluster = cluster();
     cluster.apply(&[json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "tiered", "namespace": NS, "labels": {"tier": "web"}},
         "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})]);
@@ -848,8 +855,7 @@ fn wait_for_cluster(pair: &Pair) {
 
 #[test]
 fn kubeadms_older_corefile_with_a_plain_cache_answers_like_coredns() {
-    let cluster = Cluster::shared();
-    cluster.apply(&objects());
+    let cluster = cluster();
     let web_ip = cluster_ip(cluster, "web");
     // kubeadm before v1.32 wrote the same Corefile with a plain `cache 30`.
     let older = replace_once(
@@ -890,8 +896,7 @@ import {files}/custom/*.server
 
 #[test]
 fn k3s_corefile_with_node_hosts_and_custom_imports_answers_like_coredns() {
-    let cluster = Cluster::shared();
-    cluster.apply(&objects());
+    let cluster = cluster();
     let web_ip = cluster_ip(cluster, "web");
     let stub = Unbound::start(&["db.corp.example. 300 IN A 198.51.100.7"]);
     let files = [
@@ -962,8 +967,7 @@ fn k3s_corefile_with_node_hosts_and_custom_imports_answers_like_coredns() {
 
 #[test]
 fn a_kube_dns_configmap_translated_by_kubeadm_answers_like_coredns() {
-    let cluster = Cluster::shared();
-    cluster.apply(&objects());
+    let cluster = cluster();
     let web_ip = cluster_ip(cluster, "web");
     let stub = Unbound::start(&["db.corp.example. 300 IN A 198.51.100.7"]);
     // kube-dns's `stubDomains: {"corp.example": [STUB]}` and `upstreamNameservers`, as kubeadm
