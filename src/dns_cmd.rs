@@ -128,34 +128,24 @@ impl DnsArgs {
         Ok(<Wrapper as clap::Parser>::try_parse_from(argv)?.dns)
     }
 
+    /// The flags as the `kubernetes` directive they stand for, made answering options.
     fn config(&self) -> anyhow::Result<Config> {
-        let zones = self
-            .zones
-            .iter()
-            .map(|z| parse_zone(z))
-            .collect::<Result<Vec<_>, _>>()?;
-        let fallthrough = match &self.fallthrough {
-            None => Vec::new(),
-            Some(list) if list.is_empty() => zones.clone(),
-            Some(list) => list
-                .iter()
-                .map(|z| parse_zone(z))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        let config = Config {
-            zones,
-            ttl: self.ttl,
-            pods: self.pods,
+        let zone = |z: &String| parse_zone(z);
+        let k = dns::plan::Kubernetes {
+            zones: self.zones.iter().map(zone).collect::<Result<_, _>>()?,
+            ttl: Some(self.ttl),
+            pods: Some(self.pods),
             endpoint_pod_names: self.endpoint_pod_names,
             ignore_empty_service: self.ignore_empty_service,
             noendpoints: self.noendpoints,
-            namespaces: (!self.namespaces.is_empty())
-                .then(|| self.namespaces.iter().cloned().collect()),
-            fallthrough,
-            ns_addresses: own_addresses(&self.listen),
+            namespaces: self.namespaces.clone(),
+            fallthrough: match &self.fallthrough {
+                None => None,
+                Some(list) => Some(list.iter().map(zone).collect::<Result<_, _>>()?),
+            },
+            ..Default::default()
         };
-        config.validate()?;
-        Ok(config)
+        Ok(k.config(own_addresses(&self.listen))?)
     }
 }
 

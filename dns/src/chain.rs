@@ -159,8 +159,8 @@ pub enum Step {
 struct Query {
     /// The request as the block's plugins see it (after `rewrite`).
     req: Message,
-    /// The request as the client sent it.
-    asked: Message,
+    /// The request as the client sent it, when `rewrite` changed it (else it is `req`).
+    asked: Option<Box<Message>>,
     /// How `rewrite` maps the reply back.
     back: Vec<crate::rewrite::ResponseRule>,
     transport: Transport,
@@ -170,6 +170,13 @@ struct Query {
     started: Instant,
     size: usize,
     route: Route,
+}
+
+impl Query {
+    /// The request as the client sent it.
+    fn asked(&self) -> &Message {
+        self.asked.as_deref().unwrap_or(&self.req)
+    }
 }
 
 /// Where a block's answer stands after the synchronous part.
@@ -248,9 +255,10 @@ impl Router {
         {
             edns.set_max_payload(size);
         }
-        let (inner, back) = match crate::rewrite::apply(&route.chain.rewrite, &req) {
-            Ok(Some(rewritten)) => (rewritten.request, rewritten.back),
-            Ok(None) => (req.clone(), Vec::new()),
+        // The request as asked is kept apart only when `rewrite` changed it: no copy per query.
+        let (inner, asked, back) = match crate::rewrite::apply(&route.chain.rewrite, &req) {
+            Ok(Some(rewritten)) => (rewritten.request, Some(Box::new(req)), rewritten.back),
+            Ok(None) => (req, None, Vec::new()),
             // CoreDNS: SERVFAIL, the question as asked.
             Err(e) => {
                 if let Some(errors) = &route.chain.errors {
@@ -267,7 +275,7 @@ impl Router {
         };
         let query = Query {
             req: inner,
-            asked: req,
+            asked,
             back,
             transport,
             peer,
@@ -466,7 +474,7 @@ impl Router {
                 let target_reply = match self.route(&target).cloned() {
                     Some(route) => {
                         let inner = Query {
-                            asked: sub.clone(),
+                            asked: None,
                             req: sub,
                             back: Vec::new(),
                             route,
@@ -649,7 +657,7 @@ pub fn round_robin(section: &mut Vec<Record>, rng: &mut impl rand::Rng) {
 fn finish(q: &Query, reply: Message, writer: Writer) -> Option<Vec<u8>> {
     let reply = shuffled(q, reverted(q, reply));
     let rcode = reply.metadata.response_code;
-    let bytes = encode(reply, &q.asked, q.transport)?;
+    let bytes = encode(reply, q.asked(), q.transport)?;
     report(q, rcode, bytes.len(), writer);
     if !q.route.chain.log.is_empty()
         && let Ok(sent) = Message::from_vec(&bytes)
@@ -661,20 +669,20 @@ fn finish(q: &Query, reply: Message, writer: Writer) -> Option<Vec<u8>> {
 
 /// `reply` as `rewrite` maps it back to what the client asked.
 fn reverted(q: &Query, mut reply: Message) -> Message {
-    if !q.back.is_empty() || q.req.queries != q.asked.queries {
-        crate::rewrite::revert(&mut reply, &q.asked, &q.back);
+    if let Some(asked) = &q.asked {
+        crate::rewrite::revert(&mut reply, asked, &q.back);
     }
     reply
 }
 
 /// Counts the query in the block's metrics.
 fn report(q: &Query, rcode: ResponseCode, size: usize, writer: Writer) {
-    let question = &q.asked.queries[0];
+    let question = &q.asked().queries[0];
     q.route.metrics.report(
         q.transport,
         q.peer.is_ipv6(),
         question.query_type(),
-        q.asked.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        q.asked().edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         q.size,
         size,
         rcode,
@@ -686,14 +694,14 @@ fn report(q: &Query, rcode: ResponseCode, size: usize, writer: Writer) {
 /// Writes the query's `log` line to stdout, when a rule of the block takes its name and class.
 fn log(q: &Query, reply: &Message, size: usize) {
     use crate::log::{Entry, class_of, render, rule_for};
-    let Some(rule) = rule_for(&q.route.chain.log, q.asked.queries[0].name()) else {
+    let Some(rule) = rule_for(&q.route.chain.log, q.asked().queries[0].name()) else {
         return;
     };
     if !rule.logs(class_of(reply)) {
         return;
     }
     let entry = Entry {
-        request: &q.asked,
+        request: q.asked(),
         size: q.size,
         reply,
         reply_size: size,

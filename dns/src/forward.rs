@@ -118,6 +118,35 @@ pub enum ForwardError {
 /// A TLS connection to an upstream.
 type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
+/// Idle connections to one upstream, each with when it was last used.
+#[derive(Debug)]
+struct Pool<T>(Mutex<Vec<(T, Instant)>>);
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(Mutex::default())
+    }
+}
+
+impl<T> Pool<T> {
+    /// An idle connection used within `expire`, dropping the older ones.
+    fn take(&self, expire: Duration) -> Option<T> {
+        let mut idle = self.0.lock().expect("pool lock");
+        idle.retain(|(_, used)| used.elapsed() < expire);
+        idle.pop().map(|(conn, _)| conn)
+    }
+
+    /// Keeps `conn` for reuse, unless connections are never reused (`expire 0`).
+    fn keep(&self, conn: T, expire: Duration) {
+        if !expire.is_zero() {
+            self.0
+                .lock()
+                .expect("pool lock")
+                .push((conn, Instant::now()));
+        }
+    }
+}
+
 /// One upstream: its health and idle connections.
 #[derive(Debug)]
 struct Upstream {
@@ -125,9 +154,9 @@ struct Upstream {
     label: String,
     fails: AtomicU32,
     checking: AtomicBool,
-    udp: Mutex<Vec<(Arc<UdpSocket>, Instant)>>,
-    tcp: Mutex<Vec<(TcpStream, Instant)>>,
-    tls: Mutex<Vec<(TlsStream, Instant)>>,
+    udp: Pool<Arc<UdpSocket>>,
+    tcp: Pool<TcpStream>,
+    tls: Pool<TlsStream>,
 }
 
 /// The client side of DNS over TLS: the configuration and the name checked.
@@ -236,9 +265,9 @@ impl Forwarder {
                         label: addr.to_string(),
                         fails: AtomicU32::new(0),
                         checking: AtomicBool::new(false),
-                        udp: Mutex::default(),
-                        tcp: Mutex::default(),
-                        tls: Mutex::default(),
+                        udp: Pool::default(),
+                        tcp: Pool::default(),
+                        tls: Pool::default(),
                     })
                 })
                 .collect(),
@@ -355,7 +384,7 @@ impl Forwarder {
                     match &tls {
                         Some(tls) => {
                             let mut stream = tls.connect(upstream.addr).await?;
-                            tcp_exchange(&probe, &mut stream).await
+                            exchange_on(&probe, &mut stream).await
                         }
                         None => udp_exchange(&probe, None, upstream.addr).await,
                     }
@@ -421,27 +450,17 @@ impl Forwarder {
 
     /// A connected UDP socket to `upstream`: an idle one not expired, or a new one.
     async fn udp_socket(&self, upstream: &Upstream) -> std::io::Result<Arc<UdpSocket>> {
-        let reused = {
-            let mut idle = upstream.udp.lock().expect("pool lock");
-            idle.retain(|(_, used)| used.elapsed() < self.forward.expire);
-            idle.pop()
-        };
+        let reused = upstream.udp.take(self.forward.expire);
         self.metrics
             .connection(&upstream.label, "udp", reused.is_some());
         match reused {
-            Some((socket, _)) => Ok(socket),
+            Some(socket) => Ok(socket),
             None => Ok(Arc::new(connect_udp(upstream.addr).await?)),
         }
     }
 
     fn keep_udp(&self, upstream: &Upstream, socket: Arc<UdpSocket>) {
-        if !self.forward.expire.is_zero() {
-            upstream
-                .udp
-                .lock()
-                .expect("pool lock")
-                .push((socket, Instant::now()));
-        }
+        upstream.udp.keep(socket, self.forward.expire);
     }
 
     async fn tcp_exchange(
@@ -449,72 +468,58 @@ impl Forwarder {
         request: &Message,
         upstream: &Upstream,
     ) -> std::io::Result<Message> {
-        let reused = {
-            let mut idle = upstream.tcp.lock().expect("pool lock");
-            idle.retain(|(_, used)| used.elapsed() < self.forward.expire);
-            idle.pop()
-        };
-        self.metrics
-            .connection(&upstream.label, "tcp", reused.is_some());
-        let (mut stream, was_idle) = match reused {
-            Some((stream, _)) => (stream, true),
-            None => (TcpStream::connect(upstream.addr).await?, false),
-        };
-        let reply = match tcp_exchange(request, &mut stream).await {
-            Ok(reply) => reply,
-            // The upstream may have closed an idle connection: once more on a new one.
-            Err(_) if was_idle => {
-                stream = TcpStream::connect(upstream.addr).await?;
-                tcp_exchange(request, &mut stream).await?
-            }
-            Err(e) => return Err(e),
-        };
-        if !self.forward.expire.is_zero() {
-            upstream
-                .tcp
-                .lock()
-                .expect("pool lock")
-                .push((stream, Instant::now()));
-        }
-        Ok(reply)
+        let addr = upstream.addr;
+        self.stream_exchange(request, upstream, &upstream.tcp, "tcp", || {
+            TcpStream::connect(addr)
+        })
+        .await
     }
-}
 
-impl Forwarder {
-    /// One question over TLS: an idle connection not expired, or a new one (once more on a new
-    /// one if the idle one was closed).
+    /// One question over TLS.
     async fn tls_exchange(
         &self,
         request: &Message,
         upstream: &Upstream,
         tls: &TlsClient,
     ) -> std::io::Result<Message> {
-        let reused = {
-            let mut idle = upstream.tls.lock().expect("pool lock");
-            idle.retain(|(_, used)| used.elapsed() < self.forward.expire);
-            idle.pop()
-        };
+        let addr = upstream.addr;
+        self.stream_exchange(request, upstream, &upstream.tls, "tcp-tls", || {
+            tls.connect(addr)
+        })
+        .await
+    }
+
+    /// One question over a stream from `pool` (an idle one not expired, or a new one from
+    /// `connect`; once more on a new one if the idle one was closed), kept for reuse after.
+    async fn stream_exchange<S, F>(
+        &self,
+        request: &Message,
+        upstream: &Upstream,
+        pool: &Pool<S>,
+        proto: &'static str,
+        connect: impl Fn() -> F,
+    ) -> std::io::Result<Message>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        F: std::future::Future<Output = std::io::Result<S>>,
+    {
+        let reused = pool.take(self.forward.expire);
         self.metrics
-            .connection(&upstream.label, "tcp-tls", reused.is_some());
+            .connection(&upstream.label, proto, reused.is_some());
         let (mut stream, was_idle) = match reused {
-            Some((stream, _)) => (stream, true),
-            None => (tls.connect(upstream.addr).await?, false),
+            Some(stream) => (stream, true),
+            None => (connect().await?, false),
         };
-        let reply = match tcp_exchange(request, &mut stream).await {
+        let reply = match exchange_on(request, &mut stream).await {
             Ok(reply) => reply,
+            // The upstream may have closed an idle connection.
             Err(_) if was_idle => {
-                stream = tls.connect(upstream.addr).await?;
-                tcp_exchange(request, &mut stream).await?
+                stream = connect().await?;
+                exchange_on(request, &mut stream).await?
             }
             Err(e) => return Err(e),
         };
-        if !self.forward.expire.is_zero() {
-            upstream
-                .tls
-                .lock()
-                .expect("pool lock")
-                .push((stream, Instant::now()));
-        }
+        pool.keep(stream, self.forward.expire);
         Ok(reply)
     }
 }
@@ -583,7 +588,8 @@ async fn udp_exchange(
     }
 }
 
-async fn tcp_exchange<S>(request: &Message, stream: &mut S) -> std::io::Result<Message>
+/// One question over a stream (TCP or TLS), framed with its length as RFC 1035 frames TCP.
+async fn exchange_on<S>(request: &Message, stream: &mut S) -> std::io::Result<Message>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
