@@ -2,7 +2,8 @@
 //! minimum, capacity and eviction, `disable`, `prefetch`, `serve_stale`, `servfail`, `keepttl`,
 //! an answer served while the upstream is gone), `forward` (`policy`, `max_fails` and
 //! `health_check`, `force_tcp`, `prefer_udp`, `expire`, `except`), `loadbalance`, `loop`,
-//! `reload`, `errors`, and several server blocks routed by the longest zone. The upstreams are
+//! `reload`, `errors`, several server blocks routed by the longest zone, and a burst of
+//! queries from many clients answered once each. The upstreams are
 //! Debian's Unbound, or scripted ones that count what they are asked and can be silenced.
 
 mod support;
@@ -506,6 +507,127 @@ fn loadbalance_shuffles_addresses_and_without_it_the_order_holds() {
     let kubernetes = "  kubernetes cluster.local {\n    manifests {fixture}\n  }\n";
     assert_eq!(orders(&format!(".:53 {{\n{kubernetes}}}\n")), 1);
     assert!(orders(&format!(".:53 {{\n{kubernetes}  loadbalance\n}}\n")) > 1);
+    // Cached answers are shuffled too (a hit is answered from the cached reply's bytes), and
+    // without loadbalance a cached answer keeps its order.
+    assert!(
+        orders(&format!(
+            ".:53 {{\n{kubernetes}  cache 30\n  loadbalance\n}}\n"
+        )) > 1
+    );
+    assert_eq!(orders(&format!(".:53 {{\n{kubernetes}  cache 30\n}}\n")), 1);
+}
+
+/// A burst: `clients` sockets each send `per_client` queries for `names` names (mixed case,
+/// every fourth one with EDNS) without waiting, then read every reply. Returns how many came,
+/// each checked against the question it answers: its ID, the name as asked, the address, OPT
+/// only when sent.
+fn burst(port: u16, clients: usize, per_client: usize, names: usize) -> usize {
+    use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::Name;
+    let sockets: Vec<std::net::UdpSocket> = (0..clients)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    let asked = |client: usize, i: usize| -> (String, usize) {
+        let n = (client * per_client + i) % names;
+        let name = if i.is_multiple_of(2) {
+            format!("N{n}.Burst.Example.")
+        } else {
+            format!("n{n}.burst.example.")
+        };
+        (name, n)
+    };
+    for (client, socket) in sockets.iter().enumerate() {
+        for i in 0..per_client {
+            let mut m = Message::query();
+            m.metadata.id = i as u16;
+            m.metadata.recursion_desired = true;
+            let (name, _) = asked(client, i);
+            m.queries.push(Query::query(
+                Name::from_ascii(&name).unwrap(),
+                RecordType::A,
+            ));
+            if i % 4 == 1 {
+                let mut edns = Edns::new();
+                edns.set_max_payload(1232);
+                m.edns = Some(edns);
+            }
+            socket
+                .send_to(&m.to_vec().unwrap(), ("127.0.0.1", port))
+                .unwrap();
+        }
+    }
+    let mut answered = 0;
+    for (client, socket) in sockets.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        let mut buf = [0u8; 4096];
+        while seen.len() < per_client {
+            let (n, _) = socket.recv_from(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "client {client}: {} of {per_client} answered: {e}",
+                    seen.len()
+                )
+            });
+            let reply = Message::from_vec(&buf[..n]).unwrap();
+            let i = usize::from(reply.metadata.id);
+            assert!(seen.insert(i), "client {client}: query {i} answered twice");
+            let (name, number) = asked(client, i);
+            assert_eq!(
+                reply.queries[0].name().to_ascii(),
+                name,
+                "the name as asked"
+            );
+            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+            let addresses: Vec<String> = reply.answers.iter().map(|r| r.data.to_string()).collect();
+            assert_eq!(addresses, [format!("192.0.2.{}", number + 1)], "{reply}");
+            assert_eq!(
+                reply.edns.is_some(),
+                i % 4 == 1,
+                "OPT echoed only when sent"
+            );
+            answered += 1;
+        }
+    }
+    answered
+}
+
+#[test]
+fn a_burst_from_many_clients_is_answered_once_each_and_counted_as_the_cache_answered_it() {
+    // nN.burst.example. is 192.0.2.(N+1).
+    let upstream = FakeUpstream::start(|query| {
+        let name = query.queries[0].name().to_ascii().to_ascii_lowercase();
+        let n: u8 = name
+            .trim_start_matches('n')
+            .split('.')
+            .next()?
+            .parse()
+            .ok()?;
+        Some(reply_with(
+            query,
+            vec![a_record(query, 300, [192, 0, 2, n + 1])],
+        ))
+    });
+    let dns = ConfDns::start(&forwarding(upstream.port, "", "  cache 30"), &[]);
+    let requests = || dns.metric("coredns_dns_requests_total", &[]);
+    let hits = || dns.metric("coredns_cache_hits_total", &[("type", "success")]);
+    let requests_before = requests();
+    // The first burst fills the cache (misses go upstream, some names asked several times
+    // before the first answer is cached); the second is answered from it alone.
+    assert_eq!(burst(dns.port, 4, 100, 50), 400);
+    let asked_upstream = upstream.questions();
+    assert!((50..=400).contains(&asked_upstream), "{asked_upstream}");
+    let hits_after_first = hits();
+    assert_eq!(burst(dns.port, 4, 100, 50), 400);
+    assert_eq!(
+        upstream.questions(),
+        asked_upstream,
+        "the second burst is all cache hits"
+    );
+    assert_eq!(hits() - hits_after_first, 400.0);
+    assert_eq!(requests() - requests_before, 800.0);
 }
 
 #[test]

@@ -9,13 +9,15 @@
 //! Pure apart from the clock, which the caller passes in.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
+
+use crate::wire::{Flags, Template};
 
 /// CoreDNS's default capacity of each cache.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -115,33 +117,22 @@ impl Kind {
     }
 }
 
-/// The cache key: the question in lower case, with DO and CD.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    name: String,
-    qtype: u16,
-    qclass: u16,
-    dnssec_ok: bool,
-    checking_disabled: bool,
-}
+/// The cache key: the question on the wire with its name in lower case, then a byte with DO
+/// and CD ([`crate::wire::key_of`]), so a hit can be found from a request's bytes alone.
+type Key = Box<[u8]>;
 
-impl Key {
-    fn of(request: &Message) -> Option<Key> {
-        let q = request.queries.first()?;
-        Some(Key {
-            name: q.name().to_ascii().to_ascii_lowercase(),
-            qtype: u16::from(q.query_type()),
-            qclass: u16::from(q.query_class()),
-            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
-            checking_disabled: request.metadata.checking_disabled,
-        })
-    }
-
-    fn shard(&self) -> usize {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut h);
-        (h.finish() as usize) % SHARDS
-    }
+fn key_of(request: &Message) -> Option<Key> {
+    let q = request.queries.first()?;
+    Some(
+        crate::wire::key_of(
+            q.name(),
+            u16::from(q.query_type()),
+            u16::from(q.query_class()),
+            request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            request.metadata.checking_disabled,
+        )
+        .into(),
+    )
 }
 
 /// One cached reply.
@@ -163,6 +154,8 @@ pub struct Item {
     hits: Mutex<VecDeque<Instant>>,
     /// A refresh (prefetch or stale) is in flight.
     refreshing: AtomicBool,
+    /// The reply as bytes, made on the first hit answered from bytes (`None`: it cannot be).
+    template: OnceLock<Option<Template>>,
 }
 
 impl Item {
@@ -186,6 +179,23 @@ impl Item {
         m.authorities = with_ttl(&self.authorities, ttl);
         m.additionals = with_ttl(&self.additionals, ttl);
         m
+    }
+
+    /// The reply as a wire template for a question whose wire form is `question`, made once;
+    /// `loadbalance` must be the same on every call (the block's).
+    pub fn template(&self, question: &[u8], loadbalance: bool) -> Option<&Template> {
+        self.template
+            .get_or_init(|| {
+                let flags = Flags {
+                    authoritative: self.authoritative,
+                    recursion_available: self.recursion_available,
+                    authentic_data: self.authentic_data,
+                    rcode: u8::try_from(u16::from(self.rcode)).ok()?,
+                };
+                let sections = [&self.answers[..], &self.authorities, &self.additionals];
+                Template::new(question, flags, sections, loadbalance)
+            })
+            .as_ref()
     }
 
     /// Takes the right to refresh this entry (prefetch, or a stale one): false while another
@@ -339,19 +349,29 @@ fn minimal_ttl(m: &Message, kind: ReplyType, max: u32) -> u32 {
 #[derive(Debug)]
 struct Store {
     per_shard: usize,
-    shards: Vec<Mutex<HashMap<Key, std::sync::Arc<Item>>>>,
+    /// Picks the shard (seeded: names are chosen by clients).
+    hasher: foldhash::fast::RandomState,
+    shards: Vec<Mutex<HashMap<Key, std::sync::Arc<Item>, foldhash::fast::RandomState>>>,
 }
 
 impl Store {
     fn new(capacity: usize) -> Store {
         Store {
             per_shard: (capacity / SHARDS).max(4),
+            hasher: foldhash::fast::RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
-    fn get(&self, key: &Key) -> Option<std::sync::Arc<Item>> {
-        self.shards[key.shard()]
+    fn shard(
+        &self,
+        key: &[u8],
+    ) -> &Mutex<HashMap<Key, std::sync::Arc<Item>, foldhash::fast::RandomState>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    fn get(&self, key: &[u8]) -> Option<std::sync::Arc<Item>> {
+        self.shard(key)
             .lock()
             .expect("cache lock")
             .get(key)
@@ -360,7 +380,7 @@ impl Store {
 
     /// Adds `item`; true when another entry was evicted for it.
     fn add(&self, key: Key, item: Item) -> bool {
-        let mut shard = self.shards[key.shard()].lock().expect("cache lock");
+        let mut shard = self.shard(&key).lock().expect("cache lock");
         let mut evicted = false;
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             let victim = shard.keys().next().cloned();
@@ -373,11 +393,8 @@ impl Store {
         evicted
     }
 
-    fn remove(&self, key: &Key) {
-        self.shards[key.shard()]
-            .lock()
-            .expect("cache lock")
-            .remove(key);
+    fn remove(&self, key: &[u8]) {
+        self.shard(key).lock().expect("cache lock").remove(key);
     }
 
     fn len(&self) -> usize {
@@ -409,6 +426,8 @@ pub struct Cache {
     success: Store,
     denial: Store,
     pub counts: Counts,
+    /// `settings.zones` in lower case on the wire.
+    zones_wire: Vec<Vec<u8>>,
 }
 
 impl Cache {
@@ -416,6 +435,7 @@ impl Cache {
         Cache {
             success: Store::new(settings.success.capacity),
             denial: Store::new(settings.denial.capacity),
+            zones_wire: settings.zones.iter().map(crate::wire::lower_wire).collect(),
             settings,
             counts: Counts::default(),
         }
@@ -426,6 +446,13 @@ impl Cache {
         self.settings.zones.iter().any(|z| z.zone_of(name))
     }
 
+    /// Whether queries for the lower-case wire name `name` go through this cache.
+    pub fn covers_wire(&self, name: &[u8]) -> bool {
+        self.zones_wire
+            .iter()
+            .any(|z| crate::wire::in_zone(z, name))
+    }
+
     /// Entries in the success and denial caches.
     pub fn entries(&self) -> (usize, usize) {
         (self.success.len(), self.denial.len())
@@ -434,47 +461,12 @@ impl Cache {
     /// What is cached for `request`, at `now`; `generation` is the current cluster index's.
     pub fn get(&self, request: &Message, now: Instant, generation: u64) -> Lookup {
         self.counts.requests.fetch_add(1, Ordering::Relaxed);
-        let Some(key) = Key::of(request) else {
-            self.counts.misses.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Miss;
-        };
-        let stale_for = self
-            .settings
-            .serve_stale
-            .map_or(0, |s| s.up_to.as_secs() as i64);
-        let usable = |item: &Item| {
-            let left = item.remaining(now);
-            let current = item.generation.is_none_or(|g| g == generation);
-            current && (left > 0 || (stale_for > 0 && -left < stale_for))
-        };
-        // The denial cache first, as CoreDNS: a cached SERVFAIL gives way to a success entry.
-        let mut found = None;
-        if let Some(item) = self.denial.get(&key).filter(|i| usable(i)) {
-            found = Some((item, Kind::Denial));
-            if found
-                .as_ref()
-                .is_some_and(|(i, _)| i.rcode == ResponseCode::ServFail)
-                && let Some(success) = self.success.get(&key).filter(|i| usable(i))
-            {
-                found = Some((success, Kind::Success));
-            }
-        }
-        if found.is_none() {
-            found = self
-                .success
-                .get(&key)
-                .filter(|i| usable(i))
-                .map(|i| (i, Kind::Success));
-        }
+        let found = key_of(request).and_then(|key| self.find(&key, now, generation));
         let Some((item, kind)) = found else {
             self.counts.misses.fetch_add(1, Ordering::Relaxed);
             return Lookup::Miss;
         };
-        match kind {
-            Kind::Success => &self.counts.hits_success,
-            Kind::Denial => &self.counts.hits_denial,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        self.count_hit(kind);
         let left = item.remaining(now);
         if left <= 0 {
             let stale = self
@@ -505,6 +497,78 @@ impl Cache {
             kind,
             prefetch,
         }
+    }
+
+    /// The entry for `key` that may be given at `now`: fresh, or expired within `serve_stale`.
+    fn find(
+        &self,
+        key: &[u8],
+        now: Instant,
+        generation: u64,
+    ) -> Option<(std::sync::Arc<Item>, Kind)> {
+        let stale_for = self
+            .settings
+            .serve_stale
+            .map_or(0, |s| s.up_to.as_secs() as i64);
+        let usable = |item: &Item| {
+            let left = item.remaining(now);
+            let current = item.generation.is_none_or(|g| g == generation);
+            current && (left > 0 || (stale_for > 0 && -left < stale_for))
+        };
+        // The denial cache first, as CoreDNS: a cached SERVFAIL gives way to a success entry.
+        if let Some(item) = self.denial.get(key).filter(|i| usable(i)) {
+            if item.rcode == ResponseCode::ServFail
+                && let Some(success) = self.success.get(key).filter(|i| usable(i))
+            {
+                return Some((success, Kind::Success));
+            }
+            return Some((item, Kind::Denial));
+        }
+        self.success
+            .get(key)
+            .filter(|i| usable(i))
+            .map(|i| (i, Kind::Success))
+    }
+
+    /// A fresh entry for the wire `key` ([`crate::wire::Request::key`]) and the TTL to answer
+    /// with, counting nothing: `None` when [`Cache::get`] would not give a plain hit (a miss, a
+    /// stale entry, or `prefetch` configured, which needs the full path). Count the hit with
+    /// [`Cache::count_hit`] once it is given.
+    pub fn fresh(
+        &self,
+        key: &[u8],
+        now: Instant,
+        generation: u64,
+    ) -> Option<(std::sync::Arc<Item>, Kind, u32)> {
+        if self.settings.prefetch.is_some_and(|p| p.amount > 0) {
+            return None;
+        }
+        let (item, kind) = self.find(key, now, generation)?;
+        let left = item.remaining(now);
+        if left <= 0 {
+            return None;
+        }
+        let ttl = if self.settings.keepttl {
+            item.ttl
+        } else {
+            left as u32
+        };
+        Some((item, kind, ttl))
+    }
+
+    /// Counts a request answered by an entry of `kind`.
+    fn count_hit(&self, kind: Kind) {
+        match kind {
+            Kind::Success => &self.counts.hits_success,
+            Kind::Denial => &self.counts.hits_denial,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request answered from bytes ([`Cache::fresh`]).
+    pub fn count_request(&self, kind: Kind) {
+        self.counts.requests.fetch_add(1, Ordering::Relaxed);
+        self.count_hit(kind);
     }
 
     fn should_prefetch(&self, item: &Item, now: Instant) -> bool {
@@ -584,7 +648,7 @@ impl Cache {
         if !cacheable || secs == 0 {
             return reply;
         }
-        let Some(key) = Key::of(request) else {
+        let Some(key) = key_of(request) else {
             return reply;
         };
         let matches = reply.queries.len() == 1
@@ -612,6 +676,7 @@ impl Cache {
             generation,
             hits: Mutex::default(),
             refreshing: AtomicBool::new(false),
+            template: OnceLock::new(),
         };
         match kind {
             ReplyType::NoError | ReplyType::Delegation => {

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::forward::{ForwardError, Forwarder};
 use crate::index::Index;
 use crate::message::{
-    Cluster, Parsed, Transport, cluster, encode, parse, precheck, reply_to, with_rcode,
+    Cluster, Parsed, Transport, cluster, encode, limit_for, parse, precheck, reply_to, with_rcode,
 };
 use crate::metrics::{ServerMetrics, Writer};
 
@@ -144,6 +144,8 @@ pub struct Route {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Each route's zone in lower case on the wire, in the same order.
+    zones_wire: Vec<Vec<u8>>,
 }
 
 /// What the receiving task does with a query.
@@ -221,7 +223,11 @@ impl Router {
     pub fn new(mut routes: Vec<Route>) -> Router {
         // Longest zone first, so the first match is the best.
         routes.sort_by_key(|r| std::cmp::Reverse(r.zone.num_labels()));
-        Router { routes }
+        let zones_wire = routes
+            .iter()
+            .map(|r| crate::wire::lower_wire(&r.zone))
+            .collect();
+        Router { routes, zones_wire }
     }
 
     fn route(&self, name: &Name) -> Option<&Route> {
@@ -237,6 +243,71 @@ impl Router {
         local: SocketAddr,
     ) -> Step {
         let started = Instant::now();
+        match self.cache_hit(bytes, transport, peer, started) {
+            Some(reply) => Step::Done(Some(reply)),
+            None => self.decoded(bytes, transport, peer, local, started),
+        }
+    }
+
+    /// A plain query answered by a fresh cache entry straight from its bytes, with what the
+    /// full path gives for it (the same bytes, or with `loadbalance` the same records in
+    /// another shuffle) and the same metrics. `None` leaves it to the full path: a query that
+    /// is not plain ([`crate::wire::Request::peek`]), a block with `rewrite` or `log` (they
+    /// need the decoded message), no fresh entry, a cache with `prefetch`, a reply too large.
+    fn cache_hit(
+        &self,
+        bytes: &[u8],
+        transport: Transport,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
+        let mut request = crate::wire::Request::peek(bytes)?;
+        let key = request.key(bytes);
+        let name = request.lower_name(&key);
+        let (route, _) = self
+            .routes
+            .iter()
+            .zip(&self.zones_wire)
+            .find(|(_, zone)| crate::wire::in_zone(zone, name))?;
+        let chain = &route.chain;
+        if !chain.rewrite.is_empty() || !chain.log.is_empty() {
+            return None;
+        }
+        let cache = chain.cache.as_ref().filter(|c| c.covers_wire(name))?;
+        let (item, kind, ttl) = cache.fresh(&key, started, chain.generation())?;
+        if let (Some(size), Some(edns)) = (chain.bufsize, request.edns.as_mut())
+            && edns.payload > size
+        {
+            edns.payload = size.max(512);
+        }
+        let limit = limit_for(transport, request.edns.map(|e| e.payload));
+        // The template's question is the key's, in lower case, as most clients spell it.
+        let template = item.template(&key[..request.question.len()], chain.loadbalance)?;
+        let reply = template.reply(&request, bytes, ttl, limit, &mut rand::rng())?;
+        cache.count_request(kind);
+        route.metrics.report(
+            transport,
+            peer.is_ipv6(),
+            RecordType::from(request.qtype),
+            request.edns.is_some_and(|e| e.dnssec_ok),
+            bytes.len(),
+            reply.len(),
+            ResponseCode::from(0, reply[3] & 0x0f),
+            Writer::Chain,
+            started.elapsed(),
+        );
+        Some(reply)
+    }
+
+    /// The full path: the request decoded, each plugin of the block in turn.
+    fn decoded(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        transport: Transport,
+        peer: SocketAddr,
+        local: SocketAddr,
+        started: Instant,
+    ) -> Step {
         let req = match parse(bytes) {
             Parsed::Query(req) => req,
             Parsed::Reply(reply) => return Step::Done(reply),
@@ -766,5 +837,232 @@ mod tests {
         let before = section.clone();
         round_robin(&mut section, &mut rand::rng());
         assert_eq!(section, before);
+    }
+
+    /// A router of one root block with a cache holding `replies` (each stored for the request
+    /// it answers).
+    fn cached_router(
+        loadbalance: bool,
+        bufsize: Option<u16>,
+        log: Vec<crate::log::Rule>,
+        replies: &[Message],
+    ) -> Arc<Router> {
+        let cache = Arc::new(Cache::new(crate::cache::Settings::default()));
+        for reply in replies {
+            let mut req = reply.clone();
+            req.metadata.message_type = hickory_proto::op::MessageType::Query;
+            req.answers.clear();
+            req.authorities.clear();
+            req.additionals.clear();
+            cache.put(&req, reply.clone(), Instant::now(), None);
+        }
+        let chain = Arc::new(Chain {
+            cluster: None,
+            cache: Some(cache),
+            hosts: None,
+            forward: None,
+            loadbalance,
+            log,
+            errors: None,
+            loop_probe: None,
+            bufsize,
+            rewrite: Vec::new(),
+        });
+        Arc::new(Router::new(vec![Route {
+            zone: Name::root(),
+            chain,
+            metrics: Arc::new(ServerMetrics::new("dns://:53".into(), ".".into(), "cache")),
+        }]))
+    }
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn ask(qname: &str, qtype: RecordType, edns: Option<(u16, bool)>) -> Message {
+        let mut m = Message::query();
+        m.metadata.id = 4321;
+        m.metadata.recursion_desired = true;
+        m.queries
+            .push(hickory_proto::op::Query::query(name(qname), qtype));
+        if let Some((payload, dnssec_ok)) = edns {
+            let mut e = hickory_proto::op::Edns::new();
+            e.set_max_payload(payload);
+            e.set_dnssec_ok(dnssec_ok);
+            m.edns = Some(e);
+        }
+        m
+    }
+
+    fn reply(req: &Message, rcode: ResponseCode, answers: Vec<Record>, soa: bool) -> Message {
+        let mut m = reply_to(req);
+        m.metadata.response_code = rcode;
+        m.metadata.recursion_available = true;
+        m.metadata.authentic_data = true;
+        m.edns = req.edns.clone();
+        m.answers = answers;
+        if soa {
+            m.authorities.push(Record::from_rdata(
+                name("example."),
+                60,
+                RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                    name("ns.example."),
+                    name("admin.example."),
+                    1,
+                    7200,
+                    1800,
+                    86400,
+                    60,
+                )),
+            ));
+        }
+        m
+    }
+
+    fn sorted(mut m: Message) -> Message {
+        for section in [&mut m.answers, &mut m.authorities, &mut m.additionals] {
+            section.sort_by_key(|r| r.to_string());
+        }
+        m
+    }
+
+    #[test]
+    fn a_cache_hit_from_bytes_is_what_the_full_path_answers() {
+        let at = |owner: &str, last: u8| {
+            Record::from_rdata(name(owner), 300, RData::A(A::new(192, 0, 2, last)))
+        };
+        let www = ask("www.example.", RecordType::A, None);
+        let many = ask("many.example.", RecordType::A, None);
+        let nope = ask("nope.example.", RecordType::A, None);
+        let signed = ask("www.example.", RecordType::A, Some((1232, true)));
+        let replies = [
+            reply(
+                &signed,
+                ResponseCode::NoError,
+                vec![at("www.example.", 9)],
+                false,
+            ),
+            reply(
+                &www,
+                ResponseCode::NoError,
+                vec![at("www.example.", 1)],
+                false,
+            ),
+            reply(
+                &many,
+                ResponseCode::NoError,
+                vec![
+                    record(RData::CNAME(CNAME(name("edge.example.")))),
+                    at("edge.example.", 1),
+                    at("edge.example.", 2),
+                    at("edge.example.", 3),
+                ]
+                .into_iter()
+                .map(|mut r| {
+                    if r.record_type() == RecordType::CNAME {
+                        r.name = name("many.example.");
+                    }
+                    r
+                })
+                .collect(),
+                false,
+            ),
+            reply(&nope, ResponseCode::NXDomain, vec![], true),
+        ];
+        let peer: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let questions = [
+            ask("www.example.", RecordType::A, None),
+            ask("WWW.Example.", RecordType::A, Some((1232, false))),
+            ask("many.example.", RecordType::A, Some((4096, false))),
+            ask("www.example.", RecordType::A, Some((4096, true))),
+            ask("nope.example.", RecordType::A, None),
+            ask("NOPE.example.", RecordType::A, Some((600, false))),
+        ];
+        for loadbalance in [false, true] {
+            for bufsize in [None, Some(700)] {
+                let router = cached_router(loadbalance, bufsize, Vec::new(), &replies);
+                let mut answered = 0;
+                for (question, transport) in questions
+                    .iter()
+                    .flat_map(|q| [(q, Transport::Udp), (q, Transport::Tcp)])
+                {
+                    let bytes = question.to_vec().unwrap();
+                    let started = Instant::now();
+                    let what = format!(
+                        "{question} over {transport:?}, loadbalance {loadbalance}, bufsize {bufsize:?}"
+                    );
+
+                    // A mixed-case question whose records take the question's spelling goes
+                    // the full way (the records keep their own spelling there).
+                    let mixed = question.queries[0].name().to_ascii()
+                        != question.queries[0].name().to_lowercase().to_ascii();
+                    let Some(fast) = router.cache_hit(&bytes, transport, peer, started) else {
+                        assert!(mixed, "{what}: a fresh entry is answered from bytes");
+                        let Step::Done(Some(_)) =
+                            router.decoded(&bytes, transport, peer, local, started)
+                        else {
+                            panic!("{what}: the full path answers a cache hit at once");
+                        };
+                        answered += 1;
+                        continue;
+                    };
+                    answered += 2;
+                    let Step::Done(Some(full)) =
+                        router.decoded(&bytes, transport, peer, local, started)
+                    else {
+                        panic!("the full path answers a cache hit at once");
+                    };
+                    let (fast, full) = (
+                        Message::from_vec(&fast).unwrap(),
+                        Message::from_vec(&full).unwrap(),
+                    );
+                    assert_eq!(sorted(fast.clone()), sorted(full.clone()), "{what}");
+                    if !loadbalance {
+                        assert_eq!(fast.answers, full.answers, "{what}: order kept");
+                    }
+                    assert_eq!(
+                        fast.queries[0].name().to_ascii(),
+                        question.queries[0].name().to_ascii(),
+                        "{what}: the name as asked"
+                    );
+                }
+                let cache = router.routes[0].chain.cache.as_ref().unwrap();
+                assert_eq!(
+                    cache.counts.requests.load(Ordering::Relaxed),
+                    answered,
+                    "both paths count every request"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_that_need_the_decoded_message_take_the_full_path() {
+        let www = ask("www.example.", RecordType::A, None);
+        let answer = Record::from_rdata(name("www.example."), 300, RData::A(A::new(192, 0, 2, 1)));
+        let replies = [reply(&www, ResponseCode::NoError, vec![answer], false)];
+        let router = cached_router(false, None, Vec::new(), &replies);
+        let peer: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        let bytes = www.to_vec().unwrap();
+        assert!(
+            router
+                .cache_hit(&bytes, Transport::Udp, peer, Instant::now())
+                .is_some()
+        );
+        let logged = crate::log::Rule::new(Name::root(), "{common}", Vec::new());
+        let with_log = cached_router(false, None, vec![logged], &replies);
+        assert!(
+            with_log
+                .cache_hit(&bytes, Transport::Udp, peer, Instant::now())
+                .is_none()
+        );
+        let other = ask("other.example.", RecordType::A, None).to_vec().unwrap();
+        assert!(
+            router
+                .cache_hit(&other, Transport::Udp, peer, Instant::now())
+                .is_none(),
+            "a miss"
+        );
     }
 }

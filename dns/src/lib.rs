@@ -15,6 +15,8 @@
 //!   whether a changed Corefile replaces the running one.
 //! - [`plan`]: what a Corefile asks for; [`service`]: a plan built into routers and chains.
 //! - [`server`]: the listeners.
+//! - [`wire`]: a plain query read from its bytes and a cached reply written as bytes, for cache
+//!   hits answered without decoding or encoding a message.
 
 pub mod answer;
 pub mod cache;
@@ -36,5 +38,6 @@ pub mod reload;
 pub mod rewrite;
 pub mod server;
 pub mod service;
+pub mod wire;
 
 pub use error::{Error, Result};

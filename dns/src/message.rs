@@ -151,9 +151,14 @@ pub fn encode(mut reply: Message, req: &Message, transport: Transport) -> Option
 
 /// The largest reply `request` may get over `transport`.
 pub(crate) fn limit_of(request: &Message, transport: Transport) -> usize {
+    limit_for(transport, request.edns.as_ref().map(Edns::max_payload))
+}
+
+/// The largest reply over `transport` to a request advertising `payload` (none: no EDNS).
+pub(crate) fn limit_for(transport: Transport, payload: Option<u16>) -> usize {
     match transport {
         Transport::Tcp => TCP_LIMIT,
-        Transport::Udp => usize::from(request.max_payload()),
+        Transport::Udp => usize::from(payload.unwrap_or(512).max(512)),
     }
 }
 
