@@ -23,6 +23,7 @@ pub mod cache;
 pub mod chain;
 pub mod config;
 pub mod corefile;
+mod datagram;
 mod error;
 pub mod errors;
 pub mod forward;

@@ -1,4 +1,5 @@
-//! The DNS server: UDP and TCP listeners handing queries to a [`Router`], the task that keeps
+//! The DNS server: UDP listeners taking queries in batches ([`crate::datagram`]) and TCP
+//! listeners, handing them to a [`Router`], the task that keeps
 //! the index in step with the cache, bounded TCP connections, and shutdown that lets queries
 //! in flight finish.
 
@@ -14,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::chain::{Router, Step};
 use crate::config::Config;
+use crate::datagram::Batch;
 use crate::index::Index;
 use crate::message::Transport;
 use crate::metrics::{Metrics, programmed};
@@ -174,36 +176,36 @@ async fn udp_loop(
     router: watch::Receiver<Arc<Router>>,
     in_flight: Arc<tokio::sync::RwLock<()>>,
 ) {
-    let mut buf = vec![0u8; 65535];
+    let mut batch = Batch::default();
+    let mut replies = Vec::with_capacity(crate::datagram::BATCH);
     let local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
-                continue;
-            }
-        };
+        if let Err(e) = batch.receive(&socket).await {
+            tracing::debug!(error = %e, "udp receive failed");
+            continue;
+        }
         let current = router.borrow().clone();
-        match current.handle(&buf[..n], Transport::Udp, peer, local) {
-            Step::Done(Some(reply)) => {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-            Step::Done(None) => {}
-            // Upstream in a task of its own: this worker goes back to the cluster's queries.
-            Step::Later(answer) => {
-                let socket = socket.clone();
-                let guard = in_flight.clone().read_owned().await;
-                tokio::spawn(async move {
-                    if let Some(reply) = answer.await {
-                        let _ = socket.send_to(&reply, peer).await;
-                    }
-                    drop(guard);
-                });
+        for (request, peer) in batch.datagrams() {
+            match current.handle(request, Transport::Udp, peer, local) {
+                Step::Done(Some(reply)) => replies.push((reply, peer)),
+                Step::Done(None) => {}
+                // Upstream in a task of its own: this worker goes back to the cluster's queries.
+                Step::Later(answer) => {
+                    let socket = socket.clone();
+                    let guard = in_flight.clone().read_owned().await;
+                    tokio::spawn(async move {
+                        if let Some(reply) = answer.await {
+                            let _ = socket.send_to(&reply, peer).await;
+                        }
+                        drop(guard);
+                    });
+                }
             }
         }
+        crate::datagram::send(&socket, &replies).await;
+        replies.clear();
     }
 }
 
