@@ -5,7 +5,9 @@
 # other core, where dnsperf drives it over loopback for a bounded time. Two query sets:
 #   hits    1000 names asked over and over: after the first pass, every answer is cached
 #   misses  a name never asked before on every query: every answer goes upstream
-# The script prints median queries/s, the contender's CPU share and queries per CPU-second.
+# The script prints median queries/s, the contender's CPU share and queries per CPU-second, and
+# the CPU both cores used per query (the client's side moves with the server's: a server that
+# sleeps between queries is woken at the client's cost).
 #
 #   bench/forward.sh [ROUNDS] [SECONDS] [CONTENDERS]
 #       (defaults: 3 rounds, 10 s per run, "svcplane coredns unbound")
@@ -117,26 +119,32 @@ EOF
     exit 1
 }
 
-declare -A QPS CPU QPC
+declare -A QPS CPU QPC BOTH
+# Busy clock ticks of both cores (user, nice, system, irq, softirq).
+busy() { awk '/^cpu0 |^cpu1 / {b += $2 + $3 + $4 + $7 + $8} END {print b}' /proc/stat; }
 for round in $(seq "$ROUNDS"); do
     for set in hits misses; do
         for server in $CONTENDERS; do
             start_server $server
             before=$(awk '{print $14 + $15}' "/proc/$PID/stat")
+            busy_before=$(busy)
             start=$(date +%s.%N)
             taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/$set.txt" -l "$SECONDS_PER_RUN" -c 8 -q 200 >"$WORK/perf.txt" 2>&1
             end=$(date +%s.%N)
             after=$(awk '{print $14 + $15}' "/proc/$PID/stat")
+            busy_after=$(busy)
             kill $PID
             wait $PID 2>/dev/null || true
             qps=$(awk '/Queries per second/ {print int($4)}' "$WORK/perf.txt")
             lost=$(awk '/Queries lost/ {print $3}' "$WORK/perf.txt")
             cpu=$(python3 -c "print(round(100 * (($after - $before) / $TICK) / ($end - $start)))")
             qpc=$(python3 -c "print(round($qps * 100 / max($cpu, 1)))")
+            both=$(python3 -c "print(round(1e6 * (($busy_after - $busy_before) / $TICK) / ($end - $start) / max($qps, 1), 2))")
             QPS[$set $server]+="$qps "
             CPU[$set $server]+="$cpu "
             QPC[$set $server]+="$qpc "
-            echo "round $round $set $server: $qps q/s, CPU $cpu %, $qpc q per CPU-second, lost $lost" >&2
+            BOTH[$set $server]+="$both "
+            echo "round $round $set $server: $qps q/s, CPU $cpu %, $qpc q per CPU-second, both cores $both µs per query, lost $lost" >&2
         done
     done
 done
@@ -144,10 +152,10 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 range() { tr ' ' '\n' | grep -v '^$' | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "–" hi}'; }
 echo
-echo "| queries | server | queries/s (median of $ROUNDS, min–max) | server CPU | queries per CPU-second (min–max) |"
-echo "|---|---|---|---|---|"
+echo "| queries | server | queries/s (median of $ROUNDS, min–max) | server CPU | queries per CPU-second (min–max) | both cores' CPU per query, µs (min–max) |"
+echo "|---|---|---|---|---|---|"
 for set in hits misses; do
     for server in $CONTENDERS; do
-        echo "| $set | $server | $(echo "${QPS[$set $server]}" | median) ($(echo "${QPS[$set $server]}" | range)) | $(echo "${CPU[$set $server]}" | median) % | $(echo "${QPC[$set $server]}" | median) ($(echo "${QPC[$set $server]}" | range)) |"
+        echo "| $set | $server | $(echo "${QPS[$set $server]}" | median) ($(echo "${QPS[$set $server]}" | range)) | $(echo "${CPU[$set $server]}" | median) % | $(echo "${QPC[$set $server]}" | median) ($(echo "${QPC[$set $server]}" | range)) | $(echo "${BOTH[$set $server]}" | median) ($(echo "${BOTH[$set $server]}" | range)) |"
     done
 done

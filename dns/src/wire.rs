@@ -540,6 +540,18 @@ mod tests {
         Record::from_rdata(name(owner), 30, RData::A(A::new(10, 0, 0, last)))
     }
 
+    /// The template of `sections` for the question `qname`/`qtype` in lower case.
+    fn template(
+        qname: &str,
+        qtype: RecordType,
+        flags: Flags,
+        sections: [&[Record]; 3],
+        loadbalance: bool,
+    ) -> Option<Template> {
+        let stored = query(qname, qtype, None).to_vec().unwrap();
+        Template::new(&stored[HEADER..], flags, sections, loadbalance)
+    }
+
     #[test]
     fn a_plain_query_is_read_from_its_bytes() {
         let bytes = query("Web.Default.svc.cluster.local.", RecordType::A, None)
@@ -669,8 +681,7 @@ mod tests {
 
     #[test]
     fn a_template_gives_the_bytes_the_full_path_encodes() {
-        let stored = query("www.example.", RecordType::A, None);
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("www.example.", RecordType::A);
         let sections = [
             vec![
                 Record::from_rdata(
@@ -683,8 +694,9 @@ mod tests {
             vec![],
             vec![],
         ];
-        let t = Template::new(
-            &question,
+        let t = template(
+            asked.0,
+            asked.1,
             NOERROR,
             sections.each_ref().map(|s| &s[..]),
             false,
@@ -704,12 +716,12 @@ mod tests {
 
     #[test]
     fn a_template_answers_with_the_askers_case_and_header_bits() {
-        let stored = query("www.example.", RecordType::A, None);
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("www.example.", RecordType::A);
         // An owner sharing nothing with the question: any spelling of it is answered.
         let sections = [vec![a("edge.cdn.test.", 1)], vec![], vec![]];
-        let t = Template::new(
-            &question,
+        let t = template(
+            asked.0,
+            asked.1,
             NOERROR,
             sections.each_ref().map(|s| &s[..]),
             false,
@@ -730,11 +742,11 @@ mod tests {
 
     #[test]
     fn records_spelt_as_the_question_answer_only_that_spelling() {
-        let stored = query("www.example.", RecordType::A, None);
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("www.example.", RecordType::A);
         let sections = [vec![a("www.example.", 1)], vec![], vec![]];
-        let t = Template::new(
-            &question,
+        let t = template(
+            asked.0,
+            asked.1,
             NOERROR,
             sections.each_ref().map(|s| &s[..]),
             false,
@@ -756,8 +768,7 @@ mod tests {
 
     #[test]
     fn a_denial_keeps_its_rcode_and_soa() {
-        let stored = query("nope.example.", RecordType::A, None);
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("nope.example.", RecordType::A);
         let soa = Record::from_rdata(
             name("example."),
             60,
@@ -776,7 +787,14 @@ mod tests {
             ..NOERROR
         };
         let sections = [vec![], vec![soa], vec![]];
-        let t = Template::new(&question, nx, sections.each_ref().map(|s| &s[..]), true).unwrap();
+        let t = template(
+            asked.0,
+            asked.1,
+            nx,
+            sections.each_ref().map(|s| &s[..]),
+            true,
+        )
+        .unwrap();
         let req = query("nope.example.", RecordType::A, Some((1232, false)));
         assert_eq!(
             render(&req, &t, 9),
@@ -786,8 +804,7 @@ mod tests {
 
     #[test]
     fn loadbalance_shuffles_addresses_and_keeps_the_rest_in_its_order() {
-        let stored = query("www.example.", RecordType::A, None);
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("www.example.", RecordType::A);
         let answers = vec![
             a("edge.cdn.example.", 1),
             Record::from_rdata(
@@ -803,7 +820,7 @@ mod tests {
                 RData::AAAA(AAAA::new(0xfd00, 0, 0, 0, 0, 0, 0, 4)),
             ),
         ];
-        let t = Template::new(&question, NOERROR, [&answers, &[], &[]], true).unwrap();
+        let t = template(asked.0, asked.1, NOERROR, [&answers, &[], &[]], true).unwrap();
         let req = query("www.example.", RecordType::A, None);
         let bytes = req.to_vec().unwrap();
         let r = Request::peek(&bytes).unwrap();
@@ -826,8 +843,7 @@ mod tests {
 
     #[test]
     fn records_a_shuffle_would_break_are_left_to_the_full_path() {
-        let stored = query("mail.example.", RecordType::MX, None);
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("mail.example.", RecordType::MX);
         let mx = |pref, host: &str| {
             Record::from_rdata(
                 name("mail.example."),
@@ -839,39 +855,49 @@ mod tests {
         let answers = vec![mx(10, "mx1.example."), mx(20, "mx2.example.")];
         let additionals = vec![a("mx1.example.", 1)];
         assert_eq!(
-            Template::new(&question, NOERROR, [&answers, &[], &additionals], true),
+            template(
+                asked.0,
+                asked.1,
+                NOERROR,
+                [&answers, &[], &additionals],
+                true
+            ),
             None
         );
         // Without loadbalance nothing moves: the template serves.
-        assert!(Template::new(&question, NOERROR, [&answers, &[], &additionals], false).is_some());
+        assert!(
+            template(
+                asked.0,
+                asked.1,
+                NOERROR,
+                [&answers, &[], &additionals],
+                false
+            )
+            .is_some()
+        );
         // The addresses of an SRV target point into the SRV record, outside what is shuffled.
         let srv = vec![Record::from_rdata(
             name("_http._tcp.web.default.svc.cluster.local."),
             30,
             RData::SRV(SRV::new(0, 50, 80, name("web.default.svc.cluster.local."))),
         )];
-        let stored = query(
-            "_http._tcp.web.default.svc.cluster.local.",
-            RecordType::SRV,
-            None,
-        );
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
+        let stored = query(asked.0, asked.1, None);
         let additionals = vec![
             a("web.default.svc.cluster.local.", 1),
             a("web.default.svc.cluster.local.", 2),
         ];
-        let t = Template::new(&question, NOERROR, [&srv, &[], &additionals], true).unwrap();
+        let t = template(asked.0, asked.1, NOERROR, [&srv, &[], &additionals], true).unwrap();
         let got = Message::from_vec(&render(&stored, &t, 3)).unwrap();
         assert_eq!(got.additionals.len(), 2);
     }
 
     #[test]
     fn a_reply_larger_than_the_limit_is_left_to_the_full_path() {
-        let stored = query("big.example.", RecordType::A, None);
-        let question = stored.to_vec().unwrap()[HEADER..].to_vec();
+        let asked = ("big.example.", RecordType::A);
         let answers: Vec<Record> = (1..=40).map(|i| a("big.example.", i)).collect();
-        let t = Template::new(&question, NOERROR, [&answers, &[], &[]], false).unwrap();
-        let bytes = stored.to_vec().unwrap();
+        let t = template(asked.0, asked.1, NOERROR, [&answers, &[], &[]], false).unwrap();
+        let bytes = query(asked.0, asked.1, None).to_vec().unwrap();
         let r = Request::peek(&bytes).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert_eq!(t.reply(&r, &bytes, 1, 512, &mut rng), None);
