@@ -614,16 +614,27 @@ fn a_burst_from_many_clients_is_answered_once_each_and_counted_as_the_cache_answ
     let requests = || dns.metric("coredns_dns_requests_total", &[]);
     let hits = || dns.metric("coredns_cache_hits_total", &[("type", "success")]);
     let requests_before = requests();
+    // Questions for the burst's names that reached the upstream (its health checks aside; a
+    // query the single-threaded upstream dropped is asked again, so there may be more than 400).
+    let asked_upstream = || {
+        upstream
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.to_ascii_lowercase().ends_with(".burst.example."))
+            .count()
+    };
     // The first burst fills the cache (misses go upstream, some names asked several times
     // before the first answer is cached); the second is answered from it alone.
     assert_eq!(burst(dns.port, 4, 100, 50), 400);
-    let asked_upstream = upstream.questions();
-    assert!((50..=400).contains(&asked_upstream), "{asked_upstream}");
+    let after_first = asked_upstream();
+    assert!(after_first >= 50, "every name was asked: {after_first}");
     let hits_after_first = hits();
     assert_eq!(burst(dns.port, 4, 100, 50), 400);
     assert_eq!(
-        upstream.questions(),
-        asked_upstream,
+        asked_upstream(),
+        after_first,
         "the second burst is all cache hits"
     );
     assert_eq!(hits() - hits_after_first, 400.0);
