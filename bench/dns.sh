@@ -22,6 +22,7 @@ CONTENDERS=${4:-svcplane knot coredns-file coredns-k8s}
 SERVER_CPU=1
 CLIENT_CPU=0
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 command -v knotd >/dev/null && command -v dnsperf >/dev/null || apt-get install -y knot dnsperf >/dev/null
 cargo build --release --quiet
 SVCPLANE=$PWD/target/release/svcplane
@@ -38,8 +39,6 @@ WORK=$(mktemp -d)
 # A frozen API server's watchdog could not notice that we are gone: thaw it first.
 trap '[ -n "${APISERVER_PGID:-}" ] && kill -CONT -- "-$APISERVER_PGID" "-$ETCD_PGID" 2>/dev/null; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 python3 bench/dns_gen.py "$N" "$WORK"
-port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-TICK=$(getconf CLK_TCK)
 
 cat >"$WORK/knot.conf" <<KNOT
 server:
@@ -134,7 +133,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "| N | server | queries/s (median of $ROUNDS) | avg latency (us) | server CPU | queries per CPU-second | RSS (MiB) | runs (q/s) |"
 echo "|---|---|---|---|---|---|---|---|"

@@ -21,6 +21,7 @@ CONTENDERS=${3:-svcplane coredns unbound}
 SERVER_CPU=1
 CLIENT_CPU=0
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 command -v unbound >/dev/null && command -v dnsperf >/dev/null || apt-get install -y unbound dnsperf >/dev/null
 cargo build --release --quiet
 SVCPLANE=$PWD/target/release/svcplane
@@ -31,8 +32,6 @@ esac
 
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-TICK=$(getconf CLK_TCK)
 
 # The upstream, on the client's core: every name under hit.example and miss.example has an A.
 UPSTREAM=$(port)
@@ -149,8 +148,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-range() { tr ' ' '\n' | grep -v '^$' | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "–" hi}'; }
 echo
 echo "| queries | server | queries/s (median of $ROUNDS, min–max) | server CPU | queries per CPU-second (min–max) | both cores' CPU per query, µs (min–max) |"
 echo "|---|---|---|---|---|---|"

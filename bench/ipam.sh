@@ -11,6 +11,7 @@ set -euo pipefail
 ROUNDS=${1:-3}
 COUNT=${2:-10000}
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 cargo build --release --quiet
 SVCPLANE=target/release/svcplane
 PEERS=${SVCPLANE_PEERS:-$PWD/target/peers/bin}
@@ -31,7 +32,6 @@ for _ in $(seq 100); do python3 -c "import urllib.request,sys; urllib.request.ur
 # A /16: 10000 values fit in the dynamic band, so the runs measure the common case.
 $SVCPLANE ipam apply --service-cluster-ip-range 10.96.0.0/16 --hold 0 $ETCD >/dev/null
 
-TICK=$(getconf CLK_TCK)
 etcd_ticks() { awk '{print $14 + $15}' "/proc/$ETCD_PID/stat"; }
 
 declare -A RATE CPU ECPU
@@ -51,7 +51,6 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "| workers | allocations/s (median of $ROUNDS) | svcplane CPU | etcd CPU | runs |"
 echo "|---|---|---|---|---|"

@@ -485,12 +485,7 @@ impl Cache {
                 verify_timeout: stale.verify_timeout,
             };
         }
-        let ttl = if self.settings.keepttl {
-            item.ttl
-        } else {
-            left as u32
-        };
-        let reply = item.reply(request, ttl);
+        let reply = item.reply(request, self.answer_ttl(&item, left));
         let prefetch = self.should_prefetch(&item, now).then_some(item);
         Lookup::Hit {
             reply,
@@ -532,8 +527,8 @@ impl Cache {
 
     /// A fresh entry for the wire `key` ([`crate::wire::Request::key`]) and the TTL to answer
     /// with, counting nothing: `None` when [`Cache::get`] would not give a plain hit (a miss, a
-    /// stale entry, or `prefetch` configured, which needs the full path). Count the hit with
-    /// [`Cache::count_hit`] once it is given.
+    /// stale entry, or `prefetch` configured, which needs the full path). Count the request with
+    /// [`Cache::count_request`] once it is answered.
     pub fn fresh(
         &self,
         key: &[u8],
@@ -548,12 +543,17 @@ impl Cache {
         if left <= 0 {
             return None;
         }
-        let ttl = if self.settings.keepttl {
+        let ttl = self.answer_ttl(&item, left);
+        Some((item, kind, ttl))
+    }
+
+    /// The TTL a fresh entry with `left` seconds to live is answered with.
+    fn answer_ttl(&self, item: &Item, left: i64) -> u32 {
+        if self.settings.keepttl {
             item.ttl
         } else {
             left as u32
-        };
-        Some((item, kind, ttl))
+        }
     }
 
     /// Counts a request answered by an entry of `kind`.

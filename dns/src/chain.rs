@@ -332,14 +332,7 @@ impl Router {
             Ok(None) => (req, None, Vec::new()),
             // CoreDNS: SERVFAIL, the question as asked.
             Err(e) => {
-                if let Some(errors) = &route.chain.errors {
-                    errors.report(
-                        2,
-                        &req.queries[0].name().to_string(),
-                        &req.queries[0].query_type().to_string(),
-                        &e,
-                    );
-                }
+                route.chain.report_error(2, &req, &e);
                 let reply = with_rcode(reply_to(&req), ResponseCode::ServFail);
                 return Step::Done(encode(reply, &req, transport));
             }
@@ -441,14 +434,7 @@ impl Router {
                 Start::Done(chain.cached(&q.req, reply, now, generation), Writer::Chain)
             }
             Rest::Unhandled => {
-                if let Some(errors) = &chain.errors {
-                    errors.report(
-                        2,
-                        &q.req.queries[0].name().to_string(),
-                        &q.req.queries[0].query_type().to_string(),
-                        "no next plugin found",
-                    );
-                }
+                chain.report_error(2, &q.req, "no next plugin found");
                 Start::Done(
                     with_rcode(reply_to(&q.req), ResponseCode::ServFail),
                     Writer::Server,
@@ -515,14 +501,7 @@ impl Router {
                         (stale, Writer::Chain)
                     }
                     (Err(e), None) => {
-                        if let Some(errors) = &chain.errors {
-                            errors.report(
-                                u16::from(failure_code(&e)),
-                                &q.req.queries[0].name().to_string(),
-                                &q.req.queries[0].query_type().to_string(),
-                                &e.to_string(),
-                            );
-                        }
+                        chain.report_error(u16::from(failure_code(&e)), &q.req, &e.to_string());
                         if let Some(cache) = chain.covering_cache(q.req.queries[0].name())
                             && matches!(e, ForwardError::Failed(_))
                         {
@@ -613,6 +592,20 @@ fn failure_code(e: &ForwardError) -> ResponseCode {
 }
 
 impl Chain {
+    /// Writes `errors`' line for `req` answered with `rcode` because of `error`, when the block
+    /// has `errors`.
+    fn report_error(&self, rcode: u16, req: &Message, error: &str) {
+        if let Some(errors) = &self.errors {
+            let q = &req.queries[0];
+            errors.report(
+                rcode,
+                &q.name().to_string(),
+                &q.query_type().to_string(),
+                error,
+            );
+        }
+    }
+
     /// The generation of the cluster snapshot answered from (0 without `kubernetes`).
     fn generation(&self) -> u64 {
         self.cluster
