@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
-use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::message::{reply_to, with_rcode};
+use crate::message::reply_to;
 
 /// What the `hosts` directive says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +75,8 @@ impl Table {
             let Ok(addr) = addr.split('%').next().unwrap_or(addr).parse::<IpAddr>() else {
                 continue;
             };
+            // `::ffff:1.2.3.4` is an IPv4 address, as Go's To4 has it.
+            let addr = addr.to_canonical();
             for field in fields {
                 let name = normalise(field);
                 let Ok(parsed) = Name::from_ascii(&name) else {
@@ -96,27 +98,27 @@ impl Table {
         table
     }
 
-    fn lookup(&self, name: &str) -> Vec<IpAddr> {
-        if let Some(found) = self.names.get(name) {
-            return found.clone();
+    /// The addresses of one family (`v4`) for `name`: its own, else the wildcard's of that
+    /// family, as CoreDNS keeps a map per family.
+    fn lookup(&self, name: &str, v4: bool) -> Vec<IpAddr> {
+        let of_family = |list: &Vec<IpAddr>| -> Vec<IpAddr> {
+            list.iter()
+                .copied()
+                .filter(|ip| ip.is_ipv4() == v4)
+                .collect()
+        };
+        let exact = self.names.get(name).map(of_family).unwrap_or_default();
+        if !exact.is_empty() {
+            return exact;
         }
         match name.split_once('.') {
             Some((_, rest)) if !rest.is_empty() => self
                 .wild
                 .get(&format!("*.{rest}"))
-                .cloned()
+                .map(of_family)
                 .unwrap_or_default(),
             _ => Vec::new(),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.values().map(Vec::len).sum::<usize>()
-            + self.wild.values().map(Vec::len).sum::<usize>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -174,14 +176,14 @@ impl Hosts {
         if self.file.read().expect("hosts lock").1 == stamp {
             return;
         }
-        let text = std::fs::read_to_string(&self.settings.file).unwrap_or_default();
+        // A file that cannot be read keeps what was read before, as CoreDNS's; bytes that are
+        // not UTF-8 (a Latin-1 comment) do not hide the rest.
+        let Ok(bytes) = std::fs::read(&self.settings.file) else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&bytes);
         let table = Table::parse(&text, &self.settings.zones, !self.settings.no_reverse);
         *self.file.write().expect("hosts lock") = (table, stamp);
-    }
-
-    /// Entries known (file and inline).
-    pub fn entries(&self) -> usize {
-        self.inline.len() + self.file.read().expect("hosts lock").0.len()
     }
 
     /// The plugin's answer to `req`.
@@ -193,9 +195,9 @@ impl Hosts {
             return Outcome::Pass;
         }
         let file = self.file.read().expect("hosts lock");
-        let addresses = |name: &str| {
-            let mut all = file.0.lookup(name);
-            all.extend(self.inline.lookup(name));
+        let addresses = |name: &str, v4: bool| {
+            let mut all = file.0.lookup(name, v4);
+            all.extend(self.inline.lookup(name, v4));
             all
         };
         let falls = |name: &Name| {
@@ -223,12 +225,11 @@ impl Hosts {
                     .map(|n| Record::from_rdata(q.name().clone(), ttl, RData::PTR(PTR(n))))
                     .collect()
             }
-            RecordType::A | RecordType::AAAA => addresses(&qname)
+            RecordType::A | RecordType::AAAA => addresses(&qname, q.query_type() == RecordType::A)
                 .into_iter()
-                .filter_map(|ip| match (ip, q.query_type()) {
-                    (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(v4))),
-                    (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(v6))),
-                    _ => None,
+                .map(|ip| match ip {
+                    IpAddr::V4(v4) => RData::A(A(v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
                 })
                 .map(|data| Record::from_rdata(q.name().clone(), ttl, data))
                 .collect(),
@@ -239,14 +240,17 @@ impl Hosts {
                 Vec::new()
             }
         };
-        if answers.is_empty() && addresses(&qname).is_empty() {
+        if answers.is_empty()
+            && addresses(&qname, true).is_empty()
+            && addresses(&qname, false).is_empty()
+        {
             return if falls(q.name()) {
                 Outcome::Pass
             } else {
                 Outcome::Fail
             };
         }
-        let mut reply = with_rcode(reply_to(req), ResponseCode::NoError);
+        let mut reply = reply_to(req);
         reply.metadata.authoritative = true;
         reply.answers = answers;
         Outcome::Reply(reply)
@@ -323,6 +327,48 @@ mod tests {
             Outcome::Pass
         ));
         assert!(ignored("ignored.", &h));
+    }
+
+    #[test]
+    fn each_family_falls_back_to_its_own_wildcard_and_mapped_v4_addresses_are_v4() {
+        let h = hosts(Settings {
+            inline: vec![
+                "fd00::1 a.example".into(),
+                "10.0.0.9 *.example".into(),
+                "::ffff:10.0.0.7 mapped.test".into(),
+            ],
+            ..Settings::default()
+        });
+        // CoreDNS keeps a map per family: a.example has no IPv4 of its own, so the wildcard's.
+        assert_eq!(answers(ask(&h, "a.example.", RecordType::A)), ["10.0.0.9"]);
+        assert_eq!(
+            answers(ask(&h, "a.example.", RecordType::AAAA)),
+            ["fd00::1"]
+        );
+        assert_eq!(
+            answers(ask(&h, "mapped.test.", RecordType::A)),
+            ["10.0.0.7"]
+        );
+        assert_eq!(
+            answers(ask(&h, "7.0.0.10.in-addr.arpa.", RecordType::PTR)),
+            ["mapped.test."]
+        );
+    }
+
+    #[test]
+    fn a_file_that_goes_away_keeps_its_entries_and_bytes_that_are_not_utf8_hide_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        std::fs::write(&path, b"# caf\xe9\n10.0.0.1 node-a\n").unwrap();
+        let h = hosts(Settings {
+            file: path.clone(),
+            ..Settings::default()
+        });
+        h.reread();
+        assert_eq!(answers(ask(&h, "node-a.", RecordType::A)), ["10.0.0.1"]);
+        std::fs::remove_file(&path).unwrap();
+        h.reread();
+        assert_eq!(answers(ask(&h, "node-a.", RecordType::A)), ["10.0.0.1"]);
     }
 
     fn ignored(name: &str, h: &Hosts) -> bool {
