@@ -597,10 +597,11 @@ impl Chain {
     fn report_error(&self, rcode: u16, req: &Message, error: &str) {
         if let Some(errors) = &self.errors {
             let q = &req.queries[0];
+            // CoreDNS's state.Name() and state.Type(): lower-cased, miekg's type names.
             errors.report(
                 rcode,
-                &q.name().to_string(),
-                &q.query_type().to_string(),
+                &q.name().to_lowercase().to_string(),
+                &crate::message::type_name(q.query_type()),
                 error,
             );
         }

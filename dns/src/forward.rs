@@ -598,6 +598,8 @@ where
     framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
     framed.extend_from_slice(&bytes);
     stream.write_all(&framed).await?;
+    // A TLS stream may hold the record until flushed.
+    stream.flush().await?;
     loop {
         let mut len = [0u8; 2];
         stream.read_exact(&mut len).await?;

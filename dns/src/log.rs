@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
-use crate::message::{Transport, rcode_name};
+use crate::message::{Transport, limit_of, rcode_name, type_name};
 
 /// CoreDNS's `{common}` format, the default.
 pub const COMMON: &str = "{remote}:{port} - {>id} \"{type} {class} {name} {proto} {size} {>do} {>bufsize}\" {rcode} {>rflags} {rsize} {duration}";
@@ -67,15 +67,10 @@ pub fn class_of(reply: &Message) -> Class {
         .authorities
         .iter()
         .any(|r| r.record_type() == RecordType::SOA);
-    let has_ns = reply
-        .authorities
-        .iter()
-        .any(|r| r.record_type() == RecordType::NS);
     match rcode {
         ResponseCode::NoError if !reply.answers.is_empty() => Class::Success,
         ResponseCode::NoError if has_soa => Class::Denial,
         ResponseCode::NXDomain if reply.answers.is_empty() => Class::Denial,
-        ResponseCode::NoError if has_ns => Class::Success,
         ResponseCode::NoError => Class::Success,
         _ => Class::Error,
     }
@@ -126,13 +121,15 @@ pub fn render(format: &str, entry: &Entry<'_>) -> String {
 fn value(label: &str, e: &Entry<'_>) -> Option<String> {
     let q = e.request.queries.first();
     let edns = e.request.edns.as_ref();
-    Some(match label.to_ascii_lowercase().as_str() {
+    // Placeholders are matched as written, as CoreDNS's replacer matches them.
+    Some(match label {
         "{remote}" => bracketed(e.peer),
         "{port}" => e.peer.port().to_string(),
         "{local}" => bracketed(e.local),
-        "{type}" => q.map_or("-".into(), |q| q.query_type().to_string()),
+        "{type}" => q.map_or("-".into(), |q| type_name(q.query_type())),
         "{class}" => q.map_or("-".into(), |q| q.query_class().to_string()),
-        "{name}" => q.map_or("-".into(), |q| q.name().to_string()),
+        // CoreDNS's state.Name(): lower-cased.
+        "{name}" => q.map_or("-".into(), |q| q.name().to_lowercase().to_string()),
         "{proto}" => match e.transport {
             Transport::Udp => "udp".into(),
             Transport::Tcp => "tcp".into(),
@@ -142,10 +139,7 @@ fn value(label: &str, e: &Entry<'_>) -> Option<String> {
         "{>opcode}" => u8::from(e.request.metadata.op_code).to_string(),
         "{>do}" => edns.is_some_and(|e| e.flags().dnssec_ok).to_string(),
         // The size the client may receive: its EDNS buffer (512 without), 64K over TCP.
-        "{>bufsize}" => match e.transport {
-            Transport::Tcp => "65535".into(),
-            Transport::Udp => edns.map_or(512, |e| e.max_payload().max(512)).to_string(),
-        },
+        "{>bufsize}" => limit_of(e.request, e.transport).to_string(),
         "{rcode}" => rcode_name(e.reply.metadata.response_code),
         "{>rflags}" => flags(e.reply),
         "{rsize}" => e.reply_size.to_string(),
@@ -249,6 +243,23 @@ mod tests {
         assert_eq!(
             render(&rule.format, &entry(&request, &reply, Transport::Udp)),
             "[::1] true 1232 - {nope} } 127.0.0.1:52734 - 43307 \"A IN example.org. udp 40 true 1232\" NOERROR qr,aa,rd 106 0.000154s \"0\""
+        );
+    }
+
+    #[test]
+    fn placeholders_match_as_written_and_name_and_type_are_as_coredns_writes_them() {
+        let mut request = request();
+        request.queries[0] = Query::query(
+            Name::from_ascii("WWW.Example.ORG.").unwrap(),
+            RecordType::Unknown(65534),
+        );
+        let reply = reply(&request);
+        assert_eq!(
+            render(
+                "{name} {type} {NAME}",
+                &entry(&request, &reply, Transport::Udp)
+            ),
+            "www.example.org. TYPE65534 {NAME}"
         );
     }
 

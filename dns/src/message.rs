@@ -162,6 +162,14 @@ pub(crate) fn limit_for(transport: Transport, payload: Option<u16>) -> usize {
     }
 }
 
+/// A record type as miekg/dns names it (`TYPE65534` for one it does not know).
+pub(crate) fn type_name(t: RecordType) -> String {
+    match t {
+        RecordType::Unknown(n) => format!("TYPE{n}"),
+        known => known.to_string(),
+    }
+}
+
 /// An rcode as miekg/dns names it (`RcodeToString`).
 pub(crate) fn rcode_name(code: ResponseCode) -> String {
     let value = u16::from(code);

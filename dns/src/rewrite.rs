@@ -179,8 +179,10 @@ pub struct Rewritten {
 
 /// `req` rewritten by `rules`, or `None` when none matched.
 pub fn apply(rules: &[NameRule], req: &Message) -> Result<Option<Rewritten>, String> {
-    let original = req.queries[0].name().to_ascii().to_ascii_lowercase();
-    let mut name = original.clone();
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let mut name = req.queries[0].name().to_ascii().to_ascii_lowercase();
     let mut back = Vec::new();
     let mut matched = false;
     for rule in rules {
