@@ -155,7 +155,7 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
         Some(path) => {
             let shown = path.display().to_string();
             let corefile = read_corefile(&path)?;
-            let plan = plan_of(&corefile, &shown, args.resolv_conf.as_deref())?;
+            let plan = plan_of(&corefile, args.resolv_conf.as_deref())?;
             if args.check {
                 eprintln!("{shown}: svcplane dns runs this Corefile");
                 return Ok(());
@@ -167,7 +167,7 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
                 reread: Box::new(move || {
                     let corefile = read_corefile(&path)?;
                     let digest = dns::reload::digest_of(&corefile);
-                    let setup = plan_of(&corefile, &shown, args.resolv_conf.as_deref())
+                    let setup = plan_of(&corefile, args.resolv_conf.as_deref())
                         .and_then(|plan| args.corefile_setup(plan));
                     Ok((digest, setup))
                 }),
@@ -215,11 +215,9 @@ pub(crate) async fn run_with(
     serve(args.flags_setup()?, shared).await
 }
 
-/// The plan of `corefile` (from the file `shown`), with `resolv_conf` standing for
-/// /etc/resolv.conf.
+/// The plan of `corefile`, with `resolv_conf` standing for /etc/resolv.conf.
 fn plan_of(
     corefile: &dns::corefile::Corefile,
-    shown: &str,
     resolv_conf: Option<&std::path::Path>,
 ) -> anyhow::Result<dns::plan::Plan> {
     let nameservers = |file: &str| {
@@ -231,7 +229,7 @@ fn plan_of(
             .map(|text| dns::forward::resolv_conf_nameservers(&text))
             .map_err(|e| format!("{}: cannot read it ({e})", file.display()))
     };
-    Ok(corefile.plan(shown, &nameservers)?)
+    Ok(corefile.plan(&nameservers)?)
 }
 
 /// Everything `svcplane dns` runs, from the flags or a Corefile.

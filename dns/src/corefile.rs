@@ -26,6 +26,8 @@ pub struct ServerBlock {
     pub directives: Vec<Directive>,
     /// Line of the block's first key.
     pub line: usize,
+    /// The file it is written in (an imported file's own name).
+    pub file: Arc<str>,
 }
 
 /// A zone served on a port (`cluster.local:53`; a CIDR key gives one per reverse zone).
@@ -43,6 +45,33 @@ pub struct Directive {
     pub args: Vec<String>,
     pub block: Vec<Directive>,
     pub line: usize,
+    /// The file it is written in (an imported file's own name).
+    pub file: Arc<str>,
+}
+
+/// Where something is written: a file and a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loc {
+    pub file: Arc<str>,
+    pub line: usize,
+}
+
+impl ServerBlock {
+    pub fn at(&self) -> Loc {
+        Loc {
+            file: self.file.clone(),
+            line: self.line,
+        }
+    }
+}
+
+impl Directive {
+    pub fn at(&self) -> Loc {
+        Loc {
+            file: self.file.clone(),
+            line: self.line,
+        }
+    }
 }
 
 /// The port a key without one is served on.
@@ -61,9 +90,9 @@ struct Token {
 /// Where a parse failed: the file, the line, why.
 type Failure = (Arc<str>, usize, String);
 
-/// The files an `import` names: each matching file's name and text, in name order (none for a
-/// glob that matches nothing), or why they cannot be read.
-pub type Includes<'a> = &'a dyn Fn(&str) -> Result<Vec<(String, String)>, String>;
+/// The files an `import` in the file named second names first: each matching file's name and
+/// text, in name order (none for a glob that matches nothing), or why they cannot be read.
+pub type Includes<'a> = &'a dyn Fn(&str, &str) -> Result<Vec<(String, String)>, String>;
 
 /// How deep imports may nest (a file importing itself is refused when it gets there).
 const MAX_IMPORT_DEPTH: usize = 10;
@@ -76,7 +105,7 @@ pub fn parse(
     file: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Corefile, Error> {
-    parse_with(text, file, &env, &|pattern| {
+    parse_with(text, file, &env, &|pattern, _| {
         Err(format!("cannot import {pattern}: no files here"))
     })
 }
@@ -139,6 +168,7 @@ pub fn parse_with(
             keys,
             directives,
             line,
+            file: first.file.clone(),
         });
         i = next;
     }
@@ -153,7 +183,8 @@ pub fn parse_with(
 }
 
 /// Reads the Corefile at `path` with its imports from the file system: a relative pattern is
-/// taken from the Corefile's folder, and `*`, `?` and `[...]` may stand in the file name.
+/// taken from the folder of the file holding the `import`, as Caddy takes it, and `*`, `?` and
+/// `[...]` may stand in the file name.
 pub fn read(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Corefile, Error> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Error::Corefile {
@@ -161,8 +192,9 @@ pub fn read(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Corefil
         line: 0,
         message: format!("cannot read it ({e})"),
     })?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse_with(&text, &shown, env, &|pattern| files(&base, pattern))
+    parse_with(&text, &shown, env, &|pattern, from| {
+        files(Path::new(from).parent().unwrap_or(Path::new("")), pattern)
+    })
 }
 
 /// The files `pattern` names (relative to `base`), sorted; a pattern with wildcards may match
@@ -321,7 +353,7 @@ fn expand(
                 Some(body) => body.clone(),
                 None => {
                     let mut imported = Vec::new();
-                    let files = include(&pattern.text)
+                    let files = include(&pattern.text, &first.file)
                         .map_err(|m| at(&first, format!("import {}: {m}", pattern.text)))?;
                     for (name, text) in files {
                         imported.extend(read_lines(&text, &Arc::from(name.as_str()), env)?);
@@ -395,6 +427,7 @@ fn parse_body(
             args: words[1..].iter().map(|t| t.text.clone()).collect(),
             block,
             line: first.line,
+            file: first.file.clone(),
         });
         at = next;
     }
@@ -817,7 +850,7 @@ pub(crate) mod tests {
 
     #[test]
     fn snippets_and_imports_are_expanded_where_they_stand() {
-        let files = |pattern: &str| -> Result<Vec<(String, String)>, String> {
+        let files = |pattern: &str, _: &str| -> Result<Vec<(String, String)>, String> {
             match pattern {
                 "/custom/*.override" => Ok(vec![
                     ("/custom/a.override".into(), "log\n".into()),
@@ -891,5 +924,22 @@ pub(crate) mod tests {
         .unwrap();
         let corefile = super::read(&dir.path().join("Corefile"), &|_| None).unwrap();
         assert_eq!(corefile.blocks[0].directives[0].name, "log");
+    }
+
+    #[test]
+    fn a_relative_import_inside_an_imported_file_is_taken_from_that_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a.conf"), "import b.conf\n").unwrap();
+        std::fs::write(dir.path().join("sub/b.conf"), "errors\n").unwrap();
+        std::fs::write(
+            dir.path().join("Corefile"),
+            ".:53 {\n  import sub/a.conf\n}\n",
+        )
+        .unwrap();
+        let corefile = super::read(&dir.path().join("Corefile"), &|_| None).unwrap();
+        let errors = &corefile.blocks[0].directives[0];
+        assert_eq!(errors.name, "errors");
+        assert!(errors.file.ends_with("sub/b.conf"), "{}", errors.file);
     }
 }

@@ -11,7 +11,7 @@ use hickory_proto::rr::Name;
 
 use crate::cache;
 use crate::config::PodsMode;
-use crate::corefile::{Corefile, Directive, ServerBlock};
+use crate::corefile::{Corefile, Directive, Loc, ServerBlock};
 use crate::error::Error;
 use crate::forward::{Forward, MAX_UPSTREAMS, Policy};
 
@@ -46,7 +46,14 @@ impl Plan {
         plan.blocks.push(Block {
             kubernetes: true,
             forward,
-            ..Block::new(zones, 0, 0)
+            ..Block::new(
+                zones,
+                0,
+                Loc {
+                    file: "flags".into(),
+                    line: 0,
+                },
+            )
         });
         plan
     }
@@ -127,8 +134,8 @@ pub struct Block {
     /// The zones of its keys, in order.
     pub zones: Vec<Name>,
     pub port: u16,
-    /// Line of the block, for messages.
-    pub line: usize,
+    /// Where the block is written, for messages.
+    pub at: Loc,
     /// Whether the block holds the `kubernetes` directive.
     pub kubernetes: bool,
     pub cache: Option<cache::Settings>,
@@ -155,12 +162,12 @@ pub struct Block {
 }
 
 impl Block {
-    /// A block of `zones` on `port` (from `line`) without plugins.
-    pub fn new(zones: Vec<Name>, port: u16, line: usize) -> Block {
+    /// A block of `zones` on `port` (written `at`) without plugins.
+    pub fn new(zones: Vec<Name>, port: u16, at: Loc) -> Block {
         Block {
             zones,
             port,
-            line,
+            at,
             kubernetes: false,
             cache: None,
             hosts: None,
@@ -286,29 +293,28 @@ fn instead_of(directive: &str) -> Option<&'static str> {
     })
 }
 
-/// A failure at a line.
-type At = (usize, String);
+/// A failure where something is written.
+type At = (Loc, String);
 
 impl Corefile {
     /// What this Corefile asks of `svcplane dns`, or why it cannot run it (yet).
     /// `resolv_conf` reads the nameservers of a resolv.conf a `forward` names.
     pub fn plan(
         &self,
-        file: &str,
         resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
     ) -> Result<Plan, Error> {
-        let fail = |(line, message): At| Error::Corefile {
-            file: file.to_string(),
-            line,
+        let fail = |(at, message): At| Error::Corefile {
+            file: at.file.to_string(),
+            line: at.line,
             message,
         };
         let mut plan = Plan::default();
-        let mut seen_keys: Vec<(Name, u16, usize)> = Vec::new();
+        let mut seen_keys: Vec<(Name, u16, Loc)> = Vec::new();
         for block in &self.blocks {
             let port = block.keys[0].port;
             if let Some(other) = block.keys.iter().find(|k| k.port != port) {
                 return Err(fail((
-                    block.line,
+                    block.at(),
                     format!(
                         "keys on several ports ({port} and {}) in one block are not supported yet; write a block per port",
                         other.port
@@ -316,19 +322,19 @@ impl Corefile {
                 )));
             }
             for key in &block.keys {
-                if let Some((_, _, line)) = seen_keys
+                if let Some((_, _, first)) = seen_keys
                     .iter()
                     .find(|(z, p, _)| *z == key.zone && *p == key.port)
                 {
                     return Err(fail((
-                        block.line,
+                        block.at(),
                         format!(
-                            "zone {} on port {} is already served by the block at line {line}",
-                            key.zone, key.port
+                            "zone {} on port {} is already served by the block at {}:{}",
+                            key.zone, key.port, first.file, first.line
                         ),
                     )));
                 }
-                seen_keys.push((key.zone.clone(), key.port, block.line));
+                seen_keys.push((key.zone.clone(), key.port, block.at()));
             }
             let read = read_block(block, resolv_conf, &mut plan).map_err(fail)?;
             plan.blocks.push(read);
@@ -346,14 +352,13 @@ fn read_block(
     let mut out = Block::new(
         block.keys.iter().map(|k| k.zone.clone()).collect(),
         block.keys[0].port,
-        block.line,
+        block.at(),
     );
     let mut seen: Vec<&str> = Vec::new();
     for d in &block.directives {
-        if seen.contains(&d.name.as_str())
-            && !matches!(d.name.as_str(), "log" | "errors" | "rewrite")
+        if seen.contains(&d.name.as_str()) && !matches!(d.name.as_str(), "log" | "rewrite" | "bind")
         {
-            return Err((d.line, format!("{}: only one per server block", d.name)));
+            return Err((d.at(), format!("{}: only one per server block", d.name)));
         }
         seen.push(&d.name);
         match d.name.as_str() {
@@ -361,17 +366,17 @@ fn read_block(
                 let health = self::health(d)?;
                 if plan.health.is_some_and(|h| h != health) {
                     return Err((
-                        d.line,
+                        d.at(),
                         "health: every block must give the same address and lameduck (one endpoint per process)".into(),
                     ));
                 }
                 plan.health = Some(health);
             }
             "ready" => {
-                let ready = http_address(d, ":8181").map_err(|m| (d.line, m))?;
+                let ready = http_address(d, ":8181").map_err(|m| (d.at(), m))?;
                 if plan.ready.is_some_and(|r| r != ready) {
                     return Err((
-                        d.line,
+                        d.at(),
                         "ready: every block must give the same address (one endpoint per process)"
                             .into(),
                     ));
@@ -379,10 +384,10 @@ fn read_block(
                 plan.ready = Some(ready);
             }
             "prometheus" => {
-                let addr = http_address(d, "localhost:9153").map_err(|m| (d.line, m))?;
+                let addr = http_address(d, "localhost:9153").map_err(|m| (d.at(), m))?;
                 if plan.prometheus.is_some_and(|p| p != addr) {
                     return Err((
-                        d.line,
+                        d.at(),
                         "prometheus: every block must give the same address (one endpoint per process)".into(),
                     ));
                 }
@@ -393,7 +398,7 @@ fn read_block(
                 let reload = self::reload(d)?;
                 if plan.reload.is_some_and(|r| r != reload) {
                     return Err((
-                        d.line,
+                        d.at(),
                         "reload: every block must give the same interval and jitter".into(),
                     ));
                 }
@@ -407,19 +412,19 @@ fn read_block(
                     [policy] if policy == "round_robin" => {}
                     _ => {
                         return Err((
-                            d.line,
+                            d.at(),
                             "loadbalance: only the round_robin policy is supported".into(),
                         ));
                     }
                 }
                 if !d.block.is_empty() {
-                    return Err((d.line, "loadbalance: takes no block".into()));
+                    return Err((d.at(), "loadbalance: takes no block".into()));
                 }
                 out.loadbalance = true;
             }
             "loop" => {
                 if !d.args.is_empty() || !d.block.is_empty() {
-                    return Err((d.line, "loop: takes no arguments".into()));
+                    return Err((d.at(), "loop: takes no arguments".into()));
                 }
                 out.loop_detect = true;
             }
@@ -427,18 +432,18 @@ fn read_block(
             "cache" => out.cache = Some(self::cache(d, block)?),
             "bind" => {
                 if d.args.is_empty() {
-                    return Err((d.line, "bind: names at least one address".into()));
+                    return Err((d.at(), "bind: names at least one address".into()));
                 }
                 if !d.block.is_empty() {
                     return Err((
-                        d.line,
+                        d.at(),
                         "bind: except is not supported yet; name the addresses to listen on".into(),
                     ));
                 }
                 for arg in &d.args {
                     let ip = arg.parse::<IpAddr>().map_err(|_| {
                         (
-                            d.line,
+                            d.at(),
                             format!("bind: {arg:?} is not an address (interface names are not supported yet)"),
                         )
                     })?;
@@ -454,11 +459,11 @@ fn read_block(
                         .filter(|n| (512..=4096).contains(n))
                         .ok_or_else(|| {
                             (
-                                d.line,
+                                d.at(),
                                 format!("bufsize: {n:?} is not a size of 512 to 4096"),
                             )
                         })?,
-                    _ => return Err((d.line, "bufsize: takes one size".into())),
+                    _ => return Err((d.at(), "bufsize: takes one size".into())),
                 };
                 out.bufsize = Some(size);
             }
@@ -467,7 +472,7 @@ fn read_block(
             "kubernetes" => {
                 if plan.kubernetes.is_some() {
                     return Err((
-                        d.line,
+                        d.at(),
                         "kubernetes: only one kubernetes directive per Corefile is supported; put its zones in one block".into(),
                     ));
                 }
@@ -480,7 +485,7 @@ fn read_block(
                     None => format!("{other} is not supported yet"),
                 };
                 return Err((
-                    d.line,
+                    d.at(),
                     format!("{why} (supported: {})", SUPPORTED.join(", ")),
                 ));
             }
@@ -495,11 +500,11 @@ fn errors(d: &Directive) -> Result<crate::errors::ErrorLog, At> {
     match d.args.as_slice() {
         [] => {}
         [out] if out == "stdout" => {}
-        _ => return Err((d.line, "errors: the only place to write is stdout".into())),
+        _ => return Err((d.at(), "errors: the only place to write is stdout".into())),
     }
     let mut log = ErrorLog::default();
     for option in &d.block {
-        let at = |m: String| (option.line, format!("errors {}: {m}", option.name));
+        let at = |m: String| (option.at(), format!("errors {}: {m}", option.name));
         match (option.name.as_str(), option.args.as_slice()) {
             ("consolidate", [period, pattern, rest @ ..]) if rest.len() <= 2 => {
                 let period = go_duration(period).map_err(at)?;
@@ -549,7 +554,7 @@ fn errors(d: &Directive) -> Result<crate::errors::ErrorLog, At> {
             }
             (other, _) => {
                 return Err((
-                    option.line,
+                    option.at(),
                     format!("errors: {other} is not an option of errors (consolidate)"),
                 ));
             }
@@ -583,7 +588,7 @@ fn log(d: &Directive) -> Result<Vec<crate::log::Rule>, At> {
                         "error" => classes.push(Class::Error),
                         other => {
                             return Err((
-                                option.line,
+                                option.at(),
                                 format!(
                                     "log class: {other:?} is not a class (success, denial, error, all)"
                                 ),
@@ -595,10 +600,10 @@ fn log(d: &Directive) -> Result<Vec<crate::log::Rule>, At> {
                     classes.clear();
                 }
             }
-            ("class", _) => return Err((option.line, "log class: names a class".into())),
+            ("class", _) => return Err((option.at(), "log class: names a class".into())),
             (other, _) => {
                 return Err((
-                    option.line,
+                    option.at(),
                     format!("log: {other} is not an option of log (class)"),
                 ));
             }
@@ -608,7 +613,7 @@ fn log(d: &Directive) -> Result<Vec<crate::log::Rule>, At> {
         vec![Name::root()]
     } else {
         args.iter()
-            .map(|n| zone_name(n).map_err(|m| (d.line, format!("log: {m}"))))
+            .map(|n| zone_name(n).map_err(|m| (d.at(), format!("log: {m}"))))
             .collect::<Result<_, _>>()?
     };
     Ok(scopes
@@ -636,7 +641,7 @@ fn cache(d: &Directive, block: &ServerBlock) -> Result<cache::Settings, At> {
     {
         if ttl <= 0 {
             return Err((
-                d.line,
+                d.at(),
                 format!("cache: the TTL must be positive, not {ttl}"),
             ));
         }
@@ -649,11 +654,11 @@ fn cache(d: &Directive, block: &ServerBlock) -> Result<cache::Settings, At> {
         block.keys.iter().map(|k| k.zone.clone()).collect()
     } else {
         args.iter()
-            .map(|z| zone_name(z).map_err(|m| (d.line, format!("cache: {m}"))))
+            .map(|z| zone_name(z).map_err(|m| (d.at(), format!("cache: {m}"))))
             .collect::<Result<_, _>>()?
     };
     for option in &d.block {
-        let at = |m: String| (option.line, format!("cache {}: {m}", option.name));
+        let at = |m: String| (option.at(), format!("cache {}: {m}", option.name));
         let number = |text: &str| -> Result<i64, At> {
             text.parse::<i64>()
                 .map_err(|_| at(format!("{text:?} is not a number")))
@@ -797,7 +802,7 @@ fn cache(d: &Directive, block: &ServerBlock) -> Result<cache::Settings, At> {
             ("serve_stale_policy", _) => return Err(at("is not supported yet".into())),
             (other, _) => {
                 return Err((
-                    option.line,
+                    option.at(),
                     format!(
                         "cache: {other} is not an option of cache (success, denial, prefetch, serve_stale, servfail, disable, keepttl)"
                     ),
@@ -818,7 +823,7 @@ fn hosts(d: &Directive, block: &ServerBlock) -> Result<crate::hosts::Settings, A
         if !zones.is_empty() {
             settings.zones = zones
                 .iter()
-                .map(|z| zone_name(z).map_err(|m| (d.line, format!("hosts: {m}"))))
+                .map(|z| zone_name(z).map_err(|m| (d.at(), format!("hosts: {m}"))))
                 .collect::<Result<_, _>>()?;
         } else {
             settings.zones = block.keys.iter().map(|k| k.zone.clone()).collect();
@@ -827,7 +832,7 @@ fn hosts(d: &Directive, block: &ServerBlock) -> Result<crate::hosts::Settings, A
         settings.zones = block.keys.iter().map(|k| k.zone.clone()).collect();
     }
     for option in &d.block {
-        let at = |m: String| (option.line, format!("hosts {}: {m}", option.name));
+        let at = |m: String| (option.at(), format!("hosts {}: {m}", option.name));
         match (option.name.as_str(), option.args.as_slice()) {
             ("fallthrough", zones) => {
                 settings.fallthrough = Some(
@@ -854,7 +859,7 @@ fn hosts(d: &Directive, block: &ServerBlock) -> Result<crate::hosts::Settings, A
             }
             (other, _) if settings.fallthrough.is_some() => {
                 return Err((
-                    option.line,
+                    option.at(),
                     format!(
                         "hosts: unknown property {other:?} (after fallthrough, inline entries are not read)"
                     ),
@@ -869,7 +874,7 @@ fn hosts(d: &Directive, block: &ServerBlock) -> Result<crate::hosts::Settings, A
     }
     if settings.fallthrough_unsupported && settings.fallthrough.is_none() {
         return Err((
-            d.line,
+            d.at(),
             "hosts: fallthrough_unsupported requires fallthrough".into(),
         ));
     }
@@ -881,7 +886,7 @@ fn hosts(d: &Directive, block: &ServerBlock) -> Result<crate::hosts::Settings, A
 /// and made fully qualified (a regex's FROM aside), so `prefix api- web-` matches `api-.`.
 fn rewrite(d: &Directive) -> Result<crate::rewrite::NameRule, At> {
     use crate::rewrite::{Match, NameRule, ResponseRule, Rewriter};
-    let at = |m: String| (d.line, format!("rewrite: {m}"));
+    let at = |m: String| (d.at(), format!("rewrite: {m}"));
     if !d.block.is_empty() {
         return Err(at(
             "the block form is not supported yet; write one rule per line".into(),
@@ -1002,7 +1007,7 @@ fn rewrite(d: &Directive) -> Result<crate::rewrite::NameRule, At> {
 /// `reload [INTERVAL [JITTER]]`: 30 s and 15 s by default; the interval at least 2 s, the jitter
 /// 0 or at least 1 s and at most half the interval.
 fn reload(d: &Directive) -> Result<Reload, At> {
-    let at = |m: String| (d.line, format!("reload: {m}"));
+    let at = |m: String| (d.at(), format!("reload: {m}"));
     let (interval, jitter) = match d.args.as_slice() {
         [] => (None, None),
         [interval] => (Some(interval), None),
@@ -1059,26 +1064,26 @@ fn http_address(d: &Directive, default: &str) -> Result<SocketAddr, String> {
 fn forward(
     d: &Directive,
     resolv_conf: &dyn Fn(&str) -> Result<Vec<SocketAddr>, String>,
-) -> Result<Forward, (usize, String)> {
-    let at = |line: usize| move |m: String| (line, format!("forward: {m}"));
+) -> Result<Forward, At> {
+    let at = |loc: Loc| move |m: String| (loc.clone(), format!("forward: {m}"));
     let [from, to @ ..] = d.args.as_slice() else {
         return Err((
-            d.line,
+            d.at(),
             "forward: needs the zone and at least one upstream, e.g. `forward . /etc/resolv.conf`"
                 .into(),
         ));
     };
     if to.is_empty() {
-        return Err((d.line, "forward: needs at least one upstream".into()));
+        return Err((d.at(), "forward: needs at least one upstream".into()));
     }
     let zone = zone_name;
-    let from = zone(from).map_err(at(d.line))?;
+    let from = zone(from).map_err(at(d.at()))?;
     let mut upstreams = Vec::new();
     // Plain DNS or DNS over TLS (`tls://`, port 853 by default), one of them for every upstream.
     let mut schemes = Vec::new();
     for target in to {
         if target.contains('/') && !target.contains("://") {
-            upstreams.extend(resolv_conf(target).map_err(at(d.line))?);
+            upstreams.extend(resolv_conf(target).map_err(at(d.at()))?);
             schemes.push("dns");
             continue;
         }
@@ -1087,7 +1092,7 @@ fn forward(
             Some(("tls", rest)) => ("tls", rest),
             Some((scheme, _)) => {
                 return Err((
-                    d.line,
+                    d.at(),
                     format!(
                         "forward: {scheme}:// upstreams are not supported yet; use dns:// or tls://"
                     ),
@@ -1108,7 +1113,7 @@ fn forward(
             })
             .ok_or_else(|| {
                 (
-                    d.line,
+                    d.at(),
                     format!("forward: {target} is not an upstream address or a resolv.conf file"),
                 )
             })?;
@@ -1116,13 +1121,13 @@ fn forward(
     }
     if upstreams.is_empty() {
         return Err((
-            d.line,
+            d.at(),
             "forward: no upstream (the resolv.conf names no nameserver)".into(),
         ));
     }
     if upstreams.len() > MAX_UPSTREAMS {
         return Err((
-            d.line,
+            d.at(),
             format!(
                 "forward: {} upstreams; at most {MAX_UPSTREAMS}",
                 upstreams.len()
@@ -1132,7 +1137,7 @@ fn forward(
     schemes.dedup();
     if schemes.len() > 1 {
         return Err((
-            d.line,
+            d.at(),
             "forward: plain and tls:// upstreams cannot be mixed in one forward".into(),
         ));
     }
@@ -1142,7 +1147,7 @@ fn forward(
         ..Forward::everything_to(upstreams)
     };
     for option in &d.block {
-        let fail = |m: &str| (option.line, format!("forward {}: {m}", option.name));
+        let fail = |m: &str| (option.at(), format!("forward {}: {m}", option.name));
         match (option.name.as_str(), option.args.as_slice()) {
             ("policy", [p]) => {
                 forward.policy = match p.as_str() {
@@ -1221,7 +1226,7 @@ fn forward(
             ("tls_servername", _) => return Err(fail("takes one name")),
             (other, _) => {
                 return Err((
-                    option.line,
+                    option.at(),
                     format!(
                         "forward {other} is not supported yet (supported: policy, max_concurrent, force_tcp, prefer_udp, except, max_fails, health_check, expire, tls, tls_servername)"
                     ),
@@ -1231,7 +1236,7 @@ fn forward(
     }
     if forward.force_tcp && forward.prefer_udp {
         return Err((
-            d.line,
+            d.at(),
             "forward: force_tcp and prefer_udp exclude each other".into(),
         ));
     }
@@ -1239,21 +1244,21 @@ fn forward(
 }
 
 /// `health [ADDR] { lameduck D }`.
-fn health(d: &Directive) -> Result<Health, (usize, String)> {
-    let addr = http_address(d, ":8080").map_err(|m| (d.line, m))?;
+fn health(d: &Directive) -> Result<Health, At> {
+    let addr = http_address(d, ":8080").map_err(|m| (d.at(), m))?;
     let mut lameduck = Duration::ZERO;
     for option in &d.block {
         match (option.name.as_str(), option.args.as_slice()) {
             ("lameduck", [value]) => {
                 lameduck = go_duration(value)
-                    .map_err(|m| (option.line, format!("health lameduck: {m}")))?
+                    .map_err(|m| (option.at(), format!("health lameduck: {m}")))?
             }
             ("lameduck", _) => {
-                return Err((option.line, "health lameduck: takes one duration".into()));
+                return Err((option.at(), "health lameduck: takes one duration".into()));
             }
             (other, _) => {
                 return Err((
-                    option.line,
+                    option.at(),
                     format!("health: {other} is not an option of health (lameduck)"),
                 ));
             }
@@ -1263,15 +1268,15 @@ fn health(d: &Directive) -> Result<Health, (usize, String)> {
 }
 
 /// The `kubernetes` directive of `block`, or the line and what is wrong there.
-fn kubernetes(d: &Directive, block: &ServerBlock) -> Result<Kubernetes, (usize, String)> {
-    let zone = |text: &str| -> Result<Name, (usize, String)> {
+fn kubernetes(d: &Directive, block: &ServerBlock) -> Result<Kubernetes, At> {
+    let zone = |text: &str| -> Result<Name, At> {
         let fqdn = if text.ends_with('.') {
             text.to_ascii_lowercase()
         } else {
             format!("{}.", text.to_ascii_lowercase())
         };
         Name::from_ascii(&fqdn)
-            .map_err(|e| (d.line, format!("kubernetes: {text} is not a zone ({e})")))
+            .map_err(|e| (d.at(), format!("kubernetes: {text} is not a zone ({e})")))
     };
     let mut k = Kubernetes {
         zones: if d.args.is_empty() {
@@ -1282,7 +1287,7 @@ fn kubernetes(d: &Directive, block: &ServerBlock) -> Result<Kubernetes, (usize, 
         ..Kubernetes::default()
     };
     for option in &d.block {
-        let at = |m: String| (option.line, format!("kubernetes {}: {m}", option.name));
+        let at = |m: String| (option.at(), format!("kubernetes {}: {m}", option.name));
         let one = || match option.args.as_slice() {
             [value] => Ok(value.as_str()),
             _ => Err(at("takes exactly one value".into())),
@@ -1384,7 +1389,7 @@ fn kubernetes(d: &Directive, block: &ServerBlock) -> Result<Kubernetes, (usize, 
         && !k.manifests.is_empty()
     {
         return Err((
-            d.line,
+            d.at(),
             "kubernetes: manifests excludes kubeconfig, labels and namespace_labels (they select what a cluster is watched for)".into(),
         ));
     }
@@ -1412,7 +1417,7 @@ mod tests {
     fn plan(text: &str) -> Result<Plan, Error> {
         crate::corefile::parse(text, "Corefile", |_| None)
             .unwrap()
-            .plan("Corefile", &no_resolv)
+            .plan(&no_resolv)
     }
 
     /// Why a Corefile of `text` does not run.
@@ -1431,6 +1436,26 @@ mod tests {
 
     fn name(text: &str) -> Name {
         Name::from_ascii(text).unwrap()
+    }
+
+    #[test]
+    fn a_refusal_in_an_imported_file_names_that_file_and_its_line() {
+        let include = |pattern: &str, _: &str| -> Result<Vec<(String, String)>, String> {
+            assert_eq!(pattern, "custom/*.override");
+            Ok(vec![("custom/x.override".into(), "log\ndnssec\n".into())])
+        };
+        let corefile = crate::corefile::parse_with(
+            ".:53 {\n  import custom/*.override\n  kubernetes\n}\n",
+            "Corefile",
+            &|_| None,
+            &include,
+        )
+        .unwrap();
+        let err = corefile.plan(&no_resolv).unwrap_err().to_string();
+        assert!(
+            err.starts_with("custom/x.override:2: dnssec is not supported yet"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1523,7 +1548,7 @@ mod tests {
         let err = refusal(".:53 {\n  errors\n}\n.:53 {\n  errors\n}\n");
         assert!(
             err.starts_with(
-                "Corefile:4: zone . on port 53 is already served by the block at line 1"
+                "Corefile:4: zone . on port 53 is already served by the block at Corefile:1"
             ),
             "{err}"
         );
@@ -1559,6 +1584,11 @@ mod tests {
         assert_eq!(plan.ready, Some("127.0.0.1:9181".parse().unwrap()));
         let err = refusal(".:53 {\n  kubernetes\n  ready\n  ready\n}\n");
         assert_eq!(err, "Corefile:4: ready: only one per server block");
+        // As CoreDNS: `errors` once (plugin.ErrOnce), `bind` lines add up.
+        let err = refusal(".:53 {\n  errors\n  errors\n}\n");
+        assert_eq!(err, "Corefile:3: errors: only one per server block");
+        let bound = self::plan(".:53 {\n  bind 127.0.0.1\n  bind 127.0.0.2 ::1\n}\n").unwrap();
+        assert_eq!(bound.blocks[0].bind.len(), 3);
         let err = refusal(".:53 {\n  kubernetes\n  health {\n    lameduck soon\n  }\n}\n");
         assert!(
             err.starts_with("Corefile:4: health lameduck: \"soon\" is not a duration"),

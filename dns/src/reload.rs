@@ -83,7 +83,7 @@ mod tests {
     fn plan(text: &str) -> Plan {
         crate::corefile::parse(text, "Corefile", |_| None)
             .unwrap()
-            .plan("Corefile", &|_| Ok(vec![]))
+            .plan(&|_| Ok(vec![]))
             .unwrap()
     }
 

@@ -44,8 +44,12 @@ pub fn build(
     for block in &plan.blocks {
         forwarders.push(match block.forward.clone() {
             Some(f) => Some(Arc::new(
-                Forwarder::new(f, metrics.forward.clone())
-                    .map_err(|e| format!("the block at line {}: forward {e}", block.line))?,
+                Forwarder::new(f, metrics.forward.clone()).map_err(|e| {
+                    format!(
+                        "the block at {}:{}: forward {e}",
+                        block.at.file, block.at.line
+                    )
+                })?,
             )),
             None => None,
         });
