@@ -1185,16 +1185,22 @@ fn bind_listens_on_the_named_addresses_only() {
 
 #[test]
 fn bufsize_caps_the_buffer_a_client_asks_for_and_what_goes_upstream() {
-    let big = |query: &hickory_proto::op::Message| {
-        Some(reply_with(
-            query,
-            (0..40)
-                .map(|i| a_record(query, 300, [192, 0, 2, i]))
-                .collect(),
-        ))
-    };
     for (bufsize, truncated) in [("", false), ("  bufsize 512\n", true)] {
-        let upstream = FakeUpstream::start(big);
+        // The EDNS size each question reached the upstream with.
+        let seen: Arc<std::sync::Mutex<Vec<Option<u16>>>> = Arc::default();
+        let upstream = FakeUpstream::start({
+            let seen = seen.clone();
+            move |query: &hickory_proto::op::Message| {
+                let size = query.edns.as_ref().map(|e| e.max_payload());
+                seen.lock().unwrap().push(size);
+                Some(reply_with(
+                    query,
+                    (0..40)
+                        .map(|i| a_record(query, 300, [192, 0, 2, i]))
+                        .collect(),
+                ))
+            }
+        });
         let dns = ConfDns::start(
             &format!(
                 ".:53 {{\n{bufsize}  forward . 127.0.0.1:{}\n}}\n",
@@ -1213,6 +1219,12 @@ fn bufsize_caps_the_buffer_a_client_asks_for_and_what_goes_upstream() {
             advertised,
             Some(if truncated { 512 } else { 1232 }),
             "{bufsize:?}"
+        );
+        let expected = Some(if truncated { 512 } else { 1232 });
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            !seen.is_empty() && seen.iter().all(|size| *size == expected),
+            "{bufsize:?}: the upstream saw {seen:?}"
         );
     }
 }
@@ -1246,6 +1258,25 @@ fn forward_over_tls_reaches_an_unbound_serving_dns_over_tls_and_checks_its_certi
         ),
         1.0
     );
+    // The connection is kept: a second question reuses it.
+    let other = q("www.example.org.", RecordType::AAAA);
+    assert_eq!(ask(dns.port, &other, Transport::Udp).rcode, "NoError");
+    assert_eq!(
+        dns.metric(
+            "coredns_proxy_conn_cache_hits_total",
+            &[("proto", "tcp-tls")]
+        ),
+        1.0
+    );
+    // A name the certificate does not carry: the upstream is not trusted, SERVFAIL.
+    let misnamed = ConfDns::start(
+        &format!(
+            ".:53 {{\n  forward . tls://127.0.0.1:{tls_port} {{\n    tls {}\n    tls_servername wrong.example\n    max_fails 0\n  }}\n}}\n",
+            tls.ca.display()
+        ),
+        &[],
+    );
+    assert_eq!(ask(misnamed.port, &www, Transport::Tcp).rcode, "ServFail");
     // The system's roots do not know the test CA: the upstream is not trusted, SERVFAIL.
     let untrusted = ConfDns::start(
         &format!(".:53 {{\n  forward . tls://127.0.0.1:{tls_port} {{\n    max_fails 0\n  }}\n}}\n"),

@@ -164,9 +164,16 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub fn start(answer: impl Fn(&Message) -> Option<Message> + Send + Sync + 'static) -> Self {
-        let port = testkit::free_dns_port();
-        let udp = UdpSocket::bind(("127.0.0.1", port)).unwrap();
-        let tcp = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        // Both sockets stay bound from the start: a port freed and bound again could be taken
+        // in between (by a forwarder's ephemeral socket in a test running beside this one).
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) {
+                break (udp, tcp);
+            }
+        };
+        let port = udp.local_addr().unwrap().port();
         let answer: Arc<Answer> = Arc::new(answer);
         let upstream = FakeUpstream {
             port,
