@@ -9,6 +9,7 @@ use anyhow::Context;
 use cache::{Cache, Kind};
 use clap::Args;
 use dns::config::{Config, PodsMode, parse_zone};
+use dns::corefile::Corefile;
 use dns::server::{self, Limits};
 
 use crate::etcd_flags::parse_duration;
@@ -164,12 +165,10 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
             let args = Arc::new(args);
             setup.source = Some(Source {
                 digest: dns::reload::digest_of(&corefile),
-                reread: Box::new(move || {
-                    let corefile = read_corefile(&path)?;
-                    let digest = dns::reload::digest_of(&corefile);
-                    let setup = plan_of(&corefile, args.resolv_conf.as_deref())
-                        .and_then(|plan| args.corefile_setup(plan));
-                    Ok((digest, setup))
+                read: Box::new(move || read_corefile(&path)),
+                setup: Box::new(move |corefile| {
+                    plan_of(corefile, args.resolv_conf.as_deref())
+                        .and_then(|plan| args.corefile_setup(plan))
                 }),
             });
             setup
@@ -180,7 +179,7 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
 }
 
 /// The Corefile at `path` with its imports, `{$VAR}` from the process's environment.
-fn read_corefile(path: &std::path::Path) -> anyhow::Result<dns::corefile::Corefile> {
+fn read_corefile(path: &std::path::Path) -> anyhow::Result<Corefile> {
     Ok(dns::corefile::read(path, &|name| std::env::var(name).ok())?)
 }
 
@@ -188,12 +187,14 @@ fn read_corefile(path: &std::path::Path) -> anyhow::Result<dns::corefile::Corefi
 struct Source {
     /// SHA-512 of the Corefile running, as read (imports expanded).
     digest: String,
-    /// The file read again: its digest and its setup, or why it does not read at all.
-    reread: Box<Reread>,
+    /// The Corefile read again, with its imports.
+    read: Box<dyn Fn() -> anyhow::Result<Corefile> + Send + Sync>,
+    /// The setup of a Corefile that changed.
+    setup: Box<SetupOf>,
 }
 
-/// How a reload reads the Corefile again.
-type Reread = dyn Fn() -> anyhow::Result<(String, anyhow::Result<Setup>)> + Send + Sync;
+/// How a changed Corefile becomes a setup.
+type SetupOf = dyn Fn(&Corefile) -> anyhow::Result<Setup> + Send + Sync;
 
 /// A panic anywhere (a server, index or probe task) ends the process with its message rather
 /// than leaving a server with a dead task behind: the kubelet restarts it.
@@ -217,7 +218,7 @@ pub(crate) async fn run_with(
 
 /// The plan of `corefile`, with `resolv_conf` standing for /etc/resolv.conf.
 fn plan_of(
-    corefile: &dns::corefile::Corefile,
+    corefile: &Corefile,
     resolv_conf: Option<&std::path::Path>,
 ) -> anyhow::Result<dns::plan::Plan> {
     let nameservers = |file: &str| {
@@ -522,56 +523,47 @@ struct Running {
         std::collections::BTreeMap<SocketAddr, tokio::sync::watch::Sender<Arc<dns::chain::Router>>>,
 }
 
-/// The `reload` directive: every `wait`, reads the Corefile again; a changed text that plans
-/// and fits the running listeners and cluster replaces the chains behind them (queries keep
-/// flowing: each takes the router current when it arrives); a broken one is logged and
-/// counted, and the running configuration stays.
+/// The `reload` directive: every `wait`, reads the Corefile again; a changed one that plans and
+/// fits the running listeners and cluster replaces the chains behind them (queries keep flowing:
+/// each takes the router current when it arrives); one that does not start is logged and
+/// counted, and the running configuration stays. A file that does not read or parse is only
+/// warned about and tried again, as CoreDNS does.
 async fn reload(source: Source, mut running: Running, wait: Duration) {
     use std::sync::atomic::Ordering;
     let mut seen = source.digest.clone();
     loop {
         tokio::time::sleep(wait).await;
-        // A file that does not read or parse is tried again at the next look, as CoreDNS does.
-        let (digest, next) = match (source.reread)() {
-            Ok(read) => read,
+        let corefile = match (source.read)() {
+            Ok(corefile) => corefile,
             Err(e) => {
                 println!("[WARNING] plugin/reload: Corefile parse failed: {e:#}");
                 continue;
             }
         };
+        let digest = dns::reload::digest_of(&corefile);
         if digest == seen {
             continue;
         }
         // A configuration that does not start is not tried again until the file changes.
         seen = digest.clone();
         println!("[INFO] Reloading");
-        let next =
-            next.and_then(
-                |setup| match dns::reload::needs_restart(&running.plan, &setup.plan) {
-                    Some(why) => anyhow::bail!("{why}: restart svcplane dns to apply it"),
-                    None => Ok(setup),
-                },
-            );
-        let setup = match next {
-            Ok(setup) => setup,
+        let next = (source.setup)(&corefile).and_then(|setup| {
+            if let Some(why) = dns::reload::needs_restart(&running.plan, &setup.plan) {
+                anyhow::bail!("{why}: restart svcplane dns to apply it");
+            }
+            let service = dns::service::build(
+                &setup.plan,
+                &setup.listen,
+                running.cluster.as_ref(),
+                &running.metrics,
+            )
+            .map_err(anyhow::Error::msg)?;
+            Ok((setup, service))
+        });
+        let (setup, service) = match next {
+            Ok(next) => next,
             Err(e) => {
                 println!("[ERROR] Restart failed: {e:#}");
-                running
-                    .metrics
-                    .reload_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        let service = match dns::service::build(
-            &setup.plan,
-            &setup.listen,
-            running.cluster.as_ref(),
-            &running.metrics,
-        ) {
-            Ok(service) => service,
-            Err(e) => {
-                println!("[ERROR] Restart failed: {e}");
                 running
                     .metrics
                     .reload_failures

@@ -1,7 +1,9 @@
 //! The Corefile: CoreDNS's configuration text (Caddy's syntax), read into server blocks whose
 //! keys (zones and ports, reverse zones given as CIDRs) are normalised and whose directives keep
-//! their arguments, nested lines and line numbers. What a directive means is the command's
-//! business; this module only knows the shape, so every error names the file and the line.
+//! their arguments, nested lines and the file and line they are written on. Snippets and
+//! `import` (files and wildcards, read through [`read`]) are expanded where they stand. What a
+//! directive means is the plan's business; this module knows the shape, so every error names
+//! the file and the line.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,6 +1,7 @@
 //! The `forward` directive: names the cluster zones do not answer go to upstream servers, as
 //! CoreDNS's forward plugin sends them. A query goes upstream over the transport it came in on
-//! (`force_tcp`: always TCP; `prefer_udp`: UDP first, TCP again when truncated); each gets a
+//! (`force_tcp`: always TCP; `prefer_udp`: UDP first, TCP again when truncated; a `tls://`
+//! upstream: always DNS over TLS, with `tls` and `tls_servername`); each gets a
 //! fresh random ID; a reply counts only when its ID and question match; upstreams are tried in
 //! the policy's order, round after round, skipping those marked down by failed health checks
 //! (`. IN NS` every `health_check` interval after an error, down after `max_fails`), until one
