@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use support::corefile::{ConfDns, FakeUpstream, a_record, rcode_reply, reply_with};
+use support::corefile::{ConfDns, FakeUpstream, Load, a_record, rcode_reply, reply_with};
 use support::dns_compare::{Question, Transport, ask, exchange};
 use testkit::Unbound;
 
@@ -698,6 +698,16 @@ fn reload_applies_an_edit_without_failing_a_query_and_keeps_serving_through_a_br
         reply.answers_of("A").into_iter().next().unwrap()
     };
     assert_eq!(answered(&dns), "192.0.2.1");
+    // Queries without pause all through the edits: a forwarded name, a hosts name and a cluster
+    // name in turn.
+    let load = Load::start(
+        dns.port,
+        &[
+            "www.example.org",
+            "first.example",
+            "svc1.testns.svc.cluster.local",
+        ],
+    );
     std::fs::write(
         &dns.corefile,
         corefile(
@@ -725,7 +735,7 @@ fn reload_applies_an_edit_without_failing_a_query_and_keeps_serving_through_a_br
         "{}",
         dns.log()
     );
-    // The hosts entry the edit added answers too.
+    // The hosts entry the edit added answers too (the upstream switched in the same reload).
     assert_eq!(
         ask(
             dns.port,
@@ -758,6 +768,13 @@ fn reload_applies_an_edit_without_failing_a_query_and_keeps_serving_through_a_br
         .answers_of("A"),
         ["10.0.0.1".to_string()].into()
     );
+    let results = load.stop();
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, _, status)| status != "NOERROR")
+        .collect();
+    assert!(results.len() > 100, "only {} queries", results.len());
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
 }
 
 #[test]
@@ -812,28 +829,11 @@ fn a_sigterm_under_load_answers_every_query_through_the_lameduck_with_ready_503_
     while support::get_status(dns.ready_port, "/ready") != Some(200) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let port = dns.port;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Queries without pause, a cluster name and a forwarded one in turn, each with when it
-    // was sent and its status.
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut results = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let name = if i % 2 == 0 {
-                    "svc1.testns.svc.cluster.local".to_string()
-                } else {
-                    format!("n{i}.example.org")
-                };
-                let sent = Instant::now();
-                results.push((sent, support::dig(port, &[&name, "A"]).status));
-                i += 1;
-            }
-            results
-        })
-    };
+    // Queries without pause, a cluster name and a forwarded one in turn.
+    let load = Load::start(
+        dns.port,
+        &["svc1.testns.svc.cluster.local", "n.example.org"],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let term = Instant::now();
     dns.signal(nix::sys::signal::Signal::SIGTERM);
@@ -850,19 +850,18 @@ fn a_sigterm_under_load_answers_every_query_through_the_lameduck_with_ready_503_
         ));
         std::thread::sleep(Duration::from_millis(20));
     };
-    stop.store(true, Ordering::Relaxed);
-    let results = load.join().unwrap();
+    let results = load.stop();
     assert!(status.success(), "{status}\n{}", dns.log());
     // Every query sent before the lameduck's end (a margin for the last in flight) answered.
-    let lameduck: Vec<&(Instant, String)> = results
+    let lameduck: Vec<&(Instant, String, String)> = results
         .iter()
-        .filter(|(sent, _)| *sent < term + Duration::from_millis(1800))
+        .filter(|(sent, _, _)| *sent < term + Duration::from_millis(1800))
         .collect();
-    let during = lameduck.iter().filter(|(sent, _)| *sent >= term).count();
+    let during = lameduck.iter().filter(|(sent, _, _)| *sent >= term).count();
     assert!(during > 20, "only {during} queries during the lameduck");
     let failed: Vec<_> = lameduck
         .iter()
-        .filter(|(_, status)| status != "NOERROR")
+        .filter(|(_, _, status)| status != "NOERROR")
         .collect();
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
     // /ready said 503 as soon as the signal was handled (a sample racing the delivery aside)

@@ -298,3 +298,39 @@ pub fn rcode_reply(query: &Message, rcode: ResponseCode) -> Message {
     m.metadata.response_code = rcode;
     m
 }
+
+/// Queries without pause from a thread of their own, the `names` (type A) in turn, each with
+/// when it was sent, its name and dig's status, until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(std::time::Instant, String, String)>>,
+}
+
+impl Load {
+    pub fn start(port: u16, names: &[&str]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                for name in names.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let sent = std::time::Instant::now();
+                    let status = super::dig(port, &[name, "A"]).status;
+                    results.push((sent, name.clone(), status));
+                }
+                results
+            })
+        };
+        Load { stop, thread }
+    }
+
+    /// Stops the queries: what each gave.
+    pub fn stop(self) -> Vec<(std::time::Instant, String, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the load thread")
+    }
+}
