@@ -157,11 +157,15 @@ pub(crate) async fn run(args: DnsArgs) -> anyhow::Result<()> {
             let shown = path.display().to_string();
             let corefile = read_corefile(&path)?;
             let plan = plan_of(&corefile, args.resolv_conf.as_deref())?;
+            let mut setup = args.corefile_setup(plan)?;
             if args.check {
+                // Built as it would start (TLS files read, regexes compiled), never served.
+                let metrics = dns::metrics::Metrics::default();
+                dns::service::build(&setup.plan, &setup.listen, None, &metrics)
+                    .map_err(anyhow::Error::msg)?;
                 eprintln!("{shown}: svcplane dns runs this Corefile");
                 return Ok(());
             }
-            let mut setup = args.corefile_setup(plan)?;
             let args = Arc::new(args);
             setup.source = Some(Source {
                 digest: dns::reload::digest_of(&corefile),

@@ -116,6 +116,8 @@ struct Pair {
     coredns_metrics: u16,
     /// Taken away to stop it.
     unbound: Option<Unbound>,
+    /// CoreDNS's copies of the files: it reads them at start and on reload.
+    _coredns_files: tempfile::TempDir,
 }
 
 /// The kubeadm Corefile, run by both servers.
@@ -224,8 +226,6 @@ fn start_with(
         &format!("prometheus 127.0.0.1:{coredns_metrics}"),
     );
     let coredns = CoreDns::start_at(coredns_port, &copy);
-    // CoreDNS reads its files at start and on reload: they stay for the test binary's life.
-    let _ = coredns_files.keep();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while support::get_status(svcplane.ready_port, "/ready") != Some(200) {
@@ -241,6 +241,7 @@ fn start_with(
         coredns,
         coredns_metrics,
         unbound: Some(unbound),
+        _coredns_files: coredns_files,
     }
 }
 

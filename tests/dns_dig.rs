@@ -459,6 +459,19 @@ fn a_corefile_runs_with_its_port_replaced_and_is_checked_naming_file_and_line() 
         )),
         "{said}"
     );
+    // What only starting finds (a TLS file that is not there) is found by the check too.
+    std::fs::write(
+        &corefile,
+        ".:53 {\n    forward . tls://127.0.0.1:853 {\n        tls /nonexistent/ca.pem\n    }\n}\n",
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args(["dns", "--conf", conf, "--check"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "{said}");
+    assert!(said.contains("/nonexistent/ca.pem"), "{said}");
 }
 
 /// `svcplane dns --conf COREFILE` with DNS on a free loopback port and `extra` flags; its

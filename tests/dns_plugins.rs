@@ -349,6 +349,55 @@ fn an_upstream_that_stops_fails_its_health_checks_and_is_used_again_once_they_pa
 }
 
 #[test]
+fn an_upstream_down_after_max_fails_is_skipped_for_the_next_one() {
+    let (down, up) = (counting_upstream(), counting_upstream());
+    let dns = ConfDns::start(
+        &format!(
+            ".:53 {{\n  prometheus\n  forward . 127.0.0.1:{} 127.0.0.1:{} {{\n    policy sequential\n    max_fails 2\n    health_check 100ms\n  }}\n}}\n",
+            down.port, up.port
+        ),
+        &[],
+    );
+    down.silent.store(true, Ordering::Relaxed);
+    // The first upstream times out and the next answers; the failure starts its health checks.
+    assert_eq!(
+        ask(
+            dns.port,
+            &q("a.example.org.", RecordType::A),
+            Transport::Udp
+        )
+        .rcode,
+        "NoError"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dns.metric("coredns_proxy_healthcheck_failures_total", &[]) < 3.0 {
+        assert!(Instant::now() < deadline, "{}", dns.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Down after more than max_fails failed checks (CoreDNS's Down: fails > max_fails):
+    // questions go to the next upstream only (the first still gets its `. IN NS` checks).
+    let names_asked = |upstream: &FakeUpstream| {
+        upstream
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.ends_with(".example.org."))
+            .count()
+    };
+    let before = (names_asked(&down), names_asked(&up));
+    for i in 0..5 {
+        let name = format!("n{i}.example.org.");
+        assert_eq!(
+            ask(dns.port, &q(&name, RecordType::A), Transport::Udp).rcode,
+            "NoError"
+        );
+    }
+    assert_eq!(names_asked(&down), before.0, "a down upstream was asked");
+    assert_eq!(names_asked(&up), before.1 + 5);
+}
+
+#[test]
 fn the_transport_upstream_follows_the_client_unless_force_tcp_or_prefer_udp() {
     // A reply too big for 512 bytes: truncated over UDP without EDNS.
     let big = |query: &hickory_proto::op::Message| {

@@ -332,7 +332,13 @@ fn expand(
                 }
                 body.push(inner);
             }
-            snippets.insert(name, body);
+            if snippets.insert(name.clone(), body).is_some() {
+                // As Caddy: a second snippet of a name is a mistake, not a replacement.
+                return Err(at(
+                    &first,
+                    format!("redeclaration of previously declared snippet {name}"),
+                ));
+            }
             continue;
         }
         if !first.quoted && first.text == "import" {
@@ -902,6 +908,18 @@ pub(crate) mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(err, "Corefile:2: import /missing: /missing: no such file");
+        let err = parse_with(
+            "(a) {\n  log\n}\n(a) {\n  errors\n}\n.:53 {\n  import a\n}\n",
+            "Corefile",
+            &|_| None,
+            &files,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "Corefile:4: redeclaration of previously declared snippet a"
+        );
     }
 
     #[test]
