@@ -2,15 +2,18 @@
 # The forwarding path — forward + cache — of svcplane dns against CoreDNS and Debian's Unbound
 # (as a caching forwarder), taking turns: each runs alone on one pinned core and forwards to the
 # same upstream (an Unbound answering hit.example and miss.example from local data) on the
-# other core, where dnsperf drives it over loopback for a bounded time. Two query sets:
+# other core, where dnsperf drives it over loopback for a bounded time. Three query sets:
 #   hits    1000 names asked over and over: after the first pass, every answer is cached
+#   paced   the same hits offered at a fixed rate (PACE queries/s, below what dnsperf reaches
+#           with svcplane and Unbound), so each contender's CPU is for the same work
 #   misses  a name never asked before on every query: every answer goes upstream
 # The script prints median queries/s, the contender's CPU share and queries per CPU-second, and
 # the CPU both cores used per query (the client's side moves with the server's: a server that
 # sleeps between queries is woken at the client's cost).
 #
 #   bench/forward.sh [ROUNDS] [SECONDS] [CONTENDERS]
-#       (defaults: 3 rounds, 10 s per run, "svcplane coredns unbound")
+#       (defaults: 3 rounds, 10 s per run, "svcplane coredns unbound"; environment:
+#       PACE=100000, SETS="hits paced misses")
 #
 # Needs Debian's unbound and dnsperf (installed here if missing), and the peers' CoreDNS
 # (bash peers/build.sh coredns).
@@ -18,6 +21,8 @@ set -euo pipefail
 ROUNDS=${1:-3}
 SECONDS_PER_RUN=${2:-10}
 CONTENDERS=${3:-svcplane coredns unbound}
+PACE=${PACE:-100000}
+SETS=${SETS:-hits paced misses}
 SERVER_CPU=1
 CLIENT_CPU=0
 cd "$(dirname "$0")/.."
@@ -122,13 +127,17 @@ declare -A QPS CPU QPC BOTH
 # Busy clock ticks of both cores (user, nice, system, irq, softirq).
 busy() { awk '/^cpu0 |^cpu1 / {b += $2 + $3 + $4 + $7 + $8} END {print b}' /proc/stat; }
 for round in $(seq "$ROUNDS"); do
-    for set in hits misses; do
+    for set in $SETS; do
         for server in $CONTENDERS; do
             start_server $server
+            case $set in
+            paced) queries=hits pace="-Q $PACE" ;;
+            *) queries=$set pace="" ;;
+            esac
             before=$(awk '{print $14 + $15}' "/proc/$PID/stat")
             busy_before=$(busy)
             start=$(date +%s.%N)
-            taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/$set.txt" -l "$SECONDS_PER_RUN" -c 8 -q 200 >"$WORK/perf.txt" 2>&1
+            taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/$queries.txt" -l "$SECONDS_PER_RUN" -c 8 -q 200 $pace >"$WORK/perf.txt" 2>&1
             end=$(date +%s.%N)
             after=$(awk '{print $14 + $15}' "/proc/$PID/stat")
             busy_after=$(busy)
@@ -151,7 +160,7 @@ done
 echo
 echo "| queries | server | queries/s (median of $ROUNDS, min–max) | server CPU | queries per CPU-second (min–max) | both cores' CPU per query, µs (min–max) |"
 echo "|---|---|---|---|---|---|"
-for set in hits misses; do
+for set in $SETS; do
     for server in $CONTENDERS; do
         echo "| $set | $server | $(echo "${QPS[$set $server]}" | median) ($(echo "${QPS[$set $server]}" | range)) | $(echo "${CPU[$set $server]}" | median) % | $(echo "${QPC[$set $server]}" | median) ($(echo "${QPC[$set $server]}" | range)) | $(echo "${BOTH[$set $server]}" | median) ($(echo "${BOTH[$set $server]}" | range)) |"
     done

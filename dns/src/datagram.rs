@@ -1,28 +1,56 @@
-//! UDP datagrams in batches: a receiving task takes every query already waiting on its socket
-//! with one `recvmmsg` (up to a batch), answers them, and sends the answers together with one
-//! `sendmmsg`. Under load a socket holds several queries at once, and a system call per
-//! datagram — with the wake-up of the client each reply causes — costs more than answering a
-//! cached name. Replies the kernel does not take at once go out one by one, waiting for the
-//! socket as any send does. Both calls go through nix's safe wrappers.
+//! UDP datagrams in batches, on threads of their own: each worker owns one socket of the
+//! address (all bound with `SO_REUSEPORT`, so the kernel spreads clients over them), blocks in
+//! `recvmmsg` until a query arrives and takes every query already waiting (up to a batch) in
+//! the same call, answers them, and sends the answers with one `sendmmsg`. Under load a socket
+//! holds several queries at once, and a system call per datagram — with the wake-up of the
+//! client each reply causes — costs more than answering a cached name; a blocking worker also
+//! needs no readiness poll and no failed read before it sleeps. All calls go through nix's safe
+//! wrappers.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd as _;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    MsgFlags, MultiHeaders, Shutdown, SockaddrStorage, recvmmsg, sendmmsg, sendto, shutdown,
+};
 
 /// Datagrams taken per call.
 pub(crate) const BATCH: usize = 32;
 /// Room for the largest UDP datagram.
 const DATAGRAM: usize = 65535;
 
-/// Buffers for one receiving task.
+/// A UDP socket bound to `addr` (port 0 picks one) for one worker: blocking, large buffers,
+/// `SO_REUSEPORT` so the other workers' sockets can share the address.
+pub(crate) fn socket(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Larger buffers are an optimisation: a kernel that refuses them still serves.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReusePort, &true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Wakes a worker blocked on `socket` for good: later receives return at once with nothing.
+/// (Linux lets `shutdown` end the reads of an unconnected UDP socket; it reports `ENOTCONN`
+/// while doing it.)
+pub(crate) fn stop(socket: &UdpSocket) {
+    match shutdown(socket.as_raw_fd(), Shutdown::Read) {
+        Ok(()) | Err(Errno::ENOTCONN) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot shut a udp socket down"),
+    }
+}
+
+/// Buffers for one worker, kept from batch to batch (nothing is allocated per datagram).
 pub(crate) struct Batch {
     /// `BATCH` slots of `DATAGRAM` bytes in one allocation, whose pages are touched only as
     /// far as datagrams fill them.
     buffers: Vec<u8>,
+    /// The message headers `recvmmsg` fills.
+    headers: MultiHeaders<SockaddrStorage>,
     /// The datagrams of the last receive: length and sender, slot by slot.
     received: Vec<(usize, SocketAddr)>,
 }
@@ -31,49 +59,44 @@ impl Default for Batch {
     fn default() -> Self {
         Batch {
             buffers: vec![0; BATCH * DATAGRAM],
+            headers: MultiHeaders::preallocate(BATCH, None),
             received: Vec::with_capacity(BATCH),
         }
     }
 }
 
 impl Batch {
-    /// Waits for datagrams on `socket` and takes those waiting, up to a batch, in one call.
-    pub(crate) async fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
-        loop {
-            socket.readable().await?;
-            match socket.try_io(Interest::READABLE, || self.take(socket)) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn take(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
-        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
-            .buffers
-            .chunks_mut(DATAGRAM)
-            .map(|b| [IoSliceMut::new(b)])
-            .collect();
-        // The headers point into the slices, so they live as long as one call.
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-        let results = recvmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            slices.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )?;
+    /// Blocks until a datagram arrives on `socket` (blocking), then takes it and those already
+    /// waiting, up to a batch, in one call. After [`stop`] it returns at once with no datagram.
+    pub(crate) fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
         self.received.clear();
-        for msg in results {
-            // A datagram without a usable sender cannot be answered: its slot stays empty.
-            let from = msg.address.as_ref().and_then(std_addr);
-            self.received.push(match from {
-                Some(from) => (msg.bytes, from),
-                None => (0, SocketAddr::from(([0, 0, 0, 0], 0))),
-            });
+        loop {
+            // nix ties the slices' lifetime to the call's: they are made afresh for each.
+            let mut slices: [[IoSliceMut<'_>; 1]; BATCH] = {
+                let mut chunks = self.buffers.chunks_mut(DATAGRAM);
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().expect("BATCH chunks"))])
+            };
+            let results = match recvmmsg(
+                socket.as_raw_fd(),
+                &mut self.headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Err(Errno::EINTR) => continue,
+                other => other?,
+            };
+            for msg in results {
+                // A datagram without a usable sender cannot be answered, nor an empty one (as
+                // are the reads of a socket that was shut down): its slot stays empty.
+                let from = msg.address.as_ref().and_then(std_addr);
+                self.received.push(match from {
+                    Some(from) if msg.bytes > 0 => (msg.bytes, from),
+                    _ => (0, SocketAddr::from(([0, 0, 0, 0], 0))),
+                });
+            }
+            return Ok(());
         }
-        Ok(())
     }
 
     /// The datagrams of the last receive, with their senders.
@@ -89,37 +112,59 @@ impl Batch {
     }
 }
 
-/// Sends `replies` on `socket`: as many as the kernel takes in one call, the rest one by one. A
-/// reply that cannot be sent is dropped, as a lost datagram is.
-pub(crate) async fn send(socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) {
-    let sent = match replies {
-        [] | [_] => 0,
-        _ => socket
-            .try_io(Interest::WRITABLE, || send_many(socket, replies))
-            .unwrap_or(0),
-    };
-    for (reply, to) in &replies[sent..] {
-        let _ = socket.send_to(reply, to).await;
+/// Sends `replies` on `socket` (blocking), up to a batch per `sendmmsg`; a reply the kernel
+/// refuses is dropped, as a lost datagram is.
+pub(crate) fn send(
+    socket: &UdpSocket,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    replies: &[(Vec<u8>, SocketAddr)],
+) {
+    let mut rest = replies;
+    while !rest.is_empty() {
+        let sent = match rest {
+            [(reply, to)] => socket.send_to(reply, to).map(|_| 1),
+            _ => send_many(socket, headers, &rest[..rest.len().min(BATCH)]),
+        };
+        // An error belongs to the first reply not sent (a destination that cannot be reached,
+        // say): drop it and go on with the others.
+        rest = &rest[sent.unwrap_or(0).max(1)..];
     }
 }
 
-/// One `sendmmsg` of `replies`: how many the kernel took.
-fn send_many(socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) -> std::io::Result<usize> {
+/// One `sendmmsg` of at most a batch of `replies`: how many the kernel took.
+fn send_many(
+    socket: &UdpSocket,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    replies: &[(Vec<u8>, SocketAddr)],
+) -> std::io::Result<usize> {
     let slices: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|(r, _)| [IoSlice::new(r)]).collect();
     let addrs: Vec<Option<SockaddrStorage>> = replies
         .iter()
         .map(|(_, to)| Some(SockaddrStorage::from(*to)))
         .collect();
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), None);
-    let sent = sendmmsg(
+    loop {
+        match sendmmsg(
+            socket.as_raw_fd(),
+            headers,
+            slices.iter(),
+            &addrs,
+            [],
+            MsgFlags::empty(),
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => return Ok(other?.count()),
+        }
+    }
+}
+
+/// Sends one reply without waiting (from a task that must not block): a full socket drops it.
+pub(crate) fn send_now(socket: &UdpSocket, reply: &[u8], to: SocketAddr) {
+    let _ = sendto(
         socket.as_raw_fd(),
-        &mut headers,
-        slices.iter(),
-        addrs,
-        [],
+        reply,
+        &SockaddrStorage::from(to),
         MsgFlags::MSG_DONTWAIT,
-    )?;
-    Ok(sent.count())
+    );
 }
 
 fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
@@ -128,4 +173,82 @@ fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
     }
     addr.as_sockaddr_in6()
         .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let server = socket("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn waiting_datagrams_are_taken_in_one_receive_with_their_senders() {
+        let (server, client) = pair();
+        let to = server.local_addr().unwrap();
+        for n in 0..5u8 {
+            client.send_to(&[n; 3], to).unwrap();
+        }
+        // Loopback delivers at once; still, allow the kernel a moment.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut batch = Batch::default();
+        batch.receive(&server).unwrap();
+        let got: Vec<_> = batch
+            .datagrams()
+            .map(|(d, from)| (d.to_vec(), from))
+            .collect();
+        let from = client.local_addr().unwrap();
+        let want: Vec<_> = (0..5u8).map(|n| (vec![n; 3], from)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn replies_go_out_in_order_even_beyond_a_batch() {
+        let (server, client) = pair();
+        let to = client.local_addr().unwrap();
+        let replies: Vec<_> = (0..(BATCH as u16 + 7))
+            .map(|n| (n.to_be_bytes().to_vec(), to))
+            .collect();
+        let mut headers = MultiHeaders::preallocate(BATCH, None);
+        send(&server, &mut headers, &replies);
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        for n in 0..(BATCH as u16 + 7) {
+            let (len, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(
+                (&buf[..len], from),
+                (&n.to_be_bytes()[..], server.local_addr().unwrap())
+            );
+        }
+    }
+
+    #[test]
+    fn a_worker_blocked_in_receive_returns_when_its_socket_is_stopped() {
+        let (server, _client) = pair();
+        let server = std::sync::Arc::new(server);
+        let blocked = server.clone();
+        let worker = std::thread::spawn(move || {
+            let mut batch = Batch::default();
+            let result = batch.receive(&blocked);
+            (result.is_ok(), batch.datagrams().count())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        stop(&server);
+        assert_eq!(worker.join().unwrap(), (true, 0));
+    }
+
+    #[test]
+    fn sockets_of_one_address_share_it() {
+        let first = socket("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = socket(addr, 1 << 20).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        // A socket that did not ask to share is still refused.
+        assert!(UdpSocket::bind(addr).is_err());
+    }
 }

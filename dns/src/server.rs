@@ -1,21 +1,23 @@
-//! The DNS server: UDP listeners taking queries in batches ([`crate::datagram`]) and TCP
-//! listeners, handing them to a [`Router`], the task that keeps
+//! The DNS server: UDP workers on threads of their own, a socket each, taking queries in
+//! batches ([`crate::datagram`]) and TCP listeners, handing them to a [`Router`], the task
+//! that keeps
 //! the index in step with the cache, bounded TCP connections, and shutdown that lets queries
 //! in flight finish.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cache::Snapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::chain::{Router, Step};
 use crate::config::Config;
-use crate::datagram::Batch;
+use crate::datagram::{self, Batch};
 use crate::index::Index;
 use crate::message::Transport;
 use crate::metrics::{Metrics, programmed};
@@ -28,7 +30,7 @@ pub struct Limits {
     pub max_tcp_connections: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
-    /// Tasks receiving on each UDP socket.
+    /// Threads answering UDP on each address, each with a socket of its own.
     pub udp_workers: usize,
     /// Receive and send buffer of each UDP socket (capped by the kernel's `rmem_max`/`wmem_max`):
     /// a burst of queries waits here instead of being dropped.
@@ -91,7 +93,8 @@ pub fn follow(
 
 /// Sockets bound but not yet serving, so binding errors surface before anything starts.
 pub struct Bound {
-    udp: Vec<Arc<UdpSocket>>,
+    /// Per address, one UDP socket per worker, all bound to it.
+    udp: Vec<Vec<Arc<UdpSocket>>>,
     tcp: Vec<TcpListener>,
 }
 
@@ -100,41 +103,35 @@ impl Bound {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.udp
             .iter()
-            .filter_map(|s| s.local_addr().ok())
+            .filter_map(|sockets| sockets.first()?.local_addr().ok())
             .collect()
     }
 }
 
-/// A UDP socket with large buffers.
-fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    // Larger buffers are an optimisation: a kernel that refuses them still serves.
-    let _ = socket.set_recv_buffer_size(buffer);
-    let _ = socket.set_send_buffer_size(buffer);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
-}
-
-/// Binds UDP and TCP on every address (TCP on the same port as UDP).
+/// Binds UDP (a socket per worker) and TCP on every address (TCP on the same port as UDP).
 pub async fn bind(addrs: &[SocketAddr], limits: &Limits) -> Result<Bound> {
     let mut bound = Bound {
         udp: Vec::new(),
         tcp: Vec::new(),
     };
     for addr in addrs {
-        let listen = |e| Error::Listen {
-            addr: addr.to_string(),
-            source: e,
+        let listen = |addr: SocketAddr| {
+            move |e| Error::Listen {
+                addr: addr.to_string(),
+                source: e,
+            }
         };
-        let udp = udp_socket(*addr, limits.udp_buffer).map_err(listen)?;
-        let actual = udp.local_addr().map_err(listen)?;
-        let tcp = TcpListener::bind(actual).await.map_err(|e| Error::Listen {
-            addr: actual.to_string(),
-            source: e,
-        })?;
-        bound.udp.push(Arc::new(udp));
+        let first = datagram::socket(*addr, limits.udp_buffer).map_err(listen(*addr))?;
+        let actual = first.local_addr().map_err(listen(*addr))?;
+        // TCP binds without sharing: a port another server holds fails here, even one whose
+        // UDP sockets would let ours join them.
+        let tcp = TcpListener::bind(actual).await.map_err(listen(actual))?;
+        let mut sockets = vec![Arc::new(first)];
+        for _ in 1..limits.udp_workers.max(1) {
+            let socket = datagram::socket(actual, limits.udp_buffer).map_err(listen(actual))?;
+            sockets.push(Arc::new(socket));
+        }
+        bound.udp.push(sockets);
         bound.tcp.push(tcp);
     }
     Ok(bound)
@@ -149,13 +146,9 @@ pub async fn serve(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tasks = JoinSet::new();
     let in_flight = Arc::new(tokio::sync::RwLock::new(()));
-    for socket in bound.udp {
-        for _ in 0..limits.udp_workers.max(1) {
-            tasks.spawn(udp_loop(socket.clone(), router.clone(), in_flight.clone()));
-        }
-    }
+    let workers = UdpWorkers::start(bound.udp, &router, &in_flight);
+    let mut tasks = JoinSet::new();
     let connections = Arc::new(Semaphore::new(limits.max_tcp_connections.max(1)));
     for listener in bound.tcp {
         tasks.spawn(tcp_loop(
@@ -167,45 +160,135 @@ pub async fn serve(
     }
     let _ = shutdown.wait_for(|stop| *stop).await;
     tasks.abort_all();
+    let _ = tokio::task::spawn_blocking(move || workers.join()).await;
     // Every forwarded query holds a read guard: the write guard waits for the last of them.
     let _ = tokio::time::timeout(limits.drain, in_flight.write()).await;
 }
 
-async fn udp_loop(
+/// The threads answering UDP, one per socket; dropped, they stop (so an aborted `serve`
+/// leaves none behind).
+struct UdpWorkers {
+    sockets: Vec<Arc<UdpSocket>>,
+    stopped: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpWorkers {
+    fn start(
+        udp: Vec<Vec<Arc<UdpSocket>>>,
+        router: &watch::Receiver<Arc<Router>>,
+        in_flight: &Arc<tokio::sync::RwLock<()>>,
+    ) -> UdpWorkers {
+        let sockets: Vec<_> = udp.into_iter().flatten().collect();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let threads = sockets
+            .iter()
+            .filter_map(|socket| {
+                let worker = UdpWorker {
+                    socket: socket.clone(),
+                    router: router.clone(),
+                    in_flight: in_flight.clone(),
+                    stopped: stopped.clone(),
+                    runtime: tokio::runtime::Handle::current(),
+                };
+                let name = format!("dns-udp-{}", socket.local_addr().ok()?.port());
+                match std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || worker.run())
+                {
+                    Ok(thread) => Some(thread),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a udp worker");
+                        None
+                    }
+                }
+            })
+            .collect();
+        UdpWorkers {
+            sockets,
+            stopped,
+            threads,
+        }
+    }
+
+    /// Stops the workers and waits for them (blocking).
+    fn join(mut self) {
+        self.stop();
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        for socket in &self.sockets {
+            datagram::stop(socket);
+        }
+    }
+}
+
+impl Drop for UdpWorkers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One UDP socket's worker: takes queries in batches, answers what needs no upstream in place
+/// and hands forwarded queries to the runtime, whose tasks send their replies on the same
+/// socket.
+struct UdpWorker {
     socket: Arc<UdpSocket>,
     router: watch::Receiver<Arc<Router>>,
     in_flight: Arc<tokio::sync::RwLock<()>>,
-) {
-    let mut batch = Batch::default();
-    let mut replies = Vec::with_capacity(crate::datagram::BATCH);
-    let local = socket
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    loop {
-        if let Err(e) = batch.receive(&socket).await {
-            tracing::debug!(error = %e, "udp receive failed");
-            continue;
-        }
-        let current = router.borrow().clone();
-        for (request, peer) in batch.datagrams() {
-            match current.handle(request, Transport::Udp, peer, local) {
-                Step::Done(Some(reply)) => replies.push((reply, peer)),
-                Step::Done(None) => {}
-                // Upstream in a task of its own: this worker goes back to the cluster's queries.
-                Step::Later(answer) => {
-                    let socket = socket.clone();
-                    let guard = in_flight.clone().read_owned().await;
-                    tokio::spawn(async move {
-                        if let Some(reply) = answer.await {
-                            let _ = socket.send_to(&reply, peer).await;
-                        }
-                        drop(guard);
-                    });
+    /// Set when the server stops (a socket that still has queries waiting is left anyway).
+    stopped: Arc<AtomicBool>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl UdpWorker {
+    fn run(self) {
+        // Plugins start tasks of their own (a prefetch, a refresh behind a stale answer).
+        let _runtime = self.runtime.enter();
+        let mut batch = Batch::default();
+        let mut headers = nix::sys::socket::MultiHeaders::preallocate(datagram::BATCH, None);
+        let mut replies = Vec::with_capacity(datagram::BATCH);
+        let local = self
+            .socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        loop {
+            if let Err(e) = batch.receive(&self.socket) {
+                tracing::debug!(error = %e, "udp receive failed");
+                continue;
+            }
+            // Set before the socket is shut down, so the wake-up of the shutdown sees it.
+            if self.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let current = self.router.borrow().clone();
+            for (request, peer) in batch.datagrams() {
+                match current.handle(request, Transport::Udp, peer, local) {
+                    Step::Done(Some(reply)) => replies.push((reply, peer)),
+                    Step::Done(None) => {}
+                    // Upstream in a task of its own: this worker goes back to its socket.
+                    Step::Later(answer) => {
+                        // No guard: the server is draining, and a new query is not started.
+                        let Ok(guard) = self.in_flight.clone().try_read_owned() else {
+                            continue;
+                        };
+                        let socket = self.socket.clone();
+                        tokio::spawn(async move {
+                            if let Some(reply) = answer.await {
+                                datagram::send_now(&socket, &reply, peer);
+                            }
+                            drop(guard);
+                        });
+                    }
                 }
             }
+            datagram::send(&self.socket, &mut headers, &replies);
+            replies.clear();
         }
-        crate::datagram::send(&socket, &replies).await;
-        replies.clear();
     }
 }
 
