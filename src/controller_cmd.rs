@@ -110,6 +110,11 @@ pub(crate) struct ControllerArgs {
     /// leaks freed after three runs, duplicates and strays reported), on the leader.
     #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
     repair_interval: Duration,
+    /// Check the flags and the files they name (serving certificate, pools file, etcd TLS
+    /// files) and exit: 0 if the controller would start with them. Reaches neither the cluster
+    /// nor etcd.
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     pools: PoolFlags,
     #[command(flatten)]
@@ -117,8 +122,29 @@ pub(crate) struct ControllerArgs {
 }
 
 impl ControllerArgs {
+    /// What `--check` checks beyond [`ControllerArgs::check_timing`]: the files and the pools,
+    /// as a start would read them.
+    fn check_files(&self) -> anyhow::Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            webhook::CertFiles::load(cert, key).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                !self.etcd.connection.endpoints.is_empty(),
+                "--tls-cert-file: the webhook allocates from pools in etcd, shared by every replica; give --etcd-endpoints"
+            );
+            let specs = self.pools.specs()?;
+            self.pools.cluster(&specs)?;
+        }
+        if !self.etcd.connection.endpoints.is_empty() {
+            self.etcd
+                .config()
+                .check(ipam::store::DEFAULT_PREFIX)
+                .map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+
     /// The leader election's timing must let a leader give up before followers take over.
-    fn check(&self) -> anyhow::Result<()> {
+    fn check_timing(&self) -> anyhow::Result<()> {
         if !self.leader_elect {
             return Ok(());
         }
@@ -195,7 +221,12 @@ async fn start_webhook(
 }
 
 pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    args.check()?;
+    args.check_timing()?;
+    if args.check {
+        args.check_files()?;
+        eprintln!("svcplane controller: the flags and the files they name are valid");
+        return Ok(());
+    }
     let client = cache::kube_feed::client(args.kubeconfig.as_deref()).await?;
     let manage = match args.manage {
         Manage::All => ManageMode::All,

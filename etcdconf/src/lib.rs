@@ -105,6 +105,15 @@ impl EtcdConfig {
         Ok(Some(tls))
     }
 
+    /// Checks the prefix, the endpoints and the TLS files as [`EtcdConfig::connect_client`]
+    /// would, without connecting.
+    pub fn check(&self, example_prefix: &str) -> Result<()> {
+        self.checked_prefix(example_prefix)?;
+        let tls = self.tls()?;
+        self.urls(tls.is_some())?;
+        Ok(())
+    }
+
     /// Connects a client with these endpoints and TLS files and checks that etcd answers;
     /// returns it with the endpoints joined for messages.
     pub async fn connect_client(&self) -> Result<(Client, String)> {

@@ -1,0 +1,102 @@
+{{/* Names, labels and the Corefile shared by the templates. */}}
+
+{{- define "svcplane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "svcplane.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "svcplane.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "svcplane.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* The DNS objects' name. */}}
+{{- define "svcplane.dns.fullname" -}}
+{{- printf "%s-dns" (include "svcplane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The `k8s-app` label of the DNS pods: what the DNS Service selects. */}}
+{{- define "svcplane.dns.k8sApp" -}}
+{{- default "kube-dns" .Values.k8sAppLabelOverride }}
+{{- end }}
+
+{{- define "svcplane.dns.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "svcplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: dns
+{{- end }}
+
+{{- define "svcplane.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- if .Values.isClusterService }}
+kubernetes.io/cluster-service: "true"
+{{- end }}
+{{- with .Values.customLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "svcplane.dns.labels" -}}
+{{ include "svcplane.labels" . }}
+{{ include "svcplane.dns.selectorLabels" . }}
+k8s-app: {{ include "svcplane.dns.k8sApp" . }}
+{{- end }}
+
+{{- define "svcplane.annotations" -}}
+{{- with .Values.customAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "svcplane.dns.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "svcplane.dns.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "svcplane.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The Corefile: `corefile` verbatim, or the server blocks of `servers` and `extraConfig`. */}}
+{{- define "svcplane.corefile" -}}
+{{- if .Values.corefile }}
+{{- .Values.corefile }}
+{{- else }}
+{{- range .Values.servers }}
+{{ range $i, $zone := (default (list (dict "zone" ".")) .zones) }}{{ if $i }} {{ end }}{{ default "" $zone.scheme }}{{ default "." $zone.zone }}{{ end }}{{ if .port }}:{{ .port }}{{ end }} {
+{{- range .plugins }}
+    {{ .name }}{{ if .parameters }} {{ .parameters }}{{ end }}{{ if .configBlock }} {
+{{ .configBlock | indent 8 }}
+    }{{ end }}
+{{- end }}
+}
+{{- end }}
+{{- range $name, $conf := .Values.extraConfig }}
+{{ $name }}{{ if $conf.parameters }} {{ $conf.parameters }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The DNS ports of the servers, once each, as "port": "name" pairs in a dict. */}}
+{{- define "svcplane.dns.ports" -}}
+{{- $ports := dict }}
+{{- range .Values.servers }}
+{{- $port := toString (default 53 .port) }}
+{{- $_ := set $ports $port (ternary "dns" (printf "dns-%s" $port) (eq $port "53")) }}
+{{- end }}
+{{- toYaml $ports }}
+{{- end }}
+
+{{/* Whether the pods mode needs pods watched (`pods verified`). */}}
+{{- define "svcplane.dns.watchesPods" -}}
+{{- if regexMatch "(?m)^\\s*pods\\s+verified\\b" (include "svcplane.corefile" .) }}true{{ end }}
+{{- end }}

@@ -1,0 +1,394 @@
+//! What a cluster install is made of. The Helm chart (`charts/svcplane`) with the peers' Helm:
+//! it lints strictly with each of its values files, its schema refuses what it should, the
+//! Corefile it renders is one `svcplane dns` accepts, the DNS's ClusterRole holds only what the
+//! DNS reads, and every object it renders passes kube-apiserver's server-side dry run with
+//! strict field validation. The Dockerfile, read statically (no container engine runs here).
+//! And `svcplane controller --check`, which the chart's controller arguments will go through.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use testkit::cluster::{Cluster, ClusterOptions};
+use testkit::peer;
+
+/// The values files the tests render: the defaults, kubeadm's replacement, everything on.
+const VALUES: &[&str] = &["", "ci/kubeadm-values.yaml", "ci/everything-values.yaml"];
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/svcplane")
+}
+
+/// The peers' helm with its state in a directory of its own.
+fn helm(args: &[&str]) -> Output {
+    let home = tempfile::tempdir().expect("a home for helm");
+    Command::new(peer("helm"))
+        .args(args)
+        .env("HOME", home.path())
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .output()
+        .expect("run helm")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `helm template` of the chart with `values` (a file of the chart, or "" for the defaults)
+/// and `sets`, as the YAML text and the objects.
+fn render(values: &str, sets: &[&str]) -> (String, Vec<Value>) {
+    let chart = chart();
+    let mut args = vec![
+        "template".to_string(),
+        "t".to_string(),
+        chart.display().to_string(),
+        "--namespace".to_string(),
+        "kube-system".to_string(),
+    ];
+    if !values.is_empty() {
+        args.push("-f".into());
+        args.push(chart.join(values).display().to_string());
+    }
+    for set in sets {
+        args.push("--set".into());
+        args.push(set.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = helm(&args);
+    assert!(
+        out.status.success(),
+        "helm template {values}: {}",
+        text(&out)
+    );
+    let yaml = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+    let objects = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| Value::deserialize(doc).expect("helm renders YAML"))
+        .filter(|v| !v.is_null())
+        .collect();
+    (yaml, objects)
+}
+
+use serde::Deserialize as _;
+
+fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// The Corefile of the rendered DNS ConfigMap.
+fn corefile(objects: &[Value]) -> &str {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "t-svcplane-dns")
+        .and_then(|o| o["data"]["Corefile"].as_str())
+        .expect("the DNS ConfigMap with a Corefile")
+}
+
+#[test]
+fn the_chart_lints_strictly_with_each_values_file() {
+    for values in VALUES {
+        let chart = chart();
+        let file = chart.join(values);
+        let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
+        if !values.is_empty() {
+            args.extend(["-f", file.to_str().unwrap()]);
+        }
+        let out = helm(&args);
+        assert!(out.status.success(), "helm lint {values}: {}", text(&out));
+        assert!(
+            text(&out).contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn the_schema_refuses_a_wrong_type_and_an_unknown_key_naming_them() {
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    for (set, says) in [
+        ("replicaCount=two", "/replicaCount"),
+        ("service.clusterIp=10.96.0.10", "'clusterIp' not allowed"),
+        ("servers[0].plugins[0].nmae=errors", "'nmae' not allowed"),
+        ("serviceType=Internal", "/serviceType"),
+    ] {
+        let out = helm(&["template", "t", chart, "--set", set]);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(text(&out).contains(says), "{set}: {}", text(&out));
+    }
+}
+
+#[test]
+fn each_rendered_corefile_passes_svcplane_dns_check() {
+    for values in VALUES {
+        let (_, objects) = render(values, &[]);
+        let corefile = corefile(&objects).to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Corefile");
+        std::fs::write(&path, &corefile).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_svcplane"))
+            .args(["dns", "--check", "--conf"])
+            .arg(&path)
+            .output()
+            .expect("run svcplane");
+        assert!(out.status.success(), "{values}: {}\n{corefile}", text(&out));
+    }
+}
+
+#[test]
+fn the_default_corefile_is_kubeadms_with_a_server_block_per_entry_of_servers() {
+    let (_, objects) = render("", &[]);
+    let text = corefile(&objects);
+    assert!(text.starts_with(".:53 {\n    errors\n    health {\n        lameduck 5s\n    }\n"));
+    assert!(
+        text.contains(
+            "    kubernetes cluster.local in-addr.arpa ip6.arpa {\n        pods insecure\n"
+        )
+    );
+    assert!(text.ends_with("    loadbalance\n}"), "{text}");
+    let (_, objects) = render("ci/everything-values.yaml", &[]);
+    let text = corefile(&objects);
+    assert!(text.contains("\ncorp.example:5353 {\n    errors\n    forward . 192.0.2.53\n}"));
+    // A verbatim Corefile replaces the servers.
+    let (_, objects) = render("", &["corefile=.:53 {\n    whoami\n}"]);
+    assert_eq!(corefile(&objects), ".:53 {\n    whoami\n}");
+}
+
+#[test]
+fn the_dns_cluster_role_lists_and_watches_only_what_the_dns_reads() {
+    let rules = |values: &str| {
+        let (_, objects) = render(values, &[]);
+        object(&objects, "ClusterRole")["rules"].clone()
+    };
+    let core = |resources: &[&str]| {
+        serde_json::json!([
+            {"apiGroups": [""], "resources": resources, "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        ])
+    };
+    // `pods insecure` answers without pods; `pods verified` needs them.
+    assert_eq!(rules(""), core(&["services", "namespaces"]));
+    assert_eq!(
+        rules("ci/everything-values.yaml"),
+        core(&["services", "namespaces", "pods"])
+    );
+}
+
+#[test]
+fn the_kube_dns_service_has_kubeadms_name_ports_and_address() {
+    let (_, objects) = render("ci/kubeadm-values.yaml", &[]);
+    let service = object(&objects, "Service");
+    assert_eq!(service["metadata"]["name"], "kube-dns");
+    assert_eq!(service["metadata"]["labels"]["k8s-app"], "kube-dns");
+    assert_eq!(service["spec"]["clusterIP"], "10.96.0.10");
+    assert_eq!(
+        service["spec"]["selector"],
+        serde_json::json!({"k8s-app": "kube-dns"})
+    );
+    let ports: Vec<(String, i64, String)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["port"].as_i64().unwrap(),
+                p["protocol"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("dns", 53, "UDP"),
+        ("dns-tcp", 53, "TCP"),
+        ("metrics", 9153, "TCP"),
+    ]
+    .map(|(n, p, proto)| (n.to_string(), p, proto.to_string()));
+    assert_eq!(ports, want);
+    // The Deployment's pods carry the label the Service selects, and its own selector does not
+    // depend on it (so it never adopts CoreDNS's pods).
+    let deployment = object(&objects, "Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]["k8s-app"],
+        "kube-dns"
+    );
+    assert!(deployment["spec"]["selector"]["matchLabels"]["k8s-app"].is_null());
+    // A Corefile change is left to `reload` unless asked otherwise.
+    assert!(deployment["spec"]["template"]["metadata"]["annotations"].is_null());
+    let (_, objects) = render("", &["rollOnConfigChange=true"]);
+    let annotations =
+        &object(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert!(
+        annotations["checksum/config"]
+            .as_str()
+            .is_some_and(|c| c.len() == 64)
+    );
+}
+
+#[test]
+fn every_rendered_object_passes_a_strict_server_side_dry_run() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    for values in VALUES {
+        // The ServiceMonitor kind is not installed in this cluster yet.
+        let (yaml, _) = render(values, &["prometheus.monitor.enabled=false"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendered.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let out = cluster.kubectl(
+            "admin",
+            &[
+                "apply",
+                "--dry-run=server",
+                "--validate=strict",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{values}: {}", text(&out));
+        let applied = String::from_utf8_lossy(&out.stdout);
+        for kind in [
+            "deployment.apps",
+            "service",
+            "configmap",
+            "clusterrole.rbac.authorization.k8s.io",
+        ] {
+            assert!(applied.contains(&format!("{kind}/")), "{values}: {applied}");
+        }
+    }
+}
+
+fn svcplane(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_svcplane"))
+        .args(args)
+        .output()
+        .expect("run svcplane")
+}
+
+#[test]
+fn controller_check_accepts_valid_flags_and_names_the_wrong_one_without_reaching_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = testkit::make_certs(dir.path());
+    let (cert, key) = (
+        tls.server_cert.to_str().unwrap(),
+        tls.server_key.to_str().unwrap(),
+    );
+    // No cluster and no etcd listen at these addresses: --check reaches neither.
+    let etcd = "--etcd-endpoints=http://127.0.0.1:1";
+    let webhook = ["--tls-cert-file", cert, "--tls-key-file", key];
+    let ok = |args: &[&str]| {
+        let out = svcplane(
+            &[
+                &["controller", "--check", "--kubeconfig", "/nonexistent"],
+                args,
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("the flags and the files they name are valid"));
+    };
+    ok(&[]);
+    ok(&[
+        &webhook[..],
+        &[
+            etcd,
+            "--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112",
+        ],
+    ]
+    .concat());
+    let refused = |args: &[&str], says: &str| {
+        let out = svcplane(&[&["controller", "--check"], args].concat());
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    };
+    refused(&webhook, "give --etcd-endpoints");
+    refused(
+        &[
+            "--tls-cert-file",
+            "/nonexistent.pem",
+            "--tls-key-file",
+            key,
+            etcd,
+        ],
+        "/nonexistent.pem",
+    );
+    refused(
+        &[
+            &webhook[..],
+            &[etcd, "--service-cluster-ip-range=10.96.0.0/33"],
+        ]
+        .concat(),
+        "10.96.0.0/33",
+    );
+    refused(&[etcd, "--etcd-prefix=pools"], "--etcd-prefix");
+    refused(&[etcd, "--etcd-certfile", cert], "--etcd-keyfile");
+    refused(
+        &[
+            "--leader-elect-lease-duration=5s",
+            "--leader-elect-renew-deadline=10s",
+        ],
+        "--leader-elect-lease-duration",
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_the_locked_release_binary_on_digest_pinned_images_as_a_numeric_user() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
+    for from in &froms {
+        let image = from.split_whitespace().nth(1).unwrap();
+        let (_, digest) = image
+            .split_once("@sha256:")
+            .unwrap_or_else(|| panic!("{from}: not pinned by digest"));
+        assert!(
+            digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+            "{from}"
+        );
+    }
+    assert!(dockerfile.contains("cargo build --release --locked --bin svcplane"));
+    assert!(dockerfile.contains("setcap cap_net_bind_service=+ep target/release/svcplane"));
+    // The runtime stage runs as a numeric user, so `runAsNonRoot` can verify it.
+    let user = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER");
+    let uid = user.trim_start_matches("USER ").split(':').next().unwrap();
+    assert!(uid.parse::<u32>().is_ok_and(|u| u != 0), "{user}");
+    let runtime = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(runtime.contains("COPY --from=build /src/target/release/svcplane"));
+    // The chart's default tag is appVersion, which is the crate's version.
+    let chart = std::fs::read_to_string(chart().join("Chart.yaml")).unwrap();
+    let chart: Value = serde_yaml::from_str(&chart).unwrap();
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+    let (_, objects) = render("", &[]);
+    let image =
+        object(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone();
+    assert_eq!(
+        image,
+        format!("ghcr.io/svcplane/svcplane:{}", env!("CARGO_PKG_VERSION"))
+    );
+}
