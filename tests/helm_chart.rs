@@ -236,9 +236,22 @@ fn the_kube_dns_service_has_kubeadms_name_ports_and_address() {
 #[test]
 fn every_rendered_object_passes_a_strict_server_side_dry_run() {
     let cluster = Cluster::start(ClusterOptions::default());
-    for values in VALUES {
-        // The ServiceMonitor kind is not installed in this cluster yet.
-        let (yaml, _) = render(values, &["prometheus.monitor.enabled=false"]);
+    // Each values file, and the defaults with an HPA instead of a fixed replica count.
+    let renders = VALUES
+        .iter()
+        .map(|v| (*v, ""))
+        .chain([("", "hpa.enabled=true")]);
+    for (values, extra) in renders {
+        // The ServiceMonitor and cert-manager kinds are not installed in this cluster yet.
+        let mut sets = vec![
+            "prometheus.monitor.enabled=false",
+            "controller.webhook.certManager.enabled=false",
+        ];
+        sets.extend(Some(extra).filter(|e| !e.is_empty()));
+        let (yaml, _) = render(values, &sets);
+        if !extra.is_empty() {
+            assert!(yaml.contains("kind: HorizontalPodAutoscaler"));
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rendered.yaml");
         std::fs::write(&path, &yaml).unwrap();
@@ -261,6 +274,18 @@ fn every_rendered_object_passes_a_strict_server_side_dry_run() {
             "clusterrole.rbac.authorization.k8s.io",
         ] {
             assert!(applied.contains(&format!("{kind}/")), "{values}: {applied}");
+        }
+        if values == "ci/everything-values.yaml" {
+            for object in [
+                "mutatingwebhookconfiguration.admissionregistration.k8s.io/t-svcplane-controller",
+                "statefulset.apps/t-svcplane-etcd",
+                "role.rbac.authorization.k8s.io/t-svcplane-controller",
+                "deployment.apps/t-svcplane-controller",
+                "configmap/t-svcplane-dns-autoscaler",
+                "service/t-svcplane-dns-metrics",
+            ] {
+                assert!(applied.contains(object), "{values}: {applied}");
+            }
         }
     }
 }
@@ -391,4 +416,166 @@ fn the_dockerfile_builds_the_locked_release_binary_on_digest_pinned_images_as_a_
         image,
         format!("ghcr.io/svcplane/svcplane:{}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// Every (API group, resource, verb) a set of RBAC rules grants.
+fn grants(rules: &[Value]) -> std::collections::BTreeSet<(String, String, String)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for rule in rules {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    out.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+#[test]
+fn the_controller_is_granted_exactly_what_the_end_to_end_tests_run_it_with() {
+    let (_, objects) = render("ci/everything-values.yaml", &[]);
+    let mut chart = grants(
+        named(&objects, "ClusterRole", "t-svcplane-controller")["rules"]
+            .as_array()
+            .unwrap(),
+    );
+    // The Lease only in the release namespace, where the controller is told to hold it.
+    let role = named(&objects, "Role", "t-svcplane-controller");
+    assert_eq!(role["metadata"]["namespace"], "kube-system");
+    chart.extend(grants(role["rules"].as_array().unwrap()));
+    let harness: Vec<Value> = testkit::cluster::svcplane_controller_rbac()
+        .into_iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .flat_map(|o| o["rules"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(chart, grants(&harness));
+    // Without the webhook, no ServiceCIDRs.
+    let (_, objects) = render(
+        "",
+        &[
+            "controller.enabled=true",
+            "controller.webhook.enabled=false",
+        ],
+    );
+    let rules = grants(
+        named(&objects, "ClusterRole", "t-svcplane-controller")["rules"]
+            .as_array()
+            .unwrap(),
+    );
+    assert!(!rules.iter().any(|(_, r, _)| r == "servicecidrs"));
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "MutatingWebhookConfiguration" || o["kind"] == "StatefulSet")
+    );
+}
+
+#[test]
+fn the_rendered_controller_arguments_pass_controller_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = testkit::make_certs(dir.path());
+    for (values, sets) in [
+        ("ci/everything-values.yaml", &[][..]),
+        ("", &["controller.enabled=true"][..]),
+        (
+            "",
+            &[
+                "controller.enabled=true",
+                "controller.webhook.enabled=false",
+            ][..],
+        ),
+    ] {
+        let (_, objects) = render(values, sets);
+        let deployment = named(&objects, "Deployment", "t-svcplane-controller");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        // Only the mounted files' paths are substituted; every other argument is as rendered.
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .unwrap()
+                    .replace(
+                        "/etc/svcplane/webhook/tls.crt",
+                        tls.server_cert.to_str().unwrap(),
+                    )
+                    .replace(
+                        "/etc/svcplane/webhook/tls.key",
+                        tls.server_key.to_str().unwrap(),
+                    )
+            })
+            .collect();
+        assert_eq!(args[0], "controller");
+        let mut command: Vec<&str> = args.iter().map(String::as_str).collect();
+        command.push("--check");
+        let out = svcplane(&command);
+        assert!(out.status.success(), "{values} {sets:?}: {}", text(&out));
+    }
+}
+
+#[test]
+fn the_webhook_trusts_the_generated_ca_which_signed_the_controller_services_certificate() {
+    let (_, objects) = render("", &["controller.enabled=true"]);
+    let secret = named(&objects, "Secret", "t-svcplane-controller-webhook-tls");
+    let config = object(&objects, "MutatingWebhookConfiguration");
+    let webhook = &config["webhooks"][0];
+    assert_eq!(
+        webhook["clientConfig"]["caBundle"],
+        secret["data"]["ca.crt"]
+    );
+    assert_eq!(
+        webhook["clientConfig"]["service"],
+        serde_json::json!({"name": "t-svcplane-controller", "namespace": "kube-system",
+            "path": "/mutate-services", "port": 443})
+    );
+    // Services of kube-system and of the release's namespace are imported, not admitted.
+    assert_eq!(
+        webhook["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["kube-system"])
+    );
+    assert_eq!(webhook["sideEffects"], "NoneOnDryRun");
+    assert_eq!(
+        webhook["admissionReviewVersions"],
+        serde_json::json!(["v1"])
+    );
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    // The certificate verifies against the CA for the Service's name.
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    for (key, file) in [("ca.crt", "ca.pem"), ("tls.crt", "cert.pem")] {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join(file), pem).unwrap();
+    }
+    let out = Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "verify",
+            "-CAfile",
+            "ca.pem",
+            "-verify_hostname",
+            "t-svcplane-controller.kube-system.svc",
+            "cert.pem",
+        ])
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "{}", text(&out));
 }

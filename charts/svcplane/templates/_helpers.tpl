@@ -100,3 +100,81 @@ k8s-app: {{ include "svcplane.dns.k8sApp" . }}
 {{- define "svcplane.dns.watchesPods" -}}
 {{- if regexMatch "(?m)^\\s*pods\\s+verified\\b" (include "svcplane.corefile" .) }}true{{ end }}
 {{- end }}
+
+{{/* The controller objects' name. */}}
+{{- define "svcplane.controller.fullname" -}}
+{{- printf "%s-controller" (include "svcplane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "svcplane.controller.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "svcplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "svcplane.controller.labels" -}}
+{{ include "svcplane.labels" . }}
+{{ include "svcplane.controller.selectorLabels" . }}
+{{- end }}
+
+{{- define "svcplane.controller.serviceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create }}
+{{- default (include "svcplane.controller.fullname" .) .Values.controller.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.controller.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the chart runs the allocation webhook. */}}
+{{- define "svcplane.webhook.enabled" -}}
+{{- if and .Values.controller.enabled .Values.controller.webhook.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The etcd objects' name, and whether the chart runs etcd. */}}
+{{- define "svcplane.etcd.fullname" -}}
+{{- printf "%s-etcd" (include "svcplane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "svcplane.etcd.bundled" -}}
+{{- if and (include "svcplane.webhook.enabled" .) .Values.etcd.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "svcplane.etcd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "svcplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: etcd
+{{- end }}
+
+{{/* The etcd client URLs the controller uses, comma-separated. */}}
+{{- define "svcplane.etcd.endpoints" -}}
+{{- if .Values.etcd.enabled }}
+{{- $name := include "svcplane.etcd.fullname" . }}
+{{- $urls := list }}
+{{- range $i := until (int .Values.etcd.replicas) }}
+{{- $urls = append $urls (printf "http://%s-%d.%s-peers.%s.svc:2379" $name $i $name $.Release.Namespace) }}
+{{- end }}
+{{- join "," $urls }}
+{{- else }}
+{{- join "," .Values.etcd.external.endpoints }}
+{{- end }}
+{{- end }}
+
+{{/* The webhook's serving certificate and CA (base64): the existing Secret's when there is
+one, else a CA and certificate generated here, for the controller Service's names. */}}
+{{- define "svcplane.webhook.certs" -}}
+{{- $secret := printf "%s-webhook-tls" (include "svcplane.controller.fullname" .) }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secret }}
+{{- if and $existing (index ($existing.data | default dict) "ca.crt") }}
+ca: {{ index $existing.data "ca.crt" }}
+crt: {{ index $existing.data "tls.crt" }}
+key: {{ index $existing.data "tls.key" }}
+{{- else }}
+{{- $service := include "svcplane.controller.fullname" . }}
+{{- $names := list (printf "%s.%s.svc" $service .Release.Namespace) (printf "%s.%s" $service .Release.Namespace) (printf "%s.%s.svc.cluster.local" $service .Release.Namespace) }}
+{{- $ca := genCA "svcplane-webhook-ca" 3650 }}
+{{- $cert := genSignedCert (first $names) nil $names 3650 $ca }}
+ca: {{ $ca.Cert | b64enc }}
+crt: {{ $cert.Cert | b64enc }}
+key: {{ $cert.Key | b64enc }}
+{{- end }}
+{{- end }}
