@@ -32,6 +32,8 @@ app.kubernetes.io/component: dns
 
 {{- define "svcplane.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "svcplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- if .Values.isClusterService }}
@@ -44,7 +46,7 @@ kubernetes.io/cluster-service: "true"
 
 {{- define "svcplane.dns.labels" -}}
 {{ include "svcplane.labels" . }}
-{{ include "svcplane.dns.selectorLabels" . }}
+app.kubernetes.io/component: dns
 k8s-app: {{ include "svcplane.dns.k8sApp" . }}
 {{- end }}
 
@@ -114,7 +116,7 @@ app.kubernetes.io/component: controller
 
 {{- define "svcplane.controller.labels" -}}
 {{ include "svcplane.labels" . }}
-{{ include "svcplane.controller.selectorLabels" . }}
+app.kubernetes.io/component: controller
 {{- end }}
 
 {{- define "svcplane.controller.serviceAccountName" -}}
@@ -137,6 +139,11 @@ app.kubernetes.io/component: controller
 
 {{- define "svcplane.etcd.bundled" -}}
 {{- if and (include "svcplane.webhook.enabled" .) .Values.etcd.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "svcplane.etcd.labels" -}}
+{{ include "svcplane.labels" . }}
+app.kubernetes.io/component: etcd
 {{- end }}
 
 {{- define "svcplane.etcd.selectorLabels" -}}
