@@ -236,18 +236,33 @@ fn the_kube_dns_service_has_kubeadms_name_ports_and_address() {
 #[test]
 fn every_rendered_object_passes_a_strict_server_side_dry_run() {
     let cluster = Cluster::start(ClusterOptions::default());
+    // The kinds of prometheus-operator and cert-manager the chart can render.
+    let dir = tempfile::tempdir().unwrap();
+    for (n, crd) in testkit::crds::chart_crds().iter().enumerate() {
+        let path = dir.path().join(format!("crd-{n}.yaml"));
+        std::fs::write(&path, crd).unwrap();
+        let out = cluster.kubectl("admin", &["create", "-f", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = cluster.kubectl(
+        "admin",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/issuers.cert-manager.io",
+            "crd/certificates.cert-manager.io",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
     // Each values file, and the defaults with an HPA instead of a fixed replica count.
     let renders = VALUES
         .iter()
         .map(|v| (*v, ""))
         .chain([("", "hpa.enabled=true")]);
     for (values, extra) in renders {
-        // The ServiceMonitor and cert-manager kinds are not installed in this cluster yet.
-        let mut sets = vec![
-            "prometheus.monitor.enabled=false",
-            "controller.webhook.certManager.enabled=false",
-        ];
-        sets.extend(Some(extra).filter(|e| !e.is_empty()));
+        let sets: Vec<&str> = Some(extra).into_iter().filter(|e| !e.is_empty()).collect();
         let (yaml, _) = render(values, &sets);
         if !extra.is_empty() {
             assert!(yaml.contains("kind: HorizontalPodAutoscaler"));
@@ -282,6 +297,9 @@ fn every_rendered_object_passes_a_strict_server_side_dry_run() {
                 "role.rbac.authorization.k8s.io/t-svcplane-controller",
                 "deployment.apps/t-svcplane-controller",
                 "configmap/t-svcplane-dns-autoscaler",
+                "servicemonitor.monitoring.coreos.com/t-svcplane-dns",
+                "certificate.cert-manager.io/t-svcplane-controller-webhook",
+                "issuer.cert-manager.io/t-svcplane-controller-selfsigned",
                 "service/t-svcplane-dns-metrics",
             ] {
                 assert!(applied.contains(object), "{values}: {applied}");

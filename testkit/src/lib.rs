@@ -1,12 +1,13 @@
 //! Test harness: the real upstream peers that `peers/build.sh` builds (etcd, kube-apiserver,
 //! kube-controller-manager, CoreDNS, kubectl, Helm) and Debian's Unbound, started on free
-//! loopback ports and never outliving their test binary, an HTTPS admission webhook, and a
-//! round-robin TCP proxy.
+//! loopback ports and never outliving their test binary, an HTTPS admission webhook, a
+//! round-robin TCP proxy, and the CRDs of projects the Helm chart renders objects for.
 
 pub mod bench;
 mod certs;
 pub mod cluster;
 pub mod coredns;
+pub mod crds;
 mod etcd;
 pub mod process;
 pub mod proxy;
