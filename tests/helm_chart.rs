@@ -167,7 +167,7 @@ fn the_default_corefile_is_kubeadms_with_a_server_block_per_entry_of_servers() {
 fn the_dns_cluster_role_lists_and_watches_only_what_the_dns_reads() {
     let rules = |values: &str| {
         let (_, objects) = render(values, &[]);
-        object(&objects, "ClusterRole")["rules"].clone()
+        named(&objects, "ClusterRole", "t-svcplane-dns")["rules"].clone()
     };
     let core = |resources: &[&str]| {
         serde_json::json!([
@@ -297,6 +297,7 @@ fn every_rendered_object_passes_a_strict_server_side_dry_run() {
                 "role.rbac.authorization.k8s.io/t-svcplane-controller",
                 "deployment.apps/t-svcplane-controller",
                 "configmap/t-svcplane-dns-autoscaler",
+                "deployment.apps/t-svcplane-dns-autoscaler",
                 "servicemonitor.monitoring.coreos.com/t-svcplane-dns",
                 "certificate.cert-manager.io/t-svcplane-controller-webhook",
                 "issuer.cert-manager.io/t-svcplane-controller-selfsigned",
