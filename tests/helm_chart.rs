@@ -539,6 +539,15 @@ fn the_rendered_controller_arguments_pass_controller_check() {
                         "/etc/svcplane/webhook/tls.key",
                         tls.server_key.to_str().unwrap(),
                     )
+                    .replace("/etc/svcplane/etcd/ca.crt", tls.ca.to_str().unwrap())
+                    .replace(
+                        "/etc/svcplane/etcd/tls.crt",
+                        tls.client_cert.to_str().unwrap(),
+                    )
+                    .replace(
+                        "/etc/svcplane/etcd/tls.key",
+                        tls.client_key.to_str().unwrap(),
+                    )
             })
             .collect();
         assert_eq!(args[0], "controller");
@@ -597,4 +606,120 @@ fn the_webhook_trusts_the_generated_ca_which_signed_the_controller_services_cert
         .output()
         .expect("run openssl");
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_bundled_etcds_generated_certificates_serve_it_and_admit_only_the_controllers_client() {
+    use base64::Engine as _;
+    let (_, objects) = render(
+        "",
+        &[
+            "controller.enabled=true",
+            "etcd.tls.enabled=true",
+            "etcd.persistence.enabled=false",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let secret = named(&objects, "Secret", "t-svcplane-etcd-tls");
+    let file = |key: &str| {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap();
+        let path = dir.path().join(key);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (ca, member_crt, member_key, client_crt, client_key) = (
+        file("ca.crt"),
+        file("member.crt"),
+        file("member.key"),
+        file("client.crt"),
+        file("client.key"),
+    );
+    // The member's rendered arguments; only addresses, the data directory and the mounted
+    // files' paths substituted.
+    let statefulset = named(&objects, "StatefulSet", "t-svcplane-etcd");
+    let container = &statefulset["spec"]["template"]["spec"]["containers"][0];
+    let (client, peer_port, metrics) = (
+        testkit::free_port(),
+        testkit::free_port(),
+        testkit::free_port(),
+    );
+    let data = dir.path().join("data");
+    let peer_host = "t-svcplane-etcd-0.t-svcplane-etcd-peers.kube-system.svc";
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("$(POD_NAME)", "t-svcplane-etcd-0")
+                .replace("/var/lib/etcd", data.to_str().unwrap())
+                .replace("/etc/etcd/tls/member.crt", &member_crt)
+                .replace("/etc/etcd/tls/member.key", &member_key)
+                .replace("/etc/etcd/tls/ca.crt", &ca)
+                .replace("0.0.0.0:2379", &format!("127.0.0.1:{client}"))
+                .replace("0.0.0.0:2380", &format!("127.0.0.1:{peer_port}"))
+                .replace("0.0.0.0:2381", &format!("127.0.0.1:{metrics}"))
+                .replace(&format!("{peer_host}:2379"), &format!("127.0.0.1:{client}"))
+                .replace(
+                    &format!("{peer_host}:2380"),
+                    &format!("127.0.0.1:{peer_port}"),
+                )
+        })
+        .collect();
+    assert!(args.contains(&"--client-cert-auth".to_string()), "{args:?}");
+    let _etcd = testkit::process::Watched::spawn(
+        &peer("etcd"),
+        args.iter().map(std::ffi::OsString::from).collect(),
+        &[],
+        &dir.path().join("etcd.log"),
+        None,
+    );
+    // svcplane's own etcd client, with the controller's rendered etcd flags, the client
+    // certificate substituted for its mounted path.
+    let controller = named(&objects, "Deployment", "t-svcplane-controller");
+    let flags: Vec<String> = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .filter(|a| a.starts_with("--etcd-"))
+        .map(|a| {
+            a.replace("/etc/svcplane/etcd/ca.crt", &ca)
+                .replace("/etc/svcplane/etcd/tls.crt", &client_crt)
+                .replace("/etc/svcplane/etcd/tls.key", &client_key)
+                .replace(
+                    &format!("https://{peer_host}:2379"),
+                    &format!("https://127.0.0.1:{client}"),
+                )
+        })
+        .collect();
+    assert_eq!(flags.len(), 5, "{flags:?}");
+    let show = |flags: &[String]| {
+        let mut args = vec!["ipam", "show"];
+        args.extend(flags.iter().map(String::as_str));
+        svcplane(&args)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = show(&flags);
+        if out.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", text(&out));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Without the client certificate, etcd refuses the connection.
+    let without: Vec<String> = flags
+        .iter()
+        .filter(|f| !f.starts_with("--etcd-certfile") && !f.starts_with("--etcd-keyfile"))
+        .cloned()
+        .collect();
+    let out = show(&without);
+    assert!(
+        !out.status.success(),
+        "etcd admitted a client without a certificate"
+    );
 }

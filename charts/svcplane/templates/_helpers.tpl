@@ -152,13 +152,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: etcd
 {{- end }}
 
+{{/* The scheme of the bundled etcd's URLs. */}}
+{{- define "svcplane.etcd.scheme" -}}
+{{- ternary "https" "http" (and .Values.etcd.enabled .Values.etcd.tls.enabled) }}
+{{- end }}
+
+{{/* Whether the controller talks to etcd with a client certificate, from a Secret mounted at
+/etc/svcplane/etcd. */}}
+{{- define "svcplane.etcd.clientTLS" -}}
+{{- if .Values.etcd.enabled }}{{ if .Values.etcd.tls.enabled }}true{{ end }}
+{{- else if .Values.etcd.external.existingSecret }}true{{ end }}
+{{- end }}
+
 {{/* The etcd client URLs the controller uses, comma-separated. */}}
 {{- define "svcplane.etcd.endpoints" -}}
 {{- if .Values.etcd.enabled }}
 {{- $name := include "svcplane.etcd.fullname" . }}
+{{- $scheme := include "svcplane.etcd.scheme" . }}
 {{- $urls := list }}
 {{- range $i := until (int .Values.etcd.replicas) }}
-{{- $urls = append $urls (printf "http://%s-%d.%s-peers.%s.svc:2379" $name $i $name $.Release.Namespace) }}
+{{- $urls = append $urls (printf "%s://%s-%d.%s-peers.%s.svc:2379" $scheme $name $i $name $.Release.Namespace) }}
 {{- end }}
 {{- join "," $urls }}
 {{- else }}
@@ -183,5 +196,26 @@ key: {{ index $existing.data "tls.key" }}
 ca: {{ $ca.Cert | b64enc }}
 crt: {{ $cert.Cert | b64enc }}
 key: {{ $cert.Key | b64enc }}
+{{- end }}
+{{- end }}
+
+{{/* The bundled etcd's CA, member and client certificates (base64): the existing Secret's,
+else generated here for the members' names. */}}
+{{- define "svcplane.etcd.certs" -}}
+{{- $name := include "svcplane.etcd.fullname" . }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (printf "%s-tls" $name) }}
+{{- if and $existing (index ($existing.data | default dict) "ca.crt") }}
+{{- toYaml $existing.data }}
+{{- else }}
+{{- $peers := printf "%s-peers.%s.svc" $name .Release.Namespace }}
+{{- $names := list (printf "*.%s" $peers) (printf "*.%s.cluster.local" $peers) $peers "localhost" }}
+{{- $ca := genCA "svcplane-etcd-ca" 3650 }}
+{{- $member := genSignedCert (printf "%s-member" $name) (list "127.0.0.1") $names 3650 $ca }}
+{{- $client := genSignedCert "svcplane-controller" nil nil 3650 $ca }}
+ca.crt: {{ $ca.Cert | b64enc }}
+member.crt: {{ $member.Cert | b64enc }}
+member.key: {{ $member.Key | b64enc }}
+client.crt: {{ $client.Cert | b64enc }}
+client.key: {{ $client.Key | b64enc }}
 {{- end }}
 {{- end }}
