@@ -120,8 +120,20 @@ fn the_schema_refuses_a_wrong_type_and_an_unknown_key_naming_them() {
         ("service.clusterIp=10.96.0.10", "'clusterIp' not allowed"),
         ("servers[0].plugins[0].nmae=errors", "'nmae' not allowed"),
         ("serviceType=Internal", "/serviceType"),
+        (
+            "controller.webhook.allocationTimeout=10s",
+            "must be below controller.webhook.timeoutSeconds",
+        ),
     ] {
-        let out = helm(&["template", "t", chart, "--set", set]);
+        let out = helm(&[
+            "template",
+            "t",
+            chart,
+            "--set",
+            "controller.enabled=true",
+            "--set",
+            set,
+        ]);
         assert!(!out.status.success(), "{set} was accepted");
         assert!(text(&out).contains(says), "{set}: {}", text(&out));
     }
@@ -251,6 +263,7 @@ fn every_rendered_object_passes_a_strict_server_side_dry_run() {
             "--for=condition=Established",
             "--timeout=60s",
             "crd/servicemonitors.monitoring.coreos.com",
+            "crd/podmonitors.monitoring.coreos.com",
             "crd/issuers.cert-manager.io",
             "crd/certificates.cert-manager.io",
         ],
@@ -299,6 +312,7 @@ fn every_rendered_object_passes_a_strict_server_side_dry_run() {
                 "configmap/t-svcplane-dns-autoscaler",
                 "deployment.apps/t-svcplane-dns-autoscaler",
                 "servicemonitor.monitoring.coreos.com/t-svcplane-dns",
+                "podmonitor.monitoring.coreos.com/t-svcplane",
                 "certificate.cert-manager.io/t-svcplane-controller-webhook",
                 "issuer.cert-manager.io/t-svcplane-controller-selfsigned",
                 "service/t-svcplane-dns-metrics",
@@ -721,5 +735,60 @@ fn the_bundled_etcds_generated_certificates_serve_it_and_admit_only_the_controll
     assert!(
         !out.status.success(),
         "etcd admitted a client without a certificate"
+    );
+}
+
+#[test]
+fn every_value_the_schema_declares_has_a_doc_comment() {
+    // A `# --` comment (helm-docs's form) right above each key the schema lists; keys inside
+    // free-form values (resources, affinity, …) are the Kubernetes API's, documented there.
+    let chart = chart();
+    let values = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart.join("values.schema.json")).unwrap())
+            .unwrap();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut undocumented = Vec::new();
+    let mut comment = false;
+    for line in values.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("# --") {
+            comment = true;
+            continue;
+        }
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let Some((key, _)) = trimmed.split_once(':') else {
+            comment = false;
+            continue;
+        };
+        if key.starts_with('-') || key.contains(' ') {
+            comment = false;
+            continue;
+        }
+        while path.last().is_some_and(|(i, _)| *i >= indent) {
+            path.pop();
+        }
+        // The schema node of the parent: keys of strict objects must be documented.
+        let mut node = &schema;
+        for (_, k) in &path {
+            node = &node["properties"][k];
+        }
+        let declared = node["additionalProperties"] == false && !node["properties"][key].is_null();
+        // An object whose every key is documented needs no comment of its own.
+        let grouping = node["properties"][key]["additionalProperties"] == false;
+        if declared && !grouping && !comment {
+            let mut full: Vec<&str> = path.iter().map(|(_, k)| k.as_str()).collect();
+            full.push(key);
+            undocumented.push(full.join("."));
+        }
+        path.push((indent, key.to_string()));
+        comment = false;
+    }
+    assert!(
+        undocumented.is_empty(),
+        "values without a `# --` comment: {undocumented:?}"
     );
 }

@@ -172,6 +172,28 @@ fn install_upgrade_rollback_and_uninstall_keep_the_webhook_ca_and_leave_nothing(
         ],
     );
     assert_eq!(left.trim(), "", "left after uninstall");
+    // The webhook configuration went before the controller that answers it.
+    let deleted = |resource: &str| {
+        let log = std::fs::read_to_string(cluster().audit_log()).unwrap();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| {
+                e["verb"] == "delete"
+                    && e["stage"] == "ResponseComplete"
+                    && e["objectRef"]["resource"] == resource
+                    && e["objectRef"]["name"] == "life-svcplane-controller"
+            })
+            .and_then(|e| e["requestReceivedTimestamp"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no delete of {resource} life-svcplane-controller audited"))
+    };
+    let (webhook, controller) = (
+        deleted("mutatingwebhookconfigurations"),
+        deleted("deployments"),
+    );
+    assert!(
+        webhook < controller,
+        "the webhook configuration was deleted at {webhook}, the controller at {controller}"
+    );
     // Helm's own record of the release is gone too.
     let secrets = kubectl("admin", &["-n", "life", "get", "secrets", "-o", "name"]);
     assert!(!secrets.contains("sh.helm.release"), "{secrets}");

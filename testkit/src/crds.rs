@@ -1,5 +1,6 @@
 //! CustomResourceDefinitions of the projects the Helm chart renders objects for —
-//! prometheus-operator's ServiceMonitor, cert-manager's Issuer and Certificate — read from
+//! prometheus-operator's ServiceMonitor and PodMonitor, cert-manager's Issuer and Certificate —
+//! read from
 //! those projects' own Go modules at pinned versions, which `go mod download` takes from the Go
 //! module proxy into the module cache (once per machine).
 
@@ -20,6 +21,10 @@ pub fn chart_crds() -> Vec<String> {
         (
             PROMETHEUS_OPERATOR,
             "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+        ),
+        (
+            PROMETHEUS_OPERATOR,
+            "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
         ),
         (CERT_MANAGER, "deploy/crds/cert-manager.io_issuers.yaml"),
         (
