@@ -5,39 +5,22 @@
 //! strict field validation. The Dockerfile, read statically (no container engine runs here).
 //! And `svcplane controller --check`, which the chart's controller arguments will go through.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::helm::{chart, named, objects, text};
 use testkit::cluster::{Cluster, ClusterOptions};
 use testkit::peer;
 
 /// The values files the tests render: the defaults, kubeadm's replacement, everything on.
 const VALUES: &[&str] = &["", "ci/kubeadm-values.yaml", "ci/everything-values.yaml"];
 
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/svcplane")
-}
-
-/// The peers' helm with its state in a directory of its own.
+/// The peers' helm, no cluster needed.
 fn helm(args: &[&str]) -> Output {
-    let home = tempfile::tempdir().expect("a home for helm");
-    Command::new(peer("helm"))
-        .args(args)
-        .env("HOME", home.path())
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .output()
-        .expect("run helm")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    support::helm::helm(None, args)
 }
 
 /// `helm template` of the chart with `values` (a file of the chart, or "" for the defaults)
@@ -67,20 +50,30 @@ fn render(values: &str, sets: &[&str]) -> (String, Vec<Value>) {
         text(&out)
     );
     let yaml = String::from_utf8(out.stdout).expect("helm prints UTF-8");
-    let objects = serde_yaml::Deserializer::from_str(&yaml)
-        .map(|doc| Value::deserialize(doc).expect("helm renders YAML"))
-        .filter(|v| !v.is_null())
-        .collect();
+    let objects = objects(&yaml);
     (yaml, objects)
 }
-
-use serde::Deserialize as _;
 
 fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     objects
         .iter()
         .find(|o| o["kind"] == kind)
         .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// The arguments of a rendered container, each with `substitutions` (from, to) applied.
+fn args_of(container: &Value, substitutions: &[(&str, &str)]) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .expect("the container's args")
+        .iter()
+        .map(|a| {
+            substitutions.iter().fold(
+                a.as_str().expect("a string").to_string(),
+                |a, (from, to)| a.replace(from, to),
+            )
+        })
+        .collect()
 }
 
 /// The Corefile of the rendered DNS ConfigMap.
@@ -473,13 +466,6 @@ fn grants(rules: &[Value]) -> std::collections::BTreeSet<(String, String, String
     out
 }
 
-fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
-}
-
 #[test]
 fn the_controller_is_granted_exactly_what_the_end_to_end_tests_run_it_with() {
     let (_, objects) = render("ci/everything-values.yaml", &[]);
@@ -538,32 +524,28 @@ fn the_rendered_controller_arguments_pass_controller_check() {
         let deployment = named(&objects, "Deployment", "t-svcplane-controller");
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         // Only the mounted files' paths are substituted; every other argument is as rendered.
-        let args: Vec<String> = container["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                a.as_str()
-                    .unwrap()
-                    .replace(
-                        "/etc/svcplane/webhook/tls.crt",
-                        tls.server_cert.to_str().unwrap(),
-                    )
-                    .replace(
-                        "/etc/svcplane/webhook/tls.key",
-                        tls.server_key.to_str().unwrap(),
-                    )
-                    .replace("/etc/svcplane/etcd/ca.crt", tls.ca.to_str().unwrap())
-                    .replace(
-                        "/etc/svcplane/etcd/tls.crt",
-                        tls.client_cert.to_str().unwrap(),
-                    )
-                    .replace(
-                        "/etc/svcplane/etcd/tls.key",
-                        tls.client_key.to_str().unwrap(),
-                    )
-            })
-            .collect();
+        let args = args_of(
+            container,
+            &[
+                (
+                    "/etc/svcplane/webhook/tls.crt",
+                    tls.server_cert.to_str().unwrap(),
+                ),
+                (
+                    "/etc/svcplane/webhook/tls.key",
+                    tls.server_key.to_str().unwrap(),
+                ),
+                ("/etc/svcplane/etcd/ca.crt", tls.ca.to_str().unwrap()),
+                (
+                    "/etc/svcplane/etcd/tls.crt",
+                    tls.client_cert.to_str().unwrap(),
+                ),
+                (
+                    "/etc/svcplane/etcd/tls.key",
+                    tls.client_key.to_str().unwrap(),
+                ),
+            ],
+        );
         assert_eq!(args[0], "controller");
         let mut command: Vec<&str> = args.iter().map(String::as_str).collect();
         command.push("--check");
@@ -599,32 +581,38 @@ fn the_webhook_trusts_the_generated_ca_which_signed_the_controller_services_cert
     );
     assert_eq!(webhook["failurePolicy"], "Fail");
     // The certificate verifies against the CA for the Service's name.
-    use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
-    for (key, file) in [("ca.crt", "ca.pem"), ("tls.crt", "cert.pem")] {
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(secret["data"][key].as_str().unwrap())
-            .unwrap();
-        std::fs::write(dir.path().join(file), pem).unwrap();
-    }
+    let (ca, cert) = (
+        secret_file(secret, "ca.crt", dir.path()),
+        secret_file(secret, "tls.crt", dir.path()),
+    );
     let out = Command::new("openssl")
-        .current_dir(dir.path())
         .args([
             "verify",
             "-CAfile",
-            "ca.pem",
+            &ca,
             "-verify_hostname",
             "t-svcplane-controller.kube-system.svc",
-            "cert.pem",
+            &cert,
         ])
         .output()
         .expect("run openssl");
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// The value of `key` in a rendered Secret, decoded into a file in `dir`: the file's path.
+fn secret_file(secret: &Value, key: &str, dir: &Path) -> String {
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][key].as_str().expect("the key in the Secret"))
+        .expect("base64");
+    let path = dir.join(key);
+    std::fs::write(&path, pem).unwrap();
+    path.display().to_string()
+}
+
 #[test]
 fn the_bundled_etcds_generated_certificates_serve_it_and_admit_only_the_controllers_client() {
-    use base64::Engine as _;
     let (_, objects) = render(
         "",
         &[
@@ -635,14 +623,7 @@ fn the_bundled_etcds_generated_certificates_serve_it_and_admit_only_the_controll
     );
     let dir = tempfile::tempdir().unwrap();
     let secret = named(&objects, "Secret", "t-svcplane-etcd-tls");
-    let file = |key: &str| {
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(secret["data"][key].as_str().unwrap())
-            .unwrap();
-        let path = dir.path().join(key);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
+    let file = |key: &str| secret_file(secret, key, dir.path());
     let (ca, member_crt, member_key, client_crt, client_key) = (
         file("ca.crt"),
         file("member.crt"),
@@ -661,28 +642,27 @@ fn the_bundled_etcds_generated_certificates_serve_it_and_admit_only_the_controll
     );
     let data = dir.path().join("data");
     let peer_host = "t-svcplane-etcd-0.t-svcplane-etcd-peers.kube-system.svc";
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            a.as_str()
-                .unwrap()
-                .replace("$(POD_NAME)", "t-svcplane-etcd-0")
-                .replace("/var/lib/etcd", data.to_str().unwrap())
-                .replace("/etc/etcd/tls/member.crt", &member_crt)
-                .replace("/etc/etcd/tls/member.key", &member_key)
-                .replace("/etc/etcd/tls/ca.crt", &ca)
-                .replace("0.0.0.0:2379", &format!("127.0.0.1:{client}"))
-                .replace("0.0.0.0:2380", &format!("127.0.0.1:{peer_port}"))
-                .replace("0.0.0.0:2381", &format!("127.0.0.1:{metrics}"))
-                .replace(&format!("{peer_host}:2379"), &format!("127.0.0.1:{client}"))
-                .replace(
-                    &format!("{peer_host}:2380"),
-                    &format!("127.0.0.1:{peer_port}"),
-                )
-        })
-        .collect();
+    let (client_url, peer_url, metrics_url) = (
+        format!("127.0.0.1:{client}"),
+        format!("127.0.0.1:{peer_port}"),
+        format!("127.0.0.1:{metrics}"),
+    );
+    let (host_client, host_peer) = (format!("{peer_host}:2379"), format!("{peer_host}:2380"));
+    let args = args_of(
+        container,
+        &[
+            ("$(POD_NAME)", "t-svcplane-etcd-0"),
+            ("/var/lib/etcd", data.to_str().unwrap()),
+            ("/etc/etcd/tls/member.crt", &member_crt),
+            ("/etc/etcd/tls/member.key", &member_key),
+            ("/etc/etcd/tls/ca.crt", &ca),
+            ("0.0.0.0:2379", &client_url),
+            ("0.0.0.0:2380", &peer_url),
+            ("0.0.0.0:2381", &metrics_url),
+            (&host_client, &client_url),
+            (&host_peer, &peer_url),
+        ],
+    );
     assert!(args.contains(&"--client-cert-auth".to_string()), "{args:?}");
     let _etcd = testkit::process::Watched::spawn(
         &peer("etcd"),

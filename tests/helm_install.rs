@@ -7,10 +7,12 @@
 //! exactly what the chart grants: every rule it grants is seen used, and allowed, in the audit
 //! log, and `kubectl auth can-i --list` shows nothing more.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -18,11 +20,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::PostParams;
-use serde::Deserialize as _;
 use serde_json::{Value, json};
+use support::helm::{
+    DnsPorts, account_kubeconfig, chart, dig_a, http_get, named, objects, start_dns, text, write,
+};
 use testkit::cluster::{Cluster, ClusterOptions, PodState, SERVICE_CIDRS};
 use testkit::process::Watched;
-use testkit::{free_dns_port, free_port, peer};
+use testkit::{free_port, peer};
 
 /// The bound of every wait.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -32,31 +36,9 @@ fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| Cluster::start(ClusterOptions::default()))
 }
 
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/svcplane")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// The peers' helm as the cluster's admin; panics with its output when it fails.
 fn helm(args: &[&str]) -> String {
-    let home = tempfile::tempdir().expect("a home for helm");
-    let out = Command::new(peer("helm"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(cluster().kubeconfig("admin"))
-        .env("HOME", home.path())
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .output()
-        .expect("run helm");
+    let out = support::helm::helm(Some(&cluster().kubeconfig("admin")), args);
     assert!(out.status.success(), "helm {args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -74,26 +56,9 @@ fn get_json(args: &[&str]) -> Value {
     serde_json::from_str(&kubectl("admin", &args)).expect("kubectl prints JSON")
 }
 
-fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path
-}
-
 /// The objects of a release's manifest.
 fn manifest(release: &str, namespace: &str) -> Vec<Value> {
-    let yaml = helm(&["get", "manifest", release, "-n", namespace]);
-    serde_yaml::Deserializer::from_str(&yaml)
-        .map(|doc| Value::deserialize(doc).expect("YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in the manifest"))
+    objects(&helm(&["get", "manifest", release, "-n", namespace]))
 }
 
 #[test]
@@ -199,21 +164,6 @@ fn install_upgrade_rollback_and_uninstall_keep_the_webhook_ca_and_leave_nothing(
     assert!(!secrets.contains("sh.helm.release"), "{secrets}");
 }
 
-/// A kubeconfig for a token of the chart's ServiceAccount `account` in `namespace`.
-fn account_kubeconfig(dir: &Path, namespace: &str, account: &str) -> PathBuf {
-    let token = kubectl(
-        "admin",
-        &["-n", namespace, "create", "token", account, "--duration=1h"],
-    );
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {account}\n  user:\n    token: {token}\ncontexts:\n- name: {account}\n  context:\n    cluster: test\n    user: {account}\ncurrent-context: {account}\n",
-        server = cluster().url(),
-        ca = cluster().ca().display(),
-        token = token.trim(),
-    );
-    write(dir, &format!("{account}.kubeconfig"), &text)
-}
-
 async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     mut check: impl FnMut() -> F,
@@ -226,36 +176,6 @@ async fn until<T, F: std::future::Future<Output = Option<T>>>(
         assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((status, body))
-}
-
-fn dig(port: u16, name: &str) -> String {
-    let out = Command::new("dig")
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+short",
-            "+time=2",
-            "+tries=1",
-            name,
-            "A",
-        ])
-        .output()
-        .expect("run dig");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The (API group, resource, verb) triples allowed to `user` in the audit log.
@@ -337,38 +257,9 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
         .as_str()
         .unwrap();
     let corefile = write(dir.path(), "Corefile", corefile);
-    // The node's resolv.conf, for `forward` and `loop`: an upstream that is not there.
-    let resolv = write(
-        dir.path(),
-        "resolv.conf",
-        &format!("nameserver 127.0.0.1:{}\n", free_dns_port()),
-    );
-    let dns_kubeconfig = account_kubeconfig(dir.path(), "svcplane-e2e", "e2e-svcplane-dns");
-    let (dns_port, health, ready, metrics) =
-        (free_dns_port(), free_port(), free_port(), free_port());
-    let dns_args = |corefile: &Path| -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["dns".into(), "--conf".into(), corefile.into()];
-        for (flag, value) in [
-            ("--dns-port", dns_port.to_string()),
-            ("--bind", "127.0.0.1".to_string()),
-            ("--health-port", health.to_string()),
-            ("--ready-port", ready.to_string()),
-            ("--metrics-port", metrics.to_string()),
-            ("--resolv-conf", resolv.display().to_string()),
-        ] {
-            args.push(flag.into());
-            args.push(value.into());
-        }
-        args
-    };
-    let kubeconfig_env = dns_kubeconfig.to_str().unwrap();
-    let dns = Watched::spawn(
-        Path::new(env!("CARGO_BIN_EXE_svcplane")),
-        dns_args(&corefile),
-        &[("KUBECONFIG", kubeconfig_env)],
-        &dir.path().join("dns.log"),
-        None,
-    );
+    let dns_kubeconfig = account_kubeconfig(c, dir.path(), "svcplane-e2e", "e2e-svcplane-dns");
+    let ports = DnsPorts::free();
+    let dns = start_dns(dir.path(), &corefile, &dns_kubeconfig, ports, "dns.log");
 
     // The controller: the rendered arguments, with the listen addresses and the mounted files
     // substituted; every other argument is the rendered one.
@@ -398,7 +289,7 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
     assert_eq!(substituted, 4, "{rendered:?}");
     assert!(rendered.contains(&format!("--etcd-endpoints={}", c.etcd().endpoint())));
     let controller_kubeconfig =
-        account_kubeconfig(dir.path(), "svcplane-e2e", "e2e-svcplane-controller");
+        account_kubeconfig(c, dir.path(), "svcplane-e2e", "e2e-svcplane-controller");
     let controller = Watched::spawn(
         Path::new(env!("CARGO_BIN_EXE_svcplane")),
         args.iter().map(OsString::from).collect(),
@@ -411,7 +302,7 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
     })
     .await;
     until("the DNS ready", || async {
-        (http_get(ready, "/ready")?.0 == 200).then_some(())
+        (http_get(ports.ready, "/ready")?.0 == 200).then_some(())
     })
     .await;
 
@@ -469,7 +360,7 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
     })
     .await;
     until("web.apps answered", || async {
-        (dig(dns_port, "web.apps.svc.cluster.local") == ip).then_some(())
+        (dig_a(ports.dns, "web.apps.svc.cluster.local") == ip).then_some(())
     })
     .await;
 
@@ -552,14 +443,14 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
     role["rules"] = json!([role["rules"][0]]);
     let path = write(dir.path(), "role.json", &role.to_string());
     kubectl("admin", &["apply", "-f", path.to_str().unwrap()]);
-    let log = dir.path().join("dns-limited.log");
-    let _limited = Watched::spawn(
-        Path::new(env!("CARGO_BIN_EXE_svcplane")),
-        dns_args(&corefile),
-        &[("KUBECONFIG", kubeconfig_env)],
-        &log,
-        None,
+    let _limited = start_dns(
+        dir.path(),
+        &corefile,
+        &dns_kubeconfig,
+        ports,
+        "dns-limited.log",
     );
+    let log = dir.path().join("dns-limited.log");
     until("the forbidden watch named", || async {
         std::fs::read_to_string(&log)
             .ok()?
@@ -568,7 +459,7 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
     })
     .await;
     assert_eq!(
-        http_get(ready, "/ready").map(|(status, _)| status),
+        http_get(ports.ready, "/ready").map(|(status, _)| status),
         Some(503)
     );
     helm(&["uninstall", "e2e", "-n", "svcplane-e2e"]);

@@ -7,10 +7,10 @@
 //! removes them when it is scaled down. Through every step, kube-dns's EndpointSlices list at
 //! least one ready DNS pod.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,41 +19,15 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::ListParams;
-use serde::Deserialize as _;
 use serde_json::{Value, json};
+use support::helm::{
+    DnsPorts, account_kubeconfig, chart, dig_a, http_get, named, objects, start_dns, text, write,
+};
 use testkit::cluster::{Cluster, PodState};
-use testkit::process::Watched;
-use testkit::{free_dns_port, free_port, peer};
+use testkit::peer;
 
 /// The bound of every wait.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn run(program: &Path, args: &[&str]) -> String {
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(program)
-        .args(args)
-        .env("HOME", home.path())
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?}: {}",
-        program.display(),
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn kubectl(args: &[&str]) -> String {
     let out = Cluster::shared().kubectl("admin", args);
@@ -62,16 +36,9 @@ fn kubectl(args: &[&str]) -> String {
 }
 
 fn helm(args: &[&str]) -> String {
-    let kubeconfig = Cluster::shared().kubeconfig("admin");
-    let mut all = args.to_vec();
-    all.extend(["--kubeconfig", kubeconfig.to_str().unwrap()]);
-    run(&peer("helm"), &all)
-}
-
-fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    path
+    let out = support::helm::helm(Some(&Cluster::shared().kubeconfig("admin")), args);
+    assert!(out.status.success(), "helm {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The ready pods behind kube-dns, by name, as its EndpointSlices list them.
@@ -119,6 +86,18 @@ async fn start_pods(client: &kube::Client, deployment: &Value, names: &[&str]) {
     }
 }
 
+/// Scales kubeadm's CoreDNS Deployment (the harness then makes or removes its pods).
+fn scale_coredns(replicas: u32) {
+    kubectl(&[
+        "-n",
+        "kube-system",
+        "scale",
+        "deployment",
+        "coredns",
+        &format!("--replicas={replicas}"),
+    ]);
+}
+
 /// Removes pods as a scale-down would (no kubelet is there to confirm a graceful end).
 fn stop_pods(names: &[&str]) {
     for name in names {
@@ -134,17 +113,6 @@ fn stop_pods(names: &[&str]) {
     }
 }
 
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn replacing_kubeadms_coredns_keeps_a_ready_dns_pod_behind_kube_dns_at_every_step() {
     let cluster = Cluster::shared();
@@ -155,32 +123,19 @@ async fn replacing_kubeadms_coredns_keeps_a_ready_dns_pod_behind_kube_dns_at_eve
 
     // kubeadm's CoreDNS. kubeadm sets `resourceVersion: "0"` on the Service for its own
     // updates; a create must not carry one.
-    let manifest = run(
-        &peer("kubeadm"),
-        &[
-            "init",
-            "phase",
-            "addon",
-            "coredns",
-            "--print-manifest",
-            "--kubernetes-version",
-            "v1.37.2",
-        ],
-    );
+    let out = Command::new(peer("kubeadm"))
+        .args(["init", "phase", "addon", "coredns", "--print-manifest"])
+        .args(["--kubernetes-version", "v1.37.2"])
+        .output()
+        .expect("run kubeadm");
+    assert!(out.status.success(), "kubeadm: {}", text(&out));
+    let manifest = String::from_utf8_lossy(&out.stdout);
     let manifest: String = manifest
         .lines()
         .filter(|l| l.trim() != "resourceVersion: \"0\"")
         .map(|l| format!("{l}\n"))
         .collect();
-    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&manifest)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect();
-    let coredns = objects
-        .iter()
-        .find(|o| o["kind"] == "Deployment")
-        .expect("kubeadm's CoreDNS Deployment")
-        .clone();
+    let coredns = named(&objects(&manifest), "Deployment", "coredns").clone();
     let path = write(dir.path(), "coredns.yaml", &manifest);
     kubectl(&["create", "-f", path.to_str().unwrap()]);
     start_pods(&admin, &coredns, &["coredns-0", "coredns-1"]).await;
@@ -205,7 +160,7 @@ async fn replacing_kubeadms_coredns_keeps_a_ready_dns_pod_behind_kube_dns_at_eve
     };
 
     // 1. Install, keeping kube-dns (the chart's Service is not created).
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/svcplane");
+    let chart = chart();
     let values = chart.join("ci/kubeadm-values.yaml");
     helm(&[
         "install",
@@ -218,86 +173,33 @@ async fn replacing_kubeadms_coredns_keeps_a_ready_dns_pod_behind_kube_dns_at_eve
         "--set",
         "service.create=false",
     ]);
-    let rendered: Vec<Value> = {
-        let yaml = helm(&["get", "manifest", "svcplane", "-n", "kube-system"]);
-        serde_yaml::Deserializer::from_str(&yaml)
-            .map(|d| Value::deserialize(d).unwrap())
-            .filter(|v| !v.is_null())
-            .collect()
-    };
+    let rendered = objects(&helm(&["get", "manifest", "svcplane", "-n", "kube-system"]));
     assert!(
         !rendered
             .iter()
             .any(|o| o["kind"] == "Service" && o["metadata"]["name"] == "kube-dns"),
         "the chart must leave kubeadm's kube-dns alone"
     );
-    let deployment = rendered
-        .iter()
-        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "svcplane-dns")
-        .expect("the DNS Deployment")
-        .clone();
+    let deployment = named(&rendered, "Deployment", "svcplane-dns").clone();
 
     // 2. Check svcplane's DNS before it takes traffic: the chart's Corefile, with the token of
     //    the chart's ServiceAccount, answering with dig.
-    let corefile = rendered
-        .iter()
-        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "svcplane-dns")
-        .and_then(|o| o["data"]["Corefile"].as_str())
+    let corefile = named(&rendered, "ConfigMap", "svcplane-dns")["data"]["Corefile"]
+        .as_str()
         .expect("the chart's Corefile");
     let corefile = write(dir.path(), "Corefile", corefile);
-    let token = kubectl(&["-n", "kube-system", "create", "token", "svcplane-dns"]);
-    let kubeconfig = write(
-        dir.path(),
-        "dns.kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: dns\n  user:\n    token: {}\ncontexts:\n- name: dns\n  context:\n    cluster: c\n    user: dns\ncurrent-context: dns\n",
-            cluster.url(),
-            cluster.ca().display(),
-            token.trim()
-        ),
-    );
-    let resolv = write(
-        dir.path(),
-        "resolv.conf",
-        &format!("nameserver 127.0.0.1:{}\n", free_dns_port()),
-    );
-    let (port, health, ready, metrics) = (free_dns_port(), free_port(), free_port(), free_port());
-    let mut args: Vec<OsString> = vec!["dns".into(), "--conf".into(), corefile.into()];
-    for (flag, value) in [
-        ("--dns-port", port.to_string()),
-        ("--bind", "127.0.0.1".into()),
-        ("--health-port", health.to_string()),
-        ("--ready-port", ready.to_string()),
-        ("--metrics-port", metrics.to_string()),
-        ("--resolv-conf", resolv.display().to_string()),
-    ] {
-        args.push(flag.into());
-        args.push(value.into());
-    }
-    let _dns = Watched::spawn(
-        Path::new(env!("CARGO_BIN_EXE_svcplane")),
-        args,
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-        &dir.path().join("dns.log"),
-        None,
-    );
+    let kubeconfig = account_kubeconfig(cluster, dir.path(), "kube-system", "svcplane-dns");
+    let ports = DnsPorts::free();
+    let _dns = start_dns(dir.path(), &corefile, &kubeconfig, ports, "dns.log");
     let deadline = Instant::now() + PATIENCE;
-    while http_status(ready, "/ready") != Some(200) {
+    while http_get(ports.ready, "/ready").map(|(status, _)| status) != Some(200) {
         assert!(Instant::now() < deadline, "svcplane dns not ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let answer = run(
-        Path::new("dig"),
-        &[
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+short",
-            "kubernetes.default.svc.cluster.local",
-            "A",
-        ],
+    assert_eq!(
+        dig_a(ports.dns, "kubernetes.default.svc.cluster.local"),
+        "10.96.0.1"
     );
-    assert_eq!(answer.trim(), "10.96.0.1");
 
     // 3. svcplane's pods join kube-dns beside CoreDNS's.
     start_pods(&admin, &deployment, &["svcplane-dns-0", "svcplane-dns-1"]).await;
@@ -308,26 +210,12 @@ async fn replacing_kubeadms_coredns_keeps_a_ready_dns_pod_behind_kube_dns_at_eve
     .await;
 
     // 4. CoreDNS scaled to 0.
-    kubectl(&[
-        "-n",
-        "kube-system",
-        "scale",
-        "deployment",
-        "coredns",
-        "--replicas=0",
-    ]);
+    scale_coredns(0);
     stop_pods(&["coredns-0", "coredns-1"]);
     behind_kube_dns(&slices, &["svcplane-dns-0", "svcplane-dns-1"]).await;
 
     // 5. Rollback: CoreDNS back and ready first, then the chart uninstalled.
-    kubectl(&[
-        "-n",
-        "kube-system",
-        "scale",
-        "deployment",
-        "coredns",
-        "--replicas=2",
-    ]);
+    scale_coredns(2);
     start_pods(&admin, &coredns, &["coredns-2", "coredns-3"]).await;
     behind_kube_dns(
         &slices,

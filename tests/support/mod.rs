@@ -6,6 +6,7 @@
 
 pub mod corefile;
 pub mod dns_compare;
+pub mod helm;
 pub mod webhook;
 
 use std::io::{Read, Write};
