@@ -21,17 +21,33 @@ pub(crate) const BATCH: usize = 32;
 /// Room for the largest UDP datagram.
 const DATAGRAM: usize = 65535;
 
-/// A UDP socket bound to `addr` (port 0 picks one) for one worker: blocking, large buffers,
-/// `SO_REUSEPORT` so the other workers' sockets can share the address.
+/// The first UDP socket of an address (port 0 picks one) for one worker: blocking, large
+/// buffers. It binds without `SO_REUSEPORT`, so the port it gets (or is given) is one no other
+/// socket holds, even one that shares its own; then it takes the option, so the other workers'
+/// sockets ([`another`]) can join it.
 pub(crate) fn socket(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    let socket = unbound(addr, buffer)?;
+    socket.bind(&addr.into())?;
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReusePort, &true)?;
+    Ok(socket.into())
+}
+
+/// One more socket on the address `first` is bound to, for another worker.
+pub(crate) fn another(first: &UdpSocket, buffer: usize) -> std::io::Result<UdpSocket> {
+    let addr = first.local_addr()?;
+    let socket = unbound(addr, buffer)?;
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReusePort, &true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn unbound(addr: SocketAddr, buffer: usize) -> std::io::Result<socket2::Socket> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     // Larger buffers are an optimisation: a kernel that refuses them still serves.
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);
-    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReusePort, &true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Wakes a worker blocked on `socket` for good: later receives return at once with nothing.
@@ -87,12 +103,15 @@ impl Batch {
                 other => other?,
             };
             for msg in results {
-                // A datagram without a usable sender cannot be answered, nor an empty one (as
-                // are the reads of a socket that was shut down): its slot stays empty.
-                let from = msg.address.as_ref().and_then(std_addr);
+                // An empty datagram (as are the reads of a socket that was shut down, whose
+                // sender is not filled in) cannot be a query, and one without a usable sender
+                // cannot be answered: its slot stays empty.
+                let from = (msg.bytes > 0)
+                    .then(|| msg.address.as_ref().and_then(std_addr))
+                    .flatten();
                 self.received.push(match from {
-                    Some(from) if msg.bytes > 0 => (msg.bytes, from),
-                    _ => (0, SocketAddr::from(([0, 0, 0, 0], 0))),
+                    Some(from) => (msg.bytes, from),
+                    None => (0, SocketAddr::from(([0, 0, 0, 0], 0))),
                 });
             }
             return Ok(());
@@ -157,14 +176,23 @@ fn send_many(
     }
 }
 
-/// Sends one reply without waiting (from a task that must not block): a full socket drops it.
-pub(crate) fn send_now(socket: &UdpSocket, reply: &[u8], to: SocketAddr) {
-    let _ = sendto(
+/// Sends one reply from a task of the runtime: at once when the socket takes it, else (its send
+/// buffer full, as in a burst) from a blocking thread that waits for room, so a forwarded
+/// answer is not lost to a burst of cached ones.
+pub(crate) async fn send_from_task(
+    socket: std::sync::Arc<UdpSocket>,
+    reply: Vec<u8>,
+    to: SocketAddr,
+) {
+    let now = sendto(
         socket.as_raw_fd(),
-        reply,
+        &reply,
         &SockaddrStorage::from(to),
         MsgFlags::MSG_DONTWAIT,
     );
+    if let Err(Errno::EAGAIN | Errno::EINTR) = now {
+        let _ = tokio::task::spawn_blocking(move || socket.send_to(&reply, to)).await;
+    }
 }
 
 fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
@@ -243,12 +271,15 @@ mod tests {
     }
 
     #[test]
-    fn sockets_of_one_address_share_it() {
+    fn sockets_of_one_address_share_it_and_a_first_socket_takes_no_shared_port() {
         let first = socket("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
         let addr = first.local_addr().unwrap();
-        let second = socket(addr, 1 << 20).unwrap();
+        let second = another(&first, 1 << 20).unwrap();
         assert_eq!(second.local_addr().unwrap(), addr);
         // A socket that did not ask to share is still refused.
         assert!(UdpSocket::bind(addr).is_err());
+        // And a first socket given that address is refused too: it never joins another
+        // server's sockets.
+        assert!(socket(addr, 1 << 20).is_err());
     }
 }

@@ -126,11 +126,12 @@ pub async fn bind(addrs: &[SocketAddr], limits: &Limits) -> Result<Bound> {
         // TCP binds without sharing: a port another server holds fails here, even one whose
         // UDP sockets would let ours join them.
         let tcp = TcpListener::bind(actual).await.map_err(listen(actual))?;
-        let mut sockets = vec![Arc::new(first)];
+        let mut sockets = Vec::new();
         for _ in 1..limits.udp_workers.max(1) {
-            let socket = datagram::socket(actual, limits.udp_buffer).map_err(listen(actual))?;
+            let socket = datagram::another(&first, limits.udp_buffer).map_err(listen(actual))?;
             sockets.push(Arc::new(socket));
         }
+        sockets.insert(0, Arc::new(first));
         bound.udp.push(sockets);
         bound.tcp.push(tcp);
     }
@@ -160,9 +161,16 @@ pub async fn serve(
     }
     let _ = shutdown.wait_for(|stop| *stop).await;
     tasks.abort_all();
-    let _ = tokio::task::spawn_blocking(move || workers.join()).await;
+    // Within the drain: a worker stuck on a full send buffer is left behind (the process ends
+    // soon after), not waited for.
+    let deadline = tokio::time::Instant::now() + limits.drain;
+    let _ = tokio::time::timeout_at(
+        deadline,
+        tokio::task::spawn_blocking(move || workers.join()),
+    )
+    .await;
     // Every forwarded query holds a read guard: the write guard waits for the last of them.
-    let _ = tokio::time::timeout(limits.drain, in_flight.write()).await;
+    let _ = tokio::time::timeout_at(deadline, in_flight.write()).await;
 }
 
 /// The threads answering UDP, one per socket; dropped, they stop (so an aborted `serve`
@@ -179,31 +187,30 @@ impl UdpWorkers {
         router: &watch::Receiver<Arc<Router>>,
         in_flight: &Arc<tokio::sync::RwLock<()>>,
     ) -> UdpWorkers {
-        let sockets: Vec<_> = udp.into_iter().flatten().collect();
         let stopped = Arc::new(AtomicBool::new(false));
-        let threads = sockets
-            .iter()
-            .filter_map(|socket| {
-                let worker = UdpWorker {
-                    socket: socket.clone(),
-                    router: router.clone(),
-                    in_flight: in_flight.clone(),
-                    stopped: stopped.clone(),
-                    runtime: tokio::runtime::Handle::current(),
-                };
-                let name = format!("dns-udp-{}", socket.local_addr().ok()?.port());
-                match std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || worker.run())
-                {
-                    Ok(thread) => Some(thread),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start a udp worker");
-                        None
-                    }
+        let (mut sockets, mut threads) = (Vec::new(), Vec::new());
+        for socket in udp.into_iter().flatten() {
+            let worker = UdpWorker {
+                socket: socket.clone(),
+                router: router.clone(),
+                in_flight: in_flight.clone(),
+                stopped: stopped.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+            match std::thread::Builder::new()
+                .name(format!("dns-udp-{port}"))
+                .spawn(move || worker.run())
+            {
+                Ok(thread) => {
+                    sockets.push(socket);
+                    threads.push(thread);
                 }
-            })
-            .collect();
+                // Its socket is closed here, so the kernel gives its share of clients to the
+                // other workers' sockets instead of to one nobody reads.
+                Err(e) => tracing::error!(error = %e, port, "cannot start a udp worker"),
+            }
+        }
         UdpWorkers {
             sockets,
             stopped,
@@ -220,7 +227,7 @@ impl UdpWorkers {
     }
 
     fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
+        self.stopped.store(true, Ordering::Release);
         for socket in &self.sockets {
             datagram::stop(socket);
         }
@@ -257,13 +264,14 @@ impl UdpWorker {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         loop {
-            if let Err(e) = batch.receive(&self.socket) {
+            let received = batch.receive(&self.socket);
+            // Set before the socket is shut down, so the wake-up of the shutdown sees it.
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = received {
                 tracing::debug!(error = %e, "udp receive failed");
                 continue;
-            }
-            // Set before the socket is shut down, so the wake-up of the shutdown sees it.
-            if self.stopped.load(Ordering::Relaxed) {
-                return;
             }
             let current = self.router.borrow().clone();
             for (request, peer) in batch.datagrams() {
@@ -272,14 +280,15 @@ impl UdpWorker {
                     Step::Done(None) => {}
                     // Upstream in a task of its own: this worker goes back to its socket.
                     Step::Later(answer) => {
-                        // No guard: the server is draining, and a new query is not started.
+                        // Never refused while workers run: the drain takes the write side only
+                        // once they have stopped.
                         let Ok(guard) = self.in_flight.clone().try_read_owned() else {
                             continue;
                         };
                         let socket = self.socket.clone();
                         tokio::spawn(async move {
                             if let Some(reply) = answer.await {
-                                datagram::send_now(&socket, &reply, peer);
+                                datagram::send_from_task(socket, reply, peer).await;
                             }
                             drop(guard);
                         });
