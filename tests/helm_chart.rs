@@ -106,30 +106,71 @@ fn the_chart_lints_strictly_with_each_values_file() {
 
 #[test]
 fn the_schema_refuses_a_wrong_type_and_an_unknown_key_naming_them() {
-    let chart = chart();
-    let chart = chart.to_str().unwrap();
     for (set, says) in [
         ("replicaCount=two", "/replicaCount"),
         ("service.clusterIp=10.96.0.10", "'clusterIp' not allowed"),
         ("servers[0].plugins[0].nmae=errors", "'nmae' not allowed"),
         ("serviceType=Internal", "/serviceType"),
         (
-            "controller.webhook.allocationTimeout=10s",
-            "must be below controller.webhook.timeoutSeconds",
+            "controller.webhook.allocationTimeout=1m30s",
+            "/controller/webhook/allocationTimeout",
         ),
     ] {
-        let out = helm(&[
-            "template",
-            "t",
-            chart,
-            "--set",
-            "controller.enabled=true",
-            "--set",
-            set,
-        ]);
-        assert!(!out.status.success(), "{set} was accepted");
-        assert!(text(&out).contains(says), "{set}: {}", text(&out));
+        refused(&["controller.enabled=true", set], says);
     }
+}
+
+#[test]
+fn values_that_cannot_work_together_are_refused_with_the_reason() {
+    for (sets, says) in [
+        (
+            &["controller.webhook.allocationTimeout=10s"][..],
+            "must be below controller.webhook.timeoutSeconds",
+        ),
+        (
+            &["hpa.enabled=true", "autoscaler.enabled=true"][..],
+            "hpa.enabled and autoscaler.enabled: choose one",
+        ),
+        (
+            &["prometheus.monitor.enabled=true"][..],
+            "prometheus.monitor.enabled needs prometheus.service.enabled",
+        ),
+        (&["etcd.enabled=false"][..], "etcd.external.endpoints: give"),
+        (
+            &[
+                "controller.webhook.certManager.enabled=true",
+                "controller.webhook.tls.existingSecret=mine",
+            ][..],
+            "choose one",
+        ),
+        (
+            &["controller.webhook.url=https://192.0.2.1:9443/mutate-services"][..],
+            "controller.webhook.url: a controller outside the cluster",
+        ),
+        // `helm template` cannot look the Secret up: without caBundle there is no CA to trust.
+        (
+            &["controller.webhook.tls.existingSecret=mine"][..],
+            "set controller.webhook.tls.caBundle",
+        ),
+        (
+            &["etcd.replicas=3", "etcd.persistence.enabled=false"][..],
+            "etcd.persistence.enabled: members",
+        ),
+    ] {
+        refused(&[&["controller.enabled=true"], sets].concat(), says);
+    }
+}
+
+/// `helm template` with `sets` fails, saying `says`.
+fn refused(sets: &[&str], says: &str) {
+    let chart = chart();
+    let mut args = vec!["template", "t", chart.to_str().unwrap()];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = helm(&args);
+    assert!(!out.status.success(), "{sets:?} was accepted");
+    assert!(text(&out).contains(says), "{sets:?}: {}", text(&out));
 }
 
 #[test]
@@ -664,6 +705,20 @@ fn the_bundled_etcds_generated_certificates_serve_it_and_admit_only_the_controll
         ],
     );
     assert!(args.contains(&"--client-cert-auth".to_string()), "{args:?}");
+    // The member's certificate holds the in-cluster name the controller dials (the test
+    // itself reaches the member at 127.0.0.1).
+    let out = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            &ca,
+            "-verify_hostname",
+            peer_host,
+            &member_crt,
+        ])
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "{}", text(&out));
     let _etcd = testkit::process::Watched::spawn(
         &peer("etcd"),
         args.iter().map(std::ffi::OsString::from).collect(),
@@ -770,5 +825,25 @@ fn every_value_the_schema_declares_has_a_doc_comment() {
     assert!(
         undocumented.is_empty(),
         "values without a `# --` comment: {undocumented:?}"
+    );
+    // And the schema declares nothing values.yaml leaves out (outside lists).
+    let rendered: Value = serde_yaml::from_str(&values).unwrap();
+    let mut missing = Vec::new();
+    let mut stack = vec![(String::new(), &schema, &rendered)];
+    while let Some((path, node, value)) = stack.pop() {
+        if node["additionalProperties"] != false {
+            continue;
+        }
+        for (key, child) in node["properties"].as_object().unwrap() {
+            let at = format!("{path}.{key}");
+            match value.get(key) {
+                Some(v) => stack.push((at, child, v)),
+                None => missing.push(at),
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "in the schema, not in values.yaml: {missing:?}"
     );
 }

@@ -399,16 +399,21 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
     ];
     // What every account may do (the cluster's bootstrap roles): an account the chart did not
     // make, granted nothing.
-    let baseline = kubectl(
-        "admin",
-        &[
-            "auth",
-            "can-i",
-            "--list",
-            "--as",
-            "system:serviceaccount:apps:default",
-        ],
-    );
+    let baseline: std::collections::BTreeMap<&str, String> = ["apps", "svcplane-e2e"]
+        .into_iter()
+        .map(|namespace| {
+            let args = [
+                "auth",
+                "can-i",
+                "--list",
+                "-n",
+                namespace,
+                "--as",
+                "system:serviceaccount:apps:default",
+            ];
+            (namespace, kubectl("admin", &args))
+        })
+        .collect();
     for (user, rules) in &accounts {
         let deadline = Instant::now() + PATIENCE;
         let used = loop {
@@ -433,8 +438,14 @@ async fn the_dns_and_the_controller_work_with_the_charts_accounts_and_arguments_
                 "{user} was allowed {verb} {resource} ({group}) outside the chart's rules"
             );
         }
-        let listed = kubectl("admin", &["auth", "can-i", "--list", "--as", user]);
-        check_can_i(user, &listed, &baseline, rules);
+        // Cluster-wide, and in the release namespace (where the controller's Role is).
+        for namespace in ["apps", "svcplane-e2e"] {
+            let listed = kubectl(
+                "admin",
+                &["auth", "can-i", "--list", "-n", namespace, "--as", user],
+            );
+            check_can_i(user, &listed, &baseline[namespace], rules);
+        }
     }
 
     // Without its watch on EndpointSlices, a DNS never becomes ready, and says why.

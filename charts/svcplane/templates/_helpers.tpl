@@ -175,6 +175,9 @@ app.kubernetes.io/component: etcd
 {{- end }}
 {{- join "," $urls }}
 {{- else }}
+{{- if not .Values.etcd.external.endpoints }}
+{{- fail "etcd.external.endpoints: give the client URLs of the pools' etcd when etcd.enabled is false" }}
+{{- end }}
 {{- join "," .Values.etcd.external.endpoints }}
 {{- end }}
 {{- end }}
