@@ -45,8 +45,11 @@ impl Unbound {
             .tempdir()
             .expect("create a directory for Unbound");
         let port = free_dns_port();
+        // `so-reuseport: no` (Unbound's default is yes): a port that another server of the test
+        // binary took in the meantime fails the start, instead of being shared with it in
+        // silence (svcplane's and CoreDNS's sockets take SO_REUSEPORT too).
         let mut conf = format!(
-            "server:\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  access-control: 127.0.0.0/8 allow\n  module-config: \"iterator\"\n  num-threads: 1\n  local-zone: \".\" static\n  local-data: \". 3600 IN SOA ns.upstream.test. admin.upstream.test. 1 3600 600 86400 60\"\n  local-data: \". 3600 IN NS ns.upstream.test.\"\n",
+            "server:\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-ip6: no\n  access-control: 127.0.0.0/8 allow\n  module-config: \"iterator\"\n  num-threads: 1\n  so-reuseport: no\n  local-zone: \".\" static\n  local-data: \". 3600 IN SOA ns.upstream.test. admin.upstream.test. 1 3600 600 86400 60\"\n  local-data: \". 3600 IN NS ns.upstream.test.\"\n",
             dir = dir.path().display()
         );
         for record in records {
