@@ -259,6 +259,34 @@ fn the_kube_dns_service_has_kubeadms_name_ports_and_address() {
     ]
     .map(|(n, p, proto)| (n.to_string(), p, proto.to_string()));
     assert_eq!(ports, want);
+    // And as kubeadm v1.37.2 itself makes kube-dns: the same name, address, selector, ports and
+    // Prometheus annotations.
+    let out = Command::new(peer("kubeadm"))
+        .args(["init", "phase", "addon", "coredns", "--print-manifest"])
+        .args(["--kubernetes-version", "v1.37.2"])
+        .output()
+        .expect("run kubeadm");
+    assert!(out.status.success(), "kubeadm: {}", text(&out));
+    let kubeadm = support::helm::objects(&String::from_utf8_lossy(&out.stdout));
+    let upstream = named(&kubeadm, "Service", "kube-dns");
+    for field in [
+        "/spec/clusterIP",
+        "/spec/selector",
+        "/spec/ports",
+        "/metadata/annotations",
+    ] {
+        assert_eq!(
+            service.pointer(field),
+            upstream.pointer(field),
+            "{field} differs from kubeadm's kube-dns"
+        );
+    }
+    for label in ["k8s-app", "kubernetes.io/cluster-service"] {
+        assert_eq!(
+            service["metadata"]["labels"][label],
+            upstream["metadata"]["labels"][label]
+        );
+    }
     // The Deployment's pods carry the label the Service selects, and its own selector does not
     // depend on it (so it never adopts CoreDNS's pods).
     let deployment = object(&objects, "Deployment");
@@ -627,18 +655,16 @@ fn the_webhook_trusts_the_generated_ca_which_signed_the_controller_services_cert
         secret_file(secret, "ca.crt", dir.path()),
         secret_file(secret, "tls.crt", dir.path()),
     );
+    assert_certificate_for(&ca, "t-svcplane-controller.kube-system.svc", &cert);
+}
+
+/// `cert` verifies against `ca` for the DNS name `host` (openssl).
+fn assert_certificate_for(ca: &str, host: &str, cert: &str) {
     let out = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            &ca,
-            "-verify_hostname",
-            "t-svcplane-controller.kube-system.svc",
-            &cert,
-        ])
+        .args(["verify", "-CAfile", ca, "-verify_hostname", host, cert])
         .output()
         .expect("run openssl");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{host}: {}", text(&out));
 }
 
 /// The value of `key` in a rendered Secret, decoded into a file in `dir`: the file's path.
@@ -707,18 +733,7 @@ fn the_bundled_etcds_generated_certificates_serve_it_and_admit_only_the_controll
     assert!(args.contains(&"--client-cert-auth".to_string()), "{args:?}");
     // The member's certificate holds the in-cluster name the controller dials (the test
     // itself reaches the member at 127.0.0.1).
-    let out = Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            &ca,
-            "-verify_hostname",
-            peer_host,
-            &member_crt,
-        ])
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "{}", text(&out));
+    assert_certificate_for(&ca, peer_host, &member_crt);
     let _etcd = testkit::process::Watched::spawn(
         &peer("etcd"),
         args.iter().map(std::ffi::OsString::from).collect(),
