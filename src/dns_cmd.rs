@@ -84,6 +84,11 @@ pub(crate) struct DnsArgs {
     /// Idle TCP connections are closed after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     tcp_idle_timeout: Duration,
+    /// Cluster answers each UDP worker keeps as bytes, to answer the same question again
+    /// without building the reply (a fixed table: a newer question takes an older one's slot);
+    /// 0 keeps none
+    #[arg(long, value_name = "N", default_value_t = dns::memo::DEFAULT_CAPACITY)]
+    kept_answers: usize,
     /// A Corefile to run instead of the flags above (see docs/corefile.md for the directives
     /// and options svcplane runs; any other is refused with its file and line).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "zones", "ttl", "pods", "endpoint_pod_names", "ignore_empty_service", "noendpoints", "namespaces", "labels", "namespace_labels", "fallthrough", "kubeconfig", "manifests", "startup_timeout"])]
@@ -352,6 +357,7 @@ impl DnsArgs {
         Limits {
             max_tcp_connections: self.max_tcp_connections,
             tcp_idle_timeout: self.tcp_idle_timeout,
+            kept_answers: self.kept_answers,
             ..Limits::default()
         }
     }

@@ -1,8 +1,10 @@
 //! The answer to one question, from an index: the record synthesis of spec §2–§7 and the
 //! NXDOMAIN / NODATA / SERVFAIL rules of §8. Pure: no sockets, no clock.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
@@ -50,8 +52,46 @@ enum Found {
     Records(Vec<Record>, Vec<Record>),
 }
 
+/// What an answer read of the index, so that a copy of it (an answer kept as bytes) is known
+/// to hold in a later index while none of that changed.
+#[derive(Debug, Clone, Default)]
+pub struct Reads {
+    /// The Service entries found, in order.
+    pub services: Vec<Arc<Entry>>,
+    /// Which namespaces exist.
+    pub namespaces: bool,
+    /// The SOA serial (the snapshot's last change).
+    pub serial: bool,
+    /// Anything else (a Service that was not there, PTR targets, pods, the name servers): the
+    /// answer holds for its index's generation only. (Whether the cache synced is not noted:
+    /// answers are kept as bytes only from a synced index.)
+    pub whole: bool,
+}
+
 /// Answers `qname`/`qtype`, or `None` when the name is in no served zone.
 pub fn answer(index: &Index, config: &Config, qname: &Name, qtype: RecordType) -> Option<Answer> {
+    answer_reading(index, config, qname, qtype).map(|(a, _)| a)
+}
+
+/// [`answer`], with what it read of the index.
+pub fn answer_reading(
+    index: &Index,
+    config: &Config,
+    qname: &Name,
+    qtype: RecordType,
+) -> Option<(Answer, Reads)> {
+    let reads = RefCell::new(Reads::default());
+    let answer = answer_with(index, config, qname, qtype, &reads)?;
+    Some((answer, reads.into_inner()))
+}
+
+fn answer_with(
+    index: &Index,
+    config: &Config,
+    qname: &Name,
+    qtype: RecordType,
+    reads: &RefCell<Reads>,
+) -> Option<Answer> {
     let lower = qname.to_lowercase();
     let zone = config
         .zones
@@ -64,6 +104,7 @@ pub fn answer(index: &Index, config: &Config, qname: &Name, qtype: RecordType) -
     let ctx = Ctx {
         index,
         config,
+        reads,
         zone_spelled: qname.trim_to(zone.num_labels() as usize),
         zone,
     };
@@ -105,6 +146,8 @@ struct Ctx<'a> {
     zone: &'a Name,
     /// The zone as spelled in the query: synthesised names end with it.
     zone_spelled: Name,
+    /// What was read of the index.
+    reads: &'a RefCell<Reads>,
 }
 
 fn rec(owner: &Name, ttl: u32, data: RData) -> Record {
@@ -168,7 +211,14 @@ impl Ctx<'_> {
         self.config.ttl
     }
 
+    /// The index, noting that the answer depends on all of it.
+    fn read_whole(&self) -> &Index {
+        self.reads.borrow_mut().whole = true;
+        self.index
+    }
+
     fn soa(&self) -> Record {
+        self.reads.borrow_mut().serial = true;
         let z = &self.zone_spelled;
         let mname = child(&["ns", "dns"], z).unwrap_or_else(|| z.clone());
         let rname = child(&["hostmaster"], z).unwrap_or_else(|| z.clone());
@@ -178,6 +228,7 @@ impl Ctx<'_> {
     }
 
     fn namespace_exposed(&self, namespace: &str) -> bool {
+        self.reads.borrow_mut().namespaces = true;
         self.index.snapshot.namespace_exists(namespace) && self.config.exposes(namespace)
     }
 
@@ -185,10 +236,13 @@ impl Ctx<'_> {
         if !self.namespace_exposed(namespace) {
             return None;
         }
-        self.index
-            .service(namespace, service)
-            .map(|e| e.as_ref())
-            .filter(|e| e.exists)
+        let found = self.index.service(namespace, service);
+        let mut reads = self.reads.borrow_mut();
+        match found {
+            Some(entry) => reads.services.push(entry.clone()),
+            None => reads.whole = true,
+        }
+        found.map(|e| e.as_ref()).filter(|e| e.exists)
     }
 
     fn find(&self, qname: &Name, lower: &Name, qtype: RecordType, depth: usize) -> Found {
@@ -369,6 +423,7 @@ impl Ctx<'_> {
         let inner = Ctx {
             index: self.index,
             config: self.config,
+            reads: self.reads,
             zone,
             zone_spelled: target_name.trim_to(zone.num_labels() as usize),
         };
@@ -498,7 +553,8 @@ impl Ctx<'_> {
         let Some(ip) = pod_address(ip_label) else {
             return Found::NoName;
         };
-        if self.config.pods == PodsMode::Verified && !self.index.snapshot.pod_has_ip(namespace, ip)
+        if self.config.pods == PodsMode::Verified
+            && !self.read_whole().snapshot.pod_has_ip(namespace, ip)
         {
             return Found::NoName;
         }
@@ -511,7 +567,7 @@ impl Ctx<'_> {
         let Some(primary) = self.config.primary_zone() else {
             return Found::NoName;
         };
-        let Some(targets) = self.index.ptr(ip) else {
+        let Some(targets) = self.read_whole().ptr(ip) else {
             return Found::NoName;
         };
         let exposed: Vec<_> = targets
@@ -560,7 +616,7 @@ impl Ctx<'_> {
         let z = &self.zone_spelled;
         let mut targets: Vec<(Name, Vec<IpAddr>)> = Vec::new();
         for addr in &self.config.ns_addresses {
-            for t in self.index.ptr(*addr).into_iter().flatten() {
+            for t in self.read_whole().ptr(*addr).into_iter().flatten() {
                 let Some(endpoint) = &t.endpoint else {
                     continue;
                 };

@@ -547,6 +547,18 @@ impl Cache {
         Some((item, kind, ttl))
     }
 
+    /// Whether [`Cache::get`] would miss the wire `key` at `now` (nothing usable is kept for
+    /// it), counting nothing; count the request with [`Cache::count_miss`] once it is answered.
+    pub fn misses(&self, key: &[u8], now: Instant, generation: u64) -> bool {
+        self.find(key, now, generation).is_none()
+    }
+
+    /// Counts a request that missed, answered without [`Cache::get`].
+    pub fn count_miss(&self) {
+        self.counts.requests.fetch_add(1, Ordering::Relaxed);
+        self.counts.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The TTL a fresh entry with `left` seconds to live is answered with.
     fn answer_ttl(&self, item: &Item, left: i64) -> u32 {
         if self.settings.keepttl {
@@ -614,55 +626,19 @@ impl Cache {
         now: Instant,
         generation: Option<u64>,
     ) -> Message {
-        let kind = classify(&reply);
-        let secs = match kind {
-            ReplyType::NameError | ReplyType::NoData => {
-                let p = self.settings.denial;
-                minimal_ttl(&reply, kind, p.max_ttl).clamp(p.min_ttl.min(p.max_ttl), p.max_ttl)
-            }
-            ReplyType::ServerError => self.settings.servfail.as_secs() as u32,
-            _ => {
-                let p = self.settings.success;
-                minimal_ttl(&reply, kind, p.max_ttl).clamp(p.min_ttl.min(p.max_ttl), p.max_ttl)
-            }
-        };
-        for r in reply
-            .answers
-            .iter_mut()
-            .chain(reply.authorities.iter_mut())
-            .chain(reply.additionals.iter_mut())
-        {
-            r.ttl = secs;
-        }
-        // Not kept: truncated replies, other rcodes, and NXDOMAIN or a NOERROR that does not
-        // answer the question without an SOA (CoreDNS's `key`).
-        let soa = has_soa(&reply);
-        let cacheable = !reply.metadata.truncation
-            && !reply.queries.is_empty()
-            && kind != ReplyType::Other
-            && (kind != ReplyType::NameError || soa)
-            && (kind != ReplyType::NoError
-                || soa
-                || reply.answers.is_empty()
-                || answers_question(&reply));
-        if !cacheable || secs == 0 {
+        let Some((kind, secs)) = self.settle(&mut reply) else {
             return reply;
-        }
+        };
         let Some(key) = key_of(request) else {
             return reply;
         };
-        let matches = reply.queries.len() == 1
-            && request.queries.first().is_some_and(|q| {
-                let r = &reply.queries[0];
-                r.query_type() == q.query_type()
-                    && r.query_class() == q.query_class()
-                    && r.name().to_lowercase() == q.name().to_lowercase()
-            });
-        if !matches {
+        if !answers_request(request, &reply) {
             self.counts.drops.fetch_add(1, Ordering::Relaxed);
             return reply;
         }
-        let name = request.queries[0].name();
+        if self.disabled(kind, request.queries[0].name()) {
+            return reply;
+        }
         let item = Item {
             rcode: reply.metadata.response_code,
             authoritative: reply.metadata.authoritative,
@@ -680,9 +656,6 @@ impl Cache {
         };
         match kind {
             ReplyType::NoError | ReplyType::Delegation => {
-                if self.settings.no_success.iter().any(|z| z.zone_of(name)) {
-                    return reply;
-                }
                 if self.success.add(key.clone(), item) {
                     self.counts
                         .evictions_success
@@ -692,15 +665,71 @@ impl Cache {
                 self.denial.remove(&key);
             }
             _ => {
-                if self.settings.no_denial.iter().any(|z| z.zone_of(name)) {
-                    return reply;
-                }
                 if self.denial.add(key, item) {
                     self.counts.evictions_denial.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         reply
+    }
+
+    /// `reply` as [`Cache::put`] passes it on when `put` would neither keep it nor count it:
+    /// `None` when it would (only `put` may take that reply). Changes nothing.
+    pub fn pass_through(&self, request: &Message, mut reply: Message) -> Option<Message> {
+        let Some((kind, _)) = self.settle(&mut reply) else {
+            return Some(reply);
+        };
+        if key_of(request).is_none() {
+            return Some(reply);
+        }
+        (answers_request(request, &reply) && self.disabled(kind, request.queries[0].name()))
+            .then_some(reply)
+    }
+
+    /// Whether `disable` keeps replies of `kind` for `name` out.
+    fn disabled(&self, kind: ReplyType, name: &Name) -> bool {
+        let zones = match kind {
+            ReplyType::NoError | ReplyType::Delegation => &self.settings.no_success,
+            _ => &self.settings.no_denial,
+        };
+        zones.iter().any(|z| z.zone_of(name))
+    }
+
+    /// Sets the TTLs of `reply` to what the cache answers with; its kind and that TTL when it
+    /// may be kept at all.
+    fn settle(&self, reply: &mut Message) -> Option<(ReplyType, u32)> {
+        let kind = classify(reply);
+        let secs = match kind {
+            ReplyType::NameError | ReplyType::NoData => {
+                let p = self.settings.denial;
+                minimal_ttl(reply, kind, p.max_ttl).clamp(p.min_ttl.min(p.max_ttl), p.max_ttl)
+            }
+            ReplyType::ServerError => self.settings.servfail.as_secs() as u32,
+            _ => {
+                let p = self.settings.success;
+                minimal_ttl(reply, kind, p.max_ttl).clamp(p.min_ttl.min(p.max_ttl), p.max_ttl)
+            }
+        };
+        for r in reply
+            .answers
+            .iter_mut()
+            .chain(reply.authorities.iter_mut())
+            .chain(reply.additionals.iter_mut())
+        {
+            r.ttl = secs;
+        }
+        // Not kept: truncated replies, other rcodes, and NXDOMAIN or a NOERROR that does not
+        // answer the question without an SOA (CoreDNS's `key`).
+        let soa = has_soa(reply);
+        let cacheable = !reply.metadata.truncation
+            && !reply.queries.is_empty()
+            && kind != ReplyType::Other
+            && (kind != ReplyType::NameError || soa)
+            && (kind != ReplyType::NoError
+                || soa
+                || reply.answers.is_empty()
+                || answers_question(reply));
+        (cacheable && secs != 0).then_some((kind, secs))
     }
 
     /// Caches a SERVFAIL for `request` (the chain failed without a reply), for `servfail`.
@@ -714,6 +743,17 @@ impl Cache {
         reply.queries = request.queries.clone();
         self.put(request, reply, now, None);
     }
+}
+
+/// Whether `reply`'s question is `request`'s (names compared without case).
+fn answers_request(request: &Message, reply: &Message) -> bool {
+    reply.queries.len() == 1
+        && request.queries.first().is_some_and(|q| {
+            let r = &reply.queries[0];
+            r.query_type() == q.query_type()
+                && r.query_class() == q.query_class()
+                && r.name().to_lowercase() == q.name().to_lowercase()
+        })
 }
 
 /// Whether a refreshed reply may replace a stale entry (`serve_stale verify`): NOERROR or

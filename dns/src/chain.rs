@@ -19,10 +19,13 @@ use crate::cache::{Cache, Item, Lookup, refreshes};
 use crate::config::Config;
 use crate::forward::{ForwardError, Forwarder};
 use crate::index::Index;
+use crate::memo::{Kept, Memo};
 use crate::message::{
-    Cluster, Parsed, Transport, cluster, encode, limit_for, parse, precheck, reply_to, with_rcode,
+    Cluster, Parsed, Transport, cluster, cluster_reading, encode, limit_for, parse, precheck,
+    reply_to, with_rcode,
 };
 use crate::metrics::{ServerMetrics, Writer};
+use crate::wire::{Flags, Scratch, Template};
 
 /// The `kubernetes` directive at run time: its options and the index it answers from.
 #[derive(Debug, Clone)]
@@ -150,8 +153,8 @@ pub struct Router {
 
 /// What the receiving task does with a query.
 pub enum Step {
-    /// Send this (or nothing).
-    Done(Option<Vec<u8>>),
+    /// The reply is appended to the caller's buffer (true), or there is none to send (false).
+    Done(bool),
     /// Run this elsewhere and send what it gives.
     Later(Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>),
 }
@@ -219,6 +222,46 @@ enum Rest {
     Failed,
 }
 
+/// What a receiving thread keeps from query to query: its cluster answers as bytes, buffers
+/// for shuffles, and the RNG `loadbalance` draws from (on either path).
+pub struct Worker<R> {
+    pub memo: Memo,
+    scratch: Scratch,
+    pub rng: R,
+    /// False: every query takes the full path (the reference the fast one is held to).
+    fast: bool,
+}
+
+impl<R: rand::Rng> Worker<R> {
+    pub fn new(memo: Memo, rng: R) -> Worker<R> {
+        Worker {
+            memo,
+            scratch: Scratch::default(),
+            rng,
+            fast: true,
+        }
+    }
+
+    /// A worker that answers every query by the full path.
+    pub fn reference(rng: R) -> Worker<R> {
+        Worker {
+            fast: false,
+            ..Worker::new(Memo::new(0), rng)
+        }
+    }
+}
+
+/// `reply`, if any, appended to `out`.
+fn sent(reply: Option<Vec<u8>>, out: &mut Vec<u8>) -> Step {
+    match reply {
+        Some(reply) => {
+            out.extend_from_slice(&reply);
+            Step::Done(true)
+        }
+        None => Step::Done(false),
+    }
+}
+
 impl Router {
     pub fn new(mut routes: Vec<Route>) -> Router {
         // Longest zone first, so the first match is the best.
@@ -234,72 +277,120 @@ impl Router {
         self.routes.iter().find(|r| r.zone.zone_of(name))
     }
 
-    /// Handles the bytes of one query from `peer` to `local`.
-    pub fn handle(
+    /// Handles the bytes of one query from `peer` to `local`, appending the reply to `out`.
+    pub fn handle<R: rand::Rng>(
         self: &Arc<Self>,
         bytes: &[u8],
         transport: Transport,
         peer: SocketAddr,
         local: SocketAddr,
+        worker: &mut Worker<R>,
+        out: &mut Vec<u8>,
     ) -> Step {
         let started = Instant::now();
-        match self.cache_hit(bytes, transport, peer, started) {
-            Some(reply) => Step::Done(Some(reply)),
-            None => self.decoded(bytes, transport, peer, local, started),
+        if worker.fast && self.answer_bytes(bytes, transport, peer, started, worker, out) {
+            return Step::Done(true);
         }
+        self.decoded(bytes, transport, peer, local, started, &mut worker.rng, out)
     }
 
-    /// A plain query answered by a fresh cache entry straight from its bytes, with what the
-    /// full path gives for it (the same bytes, or with `loadbalance` the same records in
-    /// another shuffle) and the same metrics. `None` leaves it to the full path: a query that
-    /// is not plain ([`crate::wire::Request::peek`]), a block with `rewrite` or `log` (they
-    /// need the decoded message), no fresh entry, a cache with `prefetch`, a reply too large.
-    fn cache_hit(
+    /// A plain query answered straight from its bytes — by a fresh cache entry, or by a
+    /// cluster answer the worker keeps ([`Memo`]) — with what the full path gives for it (the
+    /// same bytes; with `loadbalance` the same shuffle from the same RNG) and the same
+    /// metrics. False leaves it to the full path: a query that is not plain
+    /// ([`crate::wire::Request::peek`]), a block with `rewrite` or `log` (they need the decoded
+    /// message), no fresh entry or kept answer, a cache with `prefetch`, a reply too large, a
+    /// question spelt otherwise than the kept answer's where its records take that spelling.
+    fn answer_bytes<R: rand::Rng>(
         &self,
         bytes: &[u8],
         transport: Transport,
         peer: SocketAddr,
         started: Instant,
-    ) -> Option<Vec<u8>> {
-        let mut request = crate::wire::Request::peek(bytes)?;
+        worker: &mut Worker<R>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(mut request) = crate::wire::Request::peek(bytes) else {
+            return false;
+        };
         let key = request.key(bytes);
         let name = request.lower_name(&key);
-        let (route, _) = self
+        let Some((route, _)) = self
             .routes
             .iter()
             .zip(&self.zones_wire)
-            .find(|(_, zone)| crate::wire::in_zone(zone, name))?;
+            .find(|(_, zone)| crate::wire::in_zone(zone, name))
+        else {
+            return false;
+        };
         let chain = &route.chain;
         if !chain.rewrite.is_empty() || !chain.log.is_empty() {
-            return None;
+            return false;
         }
-        let cache = chain.cache.as_ref().filter(|c| c.covers_wire(name))?;
-        let (item, kind, ttl) = cache.fresh(&key, started, chain.generation())?;
         if let (Some(size), Some(edns)) = (chain.bufsize, request.edns.as_mut())
             && edns.payload > size
         {
             edns.payload = size.max(512);
         }
         let limit = limit_for(transport, request.edns.map(|e| e.payload));
-        // The template's question is the key's, in lower case, as most clients spell it.
-        let template = item.template(&key[..request.question.len()], chain.loadbalance)?;
-        let reply = template.reply(&request, bytes, ttl, limit, &mut rand::rng())?;
-        cache.count_request(kind);
+        // A template's question is the key's, in lower case, as most clients spell it.
+        let question = &key[..request.question.len()];
+        let cache = chain.cache.as_ref().filter(|c| c.covers_wire(name));
+        let index = chain.cluster.as_ref().map(|c| c.index.borrow().clone());
+        let generation = index.as_ref().map_or(0, |i| i.snapshot.generation);
+        let Worker {
+            memo, scratch, rng, ..
+        } = worker;
+        let base = out.len();
+        match (cache, index) {
+            (Some(cache), _) if !cache.misses(&key, started, generation) => {
+                let Some((item, kind, ttl)) = cache.fresh(&key, started, generation) else {
+                    return false;
+                };
+                let Some(template) = item.template(question, chain.loadbalance) else {
+                    return false;
+                };
+                if !template.reply_into(&request, bytes, Some(ttl), limit, rng, out, scratch) {
+                    return false;
+                }
+                cache.count_request(kind);
+            }
+            (cache, Some(index)) => {
+                if chain.hosts.is_some() {
+                    return false;
+                }
+                if let Kept::Unknown = memo.get(&key, chain, &index) {
+                    let (template, reads) = cluster_template(chain, cache, &index, question);
+                    memo.put(&key, chain, &index, reads, template);
+                }
+                let Kept::Answer(template) = memo.get(&key, chain, &index) else {
+                    return false;
+                };
+                if !template.reply_into(&request, bytes, None, limit, rng, out, scratch) {
+                    return false;
+                }
+                if let Some(cache) = cache {
+                    cache.count_miss();
+                }
+            }
+            _ => return false,
+        }
         route.metrics.report(
             transport,
             peer.is_ipv6(),
             RecordType::from(request.qtype),
             request.edns.is_some_and(|e| e.dnssec_ok),
             bytes.len(),
-            reply.len(),
-            ResponseCode::from(0, reply[3] & 0x0f),
+            out.len() - base,
+            ResponseCode::from(0, out[base + 3] & 0x0f),
             Writer::Chain,
             started.elapsed(),
         );
-        Some(reply)
+        true
     }
 
     /// The full path: the request decoded, each plugin of the block in turn.
+    #[allow(clippy::too_many_arguments)]
     fn decoded(
         self: &Arc<Self>,
         bytes: &[u8],
@@ -307,18 +398,20 @@ impl Router {
         peer: SocketAddr,
         local: SocketAddr,
         started: Instant,
+        rng: &mut impl rand::Rng,
+        out: &mut Vec<u8>,
     ) -> Step {
         let req = match parse(bytes) {
             Parsed::Query(req) => req,
-            Parsed::Reply(reply) => return Step::Done(reply),
+            Parsed::Reply(reply) => return sent(reply, out),
         };
         if let Some(reply) = precheck(&req) {
-            return Step::Done(encode(reply, &req, transport));
+            return sent(encode(reply, &req, transport), out);
         }
         let Some(route) = self.route(req.queries[0].name()).cloned() else {
             // No block holds the name: refused before any plugin, as CoreDNS does.
             let reply = with_rcode(reply_to(&req), ResponseCode::Refused);
-            return Step::Done(encode(reply, &req, transport));
+            return sent(encode(reply, &req, transport), out);
         };
         let mut req = req;
         if let (Some(size), Some(edns)) = (route.chain.bufsize, req.edns.as_mut())
@@ -334,7 +427,7 @@ impl Router {
             Err(e) => {
                 route.chain.report_error(2, &req, &e);
                 let reply = with_rcode(reply_to(&req), ResponseCode::ServFail);
-                return Step::Done(encode(reply, &req, transport));
+                return sent(encode(reply, &req, transport), out);
             }
         };
         let query = Query {
@@ -349,12 +442,12 @@ impl Router {
             route,
         };
         match self.start(&query) {
-            Start::Done(reply, writer) => Step::Done(finish(&query, reply, writer)),
+            Start::Done(reply, writer) => sent(finish(&query, reply, writer, rng), out),
             Start::Wait(wait) => {
                 let router = self.clone();
                 Step::Later(Box::pin(async move {
                     let (reply, writer) = router.complete(&query, wait).await;
-                    finish(&query, reply, writer)
+                    finish(&query, reply, writer, &mut rand::rng())
                 }))
             }
         }
@@ -371,7 +464,7 @@ impl Router {
                 Start::Done(reply, writer) => (reply, writer),
                 Start::Wait(wait) => self.complete(&query, wait).await,
             };
-            let reply = shuffled(&query, reverted(&query, reply));
+            let reply = shuffled(&query, reverted(&query, reply), &mut rand::rng());
             let size = reply.to_vec().map_or(0, |b| b.len());
             report(&query, reply.metadata.response_code, size, writer);
             log(&query, &reply, size);
@@ -668,16 +761,64 @@ impl Chain {
     }
 }
 
+/// The cluster's answer to the lower-case `question` as a template, with what it read of the
+/// index; no template when the full path must answer it: a name the cluster does not answer
+/// alone (outside its zones, falling through, an ExternalName leaving them), a reply the
+/// covering `cache` would keep, one the template cannot hold.
+fn cluster_template(
+    chain: &Chain,
+    cache: Option<&Arc<Cache>>,
+    index: &Index,
+    question: &[u8],
+) -> (Option<Template>, crate::answer::Reads) {
+    let whole = || crate::answer::Reads {
+        whole: true,
+        ..Default::default()
+    };
+    let Some(source) = &chain.cluster else {
+        return (None, whole());
+    };
+    let Some(req) = crate::wire::question_message(question) else {
+        return (None, whole());
+    };
+    let Some((answer, reads)) = cluster_reading(index, &source.config, &req) else {
+        return (None, whole());
+    };
+    let Cluster::Answer(reply) = answer else {
+        return (None, reads);
+    };
+    let reply = match cache {
+        Some(cache) => match cache.pass_through(&req, reply) {
+            Some(reply) => reply,
+            None => return (None, reads),
+        },
+        None => reply,
+    };
+    let Ok(rcode) = u8::try_from(u16::from(reply.metadata.response_code)) else {
+        return (None, reads);
+    };
+    let flags = Flags {
+        authoritative: reply.metadata.authoritative,
+        recursion_available: reply.metadata.recursion_available,
+        authentic_data: reply.metadata.authentic_data,
+        rcode,
+    };
+    let sections = [&reply.answers[..], &reply.authorities, &reply.additionals];
+    (
+        Template::new(question, flags, sections, chain.loadbalance),
+        reads,
+    )
+}
+
 /// `reply` with `loadbalance`'s shuffle applied when the block has it.
-fn shuffled(q: &Query, mut reply: Message) -> Message {
+fn shuffled(q: &Query, mut reply: Message, rng: &mut impl rand::Rng) -> Message {
     if q.route.chain.loadbalance && reply.metadata.response_code == ResponseCode::NoError {
-        let mut rng = rand::rng();
         for section in [
             &mut reply.answers,
             &mut reply.authorities,
             &mut reply.additionals,
         ] {
-            round_robin(section, &mut rng);
+            round_robin(section, rng);
         }
     }
     reply
@@ -719,8 +860,8 @@ pub fn round_robin(section: &mut Vec<Record>, rng: &mut impl rand::Rng) {
 }
 
 /// The bytes for the client: shuffled, encoded within the client's size, counted, logged.
-fn finish(q: &Query, reply: Message, writer: Writer) -> Option<Vec<u8>> {
-    let reply = shuffled(q, reverted(q, reply));
+fn finish(q: &Query, reply: Message, writer: Writer, rng: &mut impl rand::Rng) -> Option<Vec<u8>> {
+    let reply = shuffled(q, reverted(q, reply), rng);
     let rcode = reply.metadata.response_code;
     let bytes = encode(reply, q.asked(), q.transport)?;
     report(q, rcode, bytes.len(), writer);
@@ -873,6 +1014,10 @@ mod tests {
         Name::from_ascii(s).unwrap()
     }
 
+    fn worker() -> Worker<rand::rngs::StdRng> {
+        Worker::new(Memo::new(0), rand::rngs::StdRng::seed_from_u64(1))
+    }
+
     fn ask(qname: &str, qtype: RecordType, edns: Option<(u16, bool)>) -> Message {
         let mut m = Message::query();
         m.metadata.id = 4321;
@@ -909,13 +1054,6 @@ mod tests {
                     60,
                 )),
             ));
-        }
-        m
-    }
-
-    fn sorted(mut m: Message) -> Message {
-        for section in [&mut m.answers, &mut m.authorities, &mut m.additionals] {
-            section.sort_by_key(|r| r.to_string());
         }
         m
     }
@@ -991,30 +1129,49 @@ mod tests {
                     // the full way (the records keep their own spelling there).
                     let mixed = question.queries[0].name().to_ascii()
                         != question.queries[0].name().to_lowercase().to_ascii();
-                    let Some(fast) = router.cache_hit(&bytes, transport, peer, started) else {
+                    // Both paths draw from RNGs seeded alike: the same shuffle.
+                    let seed = answered;
+                    let mut worker =
+                        Worker::new(Memo::new(0), rand::rngs::StdRng::seed_from_u64(seed));
+                    let mut fast = Vec::new();
+                    if !router.answer_bytes(
+                        &bytes,
+                        transport,
+                        peer,
+                        started,
+                        &mut worker,
+                        &mut fast,
+                    ) {
                         assert!(mixed, "{what}: a fresh entry is answered from bytes");
-                        let Step::Done(Some(_)) =
-                            router.decoded(&bytes, transport, peer, local, started)
-                        else {
+                        let Step::Done(true) = router.decoded(
+                            &bytes,
+                            transport,
+                            peer,
+                            local,
+                            started,
+                            &mut rand::rng(),
+                            &mut Vec::new(),
+                        ) else {
                             panic!("{what}: the full path answers a cache hit at once");
                         };
                         answered += 1;
                         continue;
                     };
                     answered += 2;
-                    let Step::Done(Some(full)) =
-                        router.decoded(&bytes, transport, peer, local, started)
-                    else {
+                    let mut full = Vec::new();
+                    let Step::Done(true) = router.decoded(
+                        &bytes,
+                        transport,
+                        peer,
+                        local,
+                        started,
+                        &mut rand::rngs::StdRng::seed_from_u64(seed),
+                        &mut full,
+                    ) else {
                         panic!("the full path answers a cache hit at once");
                     };
-                    let (fast, full) = (
-                        Message::from_vec(&fast).unwrap(),
-                        Message::from_vec(&full).unwrap(),
-                    );
-                    assert_eq!(sorted(fast.clone()), sorted(full.clone()), "{what}");
-                    if !loadbalance {
-                        assert_eq!(fast.answers, full.answers, "{what}: order kept");
-                    }
+                    assert_eq!(fast, full, "{what}: the same bytes");
+                    let fast = Message::from_vec(&fast).unwrap();
                     assert_eq!(
                         fast.queries[0].name().to_ascii(),
                         question.queries[0].name().to_ascii(),
@@ -1039,23 +1196,34 @@ mod tests {
         let router = cached_router(false, None, Vec::new(), &replies);
         let peer: SocketAddr = "127.0.0.1:5353".parse().unwrap();
         let bytes = www.to_vec().unwrap();
-        assert!(
-            router
-                .cache_hit(&bytes, Transport::Udp, peer, Instant::now())
-                .is_some()
-        );
+        assert!(router.answer_bytes(
+            &bytes,
+            Transport::Udp,
+            peer,
+            Instant::now(),
+            &mut worker(),
+            &mut Vec::new()
+        ));
         let logged = crate::log::Rule::new(Name::root(), "{common}", Vec::new());
         let with_log = cached_router(false, None, vec![logged], &replies);
-        assert!(
-            with_log
-                .cache_hit(&bytes, Transport::Udp, peer, Instant::now())
-                .is_none()
-        );
+        assert!(!with_log.answer_bytes(
+            &bytes,
+            Transport::Udp,
+            peer,
+            Instant::now(),
+            &mut worker(),
+            &mut Vec::new()
+        ));
         let other = ask("other.example.", RecordType::A, None).to_vec().unwrap();
         assert!(
-            router
-                .cache_hit(&other, Transport::Udp, peer, Instant::now())
-                .is_none(),
+            !router.answer_bytes(
+                &other,
+                Transport::Udp,
+                peer,
+                Instant::now(),
+                &mut worker(),
+                &mut Vec::new()
+            ),
             "a miss"
         );
     }

@@ -9,6 +9,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::ops::Range;
 use std::os::fd::AsRawFd as _;
 
 use nix::errno::Errno;
@@ -131,18 +132,19 @@ impl Batch {
     }
 }
 
-/// Sends `replies` on `socket` (blocking), up to a batch per `sendmmsg`; a reply the kernel
-/// refuses is dropped, as a lost datagram is.
+/// Sends `replies` (each a range of `out` and its destination) on `socket` (blocking), up to a
+/// batch per `sendmmsg`; a reply the kernel refuses is dropped, as a lost datagram is.
 pub(crate) fn send(
     socket: &UdpSocket,
     headers: &mut MultiHeaders<SockaddrStorage>,
-    replies: &[(Vec<u8>, SocketAddr)],
+    out: &[u8],
+    replies: &[(Range<usize>, SocketAddr)],
 ) {
     let mut rest = replies;
     while !rest.is_empty() {
         let sent = match rest {
-            [(reply, to)] => socket.send_to(reply, to).map(|_| 1),
-            _ => send_many(socket, headers, &rest[..rest.len().min(BATCH)]),
+            [(reply, to)] => socket.send_to(&out[reply.clone()], to).map(|_| 1),
+            _ => send_many(socket, headers, out, &rest[..rest.len().min(BATCH)]),
         };
         // An error belongs to the first reply not sent (a destination that cannot be reached,
         // say): drop it and go on with the others.
@@ -150,23 +152,28 @@ pub(crate) fn send(
     }
 }
 
-/// One `sendmmsg` of at most a batch of `replies`: how many the kernel took.
+/// One `sendmmsg` of at most a batch of `replies`: how many the kernel took. Nothing is
+/// allocated: the slices and addresses live on the stack.
 fn send_many(
     socket: &UdpSocket,
     headers: &mut MultiHeaders<SockaddrStorage>,
-    replies: &[(Vec<u8>, SocketAddr)],
+    out: &[u8],
+    replies: &[(Range<usize>, SocketAddr)],
 ) -> std::io::Result<usize> {
-    let slices: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|(r, _)| [IoSlice::new(r)]).collect();
-    let addrs: Vec<Option<SockaddrStorage>> = replies
-        .iter()
-        .map(|(_, to)| Some(SockaddrStorage::from(*to)))
-        .collect();
+    let n = replies.len().min(BATCH);
+    let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
+        [IoSlice::new(
+            replies.get(i).map_or(&[][..], |(r, _)| &out[r.clone()]),
+        )]
+    });
+    let addrs: [Option<SockaddrStorage>; BATCH] =
+        std::array::from_fn(|i| replies.get(i).map(|(_, to)| SockaddrStorage::from(*to)));
     loop {
         match sendmmsg(
             socket.as_raw_fd(),
             headers,
-            slices.iter(),
-            &addrs,
+            slices[..n].iter(),
+            &addrs[..n],
             [],
             MsgFlags::empty(),
         ) {
@@ -237,11 +244,10 @@ mod tests {
     fn replies_go_out_in_order_even_beyond_a_batch() {
         let (server, client) = pair();
         let to = client.local_addr().unwrap();
-        let replies: Vec<_> = (0..(BATCH as u16 + 7))
-            .map(|n| (n.to_be_bytes().to_vec(), to))
-            .collect();
+        let out: Vec<u8> = (0..(BATCH as u16 + 7)).flat_map(u16::to_be_bytes).collect();
+        let replies: Vec<_> = (0..(BATCH + 7)).map(|n| (2 * n..2 * n + 2, to)).collect();
         let mut headers = MultiHeaders::preallocate(BATCH, None);
-        send(&server, &mut headers, &replies);
+        send(&server, &mut headers, &out, &replies);
         client
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();

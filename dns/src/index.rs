@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cache::{EndpointPort, Key, Service, ServiceKind, ServicePort, Snapshot};
 
@@ -13,7 +14,7 @@ use crate::config::Config;
 use crate::name::dashed;
 
 /// What one Service answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Entry {
     pub kind: EntryKind,
     /// The Service's ports (SRV of ClusterIP Services).
@@ -26,6 +27,20 @@ pub struct Entry {
     /// endpoints, an empty ClusterIP Service under `ignore_empty_service`, an ExternalName that
     /// is an IP address.
     pub exists: bool,
+    /// Set once a later index holds another entry for the Service, or none: answers kept as
+    /// bytes that read this one are made afresh ([`crate::memo`]).
+    replaced: AtomicBool,
+}
+
+impl Entry {
+    /// Whether a later index replaced this entry.
+    pub fn replaced(&self) -> bool {
+        self.replaced.load(Ordering::Acquire)
+    }
+
+    fn replace(&self) {
+        self.replaced.store(true, Ordering::Release);
+    }
 }
 
 /// How a Service answers address queries.
@@ -60,6 +75,8 @@ pub struct PtrTarget {
 #[derive(Debug, Clone, Default)]
 pub struct Index {
     pub snapshot: Arc<Snapshot>,
+    /// The generation at which the namespaces last changed (or this index was built whole).
+    pub namespaces_since: u64,
     services: imbl::HashMap<Key, Arc<Entry>>,
     /// Small vectors as values: most addresses have one target.
     reverse: imbl::HashMap<IpAddr, Vec<PtrTarget>>,
@@ -126,6 +143,7 @@ pub fn entry(snapshot: &Snapshot, svc: &Service, config: &Config) -> Entry {
         endpoints,
         by_name,
         exists,
+        replaced: AtomicBool::new(false),
     }
 }
 
@@ -134,6 +152,7 @@ impl Index {
     pub fn build(snapshot: Arc<Snapshot>, config: &Config) -> Index {
         let mut index = Index {
             snapshot: snapshot.clone(),
+            namespaces_since: snapshot.generation,
             ..Index::default()
         };
         for svc in snapshot.services.values() {
@@ -146,10 +165,16 @@ impl Index {
     pub fn next(&self, snapshot: Arc<Snapshot>, config: &Config) -> Index {
         let consecutive = snapshot.generation == self.snapshot.generation + 1;
         if !consecutive || snapshot.changed.all {
+            for entry in self.services.values() {
+                entry.replace();
+            }
             return Index::build(snapshot, config);
         }
         let mut index = self.clone();
         index.snapshot = snapshot.clone();
+        if snapshot.changed.namespaces {
+            index.namespaces_since = snapshot.generation;
+        }
         for key in &snapshot.changed.services {
             index.remove(key);
             if let Some(svc) = snapshot.services.get(key) {
@@ -198,6 +223,7 @@ impl Index {
         let Some(old) = self.services.remove(key) else {
             return;
         };
+        old.replace();
         let ips = match &old.kind {
             EntryKind::Cluster(ips) => ips.clone(),
             _ => Vec::new(),

@@ -5,6 +5,7 @@
 //! - [`config`]: zones and the plugin's options.
 //! - [`index`]: per-Service records and PTR targets, rebuilt per changed Service.
 //! - [`answer`]: one question answered from an index (pure).
+//! - [`memo`]: cluster answers kept as bytes per receiving thread, while what they read holds.
 //! - [`message`]: request and reply on the wire, checks and truncation.
 //! - [`corefile`]: the Corefile read into what the server runs.
 //! - [`chain`]: a server block's plugins (cache, cluster, forward, loadbalance, loop, log) and
@@ -30,6 +31,7 @@ pub mod forward;
 pub mod hosts;
 pub mod index;
 pub mod log;
+pub mod memo;
 pub mod message;
 pub mod metrics;
 pub mod name;

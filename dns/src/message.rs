@@ -5,7 +5,7 @@
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 
-use crate::answer::answer;
+use crate::answer::{Answer, Reads, answer_reading};
 use crate::config::Config;
 use crate::index::Index;
 
@@ -108,10 +108,19 @@ pub enum Cluster {
 
 /// The cluster zones' answer to `req`.
 pub fn cluster(index: &Index, config: &Config, req: &Message) -> Cluster {
+    cluster_reading(index, config, req).map_or(Cluster::NotServed, |(c, _)| c)
+}
+
+/// [`cluster`] with what the answer read of the index; `None` when no cluster zone holds the
+/// name.
+pub fn cluster_reading(index: &Index, config: &Config, req: &Message) -> Option<(Cluster, Reads)> {
     let q = &req.queries[0];
-    let Some(a) = answer(index, config, q.name(), q.query_type()) else {
-        return Cluster::NotServed;
-    };
+    let (a, reads) = answer_reading(index, config, q.name(), q.query_type())?;
+    Some((cluster_of(config, req, a), reads))
+}
+
+fn cluster_of(config: &Config, req: &Message, a: Answer) -> Cluster {
+    let q = &req.queries[0];
     let reply = reply_to(req);
     if a.rcode == ResponseCode::Refused {
         return Cluster::Answer(with_rcode(reply, ResponseCode::Refused));

@@ -15,10 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::chain::{Router, Step};
+use crate::chain::{Router, Step, Worker};
 use crate::config::Config;
 use crate::datagram::{self, Batch};
 use crate::index::Index;
+use crate::memo::Memo;
 use crate::message::Transport;
 use crate::metrics::{Metrics, programmed};
 use crate::{Error, Result};
@@ -37,6 +38,8 @@ pub struct Limits {
     pub udp_buffer: usize,
     /// At shutdown, how long queries waiting for an upstream may still finish.
     pub drain: Duration,
+    /// Cluster answers each UDP worker keeps as bytes ([`crate::memo`]); 0 keeps none.
+    pub kept_answers: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
                 .unwrap_or(1),
             udp_buffer: 4 << 20,
             drain: Duration::from_secs(5),
+            kept_answers: crate::memo::DEFAULT_CAPACITY,
         }
     }
 }
@@ -148,7 +152,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let in_flight = Arc::new(tokio::sync::RwLock::new(()));
-    let workers = UdpWorkers::start(bound.udp, &router, &in_flight);
+    let workers = UdpWorkers::start(bound.udp, &router, &in_flight, limits.kept_answers);
     let mut tasks = JoinSet::new();
     let connections = Arc::new(Semaphore::new(limits.max_tcp_connections.max(1)));
     for listener in bound.tcp {
@@ -186,6 +190,7 @@ impl UdpWorkers {
         udp: Vec<Vec<Arc<UdpSocket>>>,
         router: &watch::Receiver<Arc<Router>>,
         in_flight: &Arc<tokio::sync::RwLock<()>>,
+        kept_answers: usize,
     ) -> UdpWorkers {
         let stopped = Arc::new(AtomicBool::new(false));
         let (mut sockets, mut threads) = (Vec::new(), Vec::new());
@@ -196,6 +201,7 @@ impl UdpWorkers {
                 in_flight: in_flight.clone(),
                 stopped: stopped.clone(),
                 runtime: tokio::runtime::Handle::current(),
+                kept_answers,
             };
             let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
             match std::thread::Builder::new()
@@ -250,6 +256,7 @@ struct UdpWorker {
     /// Set when the server stops (a socket that still has queries waiting is left anyway).
     stopped: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
+    kept_answers: usize,
 }
 
 impl UdpWorker {
@@ -258,6 +265,9 @@ impl UdpWorker {
         let _runtime = self.runtime.enter();
         let mut batch = Batch::default();
         let mut headers = nix::sys::socket::MultiHeaders::preallocate(datagram::BATCH, None);
+        let mut worker = Worker::new(Memo::new(self.kept_answers), rand::rng());
+        // The batch's replies back to back, and where each is and goes.
+        let mut out = Vec::with_capacity(datagram::BATCH * 512);
         let mut replies = Vec::with_capacity(datagram::BATCH);
         let local = self
             .socket
@@ -275,9 +285,10 @@ impl UdpWorker {
             }
             let current = self.router.borrow().clone();
             for (request, peer) in batch.datagrams() {
-                match current.handle(request, Transport::Udp, peer, local) {
-                    Step::Done(Some(reply)) => replies.push((reply, peer)),
-                    Step::Done(None) => {}
+                let start = out.len();
+                match current.handle(request, Transport::Udp, peer, local, &mut worker, &mut out) {
+                    Step::Done(true) => replies.push((start..out.len(), peer)),
+                    Step::Done(false) => {}
                     // Upstream in a task of its own: this worker goes back to its socket.
                     Step::Later(answer) => {
                         // Never refused while workers run: the drain takes the write side only
@@ -295,8 +306,9 @@ impl UdpWorker {
                     }
                 }
             }
-            datagram::send(&self.socket, &mut headers, &replies);
+            datagram::send(&self.socket, &mut headers, &out, &replies);
             replies.clear();
+            out.clear();
         }
     }
 }
@@ -339,6 +351,10 @@ async fn tcp_connection(
     idle: Duration,
 ) -> std::io::Result<()> {
     let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
+    // Answers are not kept per connection: the cache and the full path answer TCP.
+    let rng: rand::rngs::StdRng = rand::SeedableRng::from_rng(&mut rand::rng());
+    let mut worker = Worker::new(Memo::new(0), rng);
+    let mut framed = Vec::new();
     loop {
         let mut len = [0u8; 2];
         let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut len)).await else {
@@ -349,16 +365,26 @@ async fn tcp_connection(
             return Ok(());
         };
         let current = router.borrow().clone();
-        let reply = match current.handle(&request, Transport::Tcp, peer, local) {
-            Step::Done(reply) => reply,
-            Step::Later(answer) => answer.await,
-        };
-        let Some(reply) = reply else {
-            continue;
-        };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&reply);
+        // Room for the length, written once the reply is.
+        framed.clear();
+        framed.extend_from_slice(&[0, 0]);
+        match current.handle(
+            &request,
+            Transport::Tcp,
+            peer,
+            local,
+            &mut worker,
+            &mut framed,
+        ) {
+            Step::Done(true) => {}
+            Step::Done(false) => continue,
+            Step::Later(answer) => match answer.await {
+                Some(reply) => framed.extend_from_slice(&reply),
+                None => continue,
+            },
+        }
+        let len = (framed.len() - 2) as u16;
+        framed[..2].copy_from_slice(&len.to_be_bytes());
         if tokio::time::timeout(idle, stream.write_all(&framed))
             .await
             .is_err()

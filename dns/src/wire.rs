@@ -83,17 +83,21 @@ impl Request {
     }
 
     /// The cache key of this request: the question with its name in lower case, then DO and CD.
-    pub fn key(&self, bytes: &[u8]) -> Vec<u8> {
+    pub fn key(&self, bytes: &[u8]) -> QuestionKey {
         let q = &bytes[self.question.clone()];
-        let mut key = Vec::with_capacity(q.len() + 1);
-        key.extend(q.iter().map(u8::to_ascii_lowercase));
+        let mut key = QuestionKey {
+            bytes: [0; KEY_MAX],
+            len: q.len() + 1,
+        };
+        for (to, from) in key.bytes.iter_mut().zip(q) {
+            *to = from.to_ascii_lowercase();
+        }
         // The type and class were lowered too: put them back as sent.
-        let n = key.len();
-        key[n - 4..].copy_from_slice(&q[q.len() - 4..]);
-        key.push(flag_byte(
+        key.bytes[q.len() - 4..q.len()].copy_from_slice(&q[q.len() - 4..]);
+        key.bytes[q.len()] = flag_byte(
             self.edns.is_some_and(|e| e.dnssec_ok),
             self.checking_disabled,
-        ));
+        );
         key
     }
 
@@ -101,6 +105,37 @@ impl Request {
     pub fn lower_name<'k>(&self, key: &'k [u8]) -> &'k [u8] {
         &key[..self.question.len() - 4]
     }
+}
+
+/// Longest key: a name, type, class and the flag byte.
+const KEY_MAX: usize = MAX_NAME + 5;
+
+/// A request's key ([`Request::key`]) kept on the stack.
+#[derive(Clone, Copy)]
+pub struct QuestionKey {
+    bytes: [u8; KEY_MAX],
+    len: usize,
+}
+
+impl std::ops::Deref for QuestionKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Debug for QuestionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Buffers a [`Template`] shuffles in, kept from reply to reply.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    region: Vec<u8>,
+    order: Vec<usize>,
 }
 
 /// The cache key of a question: the name in lower case on the wire, type, class, then a byte
@@ -213,15 +248,11 @@ struct Group {
 /// has the same length), the records with TTL placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
-    bytes: Vec<u8>,
+    bytes: Box<[u8]>,
     flags: Flags,
-    /// Where each record's TTL is.
-    ttls: Vec<usize>,
-    groups: Vec<Group>,
-    /// Records point into the question's name: they take its spelling, so only a question
-    /// spelt the same way is answered from the template (hickory compresses a name only into
-    /// one spelt alike, so another spelling gets the records' own).
-    spelling_shared: bool,
+    /// Where each record's TTL is (a message is at most 65535 bytes).
+    ttls: Box<[u16]>,
+    groups: Box<[Group]>,
 }
 
 impl Template {
@@ -278,25 +309,23 @@ impl Template {
             .sections
             .iter()
             .flatten()
-            .map(|r| r.range.start + r.ttl_at)
-            .collect();
-        let name = HEADER..HEADER + name_end;
-        let spelling_shared = layout.targets.iter().any(|t| name.contains(t));
+            .map(|r| u16::try_from(r.range.start + r.ttl_at).ok())
+            .collect::<Option<_>>()?;
         bytes[2] = 0;
         bytes[3] = 0;
         Some(Template {
-            bytes,
+            bytes: bytes.into(),
             flags,
             ttls,
-            groups,
-            spelling_shared,
+            groups: groups.into(),
         })
     }
 
     /// The reply to `request` (whose bytes are `asked`), every record with `ttl`, records
     /// shuffled by `rng` where the template says; `None` when it is larger than `limit` (the
-    /// full path truncates) or the question is spelt otherwise than the template's while its
-    /// records point into it.
+    /// full path truncates) or the question is spelt otherwise than the template's (hickory
+    /// compresses a record's name into the question only where both are spelt alike, so the
+    /// bytes of a reply depend on the spelling asked).
     pub fn reply(
         &self,
         request: &Request,
@@ -305,22 +334,50 @@ impl Template {
         limit: usize,
         rng: &mut impl rand::Rng,
     ) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.reply_into(
+            request,
+            asked,
+            Some(ttl),
+            limit,
+            rng,
+            &mut out,
+            &mut Scratch::default(),
+        )
+        .then_some(out)
+    }
+
+    /// [`Template::reply`] appended to `out` (true), or nothing appended (false); `ttl: None`
+    /// keeps the records' TTLs as encoded. Allocates nothing once `out` and `scratch` have
+    /// grown to their work.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reply_into(
+        &self,
+        request: &Request,
+        asked: &[u8],
+        ttl: Option<u32>,
+        limit: usize,
+        rng: &mut impl rand::Rng,
+        out: &mut Vec<u8>,
+        scratch: &mut Scratch,
+    ) -> bool {
         let opt_len = if request.edns.is_some() { 11 } else { 0 };
         let q = request.question.clone();
         if self.bytes.len() + opt_len > limit
-            || (self.spelling_shared && self.bytes[HEADER..HEADER + q.len()] != asked[q.clone()])
+            || self.bytes[HEADER..HEADER + q.len()] != asked[q.clone()]
         {
-            return None;
+            return false;
         }
-        let mut out = Vec::with_capacity(self.bytes.len() + opt_len);
+        let base = out.len();
         out.extend_from_slice(&self.bytes);
-        out[..2].copy_from_slice(&request.id.to_be_bytes());
+        let reply = &mut out[base..];
+        reply[..2].copy_from_slice(&request.id.to_be_bytes());
         let f = self.flags;
-        out[2] = 0x80
+        reply[2] = 0x80
             | if f.authoritative { 0x04 } else { 0 }
             | if request.recursion_desired { 0x01 } else { 0 };
         let do_or_ad = request.edns.is_some_and(|e| e.dnssec_ok) || request.authentic_data;
-        out[3] = if f.recursion_available { 0x80 } else { 0 }
+        reply[3] = if f.recursion_available { 0x80 } else { 0 }
             | if f.authentic_data && do_or_ad {
                 0x20
             } else {
@@ -328,24 +385,43 @@ impl Template {
             }
             | if request.checking_disabled { 0x10 } else { 0 }
             | f.rcode;
-        out[HEADER..HEADER + q.len()].copy_from_slice(&asked[q]);
-        for &at in &self.ttls {
-            out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
+        reply[HEADER..HEADER + q.len()].copy_from_slice(&asked[q]);
+        if let Some(ttl) = ttl {
+            for &at in &self.ttls {
+                let at = usize::from(at);
+                reply[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
+            }
         }
         for g in &self.groups {
-            shuffle(&mut out, g, rng);
+            shuffle(reply, g, rng, scratch);
         }
         if let Some(edns) = request.edns {
-            let additional = u16::from_be_bytes([out[10], out[11]]) + 1;
-            out[10..12].copy_from_slice(&additional.to_be_bytes());
+            let additional = u16::from_be_bytes([reply[10], reply[11]]) + 1;
+            reply[10..12].copy_from_slice(&additional.to_be_bytes());
             out.push(0);
             out.extend(TYPE_OPT.to_be_bytes());
             out.extend(edns.payload.to_be_bytes());
             out.extend([0, 0, if edns.dnssec_ok { 0x80 } else { 0 }, 0]);
             out.extend([0, 0]);
         }
-        Some(out)
+        true
     }
+}
+
+/// A query for the wire `question` (an uncompressed name, type and class), as the full path
+/// reads it; `None` for a name hickory would not read.
+pub fn question_message(question: &[u8]) -> Option<Message> {
+    let name_end = plain_name_end(question, 0)?;
+    let fixed = question.get(name_end..name_end + 4)?;
+    let name = Name::from_labels(labels(&question[..name_end])).ok()?;
+    let mut query = Query::query(
+        name,
+        RecordType::from(u16::from_be_bytes([fixed[0], fixed[1]])),
+    );
+    query.set_query_class(u16::from_be_bytes([fixed[2], fixed[3]]).into());
+    let mut m = Message::new(0, MessageType::Query, OpCode::Query);
+    m.queries.push(query);
+    Some(m)
 }
 
 /// The labels of an uncompressed wire name.
@@ -412,16 +488,19 @@ fn shuffled_groups(section: &[Located]) -> Vec<Group> {
     groups
 }
 
-/// Shuffles the records of `g` in place.
-fn shuffle(out: &mut [u8], g: &Group, rng: &mut impl rand::Rng) {
+/// Shuffles the records of `g` in place (the same draws of `rng` as shuffling a slice of them).
+fn shuffle(out: &mut [u8], g: &Group, rng: &mut impl rand::Rng, scratch: &mut Scratch) {
     use rand::seq::SliceRandom as _;
     let end = g.start + g.records.last().map_or(0, |r| r.end);
-    let region = out[g.start..end].to_vec();
-    let mut order: Vec<&Range<usize>> = g.records.iter().collect();
-    order.shuffle(rng);
+    scratch.region.clear();
+    scratch.region.extend_from_slice(&out[g.start..end]);
+    scratch.order.clear();
+    scratch.order.extend(0..g.records.len());
+    scratch.order.shuffle(rng);
     let mut at = g.start;
-    for r in order {
-        out[at..at + r.len()].copy_from_slice(&region[r.clone()]);
+    for &i in &scratch.order {
+        let r = &g.records[i];
+        out[at..at + r.len()].copy_from_slice(&scratch.region[r.clone()]);
         at += r.len();
     }
 }
@@ -568,7 +647,7 @@ mod tests {
             lower_wire(&name("web.default.svc.cluster.local."))
         );
         assert_eq!(
-            key,
+            *key,
             key_of(&name("web.default.svc.cluster.local."), 1, 1, false, false)
         );
     }
@@ -715,9 +794,8 @@ mod tests {
     }
 
     #[test]
-    fn a_template_answers_with_the_askers_case_and_header_bits() {
+    fn a_template_answers_with_the_askers_header_bits() {
         let asked = ("www.example.", RecordType::A);
-        // An owner sharing nothing with the question: any spelling of it is answered.
         let sections = [vec![a("edge.cdn.test.", 1)], vec![], vec![]];
         let t = template(
             asked.0,
@@ -727,11 +805,11 @@ mod tests {
             false,
         )
         .unwrap();
-        let mut req = query("WwW.ExAmple.", RecordType::A, None);
+        let mut req = query("www.example.", RecordType::A, None);
         req.metadata.recursion_desired = false;
         req.metadata.checking_disabled = true;
         let got = Message::from_vec(&render(&req, &t, 5)).unwrap();
-        assert_eq!(got.queries[0].name().to_ascii(), "WwW.ExAmple.");
+        assert_eq!(got.queries[0].name().to_ascii(), "www.example.");
         assert_eq!(got.answers[0].name.to_ascii(), "edge.cdn.test.");
         assert!(!got.metadata.recursion_desired);
         assert!(got.metadata.checking_disabled);
@@ -758,11 +836,25 @@ mod tests {
             full(&same, NOERROR, sections.clone(), 5).to_vec().unwrap()
         );
         // The full path keeps the records' own spelling for a question spelt otherwise (as
-        // CoreDNS does); the template would give them the asker's.
-        let other = query("WWW.example.", RecordType::A, None);
-        let bytes = other.to_vec().unwrap();
-        let r = Request::peek(&bytes).unwrap();
+        // CoreDNS does), and compresses them against the question only where the spelling is
+        // the same: another spelling goes the full way, whatever the records are.
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for other in ["WWW.example.", "www.EXAMPLE."] {
+            let bytes = query(other, RecordType::A, None).to_vec().unwrap();
+            let r = Request::peek(&bytes).unwrap();
+            assert_eq!(t.reply(&r, &bytes, 5, 65535, &mut rng), None, "{other}");
+        }
+        let elsewhere = [vec![a("edge.cdn.test.", 1)], vec![], vec![]];
+        let t = template(
+            asked.0,
+            asked.1,
+            NOERROR,
+            elsewhere.each_ref().map(|s| &s[..]),
+            false,
+        )
+        .unwrap();
+        let bytes = query("WwW.example.", RecordType::A, None).to_vec().unwrap();
+        let r = Request::peek(&bytes).unwrap();
         assert_eq!(t.reply(&r, &bytes, 5, 65535, &mut rng), None);
     }
 

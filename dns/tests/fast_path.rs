@@ -1,0 +1,418 @@
+//! The fast path (cache hits and cluster answers kept as bytes, `dns::memo`) against the full
+//! path, its reference: for any request bytes — arbitrary bytes, every query type, mixed case,
+//! EDNS with options, names in the index and not — the same reply bytes from the same RNG, and
+//! the same metrics, while the index changes under them. Routers are built from Corefiles
+//! (kubeadm's among them) over the DNS specification's fixture.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cache::{Cache, Event, Key, Kind, Object};
+use dns::chain::{ClusterSource, Router, Step, Worker};
+use dns::index::Index;
+use dns::memo::Memo;
+use dns::message::Transport;
+use dns::metrics::Metrics;
+use proptest::prelude::*;
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use tokio::sync::watch;
+
+/// kubeadm's Corefile (cluster answers not cached, loadbalance), one caching cluster answers,
+/// and one with neither cache nor loadbalance but a short TTL.
+const COREFILES: [&str; 3] = [
+    ".:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . 127.0.0.1:1053 {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    loadbalance
+}
+",
+    ".:53 {
+    prometheus :9153
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods verified
+       endpoint_pod_names
+    }
+    cache 30
+    loadbalance
+}
+",
+    "cluster.local:53 in-addr.arpa:53 {
+    prometheus :9153
+    kubernetes cluster.local in-addr.arpa {
+       ttl 0
+       ignore empty_service
+    }
+}
+",
+];
+
+fn fixture() -> cache::manifests::Loaded {
+    let path =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/testns.yaml");
+    cache::manifests::load(&[path]).unwrap()
+}
+
+/// One Corefile's router over a cluster cache, and the metrics it counts into.
+struct Served {
+    router: Arc<Router>,
+    metrics: Metrics,
+}
+
+/// The cluster both routers answer from, and how it changes.
+struct Cluster {
+    cache: Cache,
+    index: watch::Sender<Arc<Index>>,
+    config: Arc<dns::config::Config>,
+}
+
+impl Cluster {
+    fn new(corefile: &str) -> (Cluster, dns::plan::Plan) {
+        let plan = dns::corefile::parse(corefile, "Corefile", |_| None)
+            .unwrap()
+            .plan(&|_| Ok(vec!["127.0.0.1:1053".parse().unwrap()]))
+            .unwrap();
+        let config = plan
+            .kubernetes
+            .as_ref()
+            .unwrap()
+            .config(vec!["10.96.0.10".parse().unwrap()])
+            .unwrap();
+        let cache = Cache::new(&[
+            Kind::Namespaces,
+            Kind::Services,
+            Kind::EndpointSlices,
+            Kind::Pods,
+        ]);
+        cache.apply(fixture().into_events());
+        let index = Index::build(cache.current(), &config);
+        let (tx, _) = watch::channel(Arc::new(index));
+        let cluster = Cluster {
+            cache,
+            index: tx,
+            config: Arc::new(config),
+        };
+        (cluster, plan)
+    }
+
+    fn serve(&self, plan: &dns::plan::Plan) -> Served {
+        let metrics = Metrics::default();
+        let source = ClusterSource {
+            config: self.config.clone(),
+            index: self.index.subscribe(),
+        };
+        let listen = vec![vec!["127.0.0.1:53".parse().unwrap()]; plan.blocks.len()];
+        let service = dns::service::build(plan, &listen, Some(&source), &metrics).unwrap();
+        Served {
+            router: service.routers[0].1.clone(),
+            metrics,
+        }
+    }
+
+    /// Applies change `n` of a fixed list (each undone by the next one of its pair) and
+    /// publishes the next index, as the server's follower does.
+    fn change(&self, n: usize) {
+        let loaded = fixture();
+        let service = |name: &str| {
+            let svc = loaded
+                .services
+                .iter()
+                .find(|s| s.key.name == name)
+                .unwrap()
+                .clone();
+            Event::Apply(Object::Service(svc))
+        };
+        let slice = |name: &str| {
+            let s = loaded
+                .slices
+                .iter()
+                .find(|s| s.key.name == name)
+                .unwrap()
+                .clone();
+            Event::Apply(Object::EndpointSlice(s))
+        };
+        let event = match n % 8 {
+            0 => Event::Delete(Kind::Services, Key::new("testns", "svc1")),
+            1 => service("svc1"),
+            2 => Event::Delete(Kind::EndpointSlices, Key::new("testns", "hdls1-v4")),
+            3 => slice("hdls1-v4"),
+            4 => Event::Delete(Kind::Namespaces, Key::new("", "testns")),
+            5 => Event::Apply(Object::Namespace("testns".into())),
+            6 => Event::Delete(Kind::Services, Key::new("testns", "internal")),
+            _ => service("internal"),
+        };
+        self.cache.apply([event]);
+        let next = self.index.borrow().next(self.cache.current(), &self.config);
+        self.index.send_replace(Arc::new(next));
+    }
+}
+
+/// The DNS metrics' samples, without the request durations (they differ by the clock).
+fn counted(metrics: &Metrics) -> Vec<String> {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("coredns_") && !l.contains("duration"))
+        .map(String::from)
+        .collect()
+}
+
+/// Names of the fixture and around it, for questions in the index and just outside.
+const NAMES: &[&str] = &[
+    "svc1.testns.svc.cluster.local.",
+    "_http._tcp.svc1.testns.svc.cluster.local.",
+    "_https._tcp.svc-two.testns.svc.cluster.local.",
+    "svc-two.testns.svc.cluster.local.",
+    "ep1a.svc1.testns.svc.cluster.local.",
+    "svc-dual-stack.testns.svc.cluster.local.",
+    "hdls1.testns.svc.cluster.local.",
+    "_http._tcp.hdls1.testns.svc.cluster.local.",
+    "dup-name.hdls1.testns.svc.cluster.local.",
+    "172-0-0-2.hdls1.testns.svc.cluster.local.",
+    "web-0.podnamed.testns.svc.cluster.local.",
+    "podnamed.testns.svc.cluster.local.",
+    "external.testns.svc.cluster.local.",
+    "internal.testns.svc.cluster.local.",
+    "ipname.testns.svc.cluster.local.",
+    "svc0.svc-nons.svc.cluster.local.",
+    "nothere.testns.svc.cluster.local.",
+    "testns.svc.cluster.local.",
+    "svc.cluster.local.",
+    "cluster.local.",
+    "dns-version.cluster.local.",
+    "ns.dns.cluster.local.",
+    "10-240-0-7.testns.pod.cluster.local.",
+    "10-240-0-9.testns.pod.cluster.local.",
+    "1.0.0.10.in-addr.arpa.",
+    "2.0.0.172.in-addr.arpa.",
+    "9.9.9.10.in-addr.arpa.",
+    "3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.ip6.arpa.",
+    "example.com.",
+    "a.b.c.d.e.f.cluster.local.",
+];
+
+const TYPES: &[u16] = &[
+    1, 2, 5, 6, 12, 13, 15, 16, 28, 33, 35, 64, 65, 99, 251, 252, 255,
+];
+
+/// An OPT record: payload size, the TTL field's flags (DO is 0x8000), options (code, data).
+type Opt = (u16, u16, Vec<(u16, Vec<u8>)>);
+
+/// A query's wire form from its parts: header flags, the name with each letter's case chosen,
+/// type and class, and an OPT record with options.
+#[allow(clippy::too_many_arguments)]
+fn query(
+    id: u16,
+    flags: u16,
+    name: &str,
+    upper: &[bool],
+    qtype: u16,
+    qclass: u16,
+    opt: Option<Opt>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(id.to_be_bytes());
+    out.extend(flags.to_be_bytes());
+    out.extend([0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+    let mut at = 0;
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        for b in label.bytes() {
+            let up = upper.get(at % upper.len().max(1)).copied().unwrap_or(false);
+            out.push(if up { b.to_ascii_uppercase() } else { b });
+            at += 1;
+        }
+    }
+    out.push(0);
+    out.extend(qtype.to_be_bytes());
+    out.extend(qclass.to_be_bytes());
+    if let Some((payload, ttl_flags, options)) = opt {
+        out.push(0);
+        out.extend(41u16.to_be_bytes());
+        out.extend(payload.to_be_bytes());
+        out.extend([0, 0]);
+        out.extend(ttl_flags.to_be_bytes());
+        let data: Vec<u8> = options
+            .iter()
+            .flat_map(|(code, data)| {
+                let mut o = code.to_be_bytes().to_vec();
+                o.extend((data.len() as u16).to_be_bytes());
+                o.extend(data);
+                o
+            })
+            .collect();
+        out.extend((data.len() as u16).to_be_bytes());
+        out.extend(data);
+    }
+    out
+}
+
+fn queries() -> impl Strategy<Value = Vec<u8>> {
+    let structured = (
+        any::<u16>(),
+        // Mostly plain queries: RD or not, sometimes CD or AD, rarely another opcode.
+        prop_oneof![
+            8 => prop::sample::select(vec![0u16, 0x0100, 0x0110, 0x0120, 0x0130]),
+            1 => any::<u16>(),
+        ],
+        prop::sample::select(NAMES),
+        prop_oneof![4 => Just(vec![false]), 1 => prop::collection::vec(any::<bool>(), 1..8)],
+        prop_oneof![8 => prop::sample::select(TYPES), 1 => any::<u16>()],
+        prop_oneof![8 => Just(1u16), 1 => prop::sample::select(vec![3u16, 4, 254, 255])],
+        prop_oneof![
+            2 => Just(None),
+            2 => (0u16..5000, prop::sample::select(vec![0u16, 0x8000, 0x0100, 0xffff]), prop::collection::vec((prop::sample::select(vec![3u16, 8, 10, 12, 15, 65001]), prop::collection::vec(any::<u8>(), 0..12)), 0..3)).prop_map(Some),
+        ],
+    )
+        .prop_map(|(id, flags, name, upper, qtype, qclass, opt)| {
+            query(id, flags, name, &upper, qtype, qclass, opt)
+        });
+    prop_oneof![
+        6 => structured.clone(),
+        // A structured query with a byte changed or cut short.
+        2 => (structured, any::<prop::sample::Index>(), any::<u8>(), any::<bool>()).prop_map(
+            |(mut q, at, byte, cut)| {
+                let i = at.index(q.len());
+                if cut {
+                    q.truncate(i);
+                } else {
+                    q[i] = byte;
+                }
+                q
+            }
+        ),
+        1 => prop::collection::vec(any::<u8>(), 0..80),
+    ]
+}
+
+/// One step of a run: a query over UDP or TCP, or a change to the cluster.
+#[derive(Debug, Clone)]
+enum Op {
+    Ask(Vec<u8>, bool),
+    Change(usize),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        prop_oneof![
+            12 => (queries(), prop::bool::weighted(0.1)).prop_map(|(q, tcp)| Op::Ask(q, tcp)),
+            1 => (0usize..8).prop_map(Op::Change),
+        ],
+        1..40,
+    )
+}
+
+/// Runs `ops` through the fast path (kept answers on) and the full path alone, asserting the
+/// same reply for each and the same metrics at the end.
+fn same_replies(corefile: &str, ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
+    let (cluster, plan) = Cluster::new(corefile);
+    let (fast, full) = (cluster.serve(&plan), cluster.serve(&plan));
+    let mut fast_worker = Worker::new(Memo::new(8), StdRng::seed_from_u64(seed));
+    let mut full_worker = Worker::reference(StdRng::seed_from_u64(seed));
+    let peer: SocketAddr = "10.1.2.3:5353".parse().unwrap();
+    let local: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    let mut changes = 0;
+    for op in ops {
+        let (bytes, tcp) = match op {
+            Op::Change(n) => {
+                cluster.change(*n + changes);
+                changes += 1;
+                continue;
+            }
+            Op::Ask(bytes, tcp) => (bytes, *tcp),
+        };
+        let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+        // Twice: the second time the fast path answers from what it kept.
+        for _ in 0..2 {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let got = fast
+                .router
+                .handle(bytes, transport, peer, local, &mut fast_worker, &mut a);
+            let want = full
+                .router
+                .handle(bytes, transport, peer, local, &mut full_worker, &mut b);
+            match (got, want) {
+                (Step::Done(x), Step::Done(y)) => {
+                    prop_assert_eq!(x, y, "answered or not, for {:?}", bytes);
+                    prop_assert_eq!(&a, &b, "the reply to {:?}", bytes);
+                }
+                (Step::Later(_), Step::Later(_)) => {}
+                _ => prop_assert!(false, "one path waits, the other not, for {:?}", bytes),
+            }
+        }
+    }
+    prop_assert_eq!(counted(&fast.metrics), counted(&full.metrics));
+    Ok(())
+}
+
+proptest! {
+    // 256 cases (PROPTEST_CASES sets more for a longer hunt).
+    #[test]
+    fn the_fast_path_gives_the_full_paths_bytes_and_counts_for_any_request(
+        corefile in 0..COREFILES.len(),
+        ops in ops(),
+        seed in any::<u64>(),
+    ) {
+        same_replies(COREFILES[corefile], &ops, seed)?;
+    }
+}
+
+#[test]
+fn a_kept_answer_is_used_again_and_made_afresh_when_its_service_changes() {
+    let (cluster, plan) = Cluster::new(COREFILES[0]);
+    let served = cluster.serve(&plan);
+    let mut worker = Worker::new(Memo::new(64), StdRng::seed_from_u64(7));
+    let peer: SocketAddr = "10.1.2.3:5353".parse().unwrap();
+    let local: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    let ask = |worker: &mut Worker<StdRng>, name: &str| {
+        let mut out = Vec::new();
+        let q = query(1, 0x0100, name, &[false], 1, 1, None);
+        let Step::Done(true) =
+            served
+                .router
+                .handle(&q, Transport::Udp, peer, local, worker, &mut out)
+        else {
+            panic!("{name} is answered at once");
+        };
+        hickory_proto::op::Message::from_vec(&out).unwrap()
+    };
+    let first = ask(&mut worker, "svc1.testns.svc.cluster.local.");
+    assert_eq!(first.answers.len(), 1);
+    assert_eq!(worker.memo.len(), 1, "the answer is kept");
+    ask(&mut worker, "svc-two.testns.svc.cluster.local.");
+    assert_eq!(worker.memo.len(), 2);
+    // svc1 goes: its name is NXDOMAIN at once, though its answer was kept.
+    cluster.change(0);
+    let gone = ask(&mut worker, "svc1.testns.svc.cluster.local.");
+    assert_eq!(
+        gone.metadata.response_code,
+        hickory_proto::op::ResponseCode::NXDomain
+    );
+    cluster.change(1);
+    assert_eq!(ask(&mut worker, "svc1.testns.svc.cluster.local."), {
+        let mut again = first.clone();
+        again.metadata.id = 1;
+        again
+    });
+}
