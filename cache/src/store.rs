@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use imbl::{OrdMap, OrdSet};
+use imbl::{OrdMap, OrdSet, Vector};
 use tokio::sync::watch;
 
 use crate::types::{EndpointSlice, Key, Pod, Service};
@@ -75,9 +75,15 @@ pub struct Snapshot {
     pub pod_ips: OrdMap<(String, IpAddr), u32>,
     /// What changed since the previous generation.
     pub changed: Arc<Changed>,
+    /// What each of the last [`HISTORY`] generations changed, oldest first, so a reader that
+    /// skipped some (it was busy while they were published) still learns what they changed.
+    pub history: Vector<(u64, Arc<Changed>)>,
 }
 
-/// What a published step changed, so readers can rebuild only that.
+/// Generations whose changes a snapshot remembers.
+pub const HISTORY: usize = 1024;
+
+/// What a published step (or several) changed, so readers can rebuild only that.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
     /// Every Service or slice may have changed (a relist or reload with differences).
@@ -90,7 +96,36 @@ pub struct Changed {
     pub pods: bool,
 }
 
+impl Changed {
+    /// Adds what `other` changed.
+    pub fn merge(&mut self, other: &Changed) {
+        self.all |= other.all;
+        self.namespaces |= other.namespaces;
+        self.pods |= other.pods;
+        self.services.extend(other.services.iter().cloned());
+    }
+}
+
 impl Snapshot {
+    /// What changed after `generation` up to this snapshot, when this snapshot still
+    /// remembers every generation since (`None`: too long ago, or not an earlier generation).
+    pub fn changed_since(&self, generation: u64) -> Option<Changed> {
+        if generation >= self.generation {
+            return (generation == self.generation).then(Changed::default);
+        }
+        let first = self.history.front()?.0;
+        if generation + 1 < first {
+            return None;
+        }
+        let mut changed = Changed::default();
+        for (g, step) in self.history.iter() {
+            if *g > generation {
+                changed.merge(step);
+            }
+        }
+        Some(changed)
+    }
+
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
         self.services.get(&Key::new(namespace, name))
     }
@@ -342,6 +377,11 @@ impl Cache {
                 .unwrap_or(0);
         }
         next.changed = Arc::new(changed);
+        next.history
+            .push_back((next.generation, next.changed.clone()));
+        while next.history.len() > HISTORY {
+            next.history.pop_front();
+        }
         state.working = next.clone();
         self.tx.send_replace(Arc::new(next));
     }
@@ -412,6 +452,39 @@ mod tests {
         let snap = cache.current();
         assert_eq!(snap.slices_of(&Key::new("d", "web")).count(), 1);
         assert!(!snap.changed.all);
+    }
+
+    #[test]
+    fn a_reader_that_skipped_generations_learns_what_they_changed() {
+        let cache = Cache::new(&[]);
+        cache.apply([Event::Apply(svc("d", "a", "10.0.0.1"))]);
+        let seen = cache.current().generation;
+        cache.apply([Event::Apply(svc("d", "b", "10.0.0.2"))]);
+        cache.apply([Event::Apply(slice("d", "c-1", "c", &["10.1.0.1"]))]);
+        cache.apply([Event::Apply(Object::Namespace("e".into()))]);
+        let now = cache.current();
+        let changed = now.changed_since(seen).unwrap();
+        assert_eq!(
+            changed.services,
+            BTreeSet::from([Key::new("d", "b"), Key::new("d", "c")])
+        );
+        assert!(changed.namespaces && !changed.all && !changed.pods);
+        assert_eq!(now.changed_since(now.generation), Some(Changed::default()));
+        assert_eq!(now.changed_since(now.generation + 1), None);
+        // Beyond what the snapshot remembers: unknown.
+        for i in 0..HISTORY {
+            cache.apply([Event::Apply(svc(
+                "d",
+                "b",
+                &format!("10.0.{}.{}", i / 256, i % 256),
+            ))]);
+        }
+        assert_eq!(cache.current().changed_since(seen), None);
+        let recent = cache.current().generation - 5;
+        assert_eq!(
+            cache.current().changed_since(recent).unwrap().services,
+            BTreeSet::from([Key::new("d", "b")])
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct Index {
     pub snapshot: Arc<Snapshot>,
     /// The generation at which the namespaces last changed (or this index was built whole).
     pub namespaces_since: u64,
+    /// This index was built whole, not from the previous one and what changed since.
+    pub whole: bool,
     services: imbl::HashMap<Key, Arc<Entry>>,
     /// Small vectors as values: most addresses have one target.
     reverse: imbl::HashMap<IpAddr, Vec<PtrTarget>>,
@@ -153,6 +155,7 @@ impl Index {
         let mut index = Index {
             snapshot: snapshot.clone(),
             namespaces_since: snapshot.generation,
+            whole: true,
             ..Index::default()
         };
         for svc in snapshot.services.values() {
@@ -161,21 +164,31 @@ impl Index {
         index
     }
 
-    /// The index of `snapshot`, reusing this one when `snapshot` directly follows it.
+    /// The index of `snapshot`, made from this one and what changed since its generation —
+    /// however many generations that is, as long as the snapshot remembers them — and built
+    /// whole only after a relist or reload that may have changed everything, or a gap longer
+    /// than the snapshot's history.
     pub fn next(&self, snapshot: Arc<Snapshot>, config: &Config) -> Index {
-        let consecutive = snapshot.generation == self.snapshot.generation + 1;
-        if !consecutive || snapshot.changed.all {
+        let changed = if snapshot.generation == self.snapshot.generation + 1 {
+            Some(std::borrow::Cow::Borrowed(&*snapshot.changed))
+        } else {
+            snapshot
+                .changed_since(self.snapshot.generation)
+                .map(std::borrow::Cow::Owned)
+        };
+        let Some(changed) = changed.filter(|c| !c.all) else {
             for entry in self.services.values() {
                 entry.replace();
             }
             return Index::build(snapshot, config);
-        }
+        };
         let mut index = self.clone();
         index.snapshot = snapshot.clone();
-        if snapshot.changed.namespaces {
+        index.whole = false;
+        if changed.namespaces {
             index.namespaces_since = snapshot.generation;
         }
-        for key in &snapshot.changed.services {
+        for key in &changed.services {
             index.remove(key);
             if let Some(svc) = snapshot.services.get(key) {
                 index.insert(entry(&snapshot, svc, config), key.clone());
@@ -246,5 +259,98 @@ impl Index {
     /// The PTR targets of an address.
     pub fn ptr(&self, ip: IpAddr) -> Option<&Vec<PtrTarget>> {
         self.reverse.get(&ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cache::{Cache, EndpointSlice, Event, Kind, Object};
+
+    fn service(name: &str, ip: &str) -> Object {
+        Object::Service(Service {
+            key: Key::new("d", name),
+            kind: ServiceKind::ClusterIp(vec![ip.parse().unwrap()]),
+            ports: vec![],
+        })
+    }
+
+    fn slice(service: &str, ips: &[&str]) -> Object {
+        Object::EndpointSlice(EndpointSlice {
+            key: Key::new("d", format!("{service}-1")),
+            service: Some(service.into()),
+            ports: vec![],
+            last_change_trigger: None,
+            endpoints: ips
+                .iter()
+                .map(|ip| cache::Endpoint {
+                    addresses: vec![ip.parse().unwrap()],
+                    ready: true,
+                    hostname: None,
+                    pod_name: None,
+                })
+                .collect(),
+        })
+    }
+
+    /// What an index answers, as text: every Service's entry and every address's PTR targets.
+    fn contents(index: &Index) -> String {
+        let mut out = String::new();
+        for (key, entry) in index
+            .services
+            .iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+        {
+            out.push_str(&format!(
+                "{key:?} {:?} {:?} {:?} {}\n",
+                entry.kind, entry.ports, entry.endpoints, entry.exists
+            ));
+        }
+        for (ip, targets) in index
+            .reverse
+            .iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+        {
+            out.push_str(&format!("{ip} {targets:?}\n"));
+        }
+        out
+    }
+
+    #[test]
+    fn an_index_that_skipped_generations_is_updated_for_what_they_changed() {
+        let config = Config::default();
+        let cache = Cache::new(&[]);
+        cache.apply([
+            Event::Apply(service("a", "10.0.0.1")),
+            Event::Apply(service("b", "10.0.0.2")),
+            Event::Apply(slice("b", &["10.1.0.1"])),
+        ]);
+        let first = Index::build(cache.current(), &config);
+        assert!(first.whole);
+        let (kept, changed) = (
+            first.service("d", "a").unwrap().clone(),
+            first.service("d", "b").unwrap().clone(),
+        );
+        // Three generations pass before the index follows.
+        cache.apply([Event::Apply(slice("b", &["10.1.0.1", "10.1.0.2"]))]);
+        cache.apply([Event::Apply(service("c", "10.0.0.3"))]);
+        cache.apply([Event::Delete(Kind::Services, Key::new("d", "c"))]);
+        let next = first.next(cache.current(), &config);
+        assert!(!next.whole, "not rebuilt because it fell behind");
+        assert_eq!(
+            contents(&next),
+            contents(&Index::build(cache.current(), &config))
+        );
+        assert!(Arc::ptr_eq(next.service("d", "a").unwrap(), &kept));
+        assert!(!kept.replaced(), "an unchanged Service keeps its entry");
+        assert!(changed.replaced(), "a changed one's entry is replaced");
+        // A relist may change anything: built whole, every old entry replaced.
+        cache.apply([Event::Reset(Kind::Services, vec![service("a", "10.0.0.9")])]);
+        let relisted = next.next(cache.current(), &config);
+        assert!(relisted.whole && kept.replaced());
+        assert_eq!(
+            contents(&relisted),
+            contents(&Index::build(cache.current(), &config))
+        );
     }
 }

@@ -621,6 +621,10 @@ fn describe(name: &str) -> (&'static str, &'static str) {
             "gauge",
             "Generation of the cluster snapshot the answers come from.",
         ),
+        "svcplane_dns_index_rebuilds_total" => (
+            "counter",
+            "Times the record index was built whole (at start, after a relist or reload, or a gap longer than the cache's history) instead of for the Services that changed.",
+        ),
         _ => ("untyped", ""),
     }
 }
@@ -657,6 +661,8 @@ pub struct Metrics {
     pub snapshot: Mutex<(u64, std::time::Instant)>,
     /// The API client's requests.
     pub rest: RestMetrics,
+    /// Indexes built whole.
+    pub index_rebuilds: AtomicU64,
 }
 
 /// The `service_kind` label values.
@@ -684,6 +690,7 @@ impl Default for Metrics {
             sync: Mutex::default(),
             snapshot: Mutex::new((0, std::time::Instant::now())),
             rest: RestMetrics::default(),
+            index_rebuilds: AtomicU64::new(0),
         }
     }
 }
@@ -814,6 +821,11 @@ impl Metrics {
             "svcplane_dns_snapshot_age_seconds",
             String::new(),
             at.elapsed().as_secs_f64(),
+        );
+        families.line(
+            "svcplane_dns_index_rebuilds_total",
+            String::new(),
+            self.index_rebuilds.load(Ordering::Relaxed),
         );
         process(&mut families);
         let mut out = String::new();

@@ -67,12 +67,14 @@ pub fn follow(
 ) -> watch::Receiver<Arc<Index>> {
     let snapshot = snapshots.borrow_and_update().clone();
     let mut seen = std::collections::HashMap::new();
+    let programming = metrics.clone();
     let observe = move |seen: &mut _, snapshot: &Snapshot| {
         for (kind, secs) in programmed(seen, snapshot, std::time::SystemTime::now()) {
-            metrics.programming[kind].observe(secs);
+            programming.programming[kind].observe(secs);
         }
     };
     let first = Index::build(snapshot.clone(), &config);
+    metrics.index_rebuilds.fetch_add(1, Ordering::Relaxed);
     observe(&mut seen, &snapshot);
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
@@ -86,6 +88,9 @@ pub fn follow(
             else {
                 return;
             };
+            if next.whole {
+                metrics.index_rebuilds.fetch_add(1, Ordering::Relaxed);
+            }
             if tx.send(Arc::new(next)).is_err() {
                 return;
             }
