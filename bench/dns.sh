@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # svcplane dns against Knot DNS and CoreDNS on the same data, taking turns: each server runs
-# alone on one pinned core, dnsperf drives it from the other core over loopback for a bounded
-# time, and the script prints median queries/s, average latency, the server's CPU share, queries
-# per CPU-second and RSS. Contenders:
-#   svcplane       svcplane dns --manifests (the generated Services and EndpointSlices)
+# alone on one pinned core, dnsperf drives it from the other core over loopback, and the script
+# prints, per contender, median queries/s (free-running), the server's CPU share, queries per
+# CPU-second and RSS after the run, then p50/p99 latency at a fixed offered load (half of
+# Knot's median capacity, or PACE) after one unmeasured pass over the query file at that load.
+# Contenders:
+#   svcplane       svcplane dns with kubeadm's Corefile, its kubernetes block reading the
+#                  generated Services and EndpointSlices as manifests
+#   svcplane-k8s   the same Corefile fed by a real kube-apiserver holding the same objects
 #   knot           Knot DNS serving the equivalent zone file
-#   coredns-file   CoreDNS's file plugin serving the same zone file
-#   coredns-k8s    CoreDNS's kubernetes plugin fed by a real kube-apiserver holding the same
-#                  objects; kube-apiserver and etcd are stopped (SIGSTOP) while it is measured
+#   coredns-k8s    CoreDNS with kubeadm's Corefile fed by the same kube-apiserver
+#   coredns-file   CoreDNS's file plugin serving the zone file
+# kube-apiserver and etcd are stopped (SIGSTOP) while a contender they feed is measured.
+# kubeadm's Corefile (v1.37, `kubeadm init phase addon coredns --print-manifest`): errors,
+# health, ready, kubernetes (pods insecure, fallthrough for the reverse zones, ttl 30),
+# prometheus, forward to /etc/resolv.conf, cache 30 with success and denial disabled for
+# cluster.local, loop, reload, loadbalance.
 #
 #   bench/dns.sh [N] [ROUNDS] [SECONDS] [CONTENDERS]
-#       (defaults: 10000 services, 3 rounds, 10 s per run, "svcplane knot coredns-file coredns-k8s")
+#       (defaults: 10000 services, 3 rounds, 10 s per run, "svcplane svcplane-k8s knot coredns-k8s")
+#   ENDPOINTS=E   ready endpoints per headless Service (default 3)
+#   PACE=Q        the fixed offered load of the latency runs (default: half Knot's median)
 #
 # Needs Debian's knot and dnsperf (installed here if missing), python3, and the peers
 # (bash peers/build.sh coredns kube-apiserver etcd kubectl).
@@ -18,7 +28,8 @@ set -euo pipefail
 N=${1:-10000}
 ROUNDS=${2:-3}
 SECONDS_PER_RUN=${3:-10}
-CONTENDERS=${4:-svcplane knot coredns-file coredns-k8s}
+CONTENDERS=${4:-svcplane svcplane-k8s knot coredns-k8s}
+ENDPOINTS=${ENDPOINTS:-3}
 SERVER_CPU=1
 CLIENT_CPU=0
 cd "$(dirname "$0")/.."
@@ -30,7 +41,7 @@ PEERS=${SVCPLANE_PEERS:-$PWD/target/peers/bin}
 case " $CONTENDERS " in *" coredns"*)
     [ -x "$PEERS/coredns" ] || bash peers/build.sh coredns ;;
 esac
-case " $CONTENDERS " in *" coredns-k8s "*)
+case " $CONTENDERS " in *"-k8s "*)
     [ -x "$PEERS/kube-apiserver" ] && [ -x "$PEERS/etcd" ] && [ -x "$PEERS/kubectl" ] || bash peers/build.sh kube-apiserver etcd kubectl
     cargo build --release --quiet -p testkit --example bench_cluster ;;
 esac
@@ -38,7 +49,7 @@ esac
 WORK=$(mktemp -d)
 # A frozen API server's watchdog could not notice that we are gone: thaw it first.
 trap '[ -n "${APISERVER_PGID:-}" ] && kill -CONT -- "-$APISERVER_PGID" "-$ETCD_PGID" 2>/dev/null; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-python3 bench/dns_gen.py "$N" "$WORK"
+python3 bench/dns_gen.py "$N" "$WORK" "$ENDPOINTS"
 
 cat >"$WORK/knot.conf" <<KNOT
 server:
@@ -58,12 +69,48 @@ zone:
     journal-content: none
 KNOT
 
+# kubeadm's Corefile for PORT, its cluster source the lines given.
+kubeadm_corefile() {
+    cat <<COREFILE
+.:$PORT {
+    bind 127.0.0.1
+    errors
+    health 127.0.0.1:$(port) {
+       lameduck 5s
+    }
+    ready 127.0.0.1:$(port)
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+       $1
+    }
+    prometheus 127.0.0.1:$(port)
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+COREFILE
+}
+
 # Starts one server pinned to SERVER_CPU; sets PID and PORT.
 start_server() {
     PORT=$(port)
     case $1 in
     svcplane)
-        taskset -c $SERVER_CPU "$SVCPLANE" dns --listen "127.0.0.1:$PORT" --manifests "$WORK/manifests.yaml" 2>"$WORK/server.log" &
+        kubeadm_corefile "manifests $WORK/manifests.yaml" >"$WORK/Corefile"
+        taskset -c $SERVER_CPU "$SVCPLANE" dns --conf "$WORK/Corefile" 2>"$WORK/server.log" &
+        ;;
+    svcplane-k8s)
+        kubeadm_corefile "kubeconfig $KUBECONFIG_FILE admin" >"$WORK/Corefile"
+        taskset -c $SERVER_CPU "$SVCPLANE" dns --conf "$WORK/Corefile" 2>"$WORK/server.log" &
         ;;
     knot)
         sed "s/KNOT_PORT/$PORT/" "$WORK/knot.conf" >"$WORK/knot-run.conf"
@@ -74,12 +121,12 @@ start_server() {
         taskset -c $SERVER_CPU "$PEERS/coredns" -conf "$WORK/Corefile" >"$WORK/server.log" 2>&1 &
         ;;
     coredns-k8s)
-        printf 'cluster.local:%s {\n bind 127.0.0.1\n kubernetes cluster.local {\n kubeconfig %s admin\n }\n}\n' "$PORT" "$KUBECONFIG_FILE" >"$WORK/Corefile"
+        kubeadm_corefile "kubeconfig $KUBECONFIG_FILE admin" >"$WORK/Corefile"
         taskset -c $SERVER_CPU "$PEERS/coredns" -conf "$WORK/Corefile" >"$WORK/server.log" 2>&1 &
         ;;
     esac
     PID=$!
-    for _ in $(seq 600); do
+    for _ in $(seq 3000); do
         dig @127.0.0.1 -p "$PORT" +time=1 +tries=1 svc0.ns0.svc.cluster.local A 2>/dev/null | grep -q 'status: NOERROR' && return
         sleep 0.1
     done
@@ -88,37 +135,42 @@ start_server() {
     exit 1
 }
 
-# The kube-apiserver (and etcd) that feeds coredns-k8s, loaded once with the same objects.
-case " $CONTENDERS " in *" coredns-k8s "*)
+# The kube-apiserver (and etcd) that feeds the -k8s contenders, loaded once with the same objects.
+case " $CONTENDERS " in *"-k8s "*)
     mkfifo "$WORK/cluster.stdin"
     SVCPLANE_PEERS=$PEERS target/release/examples/bench_cluster "$WORK/manifests.yaml" <"$WORK/cluster.stdin" >"$WORK/cluster.out" 2>"$WORK/cluster.log" &
     exec 3>"$WORK/cluster.stdin"
-    for _ in $(seq 1800); do grep -q '^ready ' "$WORK/cluster.out" && break; sleep 0.2; done
+    for _ in $(seq 9000); do grep -q '^ready ' "$WORK/cluster.out" && break; sleep 0.2; done
     grep -q '^ready ' "$WORK/cluster.out" || { echo "the bench cluster did not start:" >&2; cat "$WORK/cluster.log" >&2; exit 1; }
     read -r _ KUBECONFIG_FILE APISERVER_PGID ETCD_PGID <"$WORK/cluster.out"
     cat "$WORK/cluster.log" >&2
     ;;
 esac
 
-declare -A QPS LAT CPU RSS QPC
+# Stops the server at once (its lameduck would only delay the next run).
+stop_server() {
+    kill -KILL "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+}
+
+# Freezes or thaws the API server and etcd behind a -k8s contender.
+freeze() {
+    case $1 in *-k8s) kill "-$2" -- "-$APISERVER_PGID" "-$ETCD_PGID" ;; esac
+}
+
+declare -A QPS LAT CPU RSS QPC P50 P99
 for round in $(seq "$ROUNDS"); do
     for server in $CONTENDERS; do
         start_server $server
-        if [ "$server" = coredns-k8s ]; then
-            # Measured on its cache alone: the API server and etcd are frozen.
-            kill -STOP -- "-$APISERVER_PGID" "-$ETCD_PGID"
-        fi
+        freeze $server STOP
         before=$(awk '{print $14 + $15}' "/proc/$PID/stat")
         start=$(date +%s.%N)
         taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/queries.txt" -l "$SECONDS_PER_RUN" -c 8 -q 200 >"$WORK/perf.txt" 2>&1
         end=$(date +%s.%N)
         after=$(awk '{print $14 + $15}' "/proc/$PID/stat")
         rss=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
-        kill $PID
-        wait $PID 2>/dev/null || true
-        if [ "$server" = coredns-k8s ]; then
-            kill -CONT -- "-$APISERVER_PGID" "-$ETCD_PGID"
-        fi
+        stop_server
+        freeze $server CONT
         qps=$(awk '/Queries per second/ {print int($4)}' "$WORK/perf.txt")
         lat=$(awk '/Average Latency/ {printf "%.0f", $4 * 1000000}' "$WORK/perf.txt")
         lost=$(awk '/Queries lost/ {print $3}' "$WORK/perf.txt")
@@ -133,9 +185,33 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+# Latency at a fixed offered load: every query's time from dnsperf -v.
+if [ -z "${PACE:-}" ]; then
+    case " $CONTENDERS " in
+    *" knot "*) PACE=$(( $(echo "${QPS[knot]}" | median | cut -d. -f1) / 2 )) ;;
+    *) PACE=$(( $(echo "${QPS[$(echo $CONTENDERS | cut -d' ' -f1)]}" | median | cut -d. -f1) / 2 )) ;;
+    esac
+fi
+for round in $(seq "$ROUNDS"); do
+    for server in $CONTENDERS; do
+        start_server $server
+        freeze $server STOP
+        # Every contender first answers the query file once at the same load, unmeasured: the
+        # steady state is measured, not a server's first sight of each name.
+        taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/queries.txt" -n 1 -c 8 -q 200 -Q "$PACE" >/dev/null 2>&1
+        taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/queries.txt" -l "$SECONDS_PER_RUN" -c 8 -q 200 -Q "$PACE" -v >"$WORK/paced.txt" 2>&1
+        stop_server
+        freeze $server CONT
+        read -r p50 p99 < <(awk '/^> / {print $NF * 1000000}' "$WORK/paced.txt" | sort -n | awk '{a[NR]=$1} END {printf "%.0f %.0f\n", a[int(NR*0.5)], a[int(NR*0.99)]}')
+        P50[$server]+="$p50 "
+        P99[$server]+="$p99 "
+        echo "N=$N paced round $round $server at $PACE q/s: p50 $p50 us, p99 $p99 us" >&2
+    done
+done
+
 echo
-echo "| N | server | queries/s (median of $ROUNDS) | avg latency (us) | server CPU | queries per CPU-second | RSS (MiB) | runs (q/s) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| N | server | queries/s (median of $ROUNDS, min–max) | server CPU | queries per CPU-second (min–max) | RSS (MiB) | p50 / p99 at $PACE q/s (µs, p99 min–max) |"
+echo "|---|---|---|---|---|---|---|"
 for server in $CONTENDERS; do
-    echo "| $N | $server | $(echo "${QPS[$server]}" | median) | $(echo "${LAT[$server]}" | median) | $(echo "${CPU[$server]}" | median) % | $(echo "${QPC[$server]}" | median) | $(echo "${RSS[$server]}" | median) | ${QPS[$server]}|"
+    echo "| $N | $server | $(echo "${QPS[$server]}" | median) ($(echo "${QPS[$server]}" | range)) | $(echo "${CPU[$server]}" | median) % | $(echo "${QPC[$server]}" | median) ($(echo "${QPC[$server]}" | range)) | $(echo "${RSS[$server]}" | median) | $(echo "${P50[$server]}" | median) / $(echo "${P99[$server]}" | median) ($(echo "${P99[$server]}" | range)) |"
 done

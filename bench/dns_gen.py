@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Generates the DNS benchmark's data set: N Services over 100 namespaces (two in three ClusterIP
-with an `http` port, one in three headless with three ready endpoints), as Kubernetes manifests for
-`svcplane dns --manifests`, as the equivalent `cluster.local` zone file for Knot DNS, and a dnsperf
-query file: 70% A hits, 10% SRV, 10% NXDOMAIN, 10% AAAA NODATA.
+with an `http` port, one in three headless with E ready endpoints, 3 unless given), as Kubernetes
+manifests for `svcplane dns --manifests`, as the equivalent `cluster.local` zone file for Knot DNS,
+and a dnsperf query file: 70% A hits, 10% SRV, 10% NXDOMAIN, 10% AAAA NODATA.
 
-usage: dns_gen.py N OUTDIR
+usage: dns_gen.py N OUTDIR [E]
 """
 import random
 import sys
 
 n = int(sys.argv[1])
 out = sys.argv[2]
+per_headless = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 random.seed(42)
 NAMESPACES = 100
 TTL = 5
@@ -24,7 +25,7 @@ def cluster_ip(i):
 
 
 def endpoint_ip(i, k):
-    j = i * 3 + k
+    j = i * per_headless + k
     return f"10.{128 + j // 65536}.{(j // 256) % 256}.{j % 256}"
 
 
@@ -44,7 +45,7 @@ with open(f"{out}/manifests.yaml", "w") as m:
             f"spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n"
         )
         if headless:
-            eps = "".join(f"- addresses: [{endpoint_ip(i, k)}]\n" for k in range(3))
+            eps = "".join(f"- addresses: [{endpoint_ip(i, k)}]\n" for k in range(per_headless))
             m.write(
                 f"---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
                 f"metadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\n"
@@ -58,8 +59,8 @@ with open(f"{out}/cluster.local.zone", "w") as z:
     for name, ns, headless, i in services:
         owner = f"{name}.{ns}.svc"
         if headless:
-            eps = [endpoint_ip(i, k) for k in range(3)]
-            w = 100 // 3
+            eps = [endpoint_ip(i, k) for k in range(per_headless)]
+            w = max(1, 100 // per_headless)
             for ip in eps:
                 dashed = ip.replace(".", "-")
                 z.write(f"{owner} A {ip}\n{dashed}.{owner} A {ip}\n")

@@ -125,6 +125,14 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
     Ok(acc.finish())
 }
 
+/// Converts the manifests of one file's `text` (`file` names it in errors; a `.json` file is
+/// read as JSON, any other as YAML documents).
+pub fn parse(file: &Path, text: &str) -> Result<Loaded> {
+    let mut acc = Collector::default();
+    acc.file(file, text)?;
+    Ok(acc.finish())
+}
+
 /// Objects collected so far, with where each came from (to refuse duplicates).
 #[derive(Default)]
 struct Collector {

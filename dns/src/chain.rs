@@ -356,7 +356,7 @@ impl Router {
                 cache.count_request(kind);
             }
             (cache, Some(index)) => {
-                if chain.hosts.is_some() {
+                if chain.hosts.is_some() || !memo.keeps() {
                     return false;
                 }
                 if let Kept::Unknown = memo.get(&key, chain, &index) {

@@ -19,13 +19,14 @@ use crate::index::{Entry, Index};
 use crate::wire::Template;
 
 /// Questions kept per receiving thread unless configured otherwise.
-pub const DEFAULT_CAPACITY: usize = 1 << 15;
+pub const DEFAULT_CAPACITY: usize = 1 << 17;
 
 /// One thread's kept answers.
 #[derive(Default)]
 pub struct Memo {
-    /// By the request's key (lower-case question and flag byte).
-    slots: HashMap<Box<[u8]>, Slot, foldhash::fast::FixedState>,
+    /// By the request's key (lower-case question and flag byte). Boxed: a table has up to
+    /// twice as many buckets as entries, and an empty bucket then costs a pointer, not a slot.
+    slots: HashMap<Box<[u8]>, Box<Slot>, foldhash::fast::FixedState>,
     capacity: usize,
     /// Rooms made so far: picks the hash bit of the next.
     rooms: u32,
@@ -99,7 +100,7 @@ impl Memo {
         }
         self.slots.insert(
             key.into(),
-            Slot {
+            Box::new(Slot {
                 chain: Arc::downgrade(chain),
                 generation: index.snapshot.generation,
                 serial: reads.serial.then_some(index.snapshot.last_change),
@@ -107,8 +108,13 @@ impl Memo {
                 services: reads.services.into(),
                 whole: reads.whole,
                 template,
-            },
+            }),
         );
+    }
+
+    /// Whether this table keeps anything at all.
+    pub fn keeps(&self) -> bool {
+        self.capacity > 0
     }
 
     /// Questions kept.
