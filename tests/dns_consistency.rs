@@ -38,6 +38,8 @@ fn version(third_octet: u8) -> (String, BTreeSet<IpAddr>) {
     (text, ips.iter().map(|ip| ip.parse().unwrap()).collect())
 }
 
+const FLIP: &str = "flip.testns.svc.cluster.local.";
+
 /// The server, killed when the test ends however it ends.
 struct Server(std::process::Child);
 
@@ -48,13 +50,11 @@ impl Drop for Server {
     }
 }
 
-fn query(socket: &UdpSocket, port: u16, id: u16) -> Option<BTreeSet<IpAddr>> {
+/// The A records of `name` from the server on `port` (`None`: no reply in time).
+fn addresses(socket: &UdpSocket, port: u16, name: &str, id: u16) -> Option<BTreeSet<IpAddr>> {
     let mut m = Message::query();
     m.metadata.id = id;
-    m.add_query(Query::query(
-        Name::from_ascii("flip.testns.svc.cluster.local.").unwrap(),
-        RecordType::A,
-    ));
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     socket
         .send_to(&m.to_vec().unwrap(), ("127.0.0.1", port))
         .unwrap();
@@ -108,7 +108,7 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while query(&socket, port, 1).as_ref() != Some(&a_ips) {
+    while addresses(&socket, port, FLIP, 1).as_ref() != Some(&a_ips) {
         assert!(
             Instant::now() < deadline,
             "svcplane dns never answered: {}",
@@ -139,7 +139,7 @@ fn rewrites_during_queries_never_yield_a_mixed_answer() {
             "5000 answers did not come within 2 minutes ({answered} did)"
         );
         id = id.wrapping_add(1);
-        let Some(ips) = query(&socket, port, id) else {
+        let Some(ips) = addresses(&socket, port, FLIP, id) else {
             continue;
         };
         answered += 1;
@@ -240,33 +240,13 @@ async fn endpoint_churn_through_kube_apiserver_never_mixes_versions_nor_rebuilds
             .spawn()
             .unwrap(),
     );
-    let ask = move |socket: &UdpSocket, i: usize, id: u16| -> Option<BTreeSet<IpAddr>> {
-        let mut m = Message::query();
-        m.metadata.id = id;
-        m.add_query(Query::query(
-            Name::from_ascii(format!("s{i}.{namespace}.svc.cluster.local.")).unwrap(),
-            RecordType::A,
-        ));
-        socket
-            .send_to(&m.to_vec().unwrap(), ("127.0.0.1", port))
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            let (n, _) = socket.recv_from(&mut buf).ok()?;
-            let reply = Message::from_vec(&buf[..n]).unwrap();
-            if reply.metadata.id == id {
-                return Some(
-                    reply
-                        .answers
-                        .iter()
-                        .filter_map(|r| match &r.data {
-                            RData::A(a) => Some(IpAddr::V4(a.0)),
-                            _ => None,
-                        })
-                        .collect(),
-                );
-            }
-        }
+    let ask = move |socket: &UdpSocket, i: usize, id: u16| {
+        addresses(
+            socket,
+            port,
+            &format!("s{i}.{namespace}.svc.cluster.local."),
+            id,
+        )
     };
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
