@@ -46,16 +46,18 @@ pub struct LoopProbe {
 }
 
 impl LoopProbe {
-    /// A probe `<random>.<random>.<zone>`.
+    /// A probe `<random>.<random>.<zone>`; for a zone too long to have such a name below it,
+    /// a probe that is never sent nor counted.
     pub fn new(zone: Name) -> LoopProbe {
         let label = || (rand::random::<u64>() >> 2).to_string();
-        let name = Name::from_ascii(format!("{}.{}.{}", label(), label(), zone.to_ascii()))
-            .unwrap_or_else(|_| zone.clone());
+        let name = Name::from_labels([label(), label()].iter().map(|l| l.as_bytes()))
+            .and_then(|n| n.append_domain(&zone))
+            .ok();
         LoopProbe {
-            name,
+            disabled: AtomicBool::new(name.is_none()),
+            name: name.unwrap_or_else(|| zone.clone()),
             zone,
             seen: AtomicU32::new(0),
-            disabled: AtomicBool::new(false),
         }
     }
 
@@ -74,6 +76,9 @@ impl LoopProbe {
     /// Sends the probe to `addr` once a second for up to 30 s until something answers, then
     /// stops watching for it, as CoreDNS's `loop` does.
     pub async fn run(self: Arc<Self>, addr: SocketAddr) {
+        if self.disabled.load(Ordering::Relaxed) {
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut probe = Message::query();
         probe.metadata.recursion_desired = true;
@@ -1012,6 +1017,33 @@ mod tests {
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn the_loop_probe_of_the_root_zone_is_a_random_name_below_it() {
+        // Found by the differential fuzz target: the probe of `.` was `.` itself, so three
+        // HINFO questions for the root from anyone ended the process as a loop.
+        let probe = LoopProbe::new(Name::root());
+        assert_eq!(probe.name.num_labels(), 2, "{}", probe.name);
+        let root = ask(".", RecordType::HINFO, None);
+        assert!((0..5).all(|_| !probe.looped(&root)));
+        let mut own = root.clone();
+        own.queries[0].set_name(probe.name.clone());
+        assert!(!probe.looped(&own) && !probe.looped(&own) && probe.looped(&own));
+        let long_label = "a".repeat(63);
+        let zone = Name::from_ascii(format!(
+            "{long_label}.{long_label}.{long_label}.{}.",
+            "b".repeat(40)
+        ))
+        .unwrap();
+        let long = LoopProbe::new(zone.clone());
+        let mut at_zone = root.clone();
+        at_zone.queries[0].set_name(zone.clone());
+        assert_eq!(long.name, zone, "no room below the zone for a probe");
+        assert!(
+            (0..5).all(|_| !long.looped(&at_zone)),
+            "a zone with no room for a probe below it has none"
+        );
     }
 
     fn worker() -> Worker<rand::rngs::StdRng> {

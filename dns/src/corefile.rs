@@ -165,6 +165,16 @@ pub fn parse_with(
                 keys.extend(parse_key(key).map_err(|m| fail(token, m))?);
             }
         }
+        // Commas alone name no zone (found by the corefile fuzz target).
+        if keys.is_empty() {
+            return Err(fail(
+                first,
+                format!(
+                    "a server block needs at least one key, e.g. `.:53 {{`; {:?} names none",
+                    join(key_tokens)
+                ),
+            ));
+        }
         let (directives, next) = parse_body(&lines, rest, first).map_err(failed)?;
         blocks.push(ServerBlock {
             keys,
@@ -746,6 +756,21 @@ pub(crate) mod tests {
         assert_eq!(cache.args, ["30"]);
         assert_eq!(cache.block[0].args, ["success", "cluster.local"]);
         assert_eq!(block.directives[9].line, 22);
+    }
+
+    #[test]
+    fn a_block_whose_keys_are_only_commas_is_refused_with_its_line() {
+        // Found by the corefile fuzz target: the planner indexed a block's first key.
+        let text = ", {\n    errors\n    cache U0\n    loop\n    fo0.1\n}\n";
+        let err = parse(text, "Corefile", |_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("Corefile:1") && err.contains("at least one key"),
+            "{err}"
+        );
+        let err = parse(".:53 {\n}\n,, {\n}\n", "Corefile", |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Corefile:3"), "{err}");
     }
 
     #[test]
