@@ -69,47 +69,16 @@ zone:
     journal-content: none
 KNOT
 
-# kubeadm's Corefile for PORT, its cluster source the lines given.
-kubeadm_corefile() {
-    cat <<COREFILE
-.:$PORT {
-    bind 127.0.0.1
-    errors
-    health 127.0.0.1:$(port) {
-       lameduck 5s
-    }
-    ready 127.0.0.1:$(port)
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-       $1
-    }
-    prometheus 127.0.0.1:$(port)
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-COREFILE
-}
-
 # Starts one server pinned to SERVER_CPU; sets PID and PORT.
 start_server() {
     PORT=$(port)
     case $1 in
     svcplane)
-        kubeadm_corefile "manifests $WORK/manifests.yaml" >"$WORK/Corefile"
+        kubeadm_corefile "$PORT" "$(port)" "manifests $WORK/manifests.yaml" >"$WORK/Corefile"
         taskset -c $SERVER_CPU "$SVCPLANE" dns --conf "$WORK/Corefile" 2>"$WORK/server.log" &
         ;;
     svcplane-k8s)
-        kubeadm_corefile "kubeconfig $KUBECONFIG_FILE admin" >"$WORK/Corefile"
+        kubeadm_corefile "$PORT" "$(port)" "kubeconfig $KUBECONFIG_FILE admin" >"$WORK/Corefile"
         taskset -c $SERVER_CPU "$SVCPLANE" dns --conf "$WORK/Corefile" 2>"$WORK/server.log" &
         ;;
     knot)
@@ -121,15 +90,12 @@ start_server() {
         taskset -c $SERVER_CPU "$PEERS/coredns" -conf "$WORK/Corefile" >"$WORK/server.log" 2>&1 &
         ;;
     coredns-k8s)
-        kubeadm_corefile "kubeconfig $KUBECONFIG_FILE admin" >"$WORK/Corefile"
+        kubeadm_corefile "$PORT" "$(port)" "kubeconfig $KUBECONFIG_FILE admin" >"$WORK/Corefile"
         taskset -c $SERVER_CPU "$PEERS/coredns" -conf "$WORK/Corefile" >"$WORK/server.log" 2>&1 &
         ;;
     esac
     PID=$!
-    for _ in $(seq 3000); do
-        dig @127.0.0.1 -p "$PORT" +time=1 +tries=1 svc0.ns0.svc.cluster.local A 2>/dev/null | grep -q 'status: NOERROR' && return
-        sleep 0.1
-    done
+    wait_for_dns "$PORT" && return
     echo "$1 did not start; log:" >&2
     cat "$WORK/server.log" >&2
     exit 1
@@ -137,13 +103,7 @@ start_server() {
 
 # The kube-apiserver (and etcd) that feeds the -k8s contenders, loaded once with the same objects.
 case " $CONTENDERS " in *"-k8s "*)
-    mkfifo "$WORK/cluster.stdin"
-    SVCPLANE_PEERS=$PEERS target/release/examples/bench_cluster "$WORK/manifests.yaml" <"$WORK/cluster.stdin" >"$WORK/cluster.out" 2>"$WORK/cluster.log" &
-    exec 3>"$WORK/cluster.stdin"
-    for _ in $(seq 9000); do grep -q '^ready ' "$WORK/cluster.out" && break; sleep 0.2; done
-    grep -q '^ready ' "$WORK/cluster.out" || { echo "the bench cluster did not start:" >&2; cat "$WORK/cluster.log" >&2; exit 1; }
-    read -r _ KUBECONFIG_FILE APISERVER_PGID ETCD_PGID <"$WORK/cluster.out"
-    cat "$WORK/cluster.log" >&2
+    start_bench_cluster
     ;;
 esac
 

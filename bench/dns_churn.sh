@@ -32,13 +32,7 @@ SVCPLANE=$PWD/target/release/svcplane
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 python3 bench/dns_gen.py "$N" "$WORK"
-mkfifo "$WORK/cluster.stdin"
-SVCPLANE_PEERS=$PEERS target/release/examples/bench_cluster "$WORK/manifests.yaml" <"$WORK/cluster.stdin" >"$WORK/cluster.out" 2>"$WORK/cluster.log" &
-exec 3>"$WORK/cluster.stdin"
-for _ in $(seq 9000); do grep -q '^ready ' "$WORK/cluster.out" && break; sleep 0.2; done
-grep -q '^ready ' "$WORK/cluster.out" || { echo "the bench cluster did not start:" >&2; cat "$WORK/cluster.log" >&2; exit 1; }
-read -r _ KUBECONFIG_FILE _ _ <"$WORK/cluster.out"
-cat "$WORK/cluster.log" >&2
+start_bench_cluster
 
 rebuilds() { python3 - "$1" <<'PY'
 import sys, urllib.request
@@ -52,37 +46,10 @@ declare -a P50 P99 MAX
 for round in $(seq "$ROUNDS"); do
     PORT=$(port)
     METRICS=$(port)
-    cat >"$WORK/Corefile" <<COREFILE
-.:$PORT {
-    bind 127.0.0.1
-    errors
-    health 127.0.0.1:$(port)
-    ready 127.0.0.1:$(port)
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-       kubeconfig $KUBECONFIG_FILE admin
-    }
-    prometheus 127.0.0.1:$METRICS
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-COREFILE
+    kubeadm_corefile "$PORT" "$METRICS" "kubeconfig $KUBECONFIG_FILE admin" >"$WORK/Corefile"
     taskset -c $SERVER_CPU "$SVCPLANE" dns --conf "$WORK/Corefile" 2>"$WORK/server.log" &
     PID=$!
-    for _ in $(seq 3000); do
-        dig @127.0.0.1 -p "$PORT" +time=1 +tries=1 svc0.ns0.svc.cluster.local A 2>/dev/null | grep -q 'status: NOERROR' && break
-        sleep 0.1
-    done
+    wait_for_dns "$PORT" || { cat "$WORK/server.log" >&2; exit 1; }
     before=$(rebuilds "$METRICS")
     taskset -c $CLIENT_CPU dnsperf -s 127.0.0.1 -p "$PORT" -d "$WORK/queries.txt" -l "$((SECONDS_PER_RUN + 5))" -c 8 -q 200 -Q "$PACE" >"$WORK/perf.txt" 2>&1 &
     PERF=$!
