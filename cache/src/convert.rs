@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use crate::api;
 use crate::types::{
-    Endpoint, EndpointPort, EndpointSlice, Key, Pod, Protocol, Service, ServiceKind, ServicePort,
+    Addresses, Endpoint, EndpointPort, EndpointSlice, Key, Name, Pod, Protocol, Service,
+    ServiceKind, ServicePort,
 };
 use crate::{Error, Result};
 
@@ -38,7 +39,7 @@ pub fn key_of(kind: &str, meta: &api::ObjectMeta) -> Result<Key> {
             message: "is required".into(),
         });
     };
-    Ok(Key { namespace, name })
+    Ok(Key::new(namespace, name))
 }
 
 fn port_number(kind: &str, key: &Key, field: String, port: i32) -> Result<u16> {
@@ -83,7 +84,7 @@ pub fn service(svc: &api::Service) -> Result<Service> {
                     "is required for type ExternalName, e.g. db.example.com",
                 )
             })?;
-        ServiceKind::ExternalName(name.trim_end_matches('.').to_string())
+        ServiceKind::ExternalName(name.trim_end_matches('.').into())
     } else {
         let ips = match spec.cluster_ips.as_deref() {
             Some(list) if !list.is_empty() => list
@@ -100,7 +101,7 @@ pub fn service(svc: &api::Service) -> Result<Service> {
         if ips.first().is_some_and(|(_, ip)| ip == "None") {
             ServiceKind::Headless
         } else {
-            let mut parsed = Vec::new();
+            let mut parsed = Addresses::new();
             for (field, ip) in ips.into_iter().filter(|(_, ip)| !ip.is_empty()) {
                 parsed.push(ip.parse::<IpAddr>().map_err(|_| {
                     invalid(
@@ -117,7 +118,7 @@ pub fn service(svc: &api::Service) -> Result<Service> {
     let mut ports = Vec::new();
     for (i, p) in spec.ports.unwrap_or_default().iter().enumerate() {
         ports.push(ServicePort {
-            name: p.name.clone().unwrap_or_default(),
+            name: p.name.as_deref().unwrap_or_default().into(),
             protocol: protocol(
                 "Service",
                 &key,
@@ -127,7 +128,11 @@ pub fn service(svc: &api::Service) -> Result<Service> {
             port: port_number("Service", &key, format!("spec.ports[{i}].port"), p.port)?,
         });
     }
-    Ok(Service { key, kind, ports })
+    Ok(Service {
+        key,
+        kind,
+        ports: ports.into(),
+    })
 }
 
 /// Converts an EndpointSlice. Slices of addressType FQDN carry names, not addresses: they convert
@@ -139,13 +144,13 @@ pub fn endpoint_slice(slice: &api::EndpointSlice) -> Result<EndpointSlice> {
         .labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .cloned();
+        .map(Name::new);
     let mut ports = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         // A port without a number means "all ports": nothing DNS can publish.
         let Some(number) = p.port else { continue };
         ports.push(EndpointPort {
-            name: p.name.clone().unwrap_or_default(),
+            name: p.name.as_deref().unwrap_or_default().into(),
             protocol: protocol(
                 "EndpointSlice",
                 &key,
@@ -158,7 +163,7 @@ pub fn endpoint_slice(slice: &api::EndpointSlice) -> Result<EndpointSlice> {
     let mut endpoints = Vec::new();
     if slice.address_type != "FQDN" {
         for (i, e) in slice.endpoints.iter().flatten().enumerate() {
-            let mut addresses = Vec::new();
+            let mut addresses = Addresses::new();
             for (j, a) in e.addresses.iter().enumerate() {
                 addresses.push(a.parse::<IpAddr>().map_err(|_| {
                     invalid(
@@ -172,12 +177,16 @@ pub fn endpoint_slice(slice: &api::EndpointSlice) -> Result<EndpointSlice> {
             endpoints.push(Endpoint {
                 addresses,
                 ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
-                hostname: e.hostname.clone().filter(|h| !h.is_empty()),
+                hostname: e
+                    .hostname
+                    .as_deref()
+                    .filter(|h| !h.is_empty())
+                    .map(Name::new),
                 pod_name: e
                     .target_ref
                     .as_ref()
                     .filter(|r| r.kind.as_deref() == Some("Pod"))
-                    .and_then(|r| r.name.clone()),
+                    .and_then(|r| r.name.as_deref().map(Name::new)),
             });
         }
     }
@@ -192,8 +201,8 @@ pub fn endpoint_slice(slice: &api::EndpointSlice) -> Result<EndpointSlice> {
     Ok(EndpointSlice {
         key,
         service,
-        ports,
-        endpoints,
+        ports: ports.into(),
+        endpoints: endpoints.into(),
         last_change_trigger,
     })
 }
@@ -210,7 +219,7 @@ pub fn mirror_endpoints(eps: &api::Endpoints) -> Result<Vec<EndpointSlice>> {
         let mut ports = Vec::new();
         for (j, p) in subset.ports.iter().flatten().enumerate() {
             ports.push(EndpointPort {
-                name: p.name.clone().unwrap_or_default(),
+                name: p.name.as_deref().unwrap_or_default().into(),
                 protocol: protocol(
                     "Endpoints",
                     &key,
@@ -225,6 +234,7 @@ pub fn mirror_endpoints(eps: &api::Endpoints) -> Result<Vec<EndpointSlice>> {
                 )?,
             });
         }
+        let ports: std::sync::Arc<[EndpointPort]> = ports.into();
         let mut by_family: [Vec<Endpoint>; 2] = [Vec::new(), Vec::new()];
         let lists = [
             ("addresses", subset.addresses.as_ref(), true),
@@ -245,14 +255,18 @@ pub fn mirror_endpoints(eps: &api::Endpoints) -> Result<Vec<EndpointSlice>> {
                     )
                 })?;
                 by_family[usize::from(ip.is_ipv6())].push(Endpoint {
-                    addresses: vec![ip],
+                    addresses: Addresses::from_buf([ip]),
                     ready,
-                    hostname: a.hostname.clone().filter(|h| !h.is_empty()),
+                    hostname: a
+                        .hostname
+                        .as_deref()
+                        .filter(|h| !h.is_empty())
+                        .map(Name::new),
                     pod_name: a
                         .target_ref
                         .as_ref()
                         .filter(|r| r.kind.as_deref() == Some("Pod"))
-                        .and_then(|r| r.name.clone()),
+                        .and_then(|r| r.name.as_deref().map(Name::new)),
                 });
             }
         }
@@ -272,7 +286,7 @@ pub fn mirror_endpoints(eps: &api::Endpoints) -> Result<Vec<EndpointSlice>> {
                 ),
                 service: Some(key.name.clone()),
                 ports: ports.clone(),
-                endpoints,
+                endpoints: endpoints.into(),
                 last_change_trigger: None,
             });
         }
@@ -315,17 +329,18 @@ pub fn pod(pod: &api::Pod) -> Result<Pod> {
     );
     Ok(Pod {
         key,
-        ips,
+        ips: ips.into(),
         live: !finished && pod.metadata.deletion_timestamp.is_none(),
     })
 }
 
 /// The name of a Namespace.
-pub fn namespace(ns: &api::Namespace) -> Result<String> {
+pub fn namespace(ns: &api::Namespace) -> Result<Name> {
     ns.metadata
         .name
-        .clone()
+        .as_deref()
         .filter(|n| !n.is_empty())
+        .map(Name::new)
         .ok_or_else(|| Error::Invalid {
             object: "Namespace".into(),
             field: "metadata.name".into(),
@@ -368,10 +383,14 @@ mod tests {
         let s = service(&svc).unwrap();
         assert_eq!(
             s.kind,
-            ServiceKind::ClusterIp(vec!["10.0.0.3".parse().unwrap(), "10::3".parse().unwrap()])
+            ServiceKind::ClusterIp(
+                ["10.0.0.3".parse().unwrap(), "10::3".parse().unwrap()]
+                    .into_iter()
+                    .collect()
+            )
         );
         assert_eq!(
-            s.ports,
+            s.ports.to_vec(),
             vec![
                 ServicePort {
                     name: "http".into(),
@@ -406,7 +425,10 @@ mod tests {
         // A Service not yet given an IP has none.
         let p: api::Service =
             from(json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {}}));
-        assert_eq!(service(&p).unwrap().kind, ServiceKind::ClusterIp(vec![]));
+        assert_eq!(
+            service(&p).unwrap().kind,
+            ServiceKind::ClusterIp(Default::default())
+        );
     }
 
     #[test]
@@ -455,7 +477,7 @@ mod tests {
         let s = endpoint_slice(&slice).unwrap();
         assert_eq!(s.service.as_deref(), Some("web"));
         assert_eq!(
-            s.ports,
+            s.ports.to_vec(),
             vec![EndpointPort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -518,12 +540,12 @@ mod tests {
         );
         let p = pod(&running).unwrap();
         assert!(p.live);
-        assert_eq!(p.ips, vec!["10.1.0.9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p.ips.to_vec(), vec!["10.1.0.9".parse::<IpAddr>().unwrap()]);
         let dual: api::Pod = from(json!({"metadata": {"name": "p", "namespace": "d"},
             "status": {"phase": "Running", "podIP": "10.1.0.9",
                        "podIPs": [{"ip": "10.1.0.9"}, {"ip": "fd00::9"}]}}));
         assert_eq!(
-            pod(&dual).unwrap().ips,
+            pod(&dual).unwrap().ips.to_vec(),
             vec![
                 "10.1.0.9".parse::<IpAddr>().unwrap(),
                 "fd00::9".parse().unwrap()

@@ -25,5 +25,6 @@ pub mod types;
 pub use error::{Error, Result};
 pub use store::{Cache, Event, Kind, Object, Snapshot};
 pub use types::{
-    Endpoint, EndpointPort, EndpointSlice, Key, Pod, Protocol, Service, ServiceKind, ServicePort,
+    Addresses, Endpoint, EndpointPort, EndpointSlice, Key, Name, Pod, Protocol, Service,
+    ServiceKind, ServicePort,
 };

@@ -15,13 +15,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::store::{Cache, Event, Kind, Object};
-use crate::types::{EndpointSlice, Key, Pod, Service};
+use crate::types::{EndpointSlice, Key, Name, Pod, Service};
 use crate::{Error, Result, api, convert};
 
 /// Everything a set of manifests holds.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Loaded {
-    pub namespaces: BTreeSet<String>,
+    pub namespaces: BTreeSet<Name>,
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
     pub pods: Vec<Pod>,

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use imbl::{OrdMap, OrdSet, Vector};
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
-use crate::types::{EndpointSlice, Key, Pod, Service};
+use crate::types::{EndpointSlice, Key, Name, Pod, Service};
 
 /// The kinds of object the cache holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,7 +27,7 @@ pub enum Kind {
 /// One object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
-    Namespace(String),
+    Namespace(Name),
     Service(Service),
     EndpointSlice(EndpointSlice),
     Pod(Pod),
@@ -65,14 +66,14 @@ pub struct Snapshot {
     pub synced: bool,
     /// Unix seconds of the last change visible to DNS (the SOA serial).
     pub last_change: u64,
-    pub namespaces: OrdSet<String>,
+    pub namespaces: OrdSet<Name>,
     pub services: OrdMap<Key, Arc<Service>>,
     pub slices: OrdMap<Key, Arc<EndpointSlice>>,
-    /// Slice names by the Service they belong to (sorted; usually one or two).
-    pub slices_by_service: OrdMap<Key, Vec<String>>,
+    /// Slice names by the Service they belong to (sorted; usually one, kept inline).
+    pub slices_by_service: OrdMap<Key, SmallVec<[Name; 1]>>,
     pub pods: OrdMap<Key, Arc<Pod>>,
     /// Live pods by namespace and primary IP (a count, as two pods may briefly share an IP).
-    pub pod_ips: OrdMap<(String, IpAddr), u32>,
+    pub pod_ips: OrdMap<(Name, IpAddr), u32>,
     /// What changed since the previous generation.
     pub changed: Arc<Changed>,
     /// What each of the last [`HISTORY`] generations changed, oldest first, so a reader that
@@ -82,6 +83,14 @@ pub struct Snapshot {
 
 /// Generations whose changes a snapshot remembers.
 pub const HISTORY: usize = 1024;
+
+/// Services named in a snapshot's history at most: older generations are forgotten sooner
+/// when they changed many, so the history's memory is bounded whatever the churn.
+pub const HISTORY_SERVICES: usize = 16384;
+
+/// A step that changes more Services than this is recorded as changing all of them: readers
+/// rebuild whole (as after an initial list), and the history keeps no list of them.
+pub const MANY_SERVICES: usize = 4096;
 
 /// What a published step (or several) changed, so readers can rebuild only that.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +111,11 @@ impl Changed {
         self.all |= other.all;
         self.namespaces |= other.namespaces;
         self.pods |= other.pods;
-        self.services.extend(other.services.iter().cloned());
+        if self.all {
+            self.services.clear();
+        } else {
+            self.services.extend(other.services.iter().cloned());
+        }
     }
 }
 
@@ -149,7 +162,7 @@ impl Snapshot {
 
     /// A live pod in `namespace` has `ip` as its primary IP.
     pub fn pod_has_ip(&self, namespace: &str, ip: IpAddr) -> bool {
-        self.pod_ips.contains_key(&(namespace.to_string(), ip))
+        self.pod_ips.contains_key(&(Name::new(namespace), ip))
     }
 
     fn insert_slice(&mut self, slice: EndpointSlice, changed: &mut Changed) {
@@ -273,35 +286,31 @@ impl Snapshot {
                 had
             }
             Event::Reset(kind, objects) => {
-                // Build the kind afresh; a relist or reload that brings nothing new changes
-                // nothing (and does not move the SOA serial).
-                let mut fresh = Snapshot::default();
-                let mut scratch = Changed::default();
+                // Applied as the differences it brings: an object equal to the one held keeps
+                // the one held (no second copy of the cluster while a relist replaces it), a
+                // relist or reload that brings nothing new changes nothing (and does not move
+                // the SOA serial), and readers learn exactly which Services changed.
+                let mut listed = BTreeSet::new();
+                let mut any = false;
                 for o in objects.into_iter().filter(|o| o.kind() == kind) {
-                    fresh.apply(Event::Apply(o), &mut scratch);
+                    listed.insert(match &o {
+                        Object::Namespace(name) => Key::new("", name),
+                        Object::Service(svc) => svc.key.clone(),
+                        Object::EndpointSlice(slice) => slice.key.clone(),
+                        Object::Pod(pod) => pod.key.clone(),
+                    });
+                    any |= self.apply(Event::Apply(o), changed);
                 }
-                match kind {
-                    Kind::Namespaces if fresh.namespaces != self.namespaces => {
-                        self.namespaces = fresh.namespaces;
-                        changed.namespaces = true;
-                    }
-                    Kind::Services if fresh.services != self.services => {
-                        self.services = fresh.services;
-                        changed.all = true;
-                    }
-                    Kind::EndpointSlices if fresh.slices != self.slices => {
-                        self.slices = fresh.slices;
-                        self.slices_by_service = fresh.slices_by_service;
-                        changed.all = true;
-                    }
-                    Kind::Pods if fresh.pods != self.pods => {
-                        self.pods = fresh.pods;
-                        self.pod_ips = fresh.pod_ips;
-                        changed.pods = true;
-                    }
-                    _ => return false,
+                let held: Vec<Key> = match kind {
+                    Kind::Namespaces => self.namespaces.iter().map(|n| Key::new("", n)).collect(),
+                    Kind::Services => self.services.keys().cloned().collect(),
+                    Kind::EndpointSlices => self.slices.keys().cloned().collect(),
+                    Kind::Pods => self.pods.keys().cloned().collect(),
+                };
+                for key in held.into_iter().filter(|k| !listed.contains(k)) {
+                    any |= self.apply(Event::Delete(kind, key), changed);
                 }
-                true
+                any
             }
             Event::Synced(_) => false,
         }
@@ -376,11 +385,20 @@ impl Cache {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
         }
+        if changed.services.len() > MANY_SERVICES {
+            changed.all = true;
+        }
+        if changed.all {
+            changed.services.clear();
+        }
         next.changed = Arc::new(changed);
         next.history
             .push_back((next.generation, next.changed.clone()));
-        while next.history.len() > HISTORY {
-            next.history.pop_front();
+        let mut named: usize = next.history.iter().map(|(_, c)| c.services.len()).sum();
+        while next.history.len() > HISTORY || named > HISTORY_SERVICES {
+            if let Some((_, c)) = next.history.pop_front() {
+                named -= c.services.len();
+            }
         }
         state.working = next.clone();
         self.tx.send_replace(Arc::new(next));
@@ -395,8 +413,8 @@ mod tests {
     fn svc(ns: &str, name: &str, ip: &str) -> Object {
         Object::Service(Service {
             key: Key::new(ns, name),
-            kind: ServiceKind::ClusterIp(vec![ip.parse().unwrap()]),
-            ports: vec![],
+            kind: ServiceKind::ClusterIp([ip.parse().unwrap()].into()),
+            ports: vec![].into(),
         })
     }
 
@@ -404,12 +422,12 @@ mod tests {
         Object::EndpointSlice(EndpointSlice {
             key: Key::new(ns, name),
             service: Some(svc.into()),
-            ports: vec![],
+            ports: vec![].into(),
             last_change_trigger: None,
             endpoints: ips
                 .iter()
                 .map(|ip| Endpoint {
-                    addresses: vec![ip.parse().unwrap()],
+                    addresses: vec![ip.parse().unwrap()].into(),
                     ready: true,
                     hostname: None,
                     pod_name: None,
@@ -499,8 +517,53 @@ mod tests {
         assert!(before.service("d", "a").is_some() && before.service("d", "b").is_none());
         let after = cache.current();
         assert!(after.service("d", "a").is_none() && after.service("d", "b").is_some());
-        assert!(after.changed.all);
         assert_eq!(after.generation, before.generation + 1);
+        // The relist is applied as its differences: exactly the two Services changed.
+        assert!(!after.changed.all);
+        assert_eq!(
+            after.changed.services,
+            BTreeSet::from([Key::new("d", "a"), Key::new("d", "b")])
+        );
+    }
+
+    #[test]
+    fn a_relist_keeps_the_objects_it_did_not_change_and_one_that_changes_many_changes_all() {
+        let cache = Cache::new(&[]);
+        let list = |n: usize, last: &str| -> Vec<Object> {
+            (0..n)
+                .map(|i| {
+                    svc(
+                        "d",
+                        &format!("s{i}"),
+                        if i + 1 == n { last } else { "10.0.0.1" },
+                    )
+                })
+                .collect()
+        };
+        cache.apply([Event::Reset(Kind::Services, list(10, "10.0.0.1"))]);
+        let before = cache.current();
+        cache.apply([Event::Reset(Kind::Services, list(10, "10.0.0.2"))]);
+        let after = cache.current();
+        assert!(Arc::ptr_eq(
+            before.service("d", "s0").unwrap(),
+            after.service("d", "s0").unwrap()
+        ));
+        assert_eq!(
+            after.changed.services,
+            BTreeSet::from([Key::new("d", "s9")])
+        );
+        // More than MANY_SERVICES at once: recorded as all, with no list kept.
+        cache.apply([Event::Reset(
+            Kind::Services,
+            list(MANY_SERVICES + 20, "10.0.0.3"),
+        )]);
+        let many = cache.current();
+        assert!(many.changed.all && many.changed.services.is_empty());
+        assert!(
+            many.history
+                .iter()
+                .all(|(_, c)| c.services.len() <= MANY_SERVICES)
+        );
     }
 
     #[test]
@@ -543,7 +606,7 @@ mod tests {
         let pod = |name: &str, live: bool| {
             Object::Pod(Pod {
                 key: Key::new("d", name),
-                ips: vec!["10.1.0.5".parse().unwrap()],
+                ips: vec!["10.1.0.5".parse().unwrap()].into(),
                 live,
             })
         };

@@ -4,18 +4,29 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use smallvec::SmallVec;
+
+/// A name (of a namespace, object, port or host): up to 24 bytes are kept inline, so the
+/// names of a typical cluster cost no allocation, and a copy (a map key, an index entry) is
+/// a copy of those bytes.
+pub type Name = compact_str::CompactString;
+
+/// An endpoint's or a Service's addresses: one, nearly always (an endpoint has exactly one
+/// today; a Service one per family).
+pub type Addresses = SmallVec<[IpAddr; 1]>;
+
 /// `namespace/name` of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
 }
 
 impl Key {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Key {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Key {
         Key {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: Name::new(namespace),
+            name: Name::new(name),
         }
     }
 }
@@ -60,18 +71,18 @@ impl Protocol {
 pub enum ServiceKind {
     /// ClusterIP, NodePort or LoadBalancer with its cluster IPs (`spec.clusterIPs`, else
     /// `spec.clusterIP`), in order; empty while none is allocated.
-    ClusterIp(Vec<IpAddr>),
+    ClusterIp(Addresses),
     /// `clusterIP: None`: answers come from the endpoints.
     Headless,
     /// `type: ExternalName`: a CNAME to this name (as written, without a trailing dot).
-    ExternalName(String),
+    ExternalName(Name),
 }
 
 /// A Service port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServicePort {
     /// Empty for the single unnamed port.
-    pub name: String,
+    pub name: Name,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -81,25 +92,25 @@ pub struct ServicePort {
 pub struct Service {
     pub key: Key,
     pub kind: ServiceKind,
-    pub ports: Vec<ServicePort>,
+    pub ports: Box<[ServicePort]>,
 }
 
 /// An endpoint of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
-    pub addresses: Vec<IpAddr>,
+    pub addresses: Addresses,
     /// `conditions.ready`, with absent counted as ready (as CoreDNS does).
     pub ready: bool,
     /// `hostname`, set from the pod's `spec.hostname` when its subdomain is the Service's name.
-    pub hostname: Option<String>,
+    pub hostname: Option<Name>,
     /// The pod's name, from a `targetRef` of kind Pod.
-    pub pod_name: Option<String>,
+    pub pod_name: Option<Name>,
 }
 
 /// A port of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointPort {
-    pub name: String,
+    pub name: Name,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -110,9 +121,10 @@ pub struct EndpointSlice {
     pub key: Key,
     /// The Service it belongs to (label `kubernetes.io/service-name`); slices without it are
     /// ignored by DNS.
-    pub service: Option<String>,
-    pub ports: Vec<EndpointPort>,
-    pub endpoints: Vec<Endpoint>,
+    pub service: Option<Name>,
+    /// Shared with the DNS index's entries.
+    pub ports: std::sync::Arc<[EndpointPort]>,
+    pub endpoints: Box<[Endpoint]>,
     /// `endpoints.kubernetes.io/last-change-trigger-time`: when the change that made this
     /// version began (the endpoint controllers write it), for DNS programming latency.
     pub last_change_trigger: Option<std::time::SystemTime>,
@@ -124,7 +136,7 @@ pub struct Pod {
     pub key: Key,
     /// Every address of `status.podIPs` (both families of a dual-stack pod, as CoreDNS 1.15
     /// indexes them), or `status.podIP` alone when the list is absent.
-    pub ips: Vec<IpAddr>,
+    pub ips: Addresses,
     /// False for pods that are finished (Succeeded, Failed, Unknown) or being deleted.
     pub live: bool,
 }

@@ -60,7 +60,7 @@ fn multi_document_yaml_lists_json_and_directories_load_together() {
     );
     assert_eq!(loaded.slices.len(), 1);
     assert_eq!(loaded.pods.len(), 1);
-    let namespaces: Vec<&str> = loaded.namespaces.iter().map(String::as_str).collect();
+    let namespaces: Vec<&str> = loaded.namespaces.iter().map(|n| n.as_str()).collect();
     assert_eq!(
         namespaces,
         ["apps", "default", "empty"],
@@ -99,7 +99,7 @@ subsets: [{{addresses: [{{ip: 192.0.2.6}}]}}]
         .iter()
         .map(|s| {
             (
-                s.service.clone().unwrap(),
+                s.service.as_deref().unwrap().to_string(),
                 s.endpoints[0].addresses[0].to_string(),
             )
         })
@@ -192,7 +192,7 @@ async fn a_changed_file_is_reloaded_as_one_step_and_a_broken_one_keeps_the_old_c
         Duration::from_secs(10),
         rx.wait_for(|s| {
             s.service("default", "web").is_some_and(|w| {
-                w.kind == ServiceKind::ClusterIp(vec!["10.96.0.21".parse().unwrap()])
+                w.kind == ServiceKind::ClusterIp(["10.96.0.21".parse().unwrap()].into())
             })
         }),
     )

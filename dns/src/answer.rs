@@ -321,15 +321,15 @@ impl Ctx<'_> {
                 let Some(e) = self.entry(&namespace, &service) else {
                     return Found::NoName;
                 };
-                let Some(indexes) = e.by_name.get(&endpoint) else {
+                if e.named(&endpoint).next().is_none() {
                     return Found::NoName;
-                };
+                }
                 match qtype {
                     RecordType::A | RecordType::AAAA => addresses(
                         qname,
                         self.ttl(),
                         qtype,
-                        indexes.iter().map(|i| e.endpoints[*i].addr),
+                        e.named(&endpoint).map(|ep| ep.addr),
                     ),
                     _ => Found::NoData,
                 }
@@ -454,12 +454,12 @@ impl Ctx<'_> {
         match &e.kind {
             EntryKind::Cluster(ips) => {
                 for p in e
-                    .ports
+                    .ports()
                     .iter()
                     .filter(|p| port_matches(&p.name, p.protocol.as_str(), want_port, want_proto))
                 {
                     for _ in ips.iter() {
-                        candidates.push((svc_name.clone(), p.port, ips.clone()));
+                        candidates.push((svc_name.clone(), p.port, ips.to_vec()));
                     }
                     if ips.is_empty() {
                         candidates.push((svc_name.clone(), p.port, vec![]));
@@ -476,11 +476,7 @@ impl Ctx<'_> {
                         else {
                             continue;
                         };
-                        let addrs = e
-                            .by_name
-                            .get(&ep.name)
-                            .map(|ix| ix.iter().map(|i| e.endpoints[*i].addr).collect())
-                            .unwrap_or_default();
+                        let addrs = e.named(&ep.name).map(|ep| ep.addr).collect();
                         candidates.push((target, p.port, addrs));
                     }
                 }
@@ -572,10 +568,10 @@ impl Ctx<'_> {
         };
         let exposed: Vec<_> = targets
             .iter()
-            .filter(|t| self.namespace_exposed(&t.service.namespace))
+            .filter(|t| self.namespace_exposed(&t.service().namespace))
             .collect();
-        let names: Vec<Name> = match exposed.iter().find(|t| t.endpoint.is_none()) {
-            Some(t) => child(&[&t.service.name, &t.service.namespace, "svc"], primary)
+        let names: Vec<Name> = match exposed.iter().find(|t| t.endpoint().is_none()) {
+            Some(t) => child(&[&t.service().name, &t.service().namespace, "svc"], primary)
                 .into_iter()
                 .collect(),
             None => {
@@ -585,9 +581,9 @@ impl Ctx<'_> {
                     .filter_map(|t| {
                         child(
                             &[
-                                t.endpoint.as_deref()?,
-                                &t.service.name,
-                                &t.service.namespace,
+                                t.endpoint()?,
+                                &t.service().name,
+                                &t.service().namespace,
                                 "svc",
                             ],
                             primary,
@@ -617,16 +613,16 @@ impl Ctx<'_> {
         let mut targets: Vec<(Name, Vec<IpAddr>)> = Vec::new();
         for addr in &self.config.ns_addresses {
             for t in self.read_whole().ptr(*addr).into_iter().flatten() {
-                let Some(endpoint) = &t.endpoint else {
+                let Some(endpoint) = t.endpoint() else {
                     continue;
                 };
-                let Some(e) = self.entry(&t.service.namespace, &t.service.name) else {
+                let Some(e) = self.entry(&t.service().namespace, &t.service().name) else {
                     continue;
                 };
-                let (ns, svc) = (t.service.namespace.as_str(), t.service.name.as_str());
+                let (ns, svc) = (t.service().namespace.as_str(), t.service().name.as_str());
                 let target = match &e.kind {
                     EntryKind::Cluster(ips) => {
-                        child(&[svc, ns, "svc"], z).map(|n| (n, ips.clone()))
+                        child(&[svc, ns, "svc"], z).map(|n| (n, ips.to_vec()))
                     }
                     EntryKind::Headless => {
                         child(&[endpoint, svc, ns, "svc"], z).map(|n| (n, vec![*addr]))

@@ -2,27 +2,36 @@
 //! endpoint name, ports), and for every address, the PTR targets it has — rebuilt from each cache
 //! snapshot for the Services that changed only, and published whole, so a query is a lookup and
 //! never sees half of a change.
+//!
+//! Kept small, as it is held once per cluster object: dense persistent maps
+//! ([`crate::sharded`]), the cache's own Service and port lists shared
+//! rather than copied, names inline ([`cache::Name`]), endpoint names found through a sorted
+//! permutation instead of a hash map, and PTR targets that point at their entry.
 
-use std::collections::HashMap;
+use std::cmp::Ordering as Order;
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cache::{EndpointPort, Key, Service, ServiceKind, ServicePort, Snapshot};
+use cache::{Addresses, EndpointPort, Key, Name, Service, ServiceKind, ServicePort, Snapshot};
+use smallvec::SmallVec;
 
 use crate::config::Config;
 use crate::name::dashed;
+use crate::sharded::{Item, ShardedMap};
 
 /// What one Service answers.
 #[derive(Debug)]
 pub struct Entry {
+    /// The cache's Service (its key and ports).
+    pub service: Arc<Service>,
     pub kind: EntryKind,
-    /// The Service's ports (SRV of ClusterIP Services).
-    pub ports: Vec<ServicePort>,
     /// Ready endpoint addresses of every slice (an address in two slices appears twice).
-    pub endpoints: Vec<Ep>,
-    /// Endpoint indexes by endpoint name.
-    pub by_name: HashMap<String, Vec<usize>>,
+    pub endpoints: Box<[Ep]>,
+    /// Indexes into `endpoints`, sorted by endpoint name (ties in endpoint order); inline for
+    /// a few.
+    by_name: SmallVec<[u32; 4]>,
     /// False when the Service's names must not exist: a headless Service without ready
     /// endpoints, an empty ClusterIP Service under `ignore_empty_service`, an ExternalName that
     /// is an IP address.
@@ -41,15 +50,42 @@ impl Entry {
     fn replace(&self) {
         self.replaced.store(true, Ordering::Release);
     }
+
+    pub fn key(&self) -> &Key {
+        &self.service.key
+    }
+
+    /// The Service's ports (SRV of ClusterIP Services).
+    pub fn ports(&self) -> &[ServicePort] {
+        &self.service.ports
+    }
+
+    /// The endpoints named `name`, in endpoint order.
+    pub fn named(&self, name: &str) -> impl Iterator<Item = &Ep> + '_ {
+        let of = |i: &u32| self.endpoints[*i as usize].name.as_str();
+        let start = self.by_name.partition_point(|i| of(i) < name);
+        let len = self.by_name[start..].partition_point(|i| of(i) == name);
+        self.by_name[start..start + len]
+            .iter()
+            .map(|i| &self.endpoints[*i as usize])
+    }
+}
+
+/// Entries are held by their Service's key.
+impl Item for Arc<Entry> {
+    type Key = Key;
+    fn key(&self) -> &Key {
+        Entry::key(self)
+    }
 }
 
 /// How a Service answers address queries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
-    Cluster(Vec<IpAddr>),
+    Cluster(Addresses),
     Headless,
     /// The external name, lower-case, without a trailing dot.
-    External(String),
+    External(Name),
 }
 
 /// One ready endpoint address.
@@ -57,19 +93,64 @@ pub enum EntryKind {
 pub struct Ep {
     /// Its endpoint name: hostname, else (with `endpoint_pod_names`) the pod name, else the
     /// dashed address.
-    pub name: String,
+    pub name: Name,
     pub addr: IpAddr,
-    /// The ports of its slice.
-    pub ports: Arc<Vec<EndpointPort>>,
+    /// The ports of its slice (the cache's list, shared).
+    pub ports: Arc<[EndpointPort]>,
 }
 
-/// Where a PTR query for an address points.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Where a PTR query for an address points: a Service's cluster IP, or one of its endpoints.
+#[derive(Clone)]
 pub struct PtrTarget {
-    pub service: Key,
-    /// `None`: the address is the Service's cluster IP.
-    pub endpoint: Option<String>,
+    entry: Arc<Entry>,
+    /// Index into the entry's endpoints; `None` for the cluster IP.
+    endpoint: Option<u32>,
 }
+
+impl PtrTarget {
+    pub fn service(&self) -> &Key {
+        self.entry.key()
+    }
+
+    /// The endpoint's name; `None`: the address is the Service's cluster IP.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint
+            .map(|i| self.entry.endpoints[i as usize].name.as_str())
+    }
+}
+
+impl fmt::Debug for PtrTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.service())?;
+        match self.endpoint() {
+            Some(e) => write!(f, " endpoint {e}"),
+            None => write!(f, " cluster IP"),
+        }
+    }
+}
+
+impl PartialEq for PtrTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Order::Equal
+    }
+}
+
+impl Eq for PtrTarget {}
+
+impl PartialOrd for PtrTarget {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PtrTarget {
+    fn cmp(&self, other: &Self) -> Order {
+        (self.service(), self.endpoint()).cmp(&(other.service(), other.endpoint()))
+    }
+}
+
+/// The PTR targets of one address: nearly always one, kept inline.
+type Targets = SmallVec<[PtrTarget; 1]>;
 
 /// The index of one snapshot.
 #[derive(Debug, Clone, Default)]
@@ -79,26 +160,22 @@ pub struct Index {
     pub namespaces_since: u64,
     /// This index was built whole, not from the previous one and what changed since.
     pub whole: bool,
-    services: imbl::HashMap<Key, Arc<Entry>>,
-    /// Small vectors as values: most addresses have one target.
-    reverse: imbl::HashMap<IpAddr, Vec<PtrTarget>>,
+    services: ShardedMap<Arc<Entry>>,
+    reverse: ShardedMap<(IpAddr, Targets)>,
 }
 
-fn endpoint_name(
-    config: &Config,
-    hostname: Option<&str>,
-    pod: Option<&str>,
-    addr: IpAddr,
-) -> String {
+fn endpoint_name(config: &Config, hostname: Option<&str>, pod: Option<&str>, addr: IpAddr) -> Name {
     match (hostname, pod) {
-        (Some(h), _) => h.to_ascii_lowercase(),
-        (None, Some(p)) if config.endpoint_pod_names && p.len() < 64 => p.to_ascii_lowercase(),
-        _ => dashed(addr),
+        (Some(h), _) => h.to_ascii_lowercase().into(),
+        (None, Some(p)) if config.endpoint_pod_names && p.len() < 64 => {
+            p.to_ascii_lowercase().into()
+        }
+        _ => dashed(addr).into(),
     }
 }
 
 /// Builds the entry of one Service.
-pub fn entry(snapshot: &Snapshot, svc: &Service, config: &Config) -> Entry {
+pub fn entry(snapshot: &Snapshot, svc: &Arc<Service>, config: &Config) -> Entry {
     let kind = match &svc.kind {
         ServiceKind::ClusterIp(ips) => {
             let mut ips = ips.clone();
@@ -114,7 +191,6 @@ pub fn entry(snapshot: &Snapshot, svc: &Service, config: &Config) -> Entry {
     let mut endpoints: Vec<Ep> = Vec::new();
     if !config.noendpoints && !matches!(kind, EntryKind::External(_)) {
         for slice in snapshot.slices_of(&svc.key) {
-            let ports = Arc::new(slice.ports.clone());
             for e in slice.endpoints.iter().filter(|e| e.ready) {
                 for addr in &e.addresses {
                     let name =
@@ -122,16 +198,18 @@ pub fn entry(snapshot: &Snapshot, svc: &Service, config: &Config) -> Entry {
                     endpoints.push(Ep {
                         name,
                         addr: *addr,
-                        ports: ports.clone(),
+                        ports: slice.ports.clone(),
                     });
                 }
             }
         }
     }
-    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, ep) in endpoints.iter().enumerate() {
-        by_name.entry(ep.name.clone()).or_default().push(i);
-    }
+    let mut by_name: SmallVec<[u32; 4]> = (0..endpoints.len() as u32).collect();
+    by_name.sort_by(|a, b| {
+        endpoints[*a as usize]
+            .name
+            .cmp(&endpoints[*b as usize].name)
+    });
     let exists = match &kind {
         EntryKind::Cluster(_) => {
             !(config.ignore_empty_service && !config.noendpoints && endpoints.is_empty())
@@ -140,9 +218,9 @@ pub fn entry(snapshot: &Snapshot, svc: &Service, config: &Config) -> Entry {
         EntryKind::External(name) => name.parse::<IpAddr>().is_err(),
     };
     Entry {
+        service: svc.clone(),
         kind,
-        ports: svc.ports.clone(),
-        endpoints,
+        endpoints: endpoints.into(),
         by_name,
         exists,
         replaced: AtomicBool::new(false),
@@ -159,7 +237,7 @@ impl Index {
             ..Index::default()
         };
         for svc in snapshot.services.values() {
-            index.insert(entry(&snapshot, svc, config), svc.key.clone());
+            index.insert(entry(&snapshot, svc, config));
         }
         index
     }
@@ -177,7 +255,7 @@ impl Index {
                 .map(std::borrow::Cow::Owned)
         };
         let Some(changed) = changed.filter(|c| !c.all) else {
-            for entry in self.services.values() {
+            for entry in self.services.iter() {
                 entry.replace();
             }
             return Index::build(snapshot, config);
@@ -191,45 +269,39 @@ impl Index {
         for key in &changed.services {
             index.remove(key);
             if let Some(svc) = snapshot.services.get(key) {
-                index.insert(entry(&snapshot, svc, config), key.clone());
+                index.insert(entry(&snapshot, svc, config));
             }
         }
         index
     }
 
-    fn insert(&mut self, entry: Entry, key: Key) {
+    fn insert(&mut self, entry: Entry) {
+        let entry = Arc::new(entry);
         let cluster = match &entry.kind {
-            EntryKind::Cluster(ips) => ips.clone(),
-            _ => Vec::new(),
+            EntryKind::Cluster(ips) => &ips[..],
+            _ => &[],
         };
-        let targets = cluster
-            .into_iter()
-            .map(|ip| {
-                (
-                    ip,
-                    PtrTarget {
-                        service: key.clone(),
-                        endpoint: None,
-                    },
-                )
-            })
-            .chain(entry.endpoints.iter().map(|ep| {
-                (
-                    ep.addr,
-                    PtrTarget {
-                        service: key.clone(),
-                        endpoint: Some(ep.name.clone()),
-                    },
-                )
-            }));
-        for (ip, target) in targets {
+        let targets = cluster.iter().map(|ip| (*ip, None)).chain(
+            entry
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, ep)| (ep.addr, Some(i as u32))),
+        );
+        for (ip, endpoint) in targets {
+            let target = PtrTarget {
+                entry: entry.clone(),
+                endpoint,
+            };
             // Kept sorted, so the answer depends on the snapshot, not on the order of changes.
-            let list = self.reverse.entry(ip).or_default();
+            let (_, list) = self
+                .reverse
+                .get_or_insert_with(&ip, || (ip, Targets::new()));
             if let Err(at) = list.binary_search(&target) {
                 list.insert(at, target);
             }
         }
-        self.services.insert(key, Arc::new(entry));
+        self.services.insert(entry);
     }
 
     fn remove(&mut self, key: &Key) {
@@ -238,12 +310,16 @@ impl Index {
         };
         old.replace();
         let ips = match &old.kind {
-            EntryKind::Cluster(ips) => ips.clone(),
-            _ => Vec::new(),
+            EntryKind::Cluster(ips) => &ips[..],
+            _ => &[],
         };
-        for ip in ips.into_iter().chain(old.endpoints.iter().map(|e| e.addr)) {
-            if let Some(list) = self.reverse.get_mut(&ip) {
-                list.retain(|t| t.service != *key);
+        for ip in ips
+            .iter()
+            .copied()
+            .chain(old.endpoints.iter().map(|e| e.addr))
+        {
+            if let Some((_, list)) = self.reverse.get_mut(&ip) {
+                list.retain(|t| t.service() != key);
                 if list.is_empty() {
                     self.reverse.remove(&ip);
                 }
@@ -257,8 +333,8 @@ impl Index {
     }
 
     /// The PTR targets of an address.
-    pub fn ptr(&self, ip: IpAddr) -> Option<&Vec<PtrTarget>> {
-        self.reverse.get(&ip)
+    pub fn ptr(&self, ip: IpAddr) -> Option<&[PtrTarget]> {
+        self.reverse.get(&ip).map(|(_, t)| &t[..])
     }
 }
 
@@ -270,8 +346,8 @@ mod tests {
     fn service(name: &str, ip: &str) -> Object {
         Object::Service(Service {
             key: Key::new("d", name),
-            kind: ServiceKind::ClusterIp(vec![ip.parse().unwrap()]),
-            ports: vec![],
+            kind: ServiceKind::ClusterIp([ip.parse().unwrap()].into()),
+            ports: Default::default(),
         })
     }
 
@@ -279,12 +355,12 @@ mod tests {
         Object::EndpointSlice(EndpointSlice {
             key: Key::new("d", format!("{service}-1")),
             service: Some(service.into()),
-            ports: vec![],
+            ports: Vec::new().into(),
             last_change_trigger: None,
             endpoints: ips
                 .iter()
                 .map(|ip| cache::Endpoint {
-                    addresses: vec![ip.parse().unwrap()],
+                    addresses: [ip.parse().unwrap()].into(),
                     ready: true,
                     hostname: None,
                     pod_name: None,
@@ -299,16 +375,21 @@ mod tests {
         for (key, entry) in index
             .services
             .iter()
+            .map(|e| (e.key(), e))
             .collect::<std::collections::BTreeMap<_, _>>()
         {
             out.push_str(&format!(
                 "{key:?} {:?} {:?} {:?} {}\n",
-                entry.kind, entry.ports, entry.endpoints, entry.exists
+                entry.kind,
+                entry.ports(),
+                entry.endpoints,
+                entry.exists
             ));
         }
         for (ip, targets) in index
             .reverse
             .iter()
+            .map(|(ip, t)| (ip, t))
             .collect::<std::collections::BTreeMap<_, _>>()
         {
             out.push_str(&format!("{ip} {targets:?}\n"));
@@ -344,10 +425,10 @@ mod tests {
         assert!(Arc::ptr_eq(next.service("d", "a").unwrap(), &kept));
         assert!(!kept.replaced(), "an unchanged Service keeps its entry");
         assert!(changed.replaced(), "a changed one's entry is replaced");
-        // A relist may change anything: built whole, every old entry replaced.
+        // A relist is applied as the differences it brings: followed, not rebuilt.
         cache.apply([Event::Reset(Kind::Services, vec![service("a", "10.0.0.9")])]);
         let relisted = next.next(cache.current(), &config);
-        assert!(relisted.whole && kept.replaced());
+        assert!(!relisted.whole && kept.replaced());
         assert_eq!(
             contents(&relisted),
             contents(&Index::build(cache.current(), &config))

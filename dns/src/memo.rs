@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 use std::sync::{Arc, Weak};
 
+use smallvec::SmallVec;
+
 use crate::answer::Reads;
 use crate::chain::Chain;
 use crate::index::{Entry, Index};
@@ -24,28 +26,43 @@ pub const DEFAULT_CAPACITY: usize = 1 << 17;
 /// One thread's kept answers.
 #[derive(Default)]
 pub struct Memo {
-    /// By the request's key (lower-case question and flag byte). Boxed: a table has up to
-    /// twice as many buckets as entries, and an empty bucket then costs a pointer, not a slot.
-    slots: HashMap<Box<[u8]>, Box<Slot>, foldhash::fast::FixedState>,
+    /// By the hash of the request's key (lower-case question and flag byte); the slot holds
+    /// what tells the key itself, so two keys of one hash are told apart (the later replaces
+    /// the earlier). Boxed: a table has up to twice as many buckets as entries, and an empty
+    /// bucket then costs a pointer, not a slot.
+    slots: HashMap<u64, Box<Slot>, foldhash::fast::FixedState>,
+    hasher: foldhash::fast::FixedState,
     capacity: usize,
     /// Rooms made so far: picks the hash bit of the next.
     rooms: u32,
 }
+
+/// Marks "not read" in a slot's serial and namespaces.
+const UNREAD: u64 = u64::MAX;
 
 /// One kept answer. The chain is held weakly: compared by address without keeping it alive,
 /// and its address cannot be reused while the slot holds it.
 struct Slot {
     chain: Weak<Chain>,
     generation: u64,
-    /// The serial the answer wrote, when it wrote one.
-    serial: Option<u64>,
-    /// When the namespaces were read: the generation they last changed at.
-    namespaces: Option<u64>,
-    /// The Service entries read (until replaced, the answer from them stands).
-    services: Box<[Arc<Entry>]>,
+    /// The serial the answer wrote, or [`UNREAD`].
+    serial: u64,
+    /// When the namespaces were read: the generation they last changed at, or [`UNREAD`].
+    namespaces: u64,
+    /// The Service entries read (until replaced, the answer from them stands); nearly always
+    /// one, kept inline.
+    services: SmallVec<[Arc<Entry>; 1]>,
     whole: bool,
-    /// `None`: the full path must answer this question (it forwards, or the cache keeps it).
-    template: Option<Template>,
+    answer: Answer,
+}
+
+/// A kept answer, and what tells its key.
+enum Answer {
+    /// The full path must answer this question (it forwards, or the cache keeps it); the key.
+    Full(Box<[u8]>),
+    /// This template, for the key that is its question in lower case and then this flag byte
+    /// (the template holds the question, so the key is not kept twice).
+    Template(Template, u8),
 }
 
 /// What the table says of a question.
@@ -63,6 +80,7 @@ impl Memo {
     pub fn new(capacity: usize) -> Memo {
         Memo {
             slots: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
+            hasher: foldhash::fast::FixedState::with_seed(0x1dea),
             capacity,
             rooms: 0,
         }
@@ -70,10 +88,10 @@ impl Memo {
 
     /// What is kept for `key` asked of `chain` while its index is `index`.
     pub fn get(&self, key: &[u8], chain: &Arc<Chain>, index: &Index) -> Kept<'_> {
-        match self.slots.get(key) {
-            Some(slot) if slot.holds(chain, index) => match &slot.template {
-                Some(t) => Kept::Answer(t),
-                None => Kept::Full,
+        match self.slots.get(&self.hasher.hash_one(key)) {
+            Some(slot) if slot.is_for(key) && slot.holds(chain, index) => match &slot.answer {
+                Answer::Template(t, _) => Kept::Answer(t),
+                Answer::Full(_) => Kept::Full,
             },
             _ => Kept::Unknown,
         }
@@ -92,22 +110,44 @@ impl Memo {
         if self.capacity == 0 || !index.snapshot.synced {
             return;
         }
-        if self.slots.len() >= self.capacity && !self.slots.contains_key(key) {
+        let hash = self.hasher.hash_one(key);
+        if self.slots.len() >= self.capacity && !self.slots.contains_key(&hash) {
             let bit = self.rooms % 64;
             self.rooms += 1;
-            let hasher = self.slots.hasher().clone();
-            self.slots.retain(|k, _| hasher.hash_one(k) >> bit & 1 == 0);
+            let mixer = self.slots.hasher().clone();
+            self.slots.retain(|h, _| mixer.hash_one(h) >> bit & 1 == 0);
         }
+        let answer = match template {
+            Some(t)
+                if key
+                    .split_last()
+                    .is_some_and(|(_, q)| same_question(q, t.question())) =>
+            {
+                Answer::Template(t, key[key.len() - 1])
+            }
+            // A key that is not the template's question (never, from the chain) keeps
+            // nothing.
+            Some(_) => return,
+            None => Answer::Full(key.into()),
+        };
         self.slots.insert(
-            key.into(),
+            hash,
             Box::new(Slot {
                 chain: Arc::downgrade(chain),
                 generation: index.snapshot.generation,
-                serial: reads.serial.then_some(index.snapshot.last_change),
-                namespaces: reads.namespaces.then_some(index.namespaces_since),
-                services: reads.services.into(),
+                serial: if reads.serial {
+                    index.snapshot.last_change
+                } else {
+                    UNREAD
+                },
+                namespaces: if reads.namespaces {
+                    index.namespaces_since
+                } else {
+                    UNREAD
+                },
+                services: reads.services.into_iter().collect(),
                 whole: reads.whole,
-                template,
+                answer,
             }),
         );
     }
@@ -127,7 +167,26 @@ impl Memo {
     }
 }
 
+/// Whether two wire questions (name, type, class) are the same question: names alike but for
+/// case (label lengths are below 64, so never taken for letters), type and class equal.
+fn same_question(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.len() >= 4
+        && a[..a.len() - 4].eq_ignore_ascii_case(&b[..b.len() - 4])
+        && a[a.len() - 4..] == b[b.len() - 4..]
+}
+
 impl Slot {
+    /// Whether this slot was kept for `key`.
+    fn is_for(&self, key: &[u8]) -> bool {
+        match &self.answer {
+            Answer::Full(k) => **k == *key,
+            Answer::Template(t, flag) => key
+                .split_last()
+                .is_some_and(|(f, q)| f == flag && same_question(q, t.question())),
+        }
+    }
+
     /// Whether this answer is still the one `chain` gives from `index`.
     fn holds(&self, chain: &Arc<Chain>, index: &Index) -> bool {
         let snapshot = &index.snapshot;
@@ -138,8 +197,27 @@ impl Slot {
             return true;
         }
         !self.whole
-            && self.serial.is_none_or(|s| s == snapshot.last_change)
-            && self.namespaces.is_none_or(|n| n == index.namespaces_since)
+            && (self.serial == UNREAD || self.serial == snapshot.last_change)
+            && (self.namespaces == UNREAD || self.namespaces == index.namespaces_since)
             && self.services.iter().all(|e| !e.replaced())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_question;
+
+    #[test]
+    fn a_question_is_the_same_whatever_its_names_case_but_not_its_types() {
+        // web.ns, type A (1), class IN (1).
+        let lower = b"\x03web\x02ns\x00\x00\x01\x00\x01";
+        assert!(same_question(lower, b"\x03WeB\x02nS\x00\x00\x01\x00\x01"));
+        // Types 0x41 and 0x61 differ as letters would by case: still two questions.
+        assert!(!same_question(
+            b"\x03web\x02ns\x00\x00\x41\x00\x01",
+            b"\x03web\x02ns\x00\x00\x61\x00\x01"
+        ));
+        assert!(!same_question(lower, b"\x03web\x02nt\x00\x00\x01\x00\x01"));
+        assert!(!same_question(lower, &lower[1..]));
     }
 }

@@ -948,13 +948,14 @@ mod tests {
             Object::EndpointSlice(EndpointSlice {
                 key: Key::new("ns", "web-1"),
                 service: Some("web".into()),
-                ports: vec![],
+                ports: Vec::new().into(),
                 endpoints: vec![Endpoint {
-                    addresses: vec!["10.1.0.1".parse().unwrap()],
+                    addresses: ["10.1.0.1".parse().unwrap()].into(),
                     ready: true,
                     hostname: None,
                     pod_name: None,
-                }],
+                }]
+                .into(),
                 last_change_trigger: trigger,
             })
         };
@@ -962,7 +963,7 @@ mod tests {
             Event::Apply(Object::Service(Service {
                 key: Key::new("ns", "web"),
                 kind: ServiceKind::Headless,
-                ports: vec![],
+                ports: Default::default(),
             })),
             Event::Apply(slice(Some(t0))),
             Event::Synced(Kind::Services),

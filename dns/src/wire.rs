@@ -245,14 +245,20 @@ struct Group {
 }
 
 /// A cached reply encoded once: header counts, a question (overwritten by the asker's, which
-/// has the same length), the records with TTL placeholders.
+/// has the same length), the records with TTL placeholders. One allocation holds the reply,
+/// then where each record's TTL is, then the shuffled groups (each: its start, its record
+/// count, and each record's end from the start), all as little-endian `u16`s (a message is at
+/// most 65535 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
-    bytes: Box<[u8]>,
+    data: Box<[u8]>,
+    /// The reply's length (the TTLs and groups follow it).
+    reply_len: u16,
+    /// The question's length (name, type, class).
+    question_len: u16,
+    /// The number of TTLs.
+    ttls: u16,
     flags: Flags,
-    /// Where each record's TTL is (a message is at most 65535 bytes).
-    ttls: Box<[u16]>,
-    groups: Box<[Group]>,
 }
 
 impl Template {
@@ -305,19 +311,64 @@ impl Template {
         if !groups.is_empty() && (layout.opaque || groups.iter().any(pointed_into)) {
             return None;
         }
-        let ttls = layout
-            .sections
-            .iter()
-            .flatten()
-            .map(|r| u16::try_from(r.range.start + r.ttl_at).ok())
-            .collect::<Option<_>>()?;
         bytes[2] = 0;
         bytes[3] = 0;
+        let reply_len = u16::try_from(bytes.len()).ok()?;
+        let mut ttls = 0u16;
+        for r in layout.sections.iter().flatten() {
+            bytes.extend(u16::try_from(r.range.start + r.ttl_at).ok()?.to_le_bytes());
+            ttls += 1;
+        }
+        for g in &groups {
+            bytes.extend(u16::try_from(g.start).ok()?.to_le_bytes());
+            bytes.extend(u16::try_from(g.records.len()).ok()?.to_le_bytes());
+            let mut prev = 0;
+            for r in &g.records {
+                // Back to back, as a shuffle writes them.
+                if r.start != prev {
+                    return None;
+                }
+                prev = r.end;
+                bytes.extend(u16::try_from(r.end).ok()?.to_le_bytes());
+            }
+        }
         Some(Template {
-            bytes: bytes.into(),
-            flags,
+            data: bytes.into(),
+            reply_len,
+            question_len: u16::try_from(question.len()).ok()?,
             ttls,
-            groups: groups.into(),
+            flags,
+        })
+    }
+
+    /// The encoded reply (ID and flags zero, TTLs as encoded).
+    fn bytes(&self) -> &[u8] {
+        &self.data[..usize::from(self.reply_len)]
+    }
+
+    /// The question as the template spells it: name, type, class.
+    pub fn question(&self) -> &[u8] {
+        &self.data[HEADER..HEADER + usize::from(self.question_len)]
+    }
+
+    /// Where each record's TTL is.
+    fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        let start = usize::from(self.reply_len);
+        self.data[start..start + 2 * usize::from(self.ttls)]
+            .chunks_exact(2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    }
+
+    /// The shuffled groups: each one's start and its records' ends (little-endian `u16`s).
+    fn groups(&self) -> impl Iterator<Item = (usize, &[u8])> + '_ {
+        let mut rest = &self.data[usize::from(self.reply_len) + 2 * usize::from(self.ttls)..];
+        std::iter::from_fn(move || {
+            let (head, tail) = rest.split_at_checked(4)?;
+            let start = usize::from(u16::from_le_bytes([head[0], head[1]]));
+            let n = usize::from(u16::from_le_bytes([head[2], head[3]]));
+            let (ends, tail) = tail.split_at(2 * n);
+            rest = tail;
+            Some((start, ends))
         })
     }
 
@@ -363,13 +414,12 @@ impl Template {
     ) -> bool {
         let opt_len = if request.edns.is_some() { 11 } else { 0 };
         let q = request.question.clone();
-        if self.bytes.len() + opt_len > limit
-            || self.bytes[HEADER..HEADER + q.len()] != asked[q.clone()]
-        {
+        let bytes = self.bytes();
+        if bytes.len() + opt_len > limit || bytes[HEADER..HEADER + q.len()] != asked[q.clone()] {
             return false;
         }
         let base = out.len();
-        out.extend_from_slice(&self.bytes);
+        out.extend_from_slice(bytes);
         let reply = &mut out[base..];
         reply[..2].copy_from_slice(&request.id.to_be_bytes());
         let f = self.flags;
@@ -387,13 +437,12 @@ impl Template {
             | f.rcode;
         reply[HEADER..HEADER + q.len()].copy_from_slice(&asked[q]);
         if let Some(ttl) = ttl {
-            for &at in &self.ttls {
-                let at = usize::from(at);
+            for at in self.ttl_offsets() {
                 reply[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
             }
         }
-        for g in &self.groups {
-            shuffle(reply, g, rng, scratch);
+        for (start, ends) in self.groups() {
+            shuffle(reply, start, ends, rng, scratch);
         }
         if let Some(edns) = request.edns {
             let additional = u16::from_be_bytes([reply[10], reply[11]]) + 1;
@@ -488,20 +537,31 @@ fn shuffled_groups(section: &[Located]) -> Vec<Group> {
     groups
 }
 
-/// Shuffles the records of `g` in place (the same draws of `rng` as shuffling a slice of them).
-fn shuffle(out: &mut [u8], g: &Group, rng: &mut impl rand::Rng, scratch: &mut Scratch) {
+/// Shuffles the records of a group in place (the same draws of `rng` as shuffling a slice of
+/// them): they start at `start`, back to back, and end at `ends` from it (little-endian `u16`s).
+fn shuffle(
+    out: &mut [u8],
+    start: usize,
+    ends: &[u8],
+    rng: &mut impl rand::Rng,
+    scratch: &mut Scratch,
+) {
     use rand::seq::SliceRandom as _;
-    let end = g.start + g.records.last().map_or(0, |r| r.end);
+    let n = ends.len() / 2;
+    let end = |i: usize| usize::from(u16::from_le_bytes([ends[2 * i], ends[2 * i + 1]]));
+    let begin = |i: usize| if i == 0 { 0 } else { end(i - 1) };
     scratch.region.clear();
-    scratch.region.extend_from_slice(&out[g.start..end]);
+    scratch
+        .region
+        .extend_from_slice(&out[start..start + n.checked_sub(1).map_or(0, end)]);
     scratch.order.clear();
-    scratch.order.extend(0..g.records.len());
+    scratch.order.extend(0..n);
     scratch.order.shuffle(rng);
-    let mut at = g.start;
+    let mut at = start;
     for &i in &scratch.order {
-        let r = &g.records[i];
-        out[at..at + r.len()].copy_from_slice(&scratch.region[r.clone()]);
-        at += r.len();
+        let (b, e) = (begin(i), end(i));
+        out[at..at + e - b].copy_from_slice(&scratch.region[b..e]);
+        at += e - b;
     }
 }
 
