@@ -84,7 +84,7 @@ pub fn service(svc: &api::Service) -> Result<Service> {
                     "is required for type ExternalName, e.g. db.example.com",
                 )
             })?;
-        ServiceKind::ExternalName(name.trim_end_matches('.').into())
+        ServiceKind::ExternalName(name.trim_end_matches('.').to_ascii_lowercase().into())
     } else {
         let ips = match spec.cluster_ips.as_deref() {
             Some(list) if !list.is_empty() => list
@@ -112,6 +112,8 @@ pub fn service(svc: &api::Service) -> Result<Service> {
                     )
                 })?);
             }
+            // A family given twice answers once.
+            parsed.dedup();
             ServiceKind::ClusterIp(parsed)
         }
     };

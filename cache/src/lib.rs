@@ -19,6 +19,7 @@ pub mod kube_feed;
 pub mod manifests;
 pub mod rest;
 pub mod selector;
+pub mod sharded;
 pub mod store;
 pub mod types;
 

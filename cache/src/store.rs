@@ -4,16 +4,17 @@
 //! (a manifests reload, a watch's initial list, and a single watch event are each one step).
 //! Maps are persistent (`imbl`), so a snapshot costs O(changes), not O(cluster).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use imbl::{OrdMap, OrdSet, Vector};
+use imbl::{OrdSet, Vector};
 use smallvec::SmallVec;
 use tokio::sync::watch;
 
-use crate::types::{EndpointSlice, Key, Name, Pod, Service};
+use crate::sharded::{Keyed, ShardedMap};
+use crate::types::{EndpointPort, EndpointSlice, Key, Name, Pod, Service, ServicePort};
 
 /// The kinds of object the cache holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,18 +68,42 @@ pub struct Snapshot {
     /// Unix seconds of the last change visible to DNS (the SOA serial).
     pub last_change: u64,
     pub namespaces: OrdSet<Name>,
-    pub services: OrdMap<Key, Arc<Service>>,
-    pub slices: OrdMap<Key, Arc<EndpointSlice>>,
+    /// Maps of the objects by their keys ([`crate::sharded`]: dense, shared between
+    /// snapshots but for the shards a step changed).
+    pub services: ShardedMap<Arc<Service>>,
+    pub slices: ShardedMap<Arc<EndpointSlice>>,
     /// Slice names by the Service they belong to (sorted; usually one, kept inline).
-    pub slices_by_service: OrdMap<Key, SmallVec<[Name; 1]>>,
-    pub pods: OrdMap<Key, Arc<Pod>>,
+    pub slices_by_service: ShardedMap<(Key, SmallVec<[Name; 1]>)>,
+    pub pods: ShardedMap<Arc<Pod>>,
     /// Live pods by namespace and primary IP (a count, as two pods may briefly share an IP).
-    pub pod_ips: OrdMap<(Name, IpAddr), u32>,
+    pub pod_ips: ShardedMap<((Name, IpAddr), u32)>,
     /// What changed since the previous generation.
     pub changed: Arc<Changed>,
     /// What each of the last [`HISTORY`] generations changed, oldest first, so a reader that
     /// skipped some (it was busy while they were published) still learns what they changed.
     pub history: Vector<(u64, Arc<Changed>)>,
+}
+
+/// Objects are held by their keys.
+impl Keyed for Service {
+    type Key = Key;
+    fn key(&self) -> &Key {
+        &self.key
+    }
+}
+
+impl Keyed for EndpointSlice {
+    type Key = Key;
+    fn key(&self) -> &Key {
+        &self.key
+    }
+}
+
+impl Keyed for Pod {
+    type Key = Key;
+    fn key(&self) -> &Key {
+        &self.key
+    }
 }
 
 /// Generations whose changes a snapshot remembers.
@@ -152,7 +177,7 @@ impl Snapshot {
         self.slices_by_service
             .get(service)
             .into_iter()
-            .flat_map(|names| names.iter())
+            .flat_map(|(_, names)| names.iter())
             .filter_map(move |n| self.slices.get(&Key::new(namespace.clone(), n.clone())))
     }
 
@@ -170,12 +195,14 @@ impl Snapshot {
         if let Some(svc) = &slice.service {
             let owner = Key::new(&slice.key.namespace, svc);
             changed.services.insert(owner.clone());
-            let names = self.slices_by_service.entry(owner).or_default();
+            let (_, names) = self
+                .slices_by_service
+                .get_or_insert_with(&owner, || (owner.clone(), SmallVec::new()));
             if let Err(at) = names.binary_search(&slice.key.name) {
                 names.insert(at, slice.key.name.clone());
             }
         }
-        self.slices.insert(slice.key.clone(), Arc::new(slice));
+        self.slices.insert(Arc::new(slice));
     }
 
     fn remove_slice(&mut self, key: &Key, changed: &mut Changed) {
@@ -185,7 +212,7 @@ impl Snapshot {
         if let Some(svc) = &old.service {
             let owner = Key::new(&key.namespace, svc);
             changed.services.insert(owner.clone());
-            if let Some(names) = self.slices_by_service.get_mut(&owner) {
+            if let Some((_, names)) = self.slices_by_service.get_mut(&owner) {
                 names.retain(|n| *n != key.name);
                 if names.is_empty() {
                     self.slices_by_service.remove(&owner);
@@ -198,13 +225,11 @@ impl Snapshot {
         self.remove_pod(&pod.key);
         if pod.live {
             for ip in &pod.ips {
-                *self
-                    .pod_ips
-                    .entry((pod.key.namespace.clone(), *ip))
-                    .or_default() += 1;
+                let k = (pod.key.namespace.clone(), *ip);
+                self.pod_ips.get_or_insert_with(&k, || (k.clone(), 0)).1 += 1;
             }
         }
-        self.pods.insert(pod.key.clone(), Arc::new(pod));
+        self.pods.insert(Arc::new(pod));
     }
 
     fn remove_pod(&mut self, key: &Key) {
@@ -216,9 +241,9 @@ impl Snapshot {
         }
         for ip in &old.ips {
             let k = (key.namespace.clone(), *ip);
-            match self.pod_ips.get(&k).copied() {
+            match self.pod_ips.get(&k).map(|(_, n)| *n) {
                 Some(n) if n > 1 => {
-                    self.pod_ips.insert(k, n - 1);
+                    self.pod_ips.insert((k, n - 1));
                 }
                 _ => {
                     self.pod_ips.remove(&k);
@@ -240,7 +265,7 @@ impl Snapshot {
                     return false;
                 }
                 changed.services.insert(svc.key.clone());
-                self.services.insert(svc.key.clone(), Arc::new(svc));
+                self.services.insert(Arc::new(svc));
                 true
             }
             Event::Apply(Object::EndpointSlice(slice)) => {
@@ -303,9 +328,9 @@ impl Snapshot {
                 }
                 let held: Vec<Key> = match kind {
                     Kind::Namespaces => self.namespaces.iter().map(|n| Key::new("", n)).collect(),
-                    Kind::Services => self.services.keys().cloned().collect(),
-                    Kind::EndpointSlices => self.slices.keys().cloned().collect(),
-                    Kind::Pods => self.pods.keys().cloned().collect(),
+                    Kind::Services => self.services.iter().map(|s| s.key.clone()).collect(),
+                    Kind::EndpointSlices => self.slices.iter().map(|s| s.key.clone()).collect(),
+                    Kind::Pods => self.pods.iter().map(|p| p.key.clone()).collect(),
                 };
                 for key in held.into_iter().filter(|k| !listed.contains(k)) {
                     any |= self.apply(Event::Delete(kind, key), changed);
@@ -329,6 +354,58 @@ struct State {
     working: Snapshot,
     /// Kinds that must report [`Event::Synced`] before the snapshot is synced.
     pending: BTreeSet<Kind>,
+    service_ports: Interned<ServicePort>,
+    slice_ports: Interned<EndpointPort>,
+}
+
+/// Port lists shared by the objects that have the same: most Services of a cluster have one
+/// of a few.
+#[derive(Debug)]
+struct Interned<T> {
+    lists: HashSet<Arc<[T]>>,
+    /// Lists held when unused ones were last dropped: they are dropped again at twice as many.
+    after_pruning: usize,
+}
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            lists: HashSet::new(),
+            after_pruning: 0,
+        }
+    }
+}
+
+impl<T: Eq + std::hash::Hash> Interned<T> {
+    /// The shared list equal to `list`.
+    fn share(&mut self, list: &mut Arc<[T]>) {
+        if let Some(shared) = self.lists.get(&**list) {
+            *list = shared.clone();
+            return;
+        }
+        if self.lists.len() >= 2 * self.after_pruning.max(64) {
+            self.lists.retain(|l| Arc::strong_count(l) > 1);
+            self.after_pruning = self.lists.len();
+        }
+        self.lists.insert(list.clone());
+    }
+}
+
+impl State {
+    /// `event` with its objects' port lists shared.
+    fn intern(&mut self, mut event: Event) -> Event {
+        let mut share = |object: &mut Object| match object {
+            Object::Service(svc) => self.service_ports.share(&mut svc.ports),
+            Object::EndpointSlice(slice) => self.slice_ports.share(&mut slice.ports),
+            _ => {}
+        };
+        match &mut event {
+            Event::Apply(object) => share(object),
+            Event::Reset(_, objects) => objects.iter_mut().for_each(share),
+            _ => {}
+        }
+        event
+    }
 }
 
 impl Cache {
@@ -341,7 +418,12 @@ impl Cache {
             ..Snapshot::default()
         };
         Cache {
-            state: Mutex::new(State { working, pending }),
+            state: Mutex::new(State {
+                working,
+                pending,
+                service_ports: Interned::default(),
+                slice_ports: Interned::default(),
+            }),
             tx,
         }
     }
@@ -369,6 +451,7 @@ impl Cache {
         let mut any = false;
         let mut next = state.working.clone();
         for event in events {
+            let event = state.intern(event);
             if let Event::Synced(kind) = &event {
                 any |= state.pending.remove(kind);
             }
@@ -524,6 +607,37 @@ mod tests {
             after.changed.services,
             BTreeSet::from([Key::new("d", "a"), Key::new("d", "b")])
         );
+    }
+
+    #[test]
+    fn services_with_the_same_ports_share_one_list() {
+        let cache = Cache::new(&[]);
+        let with_ports = |name: &str, port: u16| {
+            Object::Service(Service {
+                key: Key::new("d", name),
+                kind: ServiceKind::Headless,
+                ports: vec![crate::types::ServicePort {
+                    name: "http".into(),
+                    protocol: crate::types::Protocol::Tcp,
+                    port,
+                }]
+                .into(),
+            })
+        };
+        cache.apply([Event::Apply(with_ports("a", 80))]);
+        cache.apply([Event::Reset(
+            Kind::Services,
+            vec![
+                with_ports("a", 80),
+                with_ports("b", 80),
+                with_ports("c", 81),
+            ],
+        )]);
+        let now = cache.current();
+        let ports = |name| now.service("d", name).unwrap().ports.clone();
+        assert!(Arc::ptr_eq(&ports("a"), &ports("b")));
+        assert!(!Arc::ptr_eq(&ports("a"), &ports("c")));
+        assert_eq!(ports("c")[0].port, 81);
     }
 
     #[test]

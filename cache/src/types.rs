@@ -70,11 +70,11 @@ impl Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceKind {
     /// ClusterIP, NodePort or LoadBalancer with its cluster IPs (`spec.clusterIPs`, else
-    /// `spec.clusterIP`), in order; empty while none is allocated.
+    /// `spec.clusterIP`), in order, a repeated one once; empty while none is allocated.
     ClusterIp(Addresses),
     /// `clusterIP: None`: answers come from the endpoints.
     Headless,
-    /// `type: ExternalName`: a CNAME to this name (as written, without a trailing dot).
+    /// `type: ExternalName`: a CNAME to this name (in lower case, without a trailing dot).
     ExternalName(Name),
 }
 
@@ -92,7 +92,8 @@ pub struct ServicePort {
 pub struct Service {
     pub key: Key,
     pub kind: ServiceKind,
-    pub ports: Box<[ServicePort]>,
+    /// Shared by every Service with the same ports (the cache interns them).
+    pub ports: std::sync::Arc<[ServicePort]>,
 }
 
 /// An endpoint of an EndpointSlice.
@@ -122,7 +123,8 @@ pub struct EndpointSlice {
     /// The Service it belongs to (label `kubernetes.io/service-name`); slices without it are
     /// ignored by DNS.
     pub service: Option<Name>,
-    /// Shared with the DNS index's entries.
+    /// Shared by every slice with the same ports (the cache interns them) and with the DNS
+    /// index's entries.
     pub ports: std::sync::Arc<[EndpointPort]>,
     pub endpoints: Box<[Endpoint]>,
     /// `endpoints.kubernetes.io/last-change-trigger-time`: when the change that made this

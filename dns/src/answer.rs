@@ -362,8 +362,8 @@ impl Ctx<'_> {
         e: &Entry,
         depth: usize,
     ) -> Found {
-        match (&e.kind, qtype) {
-            (EntryKind::Cluster(ips), RecordType::A | RecordType::AAAA) => {
+        match (e.kind(), qtype) {
+            (EntryKind::ClusterIp(ips), RecordType::A | RecordType::AAAA) => {
                 addresses(qname, self.ttl(), qtype, ips.iter().copied())
             }
             (EntryKind::Headless, RecordType::A | RecordType::AAAA) => addresses(
@@ -372,19 +372,20 @@ impl Ctx<'_> {
                 qtype,
                 e.endpoints.iter().map(|ep| ep.addr),
             ),
-            (EntryKind::Cluster(_) | EntryKind::Headless, RecordType::SRV) => {
+            (EntryKind::ClusterIp(_) | EntryKind::Headless, RecordType::SRV) => {
                 match self.srv(qname, namespace, service, e, "", "") {
                     Some((records, extra)) => Found::Records(records, extra),
                     None => Found::NoData,
                 }
             }
-            (EntryKind::External(target), RecordType::CNAME) => match self.cname(qname, target) {
+            (EntryKind::ExternalName(target), RecordType::CNAME) => match self.cname(qname, target)
+            {
                 Some(r) => Found::Records(vec![r], vec![]),
                 None => Found::NoData,
             },
             // TXT is not chased: CoreDNS answers a Service name's TXT with NODATA
             // (`plugin/kubernetes/kubernetes.go`, `Services`), though spec §4 lists it.
-            (EntryKind::External(target), RecordType::A | RecordType::AAAA) => {
+            (EntryKind::ExternalName(target), RecordType::A | RecordType::AAAA) => {
                 self.chase(qname, target, qtype, depth)
             }
             _ => Found::NoData,
@@ -451,8 +452,8 @@ impl Ctx<'_> {
         let svc_name = child(&[service, namespace, "svc"], &self.zone_spelled)?;
         // (target, port, addresses of the target)
         let mut candidates: Vec<(Name, u16, Vec<IpAddr>)> = Vec::new();
-        match &e.kind {
-            EntryKind::Cluster(ips) => {
+        match e.kind() {
+            EntryKind::ClusterIp(ips) => {
                 for p in e
                     .ports()
                     .iter()
@@ -481,7 +482,7 @@ impl Ctx<'_> {
                     }
                 }
             }
-            EntryKind::External(_) => return None,
+            EntryKind::ExternalName(_) => return None,
         }
         if candidates.is_empty() {
             return None;
@@ -519,7 +520,7 @@ impl Ctx<'_> {
         port: &str,
         protocol: &str,
     ) -> Found {
-        if matches!(e.kind, EntryKind::External(_)) {
+        if matches!(e.kind(), EntryKind::ExternalName(_)) {
             return Found::NoName;
         }
         let Some((srv, extra)) = self.srv(qname, namespace, service, e, port, protocol) else {
@@ -527,8 +528,10 @@ impl Ctx<'_> {
         };
         match qtype {
             RecordType::SRV => Found::Records(srv, extra),
-            RecordType::A | RecordType::AAAA => match &e.kind {
-                EntryKind::Cluster(ips) => addresses(qname, self.ttl(), qtype, ips.iter().copied()),
+            RecordType::A | RecordType::AAAA => match e.kind() {
+                EntryKind::ClusterIp(ips) => {
+                    addresses(qname, self.ttl(), qtype, ips.iter().copied())
+                }
                 _ => {
                     let matching = e.endpoints.iter().filter(|ep: &&Ep| {
                         ep.ports
@@ -620,14 +623,14 @@ impl Ctx<'_> {
                     continue;
                 };
                 let (ns, svc) = (t.service().namespace.as_str(), t.service().name.as_str());
-                let target = match &e.kind {
-                    EntryKind::Cluster(ips) => {
+                let target = match e.kind() {
+                    EntryKind::ClusterIp(ips) => {
                         child(&[svc, ns, "svc"], z).map(|n| (n, ips.to_vec()))
                     }
                     EntryKind::Headless => {
                         child(&[endpoint, svc, ns, "svc"], z).map(|n| (n, vec![*addr]))
                     }
-                    EntryKind::External(_) => None,
+                    EntryKind::ExternalName(_) => None,
                 };
                 targets.extend(target);
             }

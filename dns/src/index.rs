@@ -14,24 +14,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cache::{Addresses, EndpointPort, Key, Name, Service, ServiceKind, ServicePort, Snapshot};
+use cache::{EndpointPort, Key, Name, Service, ServicePort, Snapshot};
 use smallvec::SmallVec;
 
 use crate::config::Config;
 use crate::name::dashed;
-use crate::sharded::{Item, ShardedMap};
+use cache::sharded::{Keyed, ShardedMap};
 
 /// What one Service answers.
 #[derive(Debug)]
 pub struct Entry {
     /// The cache's Service (its key and ports).
     pub service: Arc<Service>,
-    pub kind: EntryKind,
     /// Ready endpoint addresses of every slice (an address in two slices appears twice).
     pub endpoints: Box<[Ep]>,
-    /// Indexes into `endpoints`, sorted by endpoint name (ties in endpoint order); inline for
-    /// a few.
-    by_name: SmallVec<[u32; 4]>,
+    /// Indexes into `endpoints`, sorted by endpoint name (ties in endpoint order).
+    by_name: Box<[u32]>,
     /// False when the Service's names must not exist: a headless Service without ready
     /// endpoints, an empty ClusterIP Service under `ignore_empty_service`, an ExternalName that
     /// is an IP address.
@@ -55,6 +53,10 @@ impl Entry {
         &self.service.key
     }
 
+    pub fn kind(&self) -> &EntryKind {
+        &self.service.kind
+    }
+
     /// The Service's ports (SRV of ClusterIP Services).
     pub fn ports(&self) -> &[ServicePort] {
         &self.service.ports
@@ -72,21 +74,16 @@ impl Entry {
 }
 
 /// Entries are held by their Service's key.
-impl Item for Arc<Entry> {
+impl Keyed for Entry {
     type Key = Key;
     fn key(&self) -> &Key {
-        Entry::key(self)
+        &self.service.key
     }
 }
 
-/// How a Service answers address queries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryKind {
-    Cluster(Addresses),
-    Headless,
-    /// The external name, lower-case, without a trailing dot.
-    External(Name),
-}
+/// How a Service answers address queries: the cache's own kind (cluster IPs without
+/// repeats, the external name in lower case).
+pub use cache::ServiceKind as EntryKind;
 
 /// One ready endpoint address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -152,6 +149,68 @@ impl Ord for PtrTarget {
 /// The PTR targets of one address: nearly always one, kept inline.
 type Targets = SmallVec<[PtrTarget; 1]>;
 
+/// PTR targets by address, IPv4 addresses (most of a cluster's) keyed by their four bytes.
+#[derive(Debug, Clone, Default)]
+struct Reverse {
+    v4: ShardedMap<(u32, Targets)>,
+    v6: ShardedMap<(u128, Targets)>,
+}
+
+impl Reverse {
+    fn get(&self, ip: IpAddr) -> Option<&Targets> {
+        match ip {
+            IpAddr::V4(a) => self.v4.get(&a.to_bits()).map(|(_, t)| t),
+            IpAddr::V6(a) => self.v6.get(&a.to_bits()).map(|(_, t)| t),
+        }
+    }
+
+    fn get_or_default(&mut self, ip: IpAddr) -> &mut Targets {
+        match ip {
+            IpAddr::V4(a) => {
+                let k = a.to_bits();
+                &mut self.v4.get_or_insert_with(&k, || (k, Targets::new())).1
+            }
+            IpAddr::V6(a) => {
+                let k = a.to_bits();
+                &mut self.v6.get_or_insert_with(&k, || (k, Targets::new())).1
+            }
+        }
+    }
+
+    /// Keeps the targets of `ip` that `keep` accepts; the address goes with the last.
+    fn retain(&mut self, ip: IpAddr, keep: impl FnMut(&PtrTarget) -> bool) {
+        fn go<K: Ord + std::hash::Hash + Clone>(
+            map: &mut ShardedMap<(K, Targets)>,
+            k: K,
+            mut keep: impl FnMut(&PtrTarget) -> bool,
+        ) {
+            if let Some((_, list)) = map.get_mut(&k) {
+                list.retain(|t| keep(t));
+                if list.is_empty() {
+                    map.remove(&k);
+                }
+            }
+        }
+        match ip {
+            IpAddr::V4(a) => go(&mut self.v4, a.to_bits(), keep),
+            IpAddr::V6(a) => go(&mut self.v6, a.to_bits(), keep),
+        }
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = (IpAddr, &Targets)> + '_ {
+        let v4 = self
+            .v4
+            .iter()
+            .map(|(k, t)| (IpAddr::from(std::net::Ipv4Addr::from_bits(*k)), t));
+        let v6 = self
+            .v6
+            .iter()
+            .map(|(k, t)| (IpAddr::from(std::net::Ipv6Addr::from_bits(*k)), t));
+        v4.chain(v6)
+    }
+}
+
 /// The index of one snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Index {
@@ -161,7 +220,7 @@ pub struct Index {
     /// This index was built whole, not from the previous one and what changed since.
     pub whole: bool,
     services: ShardedMap<Arc<Entry>>,
-    reverse: ShardedMap<(IpAddr, Targets)>,
+    reverse: Reverse,
 }
 
 fn endpoint_name(config: &Config, hostname: Option<&str>, pod: Option<&str>, addr: IpAddr) -> Name {
@@ -176,20 +235,12 @@ fn endpoint_name(config: &Config, hostname: Option<&str>, pod: Option<&str>, add
 
 /// Builds the entry of one Service.
 pub fn entry(snapshot: &Snapshot, svc: &Arc<Service>, config: &Config) -> Entry {
-    let kind = match &svc.kind {
-        ServiceKind::ClusterIp(ips) => {
-            let mut ips = ips.clone();
-            ips.dedup();
-            EntryKind::Cluster(ips)
-        }
-        ServiceKind::Headless => EntryKind::Headless,
-        ServiceKind::ExternalName(name) => EntryKind::External(name.to_ascii_lowercase()),
-    };
+    let kind = &svc.kind;
     // Every ready address of every slice, duplicates included: an address present in two
     // slices (during skew) counts twice in SRV weights, as upstream counts candidates before
     // removing duplicates; answers remove them.
     let mut endpoints: Vec<Ep> = Vec::new();
-    if !config.noendpoints && !matches!(kind, EntryKind::External(_)) {
+    if !config.noendpoints && !matches!(kind, EntryKind::ExternalName(_)) {
         for slice in snapshot.slices_of(&svc.key) {
             for e in slice.endpoints.iter().filter(|e| e.ready) {
                 for addr in &e.addresses {
@@ -204,24 +255,23 @@ pub fn entry(snapshot: &Snapshot, svc: &Arc<Service>, config: &Config) -> Entry 
             }
         }
     }
-    let mut by_name: SmallVec<[u32; 4]> = (0..endpoints.len() as u32).collect();
+    let mut by_name: Vec<u32> = (0..endpoints.len() as u32).collect();
     by_name.sort_by(|a, b| {
         endpoints[*a as usize]
             .name
             .cmp(&endpoints[*b as usize].name)
     });
-    let exists = match &kind {
-        EntryKind::Cluster(_) => {
+    let exists = match kind {
+        EntryKind::ClusterIp(_) => {
             !(config.ignore_empty_service && !config.noendpoints && endpoints.is_empty())
         }
         EntryKind::Headless => !endpoints.is_empty(),
-        EntryKind::External(name) => name.parse::<IpAddr>().is_err(),
+        EntryKind::ExternalName(name) => name.parse::<IpAddr>().is_err(),
     };
     Entry {
         service: svc.clone(),
-        kind,
         endpoints: endpoints.into(),
-        by_name,
+        by_name: by_name.into(),
         exists,
         replaced: AtomicBool::new(false),
     }
@@ -236,7 +286,7 @@ impl Index {
             whole: true,
             ..Index::default()
         };
-        for svc in snapshot.services.values() {
+        for svc in snapshot.services.iter() {
             index.insert(entry(&snapshot, svc, config));
         }
         index
@@ -277,8 +327,8 @@ impl Index {
 
     fn insert(&mut self, entry: Entry) {
         let entry = Arc::new(entry);
-        let cluster = match &entry.kind {
-            EntryKind::Cluster(ips) => &ips[..],
+        let cluster = match entry.kind() {
+            EntryKind::ClusterIp(ips) => &ips[..],
             _ => &[],
         };
         let targets = cluster.iter().map(|ip| (*ip, None)).chain(
@@ -294,9 +344,7 @@ impl Index {
                 endpoint,
             };
             // Kept sorted, so the answer depends on the snapshot, not on the order of changes.
-            let (_, list) = self
-                .reverse
-                .get_or_insert_with(&ip, || (ip, Targets::new()));
+            let list = self.reverse.get_or_default(ip);
             if let Err(at) = list.binary_search(&target) {
                 list.insert(at, target);
             }
@@ -309,8 +357,8 @@ impl Index {
             return;
         };
         old.replace();
-        let ips = match &old.kind {
-            EntryKind::Cluster(ips) => &ips[..],
+        let ips = match old.kind() {
+            EntryKind::ClusterIp(ips) => &ips[..],
             _ => &[],
         };
         for ip in ips
@@ -318,12 +366,7 @@ impl Index {
             .copied()
             .chain(old.endpoints.iter().map(|e| e.addr))
         {
-            if let Some((_, list)) = self.reverse.get_mut(&ip) {
-                list.retain(|t| t.service() != key);
-                if list.is_empty() {
-                    self.reverse.remove(&ip);
-                }
-            }
+            self.reverse.retain(ip, |t| t.service() != key);
         }
     }
 
@@ -334,14 +377,14 @@ impl Index {
 
     /// The PTR targets of an address.
     pub fn ptr(&self, ip: IpAddr) -> Option<&[PtrTarget]> {
-        self.reverse.get(&ip).map(|(_, t)| &t[..])
+        self.reverse.get(ip).map(|t| &t[..])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cache::{Cache, EndpointSlice, Event, Kind, Object};
+    use cache::{Cache, EndpointSlice, Event, Kind, Object, ServiceKind};
 
     fn service(name: &str, ip: &str) -> Object {
         Object::Service(Service {
@@ -380,7 +423,7 @@ mod tests {
         {
             out.push_str(&format!(
                 "{key:?} {:?} {:?} {:?} {}\n",
-                entry.kind,
+                entry.kind(),
                 entry.ports(),
                 entry.endpoints,
                 entry.exists
@@ -389,7 +432,6 @@ mod tests {
         for (ip, targets) in index
             .reverse
             .iter()
-            .map(|(ip, t)| (ip, t))
             .collect::<std::collections::BTreeMap<_, _>>()
         {
             out.push_str(&format!("{ip} {targets:?}\n"));

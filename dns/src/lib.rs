@@ -41,7 +41,6 @@ pub mod reload;
 pub mod rewrite;
 pub mod server;
 pub mod service;
-pub mod sharded;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -847,7 +847,7 @@ pub fn programmed(
     let changed = &snapshot.changed;
     let services: Vec<Key> = if changed.all {
         seen.retain(|key, _| snapshot.slices.contains_key(key));
-        snapshot.services.keys().cloned().collect()
+        snapshot.services.iter().map(|s| s.key.clone()).collect()
     } else {
         changed.services.iter().cloned().collect()
     };

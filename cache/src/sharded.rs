@@ -1,4 +1,4 @@
-//! A persistent map for the record index: items hashed by their key into shards, each shard a
+//! A persistent map for the cache and the DNS index: items hashed by their key into shards, each shard a
 //! vector sorted by key and shared between index generations until one of them changes it
 //! (copy on write). An item costs its own size and nothing else (no tree or trie nodes, no
 //! empty buckets, no key kept apart from an item that holds it), a clone costs the shard
@@ -18,6 +18,19 @@ const FIRST_SHARDS: usize = 16;
 pub trait Item: Clone {
     type Key: Ord + Hash;
     fn key(&self) -> &Self::Key;
+}
+
+/// What is held shared (`Arc<T>`) and knows its key.
+pub trait Keyed {
+    type Key: Ord + Hash;
+    fn key(&self) -> &Self::Key;
+}
+
+impl<T: Keyed> Item for Arc<T> {
+    type Key = T::Key;
+    fn key(&self) -> &T::Key {
+        T::key(self)
+    }
 }
 
 /// A key and a value.
@@ -124,6 +137,10 @@ impl<T: Item> ShardedMap<T> {
         let item = shard.remove(at);
         self.len -= 1;
         Some(item)
+    }
+
+    pub fn contains_key(&self, key: &T::Key) -> bool {
+        self.get(key).is_some()
     }
 
     /// Every item, in no particular order.
