@@ -373,10 +373,12 @@ impl Template {
     }
 
     /// The reply to `request` (whose bytes are `asked`), every record with `ttl`, records
-    /// shuffled by `rng` where the template says; `None` when it is larger than `limit` (the
-    /// full path truncates) or the question is spelt otherwise than the template's (hickory
-    /// compresses a record's name into the question only where both are spelt alike, so the
-    /// bytes of a reply depend on the spelling asked).
+    /// shuffled by `rng` where the template says, then cut as the full path cuts a reply
+    /// larger than `limit` (the longest run of records from the first that fits, TC set);
+    /// `None` when not even the header and question fit (the full path answers), or the
+    /// question is spelt otherwise than the template's (hickory compresses a record's name into
+    /// the question only where both are spelt alike, so the bytes of a reply depend on the
+    /// spelling asked).
     pub fn reply(
         &self,
         request: &Request,
@@ -415,7 +417,10 @@ impl Template {
         let opt_len = if request.edns.is_some() { 11 } else { 0 };
         let q = request.question.clone();
         let bytes = self.bytes();
-        if bytes.len() + opt_len > limit || bytes[HEADER..HEADER + q.len()] != asked[q.clone()] {
+        let cut = bytes.len() + opt_len > limit;
+        if cut && HEADER + q.len() + opt_len > limit
+            || bytes[HEADER..HEADER + q.len()] != asked[q.clone()]
+        {
             return false;
         }
         let base = out.len();
@@ -435,7 +440,7 @@ impl Template {
             }
             | if request.checking_disabled { 0x10 } else { 0 }
             | f.rcode;
-        reply[HEADER..HEADER + q.len()].copy_from_slice(&asked[q]);
+        reply[HEADER..HEADER + q.len()].copy_from_slice(&asked[q.clone()]);
         if let Some(ttl) = ttl {
             for at in self.ttl_offsets() {
                 reply[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
@@ -444,6 +449,14 @@ impl Template {
         for (start, ends) in self.groups() {
             shuffle(reply, start, ends, rng, scratch);
         }
+        if cut {
+            let Some(end) = cut_records(reply, HEADER + q.len(), limit - opt_len) else {
+                out.truncate(base);
+                return false;
+            };
+            out.truncate(base + end);
+        }
+        let reply = &mut out[base..];
         if let Some(edns) = request.edns {
             let additional = u16::from_be_bytes([reply[10], reply[11]]) + 1;
             reply[10..12].copy_from_slice(&additional.to_be_bytes());
@@ -455,6 +468,45 @@ impl Template {
         }
         true
     }
+}
+
+/// Cuts the records of `reply` (they begin at `first`) to the longest run from the first that
+/// ends within `room`, sets the sections' counts and TC; returns where the reply now ends.
+fn cut_records(reply: &mut [u8], first: usize, room: usize) -> Option<usize> {
+    let count = |at: usize| usize::from(u16::from_be_bytes([reply[at], reply[at + 1]]));
+    let (answers, authorities) = (count(6), count(8));
+    let total = answers + authorities + count(10);
+    let (mut end, mut kept) = (first, 0);
+    while kept < total {
+        let mut at = end;
+        loop {
+            let len = *reply.get(at)?;
+            if len & 0xC0 == 0xC0 {
+                at += 2;
+                break;
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        let rdlen = usize::from(u16::from_be_bytes([
+            *reply.get(at + 8)?,
+            *reply.get(at + 9)?,
+        ]));
+        let next = at + 10 + rdlen;
+        if next > room {
+            break;
+        }
+        (end, kept) = (next, kept + 1);
+    }
+    let an = kept.min(answers);
+    let ns = (kept - an).min(authorities);
+    for (at, n) in [(6, an), (8, ns), (10, kept - an - ns)] {
+        reply[at..at + 2].copy_from_slice(&u16::try_from(n).ok()?.to_be_bytes());
+    }
+    reply[2] |= 0x02;
+    Some(end)
 }
 
 /// A query for the wire `question` (an uncompressed name, type and class), as the full path
@@ -1045,14 +1097,68 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_larger_than_the_limit_is_left_to_the_full_path() {
-        let asked = ("big.example.", RecordType::A);
-        let answers: Vec<Record> = (1..=40).map(|i| a("big.example.", i)).collect();
-        let t = template(asked.0, asked.1, NOERROR, [&answers, &[], &[]], false).unwrap();
-        let bytes = query(asked.0, asked.1, None).to_vec().unwrap();
+    fn a_reply_larger_than_the_limit_is_cut_as_the_full_path_cuts_it() {
+        let ttl = 30;
+        // Forty addresses; and SRV records with their targets' addresses as additionals, so
+        // a cut may fall in either section.
+        let addresses: Vec<Record> = (1..=40).map(|i| a("big.example.", i)).collect();
+        let targets: Vec<String> = (1..=12).map(|i| format!("ep-{i}.big.example.")).collect();
+        let srv: Vec<Record> = targets
+            .iter()
+            .map(|t| {
+                Record::from_rdata(
+                    name("_http._tcp.big.example."),
+                    ttl,
+                    RData::SRV(SRV::new(0, 8, 80, name(t))),
+                )
+            })
+            .collect();
+        let glue: Vec<Record> = targets.iter().zip(1..).map(|(t, i)| a(t, i)).collect();
+        let cases = [
+            (("big.example.", RecordType::A), [addresses, vec![], vec![]]),
+            (
+                ("_http._tcp.big.example.", RecordType::SRV),
+                [srv, vec![], glue],
+            ),
+        ];
+        for ((qname, qtype), sections) in cases {
+            let t = template(
+                qname,
+                qtype,
+                NOERROR,
+                sections.each_ref().map(|s| &s[..]),
+                false,
+            )
+            .unwrap();
+            for (edns, limit) in [
+                (None, 512),
+                (Some((600, false)), 600),
+                (Some((650, true)), 650),
+            ] {
+                let req = query(qname, qtype, edns);
+                let bytes = req.to_vec().unwrap();
+                let r = Request::peek(&bytes).unwrap();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+                let got = t.reply(&r, &bytes, ttl, limit, &mut rng).unwrap();
+                let want = crate::message::encode_within(
+                    full(&req, NOERROR, sections.clone(), ttl),
+                    limit,
+                )
+                .unwrap();
+                assert!(
+                    got.len() <= limit && got[2] & 0x02 != 0,
+                    "{qname} cut to {limit}"
+                );
+                assert_eq!(got, want, "{qname} cut to {limit}");
+            }
+        }
+        // Not even the header and question fit: the full path answers (a bare header).
+        let long = format!("{}.example.", ["q".repeat(60).as_str(); 4].join("."));
+        let answers = [a(&long, 1), a(&long, 2)];
+        let t = template(&long, RecordType::A, NOERROR, [&answers, &[], &[]], false).unwrap();
+        let bytes = query(&long, RecordType::A, None).to_vec().unwrap();
         let r = Request::peek(&bytes).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(t.reply(&r, &bytes, 1, 512, &mut rng), None);
-        assert!(t.reply(&r, &bytes, 1, 65535, &mut rng).is_some());
+        assert_eq!(t.reply(&r, &bytes, ttl, bytes.len() - 1, &mut rng), None);
     }
 }

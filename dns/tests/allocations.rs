@@ -27,6 +27,9 @@ fn questions() -> Vec<Vec<u8>> {
         ("svc1.testns.svc.cluster.local.", 28),
         ("nothere.testns.svc.cluster.local.", 1),
         ("internal.testns.svc.cluster.local.", 1),
+        // Forty endpoints: cut to 1232 bytes (with EDNS) and to 512 (without).
+        ("_http._tcp.big.testns.svc.cluster.local.", 33),
+        ("big.testns.svc.cluster.local.", 1),
     ];
     names
         .iter()

@@ -36,6 +36,8 @@ const NAMES: &[&str] = &[
     "ep1a.svc1.testns.svc.cluster.local.",
     "svc-dual-stack.testns.svc.cluster.local.",
     "hdls1.testns.svc.cluster.local.",
+    "big.testns.svc.cluster.local.",
+    "_http._tcp.big.testns.svc.cluster.local.",
     "_http._tcp.hdls1.testns.svc.cluster.local.",
     "dup-name.hdls1.testns.svc.cluster.local.",
     "172-0-0-2.hdls1.testns.svc.cluster.local.",

@@ -65,6 +65,33 @@ fn fixture() -> cache::manifests::Loaded {
     cache::manifests::parse(std::path::Path::new("testns.yaml"), text).unwrap()
 }
 
+/// A headless Service beside the fixture with 40 ready endpoints: its answers outgrow 512 bytes
+/// and most EDNS buffers, so replies are cut.
+fn big() -> Vec<Event> {
+    let endpoints: String = (1..=40)
+        .map(|i| format!("  - addresses: [10.250.0.{i}]\n"))
+        .collect();
+    let text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: big, namespace: testns}}\n\
+         spec: {{clusterIP: None, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: big-1, namespace: testns, labels: {{kubernetes.io/service-name: big}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 80, protocol: TCP}}]\nendpoints:\n{endpoints}"
+    );
+    let loaded = cache::manifests::parse(std::path::Path::new("big.yaml"), &text).unwrap();
+    loaded
+        .services
+        .into_iter()
+        .map(|s| Event::Apply(Object::Service(s)))
+        .chain(
+            loaded
+                .slices
+                .into_iter()
+                .map(|s| Event::Apply(Object::EndpointSlice(s))),
+        )
+        .collect()
+}
+
 /// One Corefile's router over a cluster cache, and the metrics it counts into.
 pub(crate) struct Served {
     pub(crate) router: Arc<Router>,
@@ -97,6 +124,7 @@ impl Cluster {
             Kind::Pods,
         ]);
         cache.apply(fixture().into_events());
+        cache.apply(big());
         let index = Index::build(cache.current(), &config);
         let (tx, _) = watch::channel(Arc::new(index));
         let cluster = Cluster {
