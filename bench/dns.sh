@@ -48,7 +48,7 @@ esac
 
 WORK=$(mktemp -d)
 # A frozen API server's watchdog could not notice that we are gone: thaw it first.
-trap '[ -n "${APISERVER_PGID:-}" ] && kill -CONT -- "-$APISERVER_PGID" "-$ETCD_PGID" 2>/dev/null; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '{ [ -z "${APISERVER_PGID:-}" ] || kill -CONT -- "-$APISERVER_PGID" "-$ETCD_PGID" 2>/dev/null || true; }; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 python3 bench/dns_gen.py "$N" "$WORK" "$ENDPOINTS"
 
 cat >"$WORK/knot.conf" <<KNOT

@@ -30,7 +30,7 @@ cargo build --release --quiet -p testkit --example bench_cluster
 SVCPLANE=$PWD/target/release/svcplane
 
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 python3 bench/dns_gen.py "$N" "$WORK"
 start_bench_cluster
 

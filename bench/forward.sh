@@ -36,7 +36,7 @@ case " $CONTENDERS " in *" coredns "*)
 esac
 
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # The upstream, on the client's core: every name under hit.example and miss.example has an A.
 UPSTREAM=$(port)
