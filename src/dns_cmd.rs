@@ -458,12 +458,19 @@ async fn serve(mut setup: Setup, mut shared: cache::kube_feed::Shared) -> anyhow
         readiness.send_replace(dns::probes::Readiness::Ready);
     }
     // Like CoreDNS, wait up to the startup timeout for the first sync before answering; after
-    // it, serve anyway (names that would not exist get SERVFAIL until the sync).
-    if let (Some((cache, _)), Some(running)) = (&cluster_cache, feed.as_mut()) {
-        let mut synced = cache.subscribe();
+    // it, serve anyway (names that would not exist get SERVFAIL until the sync). The wait is
+    // for the index of a synced snapshot: the cache's sync alone leaves a moment in which the
+    // index, built beside it, still answers from before.
+    if let (Some((cache, _)), Some(running), Some(source)) =
+        (&cluster_cache, feed.as_mut(), cluster.as_ref())
+    {
+        let mut indexed = source.index.clone();
         tokio::select! {
             result = running => return result?,
-            _ = tokio::time::timeout(setup.startup_timeout, synced.wait_for(|s| s.synced)) => {}
+            _ = tokio::time::timeout(
+                setup.startup_timeout,
+                indexed.wait_for(|i| i.snapshot.synced),
+            ) => {}
         }
         if !cache.current().synced {
             tracing::warn!(timeout = ?setup.startup_timeout, "starting with an unsynced cache");

@@ -2,7 +2,9 @@
 //!
 //! Each call to [`Cache::apply`] is one atomic step: readers see all of its events or none
 //! (a manifests reload, a watch's initial list, and a single watch event are each one step).
-//! Maps are persistent (`imbl`), so a snapshot costs O(changes), not O(cluster).
+//! Maps are persistent ([`crate::sharded`]; `imbl` for the namespaces and the history), so a
+//! snapshot costs the shards its step changed, not a copy of the cluster. Objects' port lists
+//! are interned.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -120,7 +122,8 @@ pub const MANY_SERVICES: usize = 4096;
 /// What a published step (or several) changed, so readers can rebuild only that.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
-    /// Every Service or slice may have changed (a relist or reload with differences).
+    /// Every Service or slice may have changed (a step that changed more than
+    /// [`MANY_SERVICES`], such as an initial list).
     pub all: bool,
     /// Namespaces came or went (answers read them from the snapshot directly).
     pub namespaces: bool,

@@ -294,8 +294,9 @@ impl Index {
 
     /// The index of `snapshot`, made from this one and what changed since its generation —
     /// however many generations that is, as long as the snapshot remembers them — and built
-    /// whole only after a relist or reload that may have changed everything, or a gap longer
-    /// than the snapshot's history.
+    /// whole only after a step the cache records as changing everything (more than
+    /// `cache::store::MANY_SERVICES` Services: an initial list, most of a reload), or a gap
+    /// longer than the snapshot's history.
     pub fn next(&self, snapshot: Arc<Snapshot>, config: &Config) -> Index {
         let changed = if snapshot.generation == self.snapshot.generation + 1 {
             Some(std::borrow::Cow::Borrowed(&*snapshot.changed))

@@ -623,7 +623,7 @@ fn describe(name: &str) -> (&'static str, &'static str) {
         ),
         "svcplane_dns_index_rebuilds_total" => (
             "counter",
-            "Times the record index was built whole (at start, after a relist or reload, or a gap longer than the cache's history) instead of for the Services that changed.",
+            "Times the record index was built whole (at start, after a step that changed more than 4096 Services, or a gap longer than the cache's history) instead of for the Services that changed.",
         ),
         _ => ("untyped", ""),
     }
