@@ -431,9 +431,19 @@ async fn serve(mut setup: Setup, mut shared: cache::kube_feed::Shared) -> anyhow
     }
     // The HTTP endpoints answer from the start: `/ready` says 503 until the first sync.
     let (readiness, _http) = http_endpoints(&setup.plan, &metrics).await?;
-    let _watch_cluster = cluster_cache
-        .as_ref()
-        .map(|(cache, kinds)| watch_cluster(cache.clone(), kinds.clone(), &metrics, &readiness));
+    let _watch_cluster =
+        cluster_cache
+            .as_ref()
+            .zip(cluster.as_ref())
+            .map(|((cache, kinds), source)| {
+                watch_cluster(
+                    cache.clone(),
+                    source.index.clone(),
+                    kinds.clone(),
+                    &metrics,
+                    &readiness,
+                )
+            });
     let _reload = match (source, setup.plan.reload) {
         (Some(source), Some(every)) => {
             println!(
@@ -604,9 +614,11 @@ async fn reload(source: Source, mut running: Running, wait: Duration) {
 }
 
 /// Keeps `/ready` and the `svcplane_dns_*` metrics in step with the cluster cache: ready once
-/// every kind is listed, and the snapshot's generation and age.
+/// every kind is listed and indexed (the index is built beside the cache, a moment later),
+/// and the snapshot's generation and age.
 fn watch_cluster(
     cache: Arc<Cache>,
+    mut indexed: tokio::sync::watch::Receiver<Arc<dns::index::Index>>,
     kinds: Vec<Kind>,
     metrics: &Arc<dns::metrics::Metrics>,
     readiness: &tokio::sync::watch::Sender<dns::probes::Readiness>,
@@ -624,7 +636,7 @@ fn watch_cluster(
                 .collect();
             *metrics.snapshot.lock().expect("metrics lock") =
                 (snapshot.generation, std::time::Instant::now());
-            if snapshot.synced {
+            if indexed.borrow_and_update().snapshot.synced {
                 ready.send_if_modified(|now| {
                     let starting = *now == Readiness::Starting;
                     if starting {
@@ -633,7 +645,11 @@ fn watch_cluster(
                     starting
                 });
             }
-            if snapshots.changed().await.is_err() {
+            let changed = tokio::select! {
+                changed = snapshots.changed() => changed,
+                changed = indexed.changed() => changed,
+            };
+            if changed.is_err() {
                 return;
             }
         }
