@@ -42,6 +42,16 @@ pub fn key_of(kind: &str, meta: &api::ObjectMeta) -> Result<Key> {
     Ok(Key::new(namespace, name))
 }
 
+/// An endpoint's hostname or pod name, in lower case as DNS names it (Kubernetes validates
+/// both as lower-case DNS names; manifests are not validated).
+fn lower(name: &str) -> Name {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Name::from(name.to_ascii_lowercase())
+    } else {
+        Name::new(name)
+    }
+}
+
 fn port_number(kind: &str, key: &Key, field: String, port: i32) -> Result<u16> {
     u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
         invalid(
@@ -179,16 +189,12 @@ pub fn endpoint_slice(slice: &api::EndpointSlice) -> Result<EndpointSlice> {
             endpoints.push(Endpoint {
                 addresses,
                 ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
-                hostname: e
-                    .hostname
-                    .as_deref()
-                    .filter(|h| !h.is_empty())
-                    .map(Name::new),
+                hostname: e.hostname.as_deref().filter(|h| !h.is_empty()).map(lower),
                 pod_name: e
                     .target_ref
                     .as_ref()
                     .filter(|r| r.kind.as_deref() == Some("Pod"))
-                    .and_then(|r| r.name.as_deref().map(Name::new)),
+                    .and_then(|r| r.name.as_deref().map(lower)),
             });
         }
     }
@@ -259,16 +265,12 @@ pub fn mirror_endpoints(eps: &api::Endpoints) -> Result<Vec<EndpointSlice>> {
                 by_family[usize::from(ip.is_ipv6())].push(Endpoint {
                     addresses: Addresses::from_buf([ip]),
                     ready,
-                    hostname: a
-                        .hostname
-                        .as_deref()
-                        .filter(|h| !h.is_empty())
-                        .map(Name::new),
+                    hostname: a.hostname.as_deref().filter(|h| !h.is_empty()).map(lower),
                     pod_name: a
                         .target_ref
                         .as_ref()
                         .filter(|r| r.kind.as_deref() == Some("Pod"))
-                        .and_then(|r| r.name.as_deref().map(Name::new)),
+                        .and_then(|r| r.name.as_deref().map(lower)),
                 });
             }
         }
@@ -489,7 +491,7 @@ mod tests {
         let summary: Vec<_> = s
             .endpoints
             .iter()
-            .map(|e| (e.ready, e.hostname.as_deref(), e.pod_name.as_deref()))
+            .map(|e| (e.ready, e.hostname, e.pod_name))
             .collect();
         assert_eq!(
             summary,
@@ -528,9 +530,9 @@ mod tests {
                 ("192.0.2.2".to_string(), false)
             ]
         );
-        assert_eq!(v4[0].hostname.as_deref(), Some("a"));
+        assert_eq!(v4.get(0).unwrap().hostname, Some("a"));
         assert_eq!(
-            slices[1].endpoints[0].addresses[0].to_string(),
+            slices[1].endpoints.get(0).unwrap().addresses[0].to_string(),
             "2001:db8::1"
         );
     }

@@ -26,6 +26,6 @@ pub mod types;
 pub use error::{Error, Result};
 pub use store::{Cache, Event, Kind, Object, Snapshot};
 pub use types::{
-    Addresses, Endpoint, EndpointPort, EndpointSlice, Key, Name, Pod, Protocol, Service,
-    ServiceKind, ServicePort,
+    Addresses, Endpoint, EndpointPort, EndpointRef, EndpointSlice, Endpoints, Key, Name, Pod,
+    Protocol, Service, ServiceKind, ServicePort,
 };

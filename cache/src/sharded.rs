@@ -139,6 +139,63 @@ impl<T: Item> ShardedMap<T> {
         Some(item)
     }
 
+    /// Every item of `key`, in a map that holds several per key ([`Self::insert_among`]), in
+    /// the order they were inserted by.
+    pub fn get_all(&self, key: &T::Key) -> &[T] {
+        let shard = &self.shards[self.shard_of(key)];
+        let (start, len) = Self::equal_range(shard, key);
+        &shard[start..start + len]
+    }
+
+    /// Inserts `item` among the items of its key, which `order` sorts (a map that holds
+    /// several items per key; [`Self::insert`] and the lookups of one item do not apply to
+    /// it). An item `order` finds equal to one held is not inserted again: false.
+    pub fn insert_among(&mut self, item: T, order: impl Fn(&T, &T) -> std::cmp::Ordering) -> bool {
+        if self
+            .get_all(item.key())
+            .binary_search_by(|held| order(held, &item))
+            .is_ok()
+        {
+            return false;
+        }
+        self.grow();
+        let shard = self.shard_mut(item.key());
+        let (start, len) = Self::equal_range(shard, item.key());
+        let at = start
+            + shard[start..start + len]
+                .binary_search_by(|held| order(held, &item))
+                .unwrap_or_else(|at| at);
+        shard.reserve_exact(1);
+        shard.insert(at, item);
+        self.len += 1;
+        true
+    }
+
+    /// Keeps the items of `key` that `keep` accepts (of a map that holds several per key);
+    /// `keep` may be asked twice of an item.
+    pub fn retain_among(&mut self, key: &T::Key, mut keep: impl FnMut(&T) -> bool) {
+        if self.get_all(key).iter().all(&mut keep) {
+            return;
+        }
+        let shard = self.shard_mut(key);
+        let (start, len) = Self::equal_range(shard, key);
+        let before = shard.len();
+        let mut i = 0;
+        shard.retain(|item| {
+            i += 1;
+            !(start..start + len).contains(&(i - 1)) || keep(item)
+        });
+        self.len -= before - shard.len();
+    }
+
+    fn equal_range(shard: &[T], key: &T::Key) -> (usize, usize) {
+        let start = shard.partition_point(|item| item.key() < key);
+        (
+            start,
+            shard[start..].partition_point(|item| item.key() == key),
+        )
+    }
+
     pub fn contains_key(&self, key: &T::Key) -> bool {
         self.get(key).is_some()
     }
@@ -200,5 +257,31 @@ mod tests {
             }
         }
         assert!(map.shards.len() > FIRST_SHARDS, "grew");
+    }
+
+    #[test]
+    fn a_map_of_several_items_per_key_keeps_each_keys_items_sorted_across_growth() {
+        use std::collections::BTreeSet;
+        let mut map: ShardedMap<(u32, u32)> = ShardedMap::default();
+        let mut want: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        let by_value = |a: &(u32, u32), b: &(u32, u32)| a.1.cmp(&b.1);
+        for i in 0..20_000u32 {
+            let k = i.wrapping_mul(2_654_435_761) % 3_001;
+            let v = i % 7;
+            if i % 4 == 0 {
+                map.retain_among(&k, |(_, held)| *held != v);
+                want.entry(k).or_default().remove(&v);
+            } else {
+                let added = map.insert_among((k, v), by_value);
+                assert_eq!(added, want.entry(k).or_default().insert(v));
+            }
+        }
+        assert!(map.shards.len() > FIRST_SHARDS, "grew");
+        assert_eq!(map.len(), want.values().map(BTreeSet::len).sum::<usize>());
+        for k in 0..3_001 {
+            let got: Vec<u32> = map.get_all(&k).iter().map(|(_, v)| *v).collect();
+            let want: Vec<u32> = want.get(&k).into_iter().flatten().copied().collect();
+            assert_eq!(got, want, "key {k}");
+        }
     }
 }

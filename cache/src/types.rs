@@ -96,16 +96,124 @@ pub struct Service {
     pub ports: std::sync::Arc<[ServicePort]>,
 }
 
-/// An endpoint of an EndpointSlice.
+/// An endpoint of an EndpointSlice, as converted; a slice keeps its endpoints by column
+/// ([`Endpoints`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addresses: Addresses,
     /// `conditions.ready`, with absent counted as ready (as CoreDNS does).
     pub ready: bool,
-    /// `hostname`, set from the pod's `spec.hostname` when its subdomain is the Service's name.
+    /// `hostname`, set from the pod's `spec.hostname` when its subdomain is the Service's name;
+    /// in lower case.
     pub hostname: Option<Name>,
-    /// The pod's name, from a `targetRef` of kind Pod.
+    /// The pod's name, from a `targetRef` of kind Pod; in lower case.
     pub pod_name: Option<Name>,
+}
+
+/// An endpoint as a slice holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointRef<'a> {
+    pub addresses: &'a [IpAddr],
+    pub ready: bool,
+    pub hostname: Option<&'a str>,
+    pub pod_name: Option<&'a str>,
+}
+
+impl EndpointRef<'_> {
+    pub fn to_owned(&self) -> Endpoint {
+        Endpoint {
+            addresses: self.addresses.iter().copied().collect(),
+            ready: self.ready,
+            hostname: self.hostname.map(Name::new),
+            pod_name: self.pod_name.map(Name::new),
+        }
+    }
+}
+
+/// The endpoints of a slice, by column: each endpoint costs its address (17 bytes) and its
+/// ready flag; the columns of names and of address counts exist only in slices that need
+/// them (a slice where some endpoint has a hostname, names a pod, or has other than one
+/// address). Made from [`Endpoint`]s (`collect`), read as [`EndpointRef`]s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Every endpoint's addresses, one endpoint after another.
+    addresses: Box<[IpAddr]>,
+    /// Where each endpoint's addresses end in `addresses`; empty when every endpoint has
+    /// exactly one.
+    ends: Box<[u32]>,
+    ready: Box<[bool]>,
+    /// Empty when no endpoint has a hostname.
+    hostnames: Box<[Option<Name>]>,
+    /// Empty when no endpoint names a pod.
+    pod_names: Box<[Option<Name>]>,
+}
+
+impl Endpoints {
+    pub fn len(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+
+    /// The `i`th endpoint.
+    pub fn get(&self, i: usize) -> Option<EndpointRef<'_>> {
+        let ready = *self.ready.get(i)?;
+        let addresses = if self.ends.is_empty() {
+            &self.addresses[i..=i]
+        } else {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+            &self.addresses[start..self.ends[i] as usize]
+        };
+        Some(EndpointRef {
+            addresses,
+            ready,
+            hostname: self.hostnames.get(i).and_then(|n| n.as_deref()),
+            pod_name: self.pod_names.get(i).and_then(|n| n.as_deref()),
+        })
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = EndpointRef<'_>> + '_ {
+        (0..self.len()).map(|i| self.get(i).expect("an index below the length"))
+    }
+}
+
+impl FromIterator<Endpoint> for Endpoints {
+    fn from_iter<I: IntoIterator<Item = Endpoint>>(endpoints: I) -> Endpoints {
+        let endpoints: Vec<Endpoint> = endpoints.into_iter().collect();
+        let mut addresses = Vec::new();
+        let mut ends = Vec::new();
+        for e in &endpoints {
+            addresses.extend(e.addresses.iter().copied());
+            ends.push(addresses.len() as u32);
+        }
+        let one_each = endpoints.iter().all(|e| e.addresses.len() == 1);
+        let column = |name: fn(&Endpoint) -> &Option<Name>| -> Box<[Option<Name>]> {
+            if endpoints.iter().any(|e| name(e).is_some()) {
+                endpoints.iter().map(|e| name(e).clone()).collect()
+            } else {
+                Box::default()
+            }
+        };
+        Endpoints {
+            addresses: addresses.into(),
+            ends: if one_each {
+                Box::default()
+            } else {
+                ends.into()
+            },
+            ready: endpoints.iter().map(|e| e.ready).collect(),
+            hostnames: column(|e| &e.hostname),
+            pod_names: column(|e| &e.pod_name),
+        }
+    }
+}
+
+impl From<Vec<Endpoint>> for Endpoints {
+    fn from(endpoints: Vec<Endpoint>) -> Endpoints {
+        endpoints.into_iter().collect()
+    }
 }
 
 /// A port of an EndpointSlice.
@@ -126,7 +234,7 @@ pub struct EndpointSlice {
     /// Shared by every slice with the same ports (the cache interns them) and with the DNS
     /// index's entries.
     pub ports: std::sync::Arc<[EndpointPort]>,
-    pub endpoints: Box<[Endpoint]>,
+    pub endpoints: Endpoints,
     /// `endpoints.kubernetes.io/last-change-trigger-time`: when the change that made this
     /// version began (the endpoint controllers write it), for DNS programming latency.
     pub last_change_trigger: Option<std::time::SystemTime>,
@@ -141,4 +249,50 @@ pub struct Pod {
     pub ips: Addresses,
     /// False for pods that are finished (Succeeded, Failed, Unknown) or being deleted.
     pub live: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(
+        addresses: &[&str],
+        ready: bool,
+        host: Option<&str>,
+        pod: Option<&str>,
+    ) -> Endpoint {
+        Endpoint {
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            ready,
+            hostname: host.map(Name::new),
+            pod_name: pod.map(Name::new),
+        }
+    }
+
+    #[test]
+    fn endpoints_kept_by_column_read_back_as_they_were_given() {
+        let cases = [
+            vec![],
+            vec![
+                endpoint(&["10.0.0.1"], true, None, None),
+                endpoint(&["10.0.0.2"], false, None, None),
+            ],
+            vec![
+                endpoint(&["10.0.0.1"], true, None, Some("web-a")),
+                endpoint(&["10.0.0.2", "10.0.0.3"], true, Some("web-0"), None),
+                endpoint(&[], false, None, None),
+                endpoint(&["fd00::1"], true, None, Some("web-b")),
+            ],
+        ];
+        for given in cases {
+            let kept: Endpoints = given.iter().cloned().collect();
+            assert_eq!(kept.len(), given.len());
+            let read: Vec<Endpoint> = kept.iter().map(|e| e.to_owned()).collect();
+            assert_eq!(read, given);
+            assert!(kept.get(given.len()).is_none());
+        }
+        // Columns a slice does not need are not kept.
+        let plain: Endpoints = vec![endpoint(&["10.0.0.1"], true, None, None)].into();
+        assert!(plain.ends.is_empty() && plain.hostnames.is_empty() && plain.pod_names.is_empty());
+    }
 }

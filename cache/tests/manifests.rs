@@ -100,7 +100,7 @@ subsets: [{{addresses: [{{ip: 192.0.2.6}}]}}]
         .map(|s| {
             (
                 s.service.as_deref().unwrap().to_string(),
-                s.endpoints[0].addresses[0].to_string(),
+                s.endpoints.get(0).unwrap().addresses[0].to_string(),
             )
         })
         .collect();

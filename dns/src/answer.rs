@@ -366,12 +366,9 @@ impl Ctx<'_> {
             (EntryKind::ClusterIp(ips), RecordType::A | RecordType::AAAA) => {
                 addresses(qname, self.ttl(), qtype, ips.iter().copied())
             }
-            (EntryKind::Headless, RecordType::A | RecordType::AAAA) => addresses(
-                qname,
-                self.ttl(),
-                qtype,
-                e.endpoints.iter().map(|ep| ep.addr),
-            ),
+            (EntryKind::Headless, RecordType::A | RecordType::AAAA) => {
+                addresses(qname, self.ttl(), qtype, e.endpoints().map(|ep| ep.addr))
+            }
             (EntryKind::ClusterIp(_) | EntryKind::Headless, RecordType::SRV) => {
                 match self.srv(qname, namespace, service, e, "", "") {
                     Some((records, extra)) => Found::Records(records, extra),
@@ -468,16 +465,17 @@ impl Ctx<'_> {
                 }
             }
             EntryKind::Headless => {
-                for ep in &e.endpoints {
+                for ep in e.endpoints() {
+                    let name = ep.name();
                     for p in ep.ports.iter().filter(|p| {
                         port_matches(&p.name, p.protocol.as_str(), want_port, want_proto)
                     }) {
                         let Some(target) =
-                            child(&[&ep.name, service, namespace, "svc"], &self.zone_spelled)
+                            child(&[&name, service, namespace, "svc"], &self.zone_spelled)
                         else {
                             continue;
                         };
-                        let addrs = e.named(&ep.name).map(|ep| ep.addr).collect();
+                        let addrs = e.named(&name).map(|ep| ep.addr).collect();
                         candidates.push((target, p.port, addrs));
                     }
                 }
@@ -533,7 +531,7 @@ impl Ctx<'_> {
                     addresses(qname, self.ttl(), qtype, ips.iter().copied())
                 }
                 _ => {
-                    let matching = e.endpoints.iter().filter(|ep: &&Ep| {
+                    let matching = e.endpoints().filter(|ep: &Ep<'_>| {
                         ep.ports
                             .iter()
                             .any(|p| port_matches(&p.name, p.protocol.as_str(), port, protocol))
@@ -566,11 +564,9 @@ impl Ctx<'_> {
         let Some(primary) = self.config.primary_zone() else {
             return Found::NoName;
         };
-        let Some(targets) = self.read_whole().ptr(ip) else {
-            return Found::NoName;
-        };
-        let exposed: Vec<_> = targets
-            .iter()
+        let exposed: Vec<_> = self
+            .read_whole()
+            .ptr(ip)
             .filter(|t| self.namespace_exposed(&t.service().namespace))
             .collect();
         let names: Vec<Name> = match exposed.iter().find(|t| t.endpoint().is_none()) {
@@ -584,7 +580,7 @@ impl Ctx<'_> {
                     .filter_map(|t| {
                         child(
                             &[
-                                t.endpoint()?,
+                                &t.endpoint()?,
                                 &t.service().name,
                                 &t.service().namespace,
                                 "svc",
@@ -615,7 +611,7 @@ impl Ctx<'_> {
         let z = &self.zone_spelled;
         let mut targets: Vec<(Name, Vec<IpAddr>)> = Vec::new();
         for addr in &self.config.ns_addresses {
-            for t in self.read_whole().ptr(*addr).into_iter().flatten() {
+            for t in self.read_whole().ptr(*addr) {
                 let Some(endpoint) = t.endpoint() else {
                     continue;
                 };
@@ -628,7 +624,7 @@ impl Ctx<'_> {
                         child(&[svc, ns, "svc"], z).map(|n| (n, ips.to_vec()))
                     }
                     EntryKind::Headless => {
-                        child(&[endpoint, svc, ns, "svc"], z).map(|n| (n, vec![*addr]))
+                        child(&[&endpoint, svc, ns, "svc"], z).map(|n| (n, vec![*addr]))
                     }
                     EntryKind::ExternalName(_) => None,
                 };

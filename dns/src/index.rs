@@ -4,9 +4,9 @@
 //! never sees half of a change.
 //!
 //! Kept small, as it is held once per cluster object: dense persistent maps
-//! ([`crate::sharded`]), the cache's own Service and port lists shared
-//! rather than copied, names inline ([`cache::Name`]), endpoint names found through a sorted
-//! permutation instead of a hash map, and PTR targets that point at their entry.
+//! ([`cache::sharded`]), the cache's own Service and EndpointSlices read in place rather than
+//! copied (an endpoint costs the index where it is and its place in the name order), endpoint
+//! names made when asked for instead of kept, and PTR targets that point at their entry.
 
 use std::cmp::Ordering as Order;
 use std::fmt;
@@ -14,22 +14,26 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cache::{EndpointPort, Key, Name, Service, ServicePort, Snapshot};
+use cache::{EndpointPort, EndpointRef, EndpointSlice, Key, Service, ServicePort, Snapshot};
 use smallvec::SmallVec;
 
 use crate::config::Config;
-use crate::name::dashed;
-use cache::sharded::{Keyed, ShardedMap};
+use crate::name::Dashed;
+use cache::sharded::{Item, Keyed, ShardedMap};
 
 /// What one Service answers.
 #[derive(Debug)]
 pub struct Entry {
     /// The cache's Service (its key and ports).
     pub service: Arc<Service>,
-    /// Ready endpoint addresses of every slice (an address in two slices appears twice).
-    pub endpoints: Box<[Ep]>,
-    /// Indexes into `endpoints`, sorted by endpoint name (ties in endpoint order).
-    by_name: Box<[u32]>,
+    /// The Service's slices that hold a ready endpoint: the cache's own, read in place, so an
+    /// endpoint costs the index only where it is.
+    slices: SmallVec<[Arc<EndpointSlice>; 1]>,
+    /// Every ready endpoint address of every slice, in slice and endpoint order (an address in
+    /// two slices appears twice), and the name order beside it.
+    ready: Box<[At]>,
+    /// Endpoints without a hostname are named by their pod (`endpoint_pod_names`).
+    pod_names: bool,
     /// False when the Service's names must not exist: a headless Service without ready
     /// endpoints, an empty ClusterIP Service under `ignore_empty_service`, an ExternalName that
     /// is an IP address.
@@ -37,6 +41,17 @@ pub struct Entry {
     /// Set once a later index holds another entry for the Service, or none: answers kept as
     /// bytes that read this one are made afresh ([`crate::memo`]).
     replaced: AtomicBool,
+}
+
+/// Where a ready endpoint address is (slice, endpoint in it, address of the endpoint), and,
+/// beside it for want of a second list, the `i`th of the entry's addresses in name order (ties
+/// in endpoint order).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    slice: u32,
+    endpoint: u32,
+    address: u32,
+    by_name: u32,
 }
 
 impl Entry {
@@ -62,14 +77,33 @@ impl Entry {
         &self.service.ports
     }
 
-    /// The endpoints named `name`, in endpoint order.
-    pub fn named(&self, name: &str) -> impl Iterator<Item = &Ep> + '_ {
-        let of = |i: &u32| self.endpoints[*i as usize].name.as_str();
-        let start = self.by_name.partition_point(|i| of(i) < name);
-        let len = self.by_name[start..].partition_point(|i| of(i) == name);
-        self.by_name[start..start + len]
-            .iter()
-            .map(|i| &self.endpoints[*i as usize])
+    /// The ready endpoint addresses, in slice and endpoint order.
+    pub fn endpoints(&self) -> impl ExactSizeIterator<Item = Ep<'_>> + '_ {
+        (0..self.ready.len()).map(|i| self.endpoint(i))
+    }
+
+    /// The `i`th ready endpoint address.
+    fn endpoint(&self, i: usize) -> Ep<'_> {
+        let at = self.ready[i];
+        let slice = &self.slices[at.slice as usize];
+        let endpoint = slice
+            .endpoints
+            .get(at.endpoint as usize)
+            .expect("an index made from this slice");
+        Ep {
+            addr: endpoint.addresses[at.address as usize],
+            ports: &slice.ports,
+            endpoint,
+            pod_names: self.pod_names,
+        }
+    }
+
+    /// The endpoints named `name` (in lower case), in endpoint order.
+    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = Ep<'a>> + 'a {
+        let of = |at: &At| self.endpoint(at.by_name as usize);
+        let start = self.ready.partition_point(|at| *of(at).name() < *name);
+        let len = self.ready[start..].partition_point(|at| *of(at).name() == *name);
+        self.ready[start..start + len].iter().map(of)
     }
 }
 
@@ -85,128 +119,187 @@ impl Keyed for Entry {
 /// repeats, the external name in lower case).
 pub use cache::ServiceKind as EntryKind;
 
-/// One ready endpoint address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Ep {
-    /// Its endpoint name: hostname, else (with `endpoint_pod_names`) the pod name, else the
-    /// dashed address.
-    pub name: Name,
+/// One ready endpoint address, read from its slice.
+#[derive(Clone, Copy)]
+pub struct Ep<'a> {
     pub addr: IpAddr,
-    /// The ports of its slice (the cache's list, shared).
-    pub ports: Arc<[EndpointPort]>,
+    /// The ports of its slice.
+    pub ports: &'a [EndpointPort],
+    endpoint: EndpointRef<'a>,
+    pod_names: bool,
+}
+
+impl<'a> Ep<'a> {
+    /// Its endpoint name: hostname, else (with `endpoint_pod_names`) a pod name shorter than
+    /// 64 bytes, else the dashed address. The cache keeps hostnames and pod names in lower
+    /// case.
+    pub fn name(&self) -> EpName<'a> {
+        match (self.endpoint.hostname, self.endpoint.pod_name) {
+            (Some(h), _) => EpName::Given(h),
+            (None, Some(p)) if self.pod_names && p.len() < 64 => EpName::Given(p),
+            _ => EpName::Dashed(Dashed::new(self.addr)),
+        }
+    }
+}
+
+impl fmt::Debug for Ep<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {:?}", &*self.name(), self.addr, self.ports)
+    }
+}
+
+/// An endpoint's name, made without allocating.
+pub enum EpName<'a> {
+    Given(&'a str),
+    Dashed(Dashed),
+}
+
+impl std::ops::Deref for EpName<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            EpName::Given(name) => name,
+            EpName::Dashed(dashed) => dashed,
+        }
+    }
 }
 
 /// Where a PTR query for an address points: a Service's cluster IP, or one of its endpoints.
-#[derive(Clone)]
-pub struct PtrTarget {
-    entry: Arc<Entry>,
-    /// Index into the entry's endpoints; `None` for the cluster IP.
-    endpoint: Option<u32>,
+#[derive(Clone, Copy)]
+pub struct PtrTarget<'a> {
+    entry: &'a Entry,
+    /// Index into the entry's ready endpoints; [`CLUSTER_IP`] for the cluster IP.
+    endpoint: u32,
 }
 
-impl PtrTarget {
-    pub fn service(&self) -> &Key {
+/// The `endpoint` of a PTR target that is the Service's cluster IP.
+const CLUSTER_IP: u32 = u32::MAX;
+
+impl<'a> PtrTarget<'a> {
+    pub fn service(&self) -> &'a Key {
         self.entry.key()
     }
 
     /// The endpoint's name; `None`: the address is the Service's cluster IP.
-    pub fn endpoint(&self) -> Option<&str> {
-        self.endpoint
-            .map(|i| self.entry.endpoints[i as usize].name.as_str())
+    pub fn endpoint(&self) -> Option<EpName<'a>> {
+        (self.endpoint != CLUSTER_IP).then(|| self.entry.endpoint(self.endpoint as usize).name())
+    }
+
+    /// PTR targets of one address are kept in this order (Service, then endpoint name), so
+    /// the answer depends on the snapshot, not on the order of changes.
+    fn order(&self, other: &PtrTarget<'_>) -> Order {
+        (self.service(), self.endpoint().as_deref())
+            .cmp(&(other.service(), other.endpoint().as_deref()))
     }
 }
 
-impl fmt::Debug for PtrTarget {
+impl fmt::Debug for PtrTarget<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.service())?;
         match self.endpoint() {
-            Some(e) => write!(f, " endpoint {e}"),
+            Some(e) => write!(f, " endpoint {}", &*e),
             None => write!(f, " cluster IP"),
         }
     }
 }
 
-impl PartialEq for PtrTarget {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Order::Equal
+/// One PTR target of an address, held by the address (an address with several targets has
+/// several): 16 bytes for IPv4.
+#[derive(Clone)]
+struct Ptr<K> {
+    addr: K,
+    endpoint: u32,
+    entry: Arc<Entry>,
+}
+
+impl<K> Ptr<K> {
+    fn target(&self) -> PtrTarget<'_> {
+        PtrTarget {
+            entry: &self.entry,
+            endpoint: self.endpoint,
+        }
     }
 }
 
-impl Eq for PtrTarget {}
-
-impl PartialOrd for PtrTarget {
-    fn partial_cmp(&self, other: &Self) -> Option<Order> {
-        Some(self.cmp(other))
+impl<K: Ord + std::hash::Hash + Clone> Item for Ptr<K> {
+    type Key = K;
+    fn key(&self) -> &K {
+        &self.addr
     }
 }
-
-impl Ord for PtrTarget {
-    fn cmp(&self, other: &Self) -> Order {
-        (self.service(), self.endpoint()).cmp(&(other.service(), other.endpoint()))
-    }
-}
-
-/// The PTR targets of one address: nearly always one, kept inline.
-type Targets = SmallVec<[PtrTarget; 1]>;
 
 /// PTR targets by address, IPv4 addresses (most of a cluster's) keyed by their four bytes.
 #[derive(Debug, Clone, Default)]
 struct Reverse {
-    v4: ShardedMap<(u32, Targets)>,
-    v6: ShardedMap<(u128, Targets)>,
+    v4: ShardedMap<Ptr<u32>>,
+    v6: ShardedMap<Ptr<u128>>,
+}
+
+impl<K: fmt::Debug> fmt::Debug for Ptr<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {:?}", self.addr, self.target())
+    }
 }
 
 impl Reverse {
-    fn get(&self, ip: IpAddr) -> Option<&Targets> {
-        match ip {
-            IpAddr::V4(a) => self.v4.get(&a.to_bits()).map(|(_, t)| t),
-            IpAddr::V6(a) => self.v6.get(&a.to_bits()).map(|(_, t)| t),
-        }
+    fn get(&self, ip: IpAddr) -> impl Iterator<Item = PtrTarget<'_>> + '_ {
+        let (v4, v6) = match ip {
+            IpAddr::V4(a) => (self.v4.get_all(&a.to_bits()), &[][..]),
+            IpAddr::V6(a) => (&[][..], self.v6.get_all(&a.to_bits())),
+        };
+        v4.iter().map(Ptr::target).chain(v6.iter().map(Ptr::target))
     }
 
-    fn get_or_default(&mut self, ip: IpAddr) -> &mut Targets {
-        match ip {
-            IpAddr::V4(a) => {
-                let k = a.to_bits();
-                &mut self.v4.get_or_insert_with(&k, || (k, Targets::new())).1
-            }
-            IpAddr::V6(a) => {
-                let k = a.to_bits();
-                &mut self.v6.get_or_insert_with(&k, || (k, Targets::new())).1
-            }
+    fn insert(&mut self, ip: IpAddr, entry: &Arc<Entry>, endpoint: u32) {
+        fn order<K>(a: &Ptr<K>, b: &Ptr<K>) -> Order {
+            a.target().order(&b.target())
         }
+        match ip {
+            IpAddr::V4(a) => self.v4.insert_among(
+                Ptr {
+                    addr: a.to_bits(),
+                    endpoint,
+                    entry: entry.clone(),
+                },
+                order,
+            ),
+            IpAddr::V6(a) => self.v6.insert_among(
+                Ptr {
+                    addr: a.to_bits(),
+                    endpoint,
+                    entry: entry.clone(),
+                },
+                order,
+            ),
+        };
     }
 
-    /// Keeps the targets of `ip` that `keep` accepts; the address goes with the last.
-    fn retain(&mut self, ip: IpAddr, keep: impl FnMut(&PtrTarget) -> bool) {
-        fn go<K: Ord + std::hash::Hash + Clone>(
-            map: &mut ShardedMap<(K, Targets)>,
-            k: K,
-            mut keep: impl FnMut(&PtrTarget) -> bool,
-        ) {
-            if let Some((_, list)) = map.get_mut(&k) {
-                list.retain(|t| keep(t));
-                if list.is_empty() {
-                    map.remove(&k);
-                }
-            }
-        }
+    /// Removes the targets of `ip` that are `service`'s.
+    fn remove(&mut self, ip: IpAddr, service: &Key) {
         match ip {
-            IpAddr::V4(a) => go(&mut self.v4, a.to_bits(), keep),
-            IpAddr::V6(a) => go(&mut self.v6, a.to_bits(), keep),
+            IpAddr::V4(a) => self
+                .v4
+                .retain_among(&a.to_bits(), |t| t.entry.key() != service),
+            IpAddr::V6(a) => self
+                .v6
+                .retain_among(&a.to_bits(), |t| t.entry.key() != service),
         }
     }
 
     #[cfg(test)]
-    fn iter(&self) -> impl Iterator<Item = (IpAddr, &Targets)> + '_ {
-        let v4 = self
-            .v4
-            .iter()
-            .map(|(k, t)| (IpAddr::from(std::net::Ipv4Addr::from_bits(*k)), t));
-        let v6 = self
-            .v6
-            .iter()
-            .map(|(k, t)| (IpAddr::from(std::net::Ipv6Addr::from_bits(*k)), t));
+    fn iter(&self) -> impl Iterator<Item = (IpAddr, PtrTarget<'_>)> + '_ {
+        let v4 = self.v4.iter().map(|p| {
+            (
+                IpAddr::from(std::net::Ipv4Addr::from_bits(p.addr)),
+                p.target(),
+            )
+        });
+        let v6 = self.v6.iter().map(|p| {
+            (
+                IpAddr::from(std::net::Ipv6Addr::from_bits(p.addr)),
+                p.target(),
+            )
+        });
         v4.chain(v6)
     }
 }
@@ -223,58 +316,56 @@ pub struct Index {
     reverse: Reverse,
 }
 
-fn endpoint_name(config: &Config, hostname: Option<&str>, pod: Option<&str>, addr: IpAddr) -> Name {
-    match (hostname, pod) {
-        (Some(h), _) => h.to_ascii_lowercase().into(),
-        (None, Some(p)) if config.endpoint_pod_names && p.len() < 64 => {
-            p.to_ascii_lowercase().into()
-        }
-        _ => dashed(addr).into(),
-    }
-}
-
 /// Builds the entry of one Service.
 pub fn entry(snapshot: &Snapshot, svc: &Arc<Service>, config: &Config) -> Entry {
     let kind = &svc.kind;
     // Every ready address of every slice, duplicates included: an address present in two
     // slices (during skew) counts twice in SRV weights, as upstream counts candidates before
     // removing duplicates; answers remove them.
-    let mut endpoints: Vec<Ep> = Vec::new();
+    let mut slices = SmallVec::new();
+    let mut ready = Vec::new();
     if !config.noendpoints && !matches!(kind, EntryKind::ExternalName(_)) {
         for slice in snapshot.slices_of(&svc.key) {
-            for e in slice.endpoints.iter().filter(|e| e.ready) {
-                for addr in &e.addresses {
-                    let name =
-                        endpoint_name(config, e.hostname.as_deref(), e.pod_name.as_deref(), *addr);
-                    endpoints.push(Ep {
-                        name,
-                        addr: *addr,
-                        ports: slice.ports.clone(),
-                    });
+            let before = ready.len();
+            for (e, endpoint) in slice.endpoints.iter().enumerate() {
+                if endpoint.ready {
+                    ready.extend((0..endpoint.addresses.len()).map(|a| At {
+                        slice: slices.len() as u32,
+                        endpoint: e as u32,
+                        address: a as u32,
+                        by_name: 0,
+                    }));
                 }
+            }
+            if ready.len() > before {
+                slices.push(slice.clone());
             }
         }
     }
-    let mut by_name: Vec<u32> = (0..endpoints.len() as u32).collect();
-    by_name.sort_by(|a, b| {
-        endpoints[*a as usize]
-            .name
-            .cmp(&endpoints[*b as usize].name)
-    });
-    let exists = match kind {
+    let mut entry = Entry {
+        service: svc.clone(),
+        slices,
+        ready: ready.into(),
+        pod_names: config.endpoint_pod_names,
+        exists: false,
+        replaced: AtomicBool::new(false),
+    };
+    // Sorted by names made once each.
+    let names: Vec<EpName<'_>> = entry.endpoints().map(|ep| ep.name()).collect();
+    let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
+    by_name.sort_by(|a, b| (*names[*a as usize]).cmp(&*names[*b as usize]));
+    drop(names);
+    for (at, i) in entry.ready.iter_mut().zip(by_name) {
+        at.by_name = i;
+    }
+    entry.exists = match kind {
         EntryKind::ClusterIp(_) => {
-            !(config.ignore_empty_service && !config.noendpoints && endpoints.is_empty())
+            !(config.ignore_empty_service && !config.noendpoints && entry.ready.is_empty())
         }
-        EntryKind::Headless => !endpoints.is_empty(),
+        EntryKind::Headless => !entry.ready.is_empty(),
         EntryKind::ExternalName(name) => name.parse::<IpAddr>().is_err(),
     };
-    Entry {
-        service: svc.clone(),
-        endpoints: endpoints.into(),
-        by_name: by_name.into(),
-        exists,
-        replaced: AtomicBool::new(false),
-    }
+    entry
 }
 
 impl Index {
@@ -332,23 +423,14 @@ impl Index {
             EntryKind::ClusterIp(ips) => &ips[..],
             _ => &[],
         };
-        let targets = cluster.iter().map(|ip| (*ip, None)).chain(
+        let targets = cluster.iter().map(|ip| (*ip, CLUSTER_IP)).chain(
             entry
-                .endpoints
-                .iter()
+                .endpoints()
                 .enumerate()
-                .map(|(i, ep)| (ep.addr, Some(i as u32))),
+                .map(|(i, ep)| (ep.addr, i as u32)),
         );
         for (ip, endpoint) in targets {
-            let target = PtrTarget {
-                entry: entry.clone(),
-                endpoint,
-            };
-            // Kept sorted, so the answer depends on the snapshot, not on the order of changes.
-            let list = self.reverse.get_or_default(ip);
-            if let Err(at) = list.binary_search(&target) {
-                list.insert(at, target);
-            }
+            self.reverse.insert(ip, &entry, endpoint);
         }
         self.services.insert(entry);
     }
@@ -362,12 +444,8 @@ impl Index {
             EntryKind::ClusterIp(ips) => &ips[..],
             _ => &[],
         };
-        for ip in ips
-            .iter()
-            .copied()
-            .chain(old.endpoints.iter().map(|e| e.addr))
-        {
-            self.reverse.retain(ip, |t| t.service() != key);
+        for ip in ips.iter().copied().chain(old.endpoints().map(|e| e.addr)) {
+            self.reverse.remove(ip, key);
         }
     }
 
@@ -377,8 +455,8 @@ impl Index {
     }
 
     /// The PTR targets of an address.
-    pub fn ptr(&self, ip: IpAddr) -> Option<&[PtrTarget]> {
-        self.reverse.get(ip).map(|t| &t[..])
+    pub fn ptr(&self, ip: IpAddr) -> impl Iterator<Item = PtrTarget<'_>> + '_ {
+        self.reverse.get(ip)
     }
 }
 
@@ -426,16 +504,15 @@ mod tests {
                 "{key:?} {:?} {:?} {:?} {}\n",
                 entry.kind(),
                 entry.ports(),
-                entry.endpoints,
+                entry.endpoints().collect::<Vec<_>>(),
                 entry.exists
             ));
         }
-        for (ip, targets) in index
-            .reverse
-            .iter()
-            .collect::<std::collections::BTreeMap<_, _>>()
-        {
-            out.push_str(&format!("{ip} {targets:?}\n"));
+        // By address; an address's targets in the order kept.
+        let mut targets: Vec<_> = index.reverse.iter().collect();
+        targets.sort_by_key(|(ip, _)| *ip);
+        for (ip, target) in targets {
+            out.push_str(&format!("{ip} {target:?}\n"));
         }
         out
     }
@@ -474,6 +551,42 @@ mod tests {
         assert!(!relisted.whole && kept.replaced());
         assert_eq!(
             contents(&relisted),
+            contents(&Index::build(cache.current(), &config))
+        );
+    }
+
+    #[test]
+    fn an_address_of_several_services_points_at_each_in_order_until_one_lets_it_go() {
+        let config = Config::default();
+        let cache = Cache::new(&[]);
+        let targets = |index: &Index, ip: &str| {
+            index
+                .ptr(ip.parse().unwrap())
+                .map(|t| format!("{t:?}"))
+                .collect::<Vec<_>>()
+        };
+        cache.apply([
+            Event::Apply(service("c", "10.0.0.3")),
+            Event::Apply(slice("c", &["10.1.0.1"])),
+            Event::Apply(service("b", "10.1.0.1")),
+            Event::Apply(slice("b", &["10.1.0.1", "10.1.0.2"])),
+        ]);
+        let first = Index::build(cache.current(), &config);
+        assert_eq!(
+            targets(&first, "10.1.0.1"),
+            [
+                "d/b cluster IP",
+                "d/b endpoint 10-1-0-1",
+                "d/c endpoint 10-1-0-1"
+            ]
+        );
+        cache.apply([Event::Delete(Kind::Services, Key::new("d", "b"))]);
+        let next = first.next(cache.current(), &config);
+        assert!(!next.whole);
+        assert_eq!(targets(&next, "10.1.0.1"), ["d/c endpoint 10-1-0-1"]);
+        assert!(targets(&next, "10.1.0.2").is_empty());
+        assert_eq!(
+            contents(&next),
             contents(&Index::build(cache.current(), &config))
         );
     }

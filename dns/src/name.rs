@@ -136,13 +136,52 @@ pub fn pod_address(label: &str) -> Option<IpAddr> {
 }
 
 /// The dashed form of an address used as an endpoint name: `10-1-0-3`, `5678-abcd--1`, and a
-/// trailing `-` gets a `0` (`2001-db8--0`).
-pub fn dashed(ip: IpAddr) -> String {
-    let mut s = ip.to_string().replace(['.', ':'], "-");
-    if s.ends_with('-') {
-        s.push('0');
+/// trailing `-` gets a `0` (`2001-db8--0`). Written on the stack: making one allocates nothing.
+#[derive(Clone, Copy)]
+pub struct Dashed {
+    /// The longest address text (an IPv6 address with an embedded IPv4 one) is 45 bytes.
+    bytes: [u8; 48],
+    len: u8,
+}
+
+impl Dashed {
+    pub fn new(ip: IpAddr) -> Dashed {
+        use std::io::Write as _;
+        let mut bytes = [0u8; 48];
+        let free = {
+            let mut rest = &mut bytes[..47];
+            // An address's text always fits: it cannot fail.
+            let _ = write!(rest, "{ip}");
+            rest.len()
+        };
+        let mut len = 47 - free;
+        for b in &mut bytes[..len] {
+            if matches!(*b, b'.' | b':') {
+                *b = b'-';
+            }
+        }
+        if bytes[len - 1] == b'-' {
+            bytes[len] = b'0';
+            len += 1;
+        }
+        Dashed {
+            bytes,
+            len: len as u8,
+        }
     }
-    s
+}
+
+impl std::ops::Deref for Dashed {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("an address's text is ASCII")
+    }
+}
+
+impl std::fmt::Debug for Dashed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
 }
 
 #[cfg(test)]
@@ -291,8 +330,15 @@ mod tests {
         assert_eq!(pod_address("fd00--1"), Some("fd00::1".parse().unwrap()));
         assert_eq!(pod_address("blah"), None);
         assert_eq!(pod_address("10-240-0"), None);
-        assert_eq!(dashed("10.1.0.3".parse().unwrap()), "10-1-0-3");
-        assert_eq!(dashed("5678:abcd::1".parse().unwrap()), "5678-abcd--1");
-        assert_eq!(dashed("2001:db8::".parse().unwrap()), "2001-db8--0");
+        assert_eq!(&*Dashed::new("10.1.0.3".parse().unwrap()), "10-1-0-3");
+        assert_eq!(
+            &*Dashed::new("5678:abcd::1".parse().unwrap()),
+            "5678-abcd--1"
+        );
+        assert_eq!(&*Dashed::new("2001:db8::".parse().unwrap()), "2001-db8--0");
+        assert_eq!(
+            &*Dashed::new("::ffff:255.255.255.255".parse().unwrap()),
+            "--ffff-255-255-255-255"
+        );
     }
 }

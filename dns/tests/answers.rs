@@ -987,7 +987,12 @@ fn an_index_updated_step_by_step_answers_as_one_built_from_scratch() {
         .find(|s| s.key.name == "hdls1-v4")
         .unwrap()
         .clone();
-    emptied.endpoints = emptied.endpoints[..1].into();
+    emptied.endpoints = emptied
+        .endpoints
+        .iter()
+        .take(1)
+        .map(|e| e.to_owned())
+        .collect();
     steps.push((
         "shrink hdls1-v4".into(),
         Event::Apply(Object::EndpointSlice(emptied)),
