@@ -13,8 +13,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 use std::sync::{Arc, Weak};
 
-use smallvec::SmallVec;
-
 use crate::answer::Reads;
 use crate::chain::Chain;
 use crate::index::{Entry, Index};
@@ -31,6 +29,10 @@ pub struct Memo {
     /// the earlier). Boxed: a table has up to twice as many buckets as entries, and an empty
     /// bucket then costs a pointer, not a slot.
     slots: HashMap<u64, Box<Slot>, foldhash::fast::FixedState>,
+    /// The chain every slot was made by; held weakly: compared by address without keeping it
+    /// alive, and its address cannot be reused while held. A reload's new chain empties the
+    /// table.
+    chain: Weak<Chain>,
     hasher: foldhash::fast::FixedState,
     capacity: usize,
     /// Rooms made so far: picks the hash bit of the next.
@@ -40,21 +42,24 @@ pub struct Memo {
 /// Marks "not read" in a slot's serial and namespaces.
 const UNREAD: u64 = u64::MAX;
 
-/// One kept answer. The chain is held weakly: compared by address without keeping it alive,
-/// and its address cannot be reused while the slot holds it.
+/// One kept answer: 64 bytes beside its template, as there is one per question.
 struct Slot {
-    chain: Weak<Chain>,
     generation: u64,
     /// The serial the answer wrote, or [`UNREAD`].
     serial: u64,
     /// When the namespaces were read: the generation they last changed at, or [`UNREAD`].
     namespaces: u64,
-    /// The Service entries read (until replaced, the answer from them stands); nearly always
-    /// one, kept inline.
-    services: SmallVec<[Arc<Entry>; 1]>,
+    /// The Service entry read (until replaced, the answer from it stands). An answer that
+    /// read several (a CNAME from one Service to another) is kept as `whole`.
+    service: Option<Arc<Entry>>,
     whole: bool,
     answer: Answer,
 }
+
+const _: () = assert!(
+    std::mem::size_of::<Slot>() <= 64,
+    "a slot in one 64-byte allocation"
+);
 
 /// A kept answer, and what tells its key.
 enum Answer {
@@ -80,6 +85,7 @@ impl Memo {
     pub fn new(capacity: usize) -> Memo {
         Memo {
             slots: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
+            chain: Weak::new(),
             hasher: foldhash::fast::FixedState::with_seed(0x1dea),
             capacity,
             rooms: 0,
@@ -88,8 +94,11 @@ impl Memo {
 
     /// What is kept for `key` asked of `chain` while its index is `index`.
     pub fn get(&self, key: &[u8], chain: &Arc<Chain>, index: &Index) -> Kept<'_> {
+        if !std::ptr::eq(self.chain.as_ptr(), Arc::as_ptr(chain)) {
+            return Kept::Unknown;
+        }
         match self.slots.get(&self.hasher.hash_one(key)) {
-            Some(slot) if slot.is_for(key) && slot.holds(chain, index) => match &slot.answer {
+            Some(slot) if slot.is_for(key) && slot.holds(index) => match &slot.answer {
                 Answer::Template(t, _) => Kept::Answer(t),
                 Answer::Full(_) => Kept::Full,
             },
@@ -109,6 +118,10 @@ impl Memo {
     ) {
         if self.capacity == 0 || !index.snapshot.synced {
             return;
+        }
+        if !std::ptr::eq(self.chain.as_ptr(), Arc::as_ptr(chain)) {
+            self.slots.clear();
+            self.chain = Arc::downgrade(chain);
         }
         let hash = self.hasher.hash_one(key);
         if self.slots.len() >= self.capacity && !self.slots.contains_key(&hash) {
@@ -133,7 +146,6 @@ impl Memo {
         self.slots.insert(
             hash,
             Box::new(Slot {
-                chain: Arc::downgrade(chain),
                 generation: index.snapshot.generation,
                 serial: if reads.serial {
                     index.snapshot.last_change
@@ -145,8 +157,8 @@ impl Memo {
                 } else {
                     UNREAD
                 },
-                services: reads.services.into_iter().collect(),
-                whole: reads.whole,
+                whole: reads.whole || reads.services.len() > 1,
+                service: reads.services.into_iter().next(),
                 answer,
             }),
         );
@@ -187,10 +199,10 @@ impl Slot {
         }
     }
 
-    /// Whether this answer is still the one `chain` gives from `index`.
-    fn holds(&self, chain: &Arc<Chain>, index: &Index) -> bool {
+    /// Whether this answer is still the one its chain gives from `index`.
+    fn holds(&self, index: &Index) -> bool {
         let snapshot = &index.snapshot;
-        if !std::ptr::eq(self.chain.as_ptr(), Arc::as_ptr(chain)) || !snapshot.synced {
+        if !snapshot.synced {
             return false;
         }
         if snapshot.generation == self.generation {
@@ -199,7 +211,7 @@ impl Slot {
         !self.whole
             && (self.serial == UNREAD || self.serial == snapshot.last_change)
             && (self.namespaces == UNREAD || self.namespaces == index.namespaces_since)
-            && self.services.iter().all(|e| !e.replaced())
+            && self.service.as_ref().is_none_or(|e| !e.replaced())
     }
 }
 

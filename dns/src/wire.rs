@@ -245,21 +245,20 @@ struct Group {
 }
 
 /// A cached reply encoded once: header counts, a question (overwritten by the asker's, which
-/// has the same length), the records with TTL placeholders. One allocation holds the reply,
-/// then where each record's TTL is, then the shuffled groups (each: its start, its record
-/// count, and each record's end from the start), all as little-endian `u16`s (a message is at
-/// most 65535 bytes).
+/// has the same length), the records with TTL placeholders. One allocation holds it all: the
+/// lengths and flags ([`META`] bytes), the reply, then where each record's TTL is, then the
+/// shuffled groups (each: its start, its record count, and each record's end from the start),
+/// all as little-endian `u16`s (a message is at most 65535 bytes). A template is one pointer
+/// and length, as it is kept per question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     data: Box<[u8]>,
-    /// The reply's length (the TTLs and groups follow it).
-    reply_len: u16,
-    /// The question's length (name, type, class).
-    question_len: u16,
-    /// The number of TTLs.
-    ttls: u16,
-    flags: Flags,
 }
+
+/// The bytes before a template's reply: the reply's length, the question's length (name,
+/// type, class), the number of TTLs (`u16`s), the flag bits ([`Flags`]: 1 authoritative, 2
+/// recursion available, 4 authentic data) and the rcode.
+const META: usize = 8;
 
 impl Template {
     /// The template of a reply with these `flags` and sections to a question whose wire form
@@ -332,36 +331,63 @@ impl Template {
                 bytes.extend(u16::try_from(r.end).ok()?.to_le_bytes());
             }
         }
-        Some(Template {
-            data: bytes.into(),
-            reply_len,
-            question_len: u16::try_from(question.len()).ok()?,
-            ttls,
-            flags,
-        })
+        let question_len = u16::try_from(question.len()).ok()?;
+        let bits = u8::from(flags.authoritative)
+            | u8::from(flags.recursion_available) << 1
+            | u8::from(flags.authentic_data) << 2;
+        let mut data = Vec::with_capacity(META + bytes.len());
+        data.extend(reply_len.to_le_bytes());
+        data.extend(question_len.to_le_bytes());
+        data.extend(ttls.to_le_bytes());
+        data.extend([bits, flags.rcode]);
+        data.extend(bytes);
+        Some(Template { data: data.into() })
+    }
+
+    /// The `u16` of the meta bytes at `at`.
+    fn meta(&self, at: usize) -> usize {
+        usize::from(u16::from_le_bytes([self.data[at], self.data[at + 1]]))
+    }
+
+    fn reply_len(&self) -> usize {
+        self.meta(0)
+    }
+
+    fn ttls(&self) -> usize {
+        self.meta(4)
+    }
+
+    fn flags(&self) -> Flags {
+        let bits = self.data[6];
+        Flags {
+            authoritative: bits & 1 != 0,
+            recursion_available: bits & 2 != 0,
+            authentic_data: bits & 4 != 0,
+            rcode: self.data[7],
+        }
     }
 
     /// The encoded reply (ID and flags zero, TTLs as encoded).
     fn bytes(&self) -> &[u8] {
-        &self.data[..usize::from(self.reply_len)]
+        &self.data[META..META + self.reply_len()]
     }
 
     /// The question as the template spells it: name, type, class.
     pub fn question(&self) -> &[u8] {
-        &self.data[HEADER..HEADER + usize::from(self.question_len)]
+        &self.data[META + HEADER..META + HEADER + self.meta(2)]
     }
 
     /// Where each record's TTL is.
     fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
-        let start = usize::from(self.reply_len);
-        self.data[start..start + 2 * usize::from(self.ttls)]
+        let start = META + self.reply_len();
+        self.data[start..start + 2 * self.ttls()]
             .chunks_exact(2)
             .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
     }
 
     /// The shuffled groups: each one's start and its records' ends (little-endian `u16`s).
     fn groups(&self) -> impl Iterator<Item = (usize, &[u8])> + '_ {
-        let mut rest = &self.data[usize::from(self.reply_len) + 2 * usize::from(self.ttls)..];
+        let mut rest = &self.data[META + self.reply_len() + 2 * self.ttls()..];
         std::iter::from_fn(move || {
             let (head, tail) = rest.split_at_checked(4)?;
             let start = usize::from(u16::from_le_bytes([head[0], head[1]]));
@@ -427,7 +453,7 @@ impl Template {
         out.extend_from_slice(bytes);
         let reply = &mut out[base..];
         reply[..2].copy_from_slice(&request.id.to_be_bytes());
-        let f = self.flags;
+        let f = self.flags();
         reply[2] = 0x80
             | if f.authoritative { 0x04 } else { 0 }
             | if request.recursion_desired { 0x01 } else { 0 };
