@@ -20,8 +20,11 @@ CLIENT_CPU=0
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 command -v dnsperf >/dev/null || apt-get install -y dnsperf >/dev/null
-cargo build --release --quiet
-SVCPLANE=$PWD/target/release/svcplane
+# SVCPLANE=path measures that binary instead of this checkout's release build.
+if [ -z "${SVCPLANE:-}" ]; then
+    cargo build --release --quiet
+    SVCPLANE=$PWD/target/release/svcplane
+fi
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
