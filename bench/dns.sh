@@ -11,7 +11,7 @@
 #   knot           Knot DNS serving the equivalent zone file
 #   coredns-k8s    CoreDNS with kubeadm's Corefile fed by the same kube-apiserver
 #   coredns-file   CoreDNS's file plugin serving the zone file
-# kube-apiserver and etcd are stopped (SIGSTOP) while a contender they feed is measured.
+# kube-apiserver and etcd are stopped (SIGSTOP) while any contender is measured.
 # kubeadm's Corefile (v1.37, `kubeadm init phase addon coredns --print-manifest`): errors,
 # health, ready, kubernetes (pods insecure, fallthrough for the reverse zones, ttl 30),
 # prometheus, forward to /etc/resolv.conf, cache 30 with success and denial disabled for
@@ -113,9 +113,12 @@ stop_server() {
     wait "$PID" 2>/dev/null || true
 }
 
-# Freezes or thaws the API server and etcd behind a -k8s contender.
+# Freezes or thaws the bench cluster's API server and etcd, whichever contender is measured:
+# left running beside a server that does not need them, they took CPU at moments of their own
+# and raised that server's p99 (svcplane from manifests and Knot against svcplane fed by
+# kube-apiserver, measured frozen, on 2026-12-07).
 freeze() {
-    case $1 in *-k8s) kill "-$2" -- "-$APISERVER_PGID" "-$ETCD_PGID" ;; esac
+    [ -z "${APISERVER_PGID:-}" ] || kill "-$2" -- "-$APISERVER_PGID" "-$ETCD_PGID"
 }
 
 declare -A QPS LAT CPU RSS QPC P50 P99
