@@ -140,7 +140,7 @@ impl<T: Item> ShardedMap<T> {
     }
 
     /// Every item of `key`, in a map that holds several per key ([`Self::insert_among`]), in
-    /// the order they were inserted by.
+    /// the order that sorted them there.
     pub fn get_all(&self, key: &T::Key) -> &[T] {
         let shard = &self.shards[self.shard_of(key)];
         let (start, len) = Self::equal_range(shard, key);
@@ -172,20 +172,17 @@ impl<T: Item> ShardedMap<T> {
     }
 
     /// Keeps the items of `key` that `keep` accepts (of a map that holds several per key);
-    /// `keep` may be asked twice of an item.
+    /// `keep` may be asked twice of an item (the shard is copied only when one goes).
     pub fn retain_among(&mut self, key: &T::Key, mut keep: impl FnMut(&T) -> bool) {
         if self.get_all(key).iter().all(&mut keep) {
             return;
         }
         let shard = self.shard_mut(key);
         let (start, len) = Self::equal_range(shard, key);
-        let before = shard.len();
-        let mut i = 0;
-        shard.retain(|item| {
-            i += 1;
-            !(start..start + len).contains(&(i - 1)) || keep(item)
-        });
-        self.len -= before - shard.len();
+        let kept: Vec<T> = shard.drain(start..start + len).filter(keep).collect();
+        let gone = len - kept.len();
+        shard.splice(start..start, kept);
+        self.len -= gone;
     }
 
     fn equal_range(shard: &[T], key: &T::Key) -> (usize, usize) {
