@@ -246,19 +246,29 @@ struct Group {
 
 /// A cached reply encoded once: header counts, a question (overwritten by the asker's, which
 /// has the same length), the records with TTL placeholders. One allocation holds it all: the
-/// lengths and flags ([`META`] bytes), the reply, then where each record's TTL is, then the
-/// shuffled groups (each: its start, its record count, and each record's end from the start),
-/// all as little-endian `u16`s (a message is at most 65535 bytes). A template is one pointer
-/// and length, as it is kept per question.
+/// lengths and flags ([`META`] bytes), the header and question, the records (as encoded, or
+/// LZ4-compressed where that saves a quarter or more: the records of a headless Service's
+/// SRV or A reply repeat most of their bytes, and were two thirds of the kept bytes at 10 000
+/// Services with 30 endpoints each), then where each record's TTL is, then the shuffled groups
+/// (each: its start, its record count, and each record's end from the start), all as
+/// little-endian `u16`s (a message is at most 65535 bytes). A template is one pointer and
+/// length, as it is kept per question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     data: Box<[u8]>,
 }
 
 /// The bytes before a template's reply: the reply's length, the question's length (name,
-/// type, class), the number of TTLs (`u16`s), the flag bits ([`Flags`]: 1 authoritative, 2
-/// recursion available, 4 authentic data) and the rcode.
-const META: usize = 8;
+/// type, class), the number of TTLs (`u16`s), the length of the records as kept, the flag
+/// bits ([`Flags`]: 1 authoritative, 2 recursion available, 4 authentic data; and
+/// [`COMPRESSED`]) and the rcode.
+const META: usize = 10;
+
+/// The flag bit of a template whose records are kept LZ4-compressed.
+const COMPRESSED: u8 = 8;
+
+/// Records shorter than this are kept as encoded (a block this small seldom compresses).
+const COMPRESS_FROM: usize = 128;
 
 impl Template {
     /// The template of a reply with these `flags` and sections to a question whose wire form
@@ -332,15 +342,26 @@ impl Template {
             }
         }
         let question_len = u16::try_from(question.len()).ok()?;
+        let head = HEADER + question.len();
+        let records = &bytes[head..usize::from(reply_len)];
+        let compressed = (records.len() >= COMPRESS_FROM)
+            .then(|| lz4_flex::block::compress(records))
+            .filter(|c| 4 * c.len() <= 3 * records.len());
+        let kept = compressed.as_deref().unwrap_or(records);
         let bits = u8::from(flags.authoritative)
             | u8::from(flags.recursion_available) << 1
-            | u8::from(flags.authentic_data) << 2;
-        let mut data = Vec::with_capacity(META + bytes.len());
+            | u8::from(flags.authentic_data) << 2
+            | if compressed.is_some() { COMPRESSED } else { 0 };
+        let rest = &bytes[usize::from(reply_len)..];
+        let mut data = Vec::with_capacity(META + head + kept.len() + rest.len());
         data.extend(reply_len.to_le_bytes());
         data.extend(question_len.to_le_bytes());
         data.extend(ttls.to_le_bytes());
+        data.extend(u16::try_from(kept.len()).ok()?.to_le_bytes());
         data.extend([bits, flags.rcode]);
-        data.extend(bytes);
+        data.extend(&bytes[..head]);
+        data.extend(kept);
+        data.extend(rest);
         Some(Template { data: data.into() })
     }
 
@@ -358,36 +379,52 @@ impl Template {
     }
 
     fn flags(&self) -> Flags {
-        let bits = self.data[6];
+        let bits = self.data[8];
         Flags {
             authoritative: bits & 1 != 0,
             recursion_available: bits & 2 != 0,
             authentic_data: bits & 4 != 0,
-            rcode: self.data[7],
+            rcode: self.data[9],
         }
     }
 
-    /// The encoded reply (ID and flags zero, TTLs as encoded).
-    fn bytes(&self) -> &[u8] {
-        &self.data[META..META + self.reply_len()]
+    /// The header and question as encoded (ID and flags zero).
+    fn head(&self) -> &[u8] {
+        &self.data[META..META + HEADER + self.meta(2)]
+    }
+
+    /// The records as kept (compressed if the flags say so).
+    fn records(&self) -> &[u8] {
+        let start = META + HEADER + self.meta(2);
+        &self.data[start..start + self.meta(6)]
+    }
+
+    /// Where the records as kept end: the TTL offsets begin.
+    fn records_end(&self) -> usize {
+        META + HEADER + self.meta(2) + self.meta(6)
     }
 
     /// The question as the template spells it: name, type, class.
     pub fn question(&self) -> &[u8] {
-        &self.data[META + HEADER..META + HEADER + self.meta(2)]
+        &self.head()[HEADER..]
     }
 
     /// Where each record's TTL is.
     fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
-        let start = META + self.reply_len();
+        let start = self.records_end();
         self.data[start..start + 2 * self.ttls()]
             .chunks_exact(2)
             .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
     }
 
+    /// Whether the records are kept LZ4-compressed.
+    pub fn compressed(&self) -> bool {
+        self.data[8] & COMPRESSED != 0
+    }
+
     /// The shuffled groups: each one's start and its records' ends (little-endian `u16`s).
     fn groups(&self) -> impl Iterator<Item = (usize, &[u8])> + '_ {
-        let mut rest = &self.data[META + self.reply_len() + 2 * self.ttls()..];
+        let mut rest = &self.data[self.records_end() + 2 * self.ttls()..];
         std::iter::from_fn(move || {
             let (head, tail) = rest.split_at_checked(4)?;
             let start = usize::from(u16::from_le_bytes([head[0], head[1]]));
@@ -442,15 +479,24 @@ impl Template {
     ) -> bool {
         let opt_len = if request.edns.is_some() { 11 } else { 0 };
         let q = request.question.clone();
-        let bytes = self.bytes();
-        let cut = bytes.len() + opt_len > limit;
-        if cut && HEADER + q.len() + opt_len > limit
-            || bytes[HEADER..HEADER + q.len()] != asked[q.clone()]
-        {
+        let cut = self.reply_len() + opt_len > limit;
+        if cut && HEADER + q.len() + opt_len > limit || self.question() != &asked[q.clone()] {
             return false;
         }
         let base = out.len();
-        out.extend_from_slice(bytes);
+        out.extend_from_slice(self.head());
+        if self.compressed() {
+            let start = out.len();
+            out.resize(base + self.reply_len(), 0);
+            let made = lz4_flex::block::decompress_into(self.records(), &mut out[start..]);
+            if !matches!(made, Ok(n) if n == out.len() - start) {
+                // Compressed from these very records when the template was made: never.
+                out.truncate(base);
+                return false;
+            }
+        } else {
+            out.extend_from_slice(self.records());
+        }
         let reply = &mut out[base..];
         reply[..2].copy_from_slice(&request.id.to_be_bytes());
         let f = self.flags();
@@ -932,6 +978,41 @@ mod tests {
     }
 
     #[test]
+    fn repetitive_records_are_kept_compressed_and_answer_the_same_bytes() {
+        let asked = ("web.example.", RecordType::A);
+        let answers: Vec<Record> = (1..=30).map(|i| a("web.example.", i)).collect();
+        let sections = [answers, vec![], vec![]];
+        let t = template(
+            asked.0,
+            asked.1,
+            NOERROR,
+            sections.each_ref().map(|s| &s[..]),
+            false,
+        )
+        .unwrap();
+        let req = query(asked.0, asked.1, Some((4096, false)));
+        let want = full(&req, NOERROR, sections.clone(), 21).to_vec().unwrap();
+        assert!(t.compressed());
+        assert!(
+            t.data.len() < want.len() / 2,
+            "{} bytes kept for a {}-byte reply",
+            t.data.len(),
+            want.len()
+        );
+        assert_eq!(render(&req, &t, 21), want);
+        // A reply of a few records is kept as encoded.
+        let one = [a("web.example.", 1)];
+        let small = template(asked.0, asked.1, NOERROR, [&one, &[], &[]], false).unwrap();
+        assert!(!small.compressed());
+        assert_eq!(
+            render(&req, &small, 21),
+            full(&req, NOERROR, [one.to_vec(), vec![], vec![]], 21)
+                .to_vec()
+                .unwrap()
+        );
+    }
+
+    #[test]
     fn a_template_answers_with_the_askers_header_bits() {
         let asked = ("www.example.", RecordType::A);
         let sections = [vec![a("edge.cdn.test.", 1)], vec![], vec![]];
@@ -1156,6 +1237,10 @@ mod tests {
                 false,
             )
             .unwrap();
+            assert!(
+                t.compressed(),
+                "{qname}: records this repetitive are kept compressed"
+            );
             for (edns, limit) in [
                 (None, 512),
                 (Some((600, false)), 600),
