@@ -7,8 +7,9 @@
 # and the bytes of their whole replies (asked once more with EDNS and a 65535-byte buffer, so
 # nothing is cut: a kept reply is kept whole, and cut per client when it is sent). Then fits
 #     RSS = BASE + PER_SERVICE × Services + PER_ENDPOINT × endpoints      (settled after load)
-#     kept = PER_ANSWER × questions + reply bytes                          (queried − settled)
-# by least squares and prints each row's prediction error.
+#     kept = PER_ANSWER × questions + PER_REPLY_BYTE × reply bytes          (queried − settled)
+# by least squares and prints each row's prediction error (PER_REPLY_BYTE is below 1 where
+# templates keep repetitive records compressed, as a headless Service's are).
 #
 #   bench/dns_memory.sh [SERVICES:ENDPOINTS ...]   (default 1000:3 10000:3 10000:30 30000:3 100000:3)
 #
@@ -90,14 +91,14 @@ def solve(a, b):
 
 KIB = 1024
 base, per_service, per_endpoint = solve([[1, s, e] for s, e, *_ in rows], [st * KIB for *_, st, q in rows])
-(per_answer,) = solve([[q] for _, _, q, *_ in rows], [(qd - st) * KIB - rb for _, _, q, rb, st, qd in rows])
+per_answer, per_byte = solve([[q, rb] for _, _, q, rb, *_ in rows], [(qd - st) * KIB for *_, st, qd in rows])
 print()
-print(f"BASE {base / 2**20:.1f} MiB, PER_SERVICE {per_service:.0f} B, PER_ENDPOINT {per_endpoint:.0f} B, PER_ANSWER {per_answer:.0f} B + its reply")
+print(f"BASE {base / 2**20:.1f} MiB, PER_SERVICE {per_service:.0f} B, PER_ENDPOINT {per_endpoint:.0f} B, PER_ANSWER {per_answer:.0f} B + {per_byte:.2f} × its reply")
 print()
 print("| Services | endpoints | questions kept | their replies (KiB) | RSS settled (MiB) | predicted | RSS after the queries (MiB) | predicted | error |")
 print("|---|---|---|---|---|---|---|---|---|")
 for s, e, q, rb, st, qd in rows:
     p_st = base + per_service * s + per_endpoint * e
-    p_qd = p_st + per_answer * q + rb
+    p_qd = p_st + per_answer * q + per_byte * rb
     print(f"| {s:,} | {e:,} | {q:,} | {rb // KIB:,} | {st / KIB:.1f} | {p_st / 2**20:.1f} | {qd / KIB:.1f} | {p_qd / 2**20:.1f} | {100 * (p_qd / (qd * KIB) - 1):+.1f} % |".replace(",", " "))
 PY

@@ -51,13 +51,16 @@ COREFILE
 }
 
 # Starts testkit's bench_cluster (kube-apiserver and etcd) loaded with $WORK/manifests.yaml, its
-# standard input on file descriptor 3, and waits until it is ready (30 min at most); sets
-# KUBECONFIG_FILE, APISERVER_PGID and ETCD_PGID. Needs WORK and PEERS.
+# standard input on file descriptor 3, and waits until it is ready (90 min at most: each
+# ClusterIP Service kube-apiserver v1.37 creates lists every IPAddress to update its allocator's
+# metrics, so loading N of them takes time quadratic in N — about 30 minutes for 100 000
+# Services on the second machine); sets KUBECONFIG_FILE, APISERVER_PGID and ETCD_PGID. Needs
+# WORK and PEERS.
 start_bench_cluster() {
     mkfifo "$WORK/cluster.stdin"
     SVCPLANE_PEERS=$PEERS target/release/examples/bench_cluster "$WORK/manifests.yaml" <"$WORK/cluster.stdin" >"$WORK/cluster.out" 2>"$WORK/cluster.log" &
     exec 3>"$WORK/cluster.stdin"
-    for _ in $(seq 9000); do grep -q '^ready ' "$WORK/cluster.out" && break; sleep 0.2; done
+    for _ in $(seq 27000); do grep -q '^ready ' "$WORK/cluster.out" && break; sleep 0.2; done
     grep -q '^ready ' "$WORK/cluster.out" || { echo "the bench cluster did not start:" >&2; cat "$WORK/cluster.log" >&2; exit 1; }
     read -r _ KUBECONFIG_FILE APISERVER_PGID ETCD_PGID <"$WORK/cluster.out"
     cat "$WORK/cluster.log" >&2
