@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use dns::name::{dashed, parse, pod_address, reverse_address};
+use dns::name::{Dashed, parse, pod_address, reverse_address};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
     };
     // IPv4-mapped and -compatible IPv6 addresses print with dots: not a label's form.
     if !ip.to_string().contains(':') || !ip.to_string().contains('.') {
-        assert_eq!(pod_address(&dashed(ip)), Some(ip), "{ip} as {}", dashed(ip));
+        let dashed = Dashed::new(ip);
+        assert_eq!(pod_address(&dashed), Some(ip), "{ip} as {}", &*dashed);
     }
     let reverse: Vec<String> = match ip {
         IpAddr::V4(v4) => v4.octets().iter().rev().map(u8::to_string).collect(),
