@@ -53,7 +53,7 @@ COREFILE
 # Starts testkit's bench_cluster (kube-apiserver and etcd) loaded with $WORK/manifests.yaml, its
 # standard input on file descriptor 3, and waits until it is ready (90 min at most: each
 # ClusterIP Service kube-apiserver v1.37 creates lists every IPAddress to update its allocator's
-# metrics, so loading N of them takes time quadratic in N — about 30 minutes for 100 000
+# metrics, so loading N of them takes time quadratic in N — 58 minutes for 100 000
 # Services on the second machine); sets KUBECONFIG_FILE, APISERVER_PGID and ETCD_PGID. Needs
 # WORK and PEERS.
 start_bench_cluster() {

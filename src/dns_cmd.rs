@@ -85,8 +85,8 @@ pub(crate) struct DnsArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     tcp_idle_timeout: Duration,
     /// Cluster answers each UDP worker keeps as bytes, to answer the same question again
-    /// without building the reply (a fixed table: a newer question takes an older one's slot);
-    /// 0 keeps none
+    /// without building the reply (when the table is full, about half of it is dropped to
+    /// make room; docs/dns.md#memory gives their size); 0 keeps none
     #[arg(long, value_name = "N", default_value_t = dns::memo::DEFAULT_CAPACITY)]
     kept_answers: usize,
     /// A Corefile to run instead of the flags above (see docs/corefile.md for the directives
