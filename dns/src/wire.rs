@@ -803,6 +803,18 @@ mod tests {
         Record::from_rdata(name(owner), 30, RData::A(A::new(10, 0, 0, last)))
     }
 
+    /// The template of a NOERROR answer of `sections` to `asked`, without `loadbalance`.
+    fn answer_template(asked: (&str, RecordType), sections: &[Vec<Record>; 3]) -> Template {
+        template(
+            asked.0,
+            asked.1,
+            NOERROR,
+            sections.each_ref().map(|s| &s[..]),
+            false,
+        )
+        .unwrap()
+    }
+
     /// The template of `sections` for the question `qname`/`qtype` in lower case.
     fn template(
         qname: &str,
@@ -957,14 +969,7 @@ mod tests {
             vec![],
             vec![],
         ];
-        let t = template(
-            asked.0,
-            asked.1,
-            NOERROR,
-            sections.each_ref().map(|s| &s[..]),
-            false,
-        )
-        .unwrap();
+        let t = answer_template(asked, &sections);
         for req in [
             query("www.example.", RecordType::A, None),
             query("www.example.", RecordType::A, Some((4096, true))),
@@ -982,14 +987,7 @@ mod tests {
         let asked = ("web.example.", RecordType::A);
         let answers: Vec<Record> = (1..=30).map(|i| a("web.example.", i)).collect();
         let sections = [answers, vec![], vec![]];
-        let t = template(
-            asked.0,
-            asked.1,
-            NOERROR,
-            sections.each_ref().map(|s| &s[..]),
-            false,
-        )
-        .unwrap();
+        let t = answer_template(asked, &sections);
         let req = query(asked.0, asked.1, Some((4096, false)));
         let want = full(&req, NOERROR, sections.clone(), 21).to_vec().unwrap();
         assert!(t.compressed());
@@ -1016,14 +1014,7 @@ mod tests {
     fn a_template_answers_with_the_askers_header_bits() {
         let asked = ("www.example.", RecordType::A);
         let sections = [vec![a("edge.cdn.test.", 1)], vec![], vec![]];
-        let t = template(
-            asked.0,
-            asked.1,
-            NOERROR,
-            sections.each_ref().map(|s| &s[..]),
-            false,
-        )
-        .unwrap();
+        let t = answer_template(asked, &sections);
         let mut req = query("www.example.", RecordType::A, None);
         req.metadata.recursion_desired = false;
         req.metadata.checking_disabled = true;
@@ -1041,14 +1032,7 @@ mod tests {
     fn records_spelt_as_the_question_answer_only_that_spelling() {
         let asked = ("www.example.", RecordType::A);
         let sections = [vec![a("www.example.", 1)], vec![], vec![]];
-        let t = template(
-            asked.0,
-            asked.1,
-            NOERROR,
-            sections.each_ref().map(|s| &s[..]),
-            false,
-        )
-        .unwrap();
+        let t = answer_template(asked, &sections);
         let same = query("www.example.", RecordType::A, None);
         assert_eq!(
             render(&same, &t, 5),
