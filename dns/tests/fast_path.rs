@@ -233,24 +233,29 @@ proptest! {
     }
 }
 
+/// The reply over UDP to an A question for `name` (ID 1, RD, lower case), which `served`
+/// answers at once (no forwarding).
+fn ask_at_once(served: &Served, worker: &mut Worker<StdRng>, name: &str) -> Vec<u8> {
+    let peer: SocketAddr = "10.1.2.3:5353".parse().unwrap();
+    let local: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    let mut out = Vec::new();
+    let q = query(1, 0x0100, name, &[false], 1, 1, None);
+    let Step::Done(true) = served
+        .router
+        .handle(&q, Transport::Udp, peer, local, worker, &mut out)
+    else {
+        panic!("{name} is answered at once");
+    };
+    out
+}
+
 #[test]
 fn a_kept_answer_is_used_again_and_made_afresh_when_its_service_changes() {
     let (cluster, plan) = Cluster::new(COREFILES[0]);
     let served = cluster.serve(&plan);
     let mut worker = Worker::new(Memo::new(64), StdRng::seed_from_u64(7));
-    let peer: SocketAddr = "10.1.2.3:5353".parse().unwrap();
-    let local: SocketAddr = "127.0.0.1:53".parse().unwrap();
     let ask = |worker: &mut Worker<StdRng>, name: &str| {
-        let mut out = Vec::new();
-        let q = query(1, 0x0100, name, &[false], 1, 1, None);
-        let Step::Done(true) =
-            served
-                .router
-                .handle(&q, Transport::Udp, peer, local, worker, &mut out)
-        else {
-            panic!("{name} is answered at once");
-        };
-        hickory_proto::op::Message::from_vec(&out).unwrap()
+        hickory_proto::op::Message::from_vec(&ask_at_once(&served, worker, name)).unwrap()
     };
     let first = ask(&mut worker, "svc1.testns.svc.cluster.local.");
     assert_eq!(first.answers.len(), 1);
@@ -277,26 +282,12 @@ fn a_new_chain_from_a_reload_empties_the_kept_answers_of_the_old() {
     let (cluster, plan) = Cluster::new(COREFILES[0]);
     let (old, new) = (cluster.serve(&plan), cluster.serve(&plan));
     let mut worker = Worker::new(Memo::new(64), StdRng::seed_from_u64(7));
-    let peer: SocketAddr = "10.1.2.3:5353".parse().unwrap();
-    let local: SocketAddr = "127.0.0.1:53".parse().unwrap();
-    let ask = |served: &Served, worker: &mut Worker<StdRng>, name: &str| {
-        let mut out = Vec::new();
-        let q = query(1, 0x0100, name, &[false], 1, 1, None);
-        let Step::Done(true) =
-            served
-                .router
-                .handle(&q, Transport::Udp, peer, local, worker, &mut out)
-        else {
-            panic!("{name} is answered at once");
-        };
-        out
-    };
-    let first = ask(&old, &mut worker, "svc1.testns.svc.cluster.local.");
-    ask(&old, &mut worker, "svc-two.testns.svc.cluster.local.");
+    let first = ask_at_once(&old, &mut worker, "svc1.testns.svc.cluster.local.");
+    ask_at_once(&old, &mut worker, "svc-two.testns.svc.cluster.local.");
     assert_eq!(worker.memo.len(), 2);
     // The reloaded chain answers alike, from a table holding its own answers only.
     assert_eq!(
-        ask(&new, &mut worker, "svc1.testns.svc.cluster.local."),
+        ask_at_once(&new, &mut worker, "svc1.testns.svc.cluster.local."),
         first
     );
     assert_eq!(worker.memo.len(), 1, "the old chain's answers are gone");
